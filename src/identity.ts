@@ -43,13 +43,19 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
   // Strongest first: the first claim names the identity, every other one must agree with it.
   const claims: Claim[] = [];
 
+  for (const source of ['certificate', 'principal', 'header'] as const) {
+    const value = evidenceOf(evidence, source);
+    // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
+    if (value !== undefined && value !== null && typeof value !== 'string') return fail(`${source} evidence is not a string`);
+  }
+
   if (present(evidence.certificatePem)) {
     const svid = parseX509SvidPem(evidence.certificatePem, now);
     if (!svid.ok) return svid;
     claims.push({ source: 'certificate', id: svid.value.spiffeId });
   }
   for (const source of ['principal', 'header'] as const) {
-    const text = source === 'principal' ? evidence.principal : evidence.headerSpiffeId;
+    const text = evidenceOf(evidence, source);
     if (!present(text)) continue;
     const id = parseSpiffeId(text);
     if (!id.ok) {
@@ -79,6 +85,11 @@ export function toIdentity(id: SpiffeId, source: IdentitySource): Identity {
   return identity;
 }
 
-function present(value: string | undefined): value is string {
+function evidenceOf(evidence: PeerEvidence, source: IdentitySource): unknown {
+  if (source === 'certificate') return evidence.certificatePem;
+  return source === 'principal' ? evidence.principal : evidence.headerSpiffeId;
+}
+
+function present(value: unknown): value is string {
   return typeof value === 'string' && value !== '';
 }

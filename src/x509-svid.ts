@@ -122,7 +122,8 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
   if (Number.isNaN(t)) return fail('decision time is invalid');
   if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid');
   if (t > svid.notAfter.getTime()) return fail('certificate has expired');
-  return ok(svid);
+  // The cached value is shared by every caller; Dates are mutable even when frozen, so hand out copies.
+  return ok({ ...svid, notBefore: new Date(svid.notBefore), notAfter: new Date(svid.notAfter) });
 }
 
 /** Everything about the chain that does not depend on the time of the decision. */
@@ -145,7 +146,7 @@ function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
 
   const leafCert = leaf.value.cert;
   return ok({
-    spiffeId: leafResult.value,
+    spiffeId: Object.freeze(leafResult.value),
     notBefore: leafCert.notBefore.value,
     notAfter: leafCert.notAfter.value,
     serialNumber: Buffer.from(leafCert.serialNumber.valueBlock.valueHexView).toString('hex'),

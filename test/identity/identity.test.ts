@@ -1,6 +1,6 @@
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { resolveIdentity, toIdentity } from '../../src/identity.js';
-import { clearX509SvidCache, x509SvidCacheSize } from '../../src/x509-svid.js';
+import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/x509-svid.js';
 import { createCa, issue, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/default';
@@ -94,6 +94,13 @@ describe('resolveIdentity', () => {
     expect(resolveIdentity({ certificatePem: noUri.certPem, principal: BOOKINFO })).toEqual({ ok: false, reason: 'leaf certificate has no URI SAN' });
   });
 
+  it('denies evidence that is not a string (JSON input documents can carry anything)', () => {
+    const evidence = { principal: BOOKINFO, headerSpiffeId: ['x'] } as unknown as Parameters<typeof resolveIdentity>[0];
+    expect(resolveIdentity(evidence)).toEqual({ ok: false, reason: 'header evidence is not a string' });
+    const cert = { certificatePem: 42 } as unknown as Parameters<typeof resolveIdentity>[0];
+    expect(resolveIdentity(cert)).toEqual({ ok: false, reason: 'certificate evidence is not a string' });
+  });
+
   it('denies a good certificate with a principal that is no SPIFFE ID', () => {
     expect(resolveIdentity({ certificatePem: svid.certPem, principal: 'CN=bookinfo' })).toEqual({ ok: false, reason: 'source principal is not a SPIFFE ID' });
   });
@@ -136,6 +143,16 @@ describe('certificate cache', () => {
     const cert = await workloadSvid(ca, BOOKINFO, { notBefore, notAfter: new Date(notBefore.getTime() + DAY) });
     expect(resolveIdentity({ certificatePem: cert.certPem })).toEqual({ ok: false, reason: 'certificate is not yet valid' });
     expect(resolveIdentity({ certificatePem: cert.certPem }, new Date(notBefore.getTime() + 1000)).ok).toBe(true);
+  });
+
+  it('cannot be corrupted through the values it returns', async () => {
+    const notAfter = new Date(Date.now() + DAY);
+    const cert = await workloadSvid(ca, BOOKINFO, { notAfter });
+    const first = parseX509SvidPem(cert.certPem, new Date());
+    if (!first.ok) throw new Error(first.reason);
+    first.value.notAfter.setTime(Date.now() + 365 * DAY);
+    expect(() => Object.assign(first.value.spiffeId, { path: '/ns/admin' })).toThrow();
+    expect(parseX509SvidPem(cert.certPem, new Date(notAfter.getTime() + 1000))).toEqual({ ok: false, reason: 'certificate has expired' });
   });
 
   it('remembers structural failures with their reason', () => {
