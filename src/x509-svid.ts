@@ -128,6 +128,15 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
 
 /** Everything about the chain that does not depend on the time of the decision. */
 function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
+  // pkijs and asn1js are not written to never throw on hostile input; whatever slips through is a deny.
+  try {
+    return validateChainShapeUnguarded(chainDer);
+  } catch {
+    return fail('certificate could not be parsed');
+  }
+}
+
+function validateChainShapeUnguarded(chainDer: readonly Uint8Array[]): Result<X509Svid> {
   if (chainDer.length === 0) return fail('no certificates found');
   if (chainDer.length > MAX_CHAIN_CERTS) return fail(`certificate chain has more than ${MAX_CHAIN_CERTS} certificates`);
   const [leafDer, ...signingDer] = chainDer as [Uint8Array, ...Uint8Array[]];

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import fc from 'fast-check';
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { clearX509SvidCache, parsePemBlocks, parseX509Svid, parseX509SvidPem } from '../../src/x509-svid.js';
 import { createCa, EKU, issue, KeyUsage, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
@@ -194,5 +195,30 @@ describe('parsePemBlocks', () => {
 
   it('turns a well-formed block of garbage DER into a reason', () => {
     expect(reasonOf(block('CERTIFICATE', b64('definitely not DER')))).toBe('leaf certificate is not valid DER');
+  });
+});
+
+describe('hostile input', () => {
+  it('never throws on damaged DER: every outcome is a Result', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), fc.nat(), (flips, cut) => {
+        const der = new Uint8Array(good.der);
+        for (const [at, byte] of flips) der[at % der.length] = byte;
+        const damaged = cut % 5 === 0 ? der.subarray(0, cut % der.length) : der;
+        const result = parseX509Svid([damaged], new Date());
+        expect(typeof result.ok).toBe('boolean');
+        if (!result.ok) expect(result.reason).toMatch(/^[\x20-\x7e]+$/);
+      }),
+      { numRuns: 1500 },
+    );
+  });
+
+  it('never throws on arbitrary text', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.string(), fc.string({ unit: fc.constantFrom('-', 'BEGIN ', 'END ', 'CERTIFICATE', '\n', 'A', '=', '%', '%41') })), (text) => {
+        expect(typeof parseX509SvidPem(text, new Date()).ok).toBe('boolean');
+      }),
+      { numRuns: 1500 },
+    );
   });
 });
