@@ -70,12 +70,18 @@ destination_host := lower(input.destination.host) if {
 
 destination_forms contains destination_host
 
-destination_forms contains sprintf("%v:%v", [destination_host, input.destination.port]) if {
+destination_forms contains destination_endpoint
+
+# host:port as written in destination lists; IPv6 literals in brackets, as in a URL authority.
+destination_endpoint := sprintf("[%v]:%v", [destination_host, input.destination.port]) if {
+	is_number(input.destination.port)
+	contains(destination_host, ":")
+} else := sprintf("%v:%v", [destination_host, input.destination.port]) if {
 	is_number(input.destination.port)
 }
 
-destination_label := sprintf("%v:%v", [destination_host, input.destination.port]) if {
-	is_number(input.destination.port)
+destination_label := destination_endpoint if {
+	destination_endpoint
 } else := destination_host if {
 	destination_host
 } else := "an unknown destination"

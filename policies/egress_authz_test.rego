@@ -17,7 +17,7 @@ billing_tenants := {
 	"bookinfo": {"snat_pool": "bookinfo_snat"},
 	"billing-batch": {
 		"snat_pool": "billing_snat",
-		"destinations": ["billing.legacy.example.com:443", "ledger.legacy.example.com"],
+		"destinations": ["billing.legacy.example.com:443", "ledger.legacy.example.com", "[fd00::10]:8443"],
 	},
 }
 
@@ -143,4 +143,16 @@ test_empty_destination_list_denies_all if {
 	d := authz.decision with input as {"identity": bookinfo, "destination": {"host": "x", "port": 1}}
 		with data.egress.tenants.bookinfo as {"snat_pool": "bookinfo_snat", "destinations": []}
 	d.allow == false
+}
+
+test_ipv6_endpoint_listed_with_brackets if {
+	listed := billing({"host": "fd00::10", "port": 8443})
+	listed.allow == true
+	other_port := billing({"host": "fd00::10", "port": 443})
+	other_port.allow == false
+}
+
+test_destination_list_matches_case_insensitively if {
+	d := billing({"host": "Billing.Legacy.Example.COM", "port": 443})
+	d.allow == true
 }
