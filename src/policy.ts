@@ -2,15 +2,19 @@
 // Whatever the policy does — errors, returns nothing, returns garbage, runs too long — evaluate() gives
 // a Result, never an exception, so the decision step can deny with a reason.
 import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadPolicy as instantiateOpaWasm, loadPolicySync, type LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
+import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { fail, ok, type Result } from './result.js';
 
 export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
+
+// The SDK's ESM entry exports only loadPolicy; its CommonJS entry also has loadPolicySync.
+const opaWasm = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as typeof import('@open-policy-agent/opa-wasm');
 
 // Node has the WebAssembly global, but the project's `lib` (ES2023, no DOM) does not declare it.
 type CompiledWasm = object;
@@ -152,7 +156,7 @@ class WasmPolicy implements LoadedPolicy {
     const where = `policy ${meta.source}`;
     let instance: OpaWasmPolicy;
     try {
-      instance = await instantiateOpaWasm(module, { ...WASM_MEMORY });
+      instance = await opaWasm.loadPolicy(module, { ...WASM_MEMORY });
       instance.setData(data);
     } catch (e) {
       throw new Error(`${where}: cannot instantiate the Wasm policy: ${describe(e)}`);
@@ -202,7 +206,7 @@ class WasmPolicy implements LoadedPolicy {
 }
 
 function instantiateSync(module: CompiledWasm): OpaWasmPolicy {
-  return loadPolicySync(module, { ...WASM_MEMORY });
+  return opaWasm.loadPolicySync(module, { ...WASM_MEMORY });
 }
 
 function deepMerge(base: Readonly<Record<string, unknown>>, overlay: Record<string, unknown>): Record<string, unknown> {
