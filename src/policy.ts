@@ -19,6 +19,7 @@ const opaWasm = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as
 // Node has the WebAssembly global, but the project's `lib` (ES2023, no DOM) does not declare it.
 type CompiledWasm = object;
 declare const WebAssembly: { compile(bytes: Uint8Array): Promise<CompiledWasm> };
+
 export const DEFAULT_EVAL_BUDGET_MS = 50;
 
 /** The policy's answer, normalised from any accepted result shape. */
