@@ -41,13 +41,14 @@ export interface LoadedPolicy {
   readonly entrypoint: string;
   /** synchronous, never throws */
   evaluate(input: unknown): Result<PolicyResult>;
+  // Optional so that stand-ins (test fakes) need only the members above.
   /** the data document the policy evaluates against (do not mutate) */
-  readonly data: Readonly<Record<string, unknown>>;
+  readonly data?: Readonly<Record<string, unknown>>;
   /**
    * The same compiled policy with `overlay` deep-merged over its data (objects merge, other values
    * replace); used by case files that carry their own data. Revision gets a `+data:<hash>` suffix.
    */
-  withDataOverlay(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
+  withDataOverlay?(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
 }
 
 export interface LoadPolicyOptions {
