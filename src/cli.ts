@@ -5,7 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pino from 'pino';
-import { Authorizer } from './authorizer.js';
+import { Authorizer, caseDecision, decideCase } from './authorizer.js';
 import type { Decision } from './decision.js';
 import { MutablePolicySource, startService } from './service.js';
 import { loadPolicy } from './policy.js';
@@ -154,11 +154,7 @@ async function test(argv: string[]): Promise<number> {
   });
   const dir = values.policy as string;
   const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
-  // Each case runs the same pipeline as a Check, against the policy with the case file's data overlay.
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => {
-    const authorizer = new Authorizer({ policies: new MutablePolicySource(casePolicy), sink: () => {} });
-    return authorizer.checkCli(c);
-  });
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => caseDecision(decideCase(c, casePolicy)));
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
   process.stdout.write(opa.text.endsWith('\n') ? opa.text : `${opa.text}\n`);

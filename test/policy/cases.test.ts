@@ -2,47 +2,14 @@ import 'reflect-metadata';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as x509 from '@peculiar/x509';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { loadPolicy, type LoadedPolicy } from '../../src/policy.js';
+import * as x509 from '@peculiar/x509';
+import { caseDecision, decideCase } from '../../src/authorizer.js';
 import { listCaseFiles, readCaseFile, runPolicyCases, type CaseDecide, type CaseRequest } from '../../src/policy-cases.js';
 
-// A stand-in for the real pipeline (identity → input → policy), just enough to drive the runner: the
-// SPIFFE ID is split, not validated, and a certificate only has to have one URI SAN, not be a CA and
-// be inside its validity period.
-function identityOf(req: CaseRequest): { identity: Record<string, unknown> | null; error?: string } {
-  let id = req.spiffeId;
-  if (req.certificatePem !== undefined) {
-    const cert = new x509.X509Certificate(req.certificatePem);
-    const uris = cert.getExtension(x509.SubjectAlternativeNameExtension)?.names.items.filter((n) => n.type === 'url') ?? [];
-    if (uris.length !== 1) return { identity: null, error: `certificate has ${uris.length} URI SANs` };
-    if (cert.getExtension(x509.BasicConstraintsExtension)?.ca) return { identity: null, error: 'leaf is a CA' };
-    if (cert.notAfter < new Date() || cert.notBefore > new Date()) return { identity: null, error: 'certificate is not valid now' };
-    id = uris[0]!.value;
-  }
-  const [, , trustDomain = '', ...rest] = (id ?? '').split('/');
-  const path = '/' + rest.join('/');
-  const m = /^\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(path);
-  return { identity: { spiffe_id: id, trust_domain: trustDomain, path, ...(m ? { namespace: m[1], service_account: m[2] } : {}) } };
-}
-
-function destinationOf(text: string | undefined): { host: string; port?: number } {
-  const m = /^(.*?)(?::(\d+))?$/.exec(text ?? '');
-  return m?.[2] ? { host: m[1]!, port: Number(m[2]) } : { host: m?.[1] ?? '' };
-}
-
-const decide: CaseDecide = async (req, policy) => {
-  let input: Record<string, unknown>;
-  if (req.input) {
-    input = { ...req.input, ...(req.destination !== undefined ? { destination: destinationOf(req.destination) } : {}) };
-  } else {
-    const { identity, error } = identityOf(req);
-    input = { caller: 'cli', identity, destination: destinationOf(req.destination), ...(error ? { identity_error: error } : {}) };
-  }
-  const r = policy.evaluate(input);
-  if (!r.ok) return { allow: false, snat_pool: '', reason: r.reason };
-  return { allow: r.value.allow, snat_pool: r.value.snat_pool, reason: r.value.reason };
-};
+// The real pipeline (identity → input → policy → decision), exactly what `egress-authz test` runs.
+const decide: CaseDecide = async (req, policy) => caseDecision(decideCase(req, policy));
 
 describe('policy cases', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'cases-test-'));
