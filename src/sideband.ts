@@ -206,6 +206,9 @@ export function configureSidebandServer(server: Server, limits: SidebandServerLi
   server.requestTimeout = limits.requestTimeoutMs ?? 10_000;
   server.keepAliveTimeout = limits.keepAliveTimeoutMs ?? 65_000;
   server.maxHeadersCount = 64;
+  // An HTTP/1.1 request without Host would get Node's bare 400; the sideband answers every request
+  // itself, with the deny headers (the routing never depends on Host).
+  (server as Server & { requireHostHeader?: boolean }).requireHostHeader = false;
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     if (!socket.writable || err.code === 'ECONNRESET') {
       socket.destroy();
