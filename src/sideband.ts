@@ -194,18 +194,20 @@ export interface SidebandServerLimits {
   /** the whole request, body included */
   requestTimeoutMs?: number;
   /**
-   * how long an idle keep-alive connection stays open; longer than the iRule's `-idle` (30 s) so the
-   * BIG-IP, not us, closes an idle connection and never sends on one we are closing
+   * how long an idle keep-alive connection stays open; keep it longer than the iRule's `-idle` (30 s) so
+   * the BIG-IP, not us, closes an idle connection and never sends on one we are closing
    */
   keepAliveTimeoutMs?: number;
 }
 
-/** Sets the timeouts the sideband relies on, and a readable deny for requests Node cannot parse. */
+/**
+ * Makes the HTTP listener fit for the sideband: a readable deny for requests Node cannot parse, and the
+ * given timeouts (the listener's own are kept otherwise; they must stay bounded).
+ */
 export function configureSidebandServer(server: Server, limits: SidebandServerLimits = {}): void {
-  server.headersTimeout = limits.headersTimeoutMs ?? 5_000;
-  server.requestTimeout = limits.requestTimeoutMs ?? 10_000;
-  server.keepAliveTimeout = limits.keepAliveTimeoutMs ?? 65_000;
-  server.maxHeadersCount = 64;
+  if (limits.headersTimeoutMs !== undefined) server.headersTimeout = limits.headersTimeoutMs;
+  if (limits.requestTimeoutMs !== undefined) server.requestTimeout = limits.requestTimeoutMs;
+  if (limits.keepAliveTimeoutMs !== undefined) server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   // An HTTP/1.1 request without Host would get Node's bare 400; the sideband answers every request
   // itself, with the deny headers (the routing never depends on Host).
   (server as Server & { requireHostHeader?: boolean }).requireHostHeader = false;
