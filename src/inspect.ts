@@ -51,7 +51,7 @@ function describe(der: Uint8Array): Partial<CertificateReport> {
     const uris: string[] = [];
     const dns: string[] = [];
     const san = cert.extensions?.find((e) => e.extnID === SAN_OID);
-    const names = (san?.parsedValue as pkijs.GeneralNames | undefined)?.names ?? [];
+    const names = (san?.parsedValue as pkijs.AltName | undefined)?.altNames ?? [];
     for (const n of names) {
       if (n.type === 6) uris.push(String(n.value));
       if (n.type === 2) dns.push(String(n.value));
