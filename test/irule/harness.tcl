@@ -2,7 +2,7 @@
 # except the sideband ones (connect/send/recv/close), which do real TCP with the iRule's timeouts.
 # One process is one virtual server seeing one or more client connections from the same pod.
 #
-#   tclsh harness.tcl -irule FILE -pem FILE -hash HASH [-connections N] [-client IP] [-verify N]
+#   tclsh harness.tcl -irule FILE -pem FILE -hash HASH [-connections N] [-handshakes N] [-client IP] [-verify N]
 #                     [-set static::NAME VALUE]... [-vs NAME=HOST:PORT]...
 #
 # Output, one record a line, for test/irule/irule.test.ts:
@@ -18,7 +18,7 @@ namespace eval h {
     array set events {}
     variable conn 0
     variable opts
-    array set opts {-connections 1 -client 10.1.1.10 -verify 0 -hash ""}
+    array set opts {-connections 1 -handshakes 1 -client 10.1.1.10 -verify 0 -hash ""}
     variable sets {}
     variable vs_map
     array set vs_map {}
@@ -290,7 +290,8 @@ for { set h::conn 1 } { $h::conn <= $h::opts(-connections) } { incr h::conn } {
     set h::held 0
     set t0 [h::now]
     h::run_event CLIENT_ACCEPTED
-    h::run_event CLIENTSSL_HANDSHAKE
+    # More than one handshake on a connection is a renegotiation: each one is decided again.
+    for { set hs 0 } { $hs < $h::opts(-handshakes) } { incr hs } { h::run_event CLIENTSSL_HANDSHAKE }
     # The pod sends its first bytes (the proxy CONNECT) once the handshake is done.
     if { !$h::disabled && $h::held } { h::run_event CLIENT_DATA }
     h::run_event CLIENT_CLOSED

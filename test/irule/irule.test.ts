@@ -22,9 +22,10 @@ interface HarnessRun {
   wallMs: number;
 }
 
-function runHarness(opts: { irule?: string; pem: string; hash: string; target: string; connections?: number; verify?: number; sets?: Record<string, string> }): Promise<HarnessRun> {
+function runHarness(opts: { irule?: string; pem: string; hash: string; target: string; connections?: number; handshakes?: number; verify?: number; sets?: Record<string, string> }): Promise<HarnessRun> {
   const args = [HARNESS, '-irule', opts.irule ?? IRULE, '-pem', opts.pem, '-hash', opts.hash, '-vs', `${VS}=${opts.target}`];
   if (opts.connections) args.push('-connections', String(opts.connections));
+  if (opts.handshakes) args.push('-handshakes', String(opts.handshakes));
   if (opts.verify !== undefined) args.push('-verify', String(opts.verify));
   for (const [k, v] of Object.entries(opts.sets ?? {})) args.push('-set', `static::${k}`, v);
   const started = performance.now();
@@ -152,6 +153,15 @@ describe('the shipped iRule against the live service', () => {
     expect(run.connections.map((c) => c.verdict)).toEqual(['allow', 'allow', 'allow']);
     expect(run.logs.filter((l) => l.includes('cached=1'))).toHaveLength(2);
     expect(service.decisions.length - before).toBe(1);
+  });
+
+  it('renegotiation reuses the keep-alive sideband connection: one connect, three requests', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target, handshakes: 3, sets: { egress_authz_cache_s: '0' } });
+    expect(run.errors).toEqual([]);
+    expect(run.lines.filter((l) => / connect connected /.test(l))).toHaveLength(1);
+    expect(run.lines.filter((l) => / send sent /.test(l))).toHaveLength(3);
+    expect(run.logs.filter((l) => l.includes('decision=allow') && l.includes('status=200'))).toHaveLength(3);
   });
 
   it('cache off: every connection asks the service', async () => {
