@@ -20,6 +20,11 @@ export interface SidebandAuthorizer {
   checkSideband(req: SidebandRequest): Decision;
 }
 
+/** The route table entry the HTTP listener mounts. */
+export function sidebandRoutes(authorizer: SidebandAuthorizer): Record<string, (req: IncomingMessage, res: ServerResponse) => void> {
+  return { [`POST ${SIDEBAND_PATH}`]: (req, res) => handleSideband(req, res, authorizer) };
+}
+
 /** What the transport answers; `decision` is absent when the request never reached the policy. */
 export interface SidebandAnswer {
   status: number;

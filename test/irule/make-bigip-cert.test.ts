@@ -47,6 +47,11 @@ describe('make-bigip-cert.sh', () => {
 
     const report = inspectCertificate(readFileSync(crt, 'utf8'));
     expect(report).toMatchObject({ valid: true, spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy', uri_sans: ['spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy'], subject: '' });
+    // the same through the built CLI, as the script's "next steps" tell the operator (npm test builds first)
+    const cli = await run('node', [join(import.meta.dirname, '..', '..', 'dist', 'cli.js'), 'inspect', crt]);
+    expect(cli.code).toBe(0);
+    expect(cli.stdout).toContain('valid X.509-SVID');
+    expect(cli.stdout).toContain('spiffe id:  spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy');
     const chain = inspectCertificate(readFileSync(join(out, 'bigip-proxy-svc-chain.crt'), 'utf8'));
     expect(chain.chain_length).toBe(2);
     expect(chain.valid).toBe(true);
@@ -71,5 +76,10 @@ describe('inspectCertificate', () => {
     expect(r.uri_sans).toHaveLength(2);
     expect(r.sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(inspectCertificate('not a pem')).toMatchObject({ valid: false, chain_length: 0 });
+    const path = join(dir, 'two-uris.pem');
+    writeFileSync(path, two.certPem);
+    const cli = await run('node', [join(import.meta.dirname, '..', '..', 'dist', 'cli.js'), 'inspect', '--json', path]);
+    expect(cli.code).toBe(1);
+    expect(JSON.parse(cli.stdout)).toMatchObject({ valid: false, uri_sans: ['spiffe://cluster.local/ns/a/sa/x', 'spiffe://cluster.local/ns/b/sa/y'] });
   });
 });

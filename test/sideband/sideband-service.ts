@@ -1,20 +1,14 @@
-// The real service in-process with the sideband route wired the way `serve` wires it, and a test PKI
-// with the certificates the BIG-IP cases need.
+// The real service in-process, and a test PKI with the certificates the BIG-IP cases need.
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { configureSidebandServer, handleSideband } from '../../src/sideband.js';
 import { createCa, issue, workloadSvid, type IssuedCert } from '../support/pki.js';
 import { startTestService, type TestService } from '../support/service.js';
 
+/** The service as `serve` runs it; the sideband route is part of every service. */
 export function startSidebandService(): Promise<TestService> {
-  return startTestService({
-    routes: (authorizer) => ({ 'POST /v1/sideband': (req, res) => handleSideband(req, res, authorizer) }),
-  }).then((service) => {
-    configureSidebandServer(service.httpServer);
-    return service;
-  });
+  return startTestService();
 }
 
 export interface BigipCerts {
