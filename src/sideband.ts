@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Decision } from './decision.js';
+import { oneLine, type Decision } from './decision.js';
 import type { SidebandRequest } from './input.js';
 import { parsePemBlocks } from './x509-svid.js';
 
@@ -14,7 +14,6 @@ export const SIDEBAND_PATH = '/v1/sideband';
 /** A leaf and a couple of intermediates fit in a few KiB; anything far larger is not from the iRule. */
 export const MAX_SIDEBAND_BODY = 16 * 1024;
 const MAX_OPTIONAL_HEADER = 256;
-const MAX_REASON = 200;
 
 export interface SidebandAuthorizer {
   checkSideband(req: SidebandRequest): Decision;
@@ -153,13 +152,8 @@ function malformed(reason: string, status = 400): SidebandAnswer {
   return { status, allow: false, snatPool: '', decisionId: randomUUID(), reason };
 }
 
-/** Printable ASCII on one line, bounded: an iRule copies it into a log line. */
-export function headerSafe(text: string, max = MAX_REASON): string {
-  return text.replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, max);
-}
-
 function answerBody(a: SidebandAnswer): string {
-  return a.allow ? `allow ${a.snatPool}\n` : `deny: ${headerSafe(a.reason)}\n`;
+  return a.allow ? `allow ${a.snatPool}\n` : `deny: ${oneLine(a.reason)}\n`;
 }
 
 function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): void {
@@ -169,7 +163,7 @@ function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): vo
   res.setHeader('X-Egress-Decision', a.allow ? 'allow' : 'deny');
   res.setHeader('X-Egress-Snat-Pool', a.allow ? a.snatPool : '');
   res.setHeader('X-Egress-Decision-Id', a.decisionId);
-  res.setHeader('X-Egress-Reason', headerSafe(a.reason));
+  res.setHeader('X-Egress-Reason', oneLine(a.reason));
   res.setHeader('Content-Type', 'text/plain; charset=utf-8');
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.setHeader('Cache-Control', 'no-store');
@@ -182,7 +176,7 @@ function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): vo
  * slow): still a deny the iRule can read, then the connection closes.
  */
 export function rawDenyAnswer(status: number, reason: string): string {
-  const text = headerSafe(reason);
+  const text = oneLine(reason);
   const body = `deny: ${text}\n`;
   const phrase = status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
   return (
