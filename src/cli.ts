@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// egress-authz CLI: serve | eval | test | build. Usage errors exit 2 with a message on stderr.
+// egress-authz CLI: serve | eval | test | build | inspect. Usage errors exit 2 with a message on stderr.
 import { existsSync, mkdirSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,6 +9,7 @@ import { Authorizer, caseDecision, decideCase } from './authorizer.js';
 import type { Decision } from './decision.js';
 import { MutablePolicySource, startService } from './service.js';
 import { loadPolicy } from './policy.js';
+import { formatReport, inspectCertificate } from './inspect.js';
 import { buildWasmBundle, runOpaTest } from './opa-cli.js';
 import { runPolicyCases } from './policy-cases.js';
 
@@ -26,6 +27,8 @@ commands:
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
   build   [--out FILE] [POLICY_DIR]        compile a policy folder into an OPA Wasm bundle
+  inspect [--json] FILE                    a certificate's SPIFFE ID and whether it is a valid
+                                           X.509-SVID (exit 1 with the reason when not)
 
 --policy takes a bundle (.tar.gz) or a folder of .rego files and data; default: the embedded policy.
 `;
@@ -171,7 +174,22 @@ async function build(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build };
+async function inspect(argv: string[]): Promise<number> {
+  const { values, positionals } = args(argv, { json: { type: 'boolean', default: false } }, true);
+  if (positionals.length !== 1) throw new UsageError('inspect takes one certificate FILE');
+  const file = positionals[0]!;
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${file}: ${(err as Error).message}`);
+  }
+  const report = inspectCertificate(pem);
+  process.stdout.write(`${values.json ? JSON.stringify(report, null, 2) : formatReport(file, report)}\n`);
+  return report.valid ? 0 : 1;
+}
+
+const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build, inspect };
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

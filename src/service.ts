@@ -9,6 +9,7 @@ import type { DecisionLogEntry } from './decision-log.js';
 import { bindGrpcServer, createGrpcServer } from './grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from './http-server.js';
 import type { LoadedPolicy } from './policy.js';
+import { configureSidebandServer, sidebandRoutes } from './sideband.js';
 
 export interface ServiceOptions {
   grpcAddr: string;
@@ -16,7 +17,7 @@ export interface ServiceOptions {
   policy: LoadedPolicy;
   logger: Logger;
   trustedIdentityHeader?: string;
-  /** extra HTTP routes ("POST /v1/sideband" …) */
+  /** extra HTTP routes, besides the BIG-IP sideband (`POST /v1/sideband`) that every service has */
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
   onDecision?: (entry: DecisionLogEntry, decision: Decision) => void;
@@ -62,8 +63,9 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       ready: !stopping && policies.current !== undefined,
       detail: { policy_revision: policies.current?.revision ?? '' },
     }),
-    routes: opts.routes?.(authorizer),
+    routes: { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) },
   });
+  configureSidebandServer(httpServer);
   const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr);
   let httpPort: number;
   try {
