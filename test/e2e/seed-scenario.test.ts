@@ -6,18 +6,17 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { createServer, type Server } from 'node:https';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCa, issue, workloadSvid, writeCert } from '../support/pki.js';
 import { curl, viaEgressProxy, type ProxyClient } from './support/curl.js';
+import { envoyBinary, repoRoot } from './support/envoy.js';
 import { egressGatewayConfig, type AccessLogEntry } from './support/envoy-config.js';
 import { freePort, httpOk, start, waitUntil, type RunningProcess } from './support/processes.js';
 import { writeTinyproxyConfig } from './support/tinyproxy.js';
 
-const root = resolve(import.meta.dirname, '../..');
-const ENVOY = join(root, '.tools/bin/envoy');
-const CLI = join(root, 'dist/cli.js');
+const CLI = join(repoRoot, 'dist/cli.js');
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
 const NETTOOLS = 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools';
 const BOOKINFO_SNAT = '127.0.0.10';
@@ -90,7 +89,7 @@ async function accessLogEntry(requestId: string): Promise<AccessLogEntry> {
 }
 
 beforeAll(async () => {
-  if (!existsSync(ENVOY)) throw new Error(`Envoy is not installed at ${ENVOY}: run bash scripts/install-envoy.sh`);
+  const envoyBin = envoyBinary();
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build`);
   dir = mkdtempSync(join(tmpdir(), 'egress-e2e-'));
 
@@ -122,7 +121,7 @@ beforeAll(async () => {
   const tinyproxy = start('tinyproxy', 'tinyproxy', ['-d', '-c', join(dir, 'tinyproxy.conf')]);
   procs.push(tinyproxy);
 
-  authz = start('egress-authz', process.execPath, [CLI, 'serve', '--grpc-addr', `127.0.0.1:${grpcPort}`, '--http-addr', `127.0.0.1:${httpPort}`], { cwd: root });
+  authz = start('egress-authz', process.execPath, [CLI, 'serve', '--grpc-addr', `127.0.0.1:${grpcPort}`, '--http-addr', `127.0.0.1:${httpPort}`], { cwd: repoRoot });
   procs.push(authz);
 
   accessLog = join(dir, 'envoy-access.log');
@@ -147,7 +146,7 @@ beforeAll(async () => {
     ),
   );
   adminUrl = `http://127.0.0.1:${adminPort}`;
-  const envoy = start('envoy', ENVOY, ['-c', envoyConfig, '--disable-hot-restart', '--concurrency', '1', '--log-level', 'warning', '--file-flush-interval-msec', '100']);
+  const envoy = start('envoy', envoyBin, ['-c', envoyConfig, '--disable-hot-restart', '--concurrency', '1', '--log-level', 'warning', '--file-flush-interval-msec', '100']);
   procs.push(envoy);
 
   await Promise.all([
