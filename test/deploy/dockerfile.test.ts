@@ -77,7 +77,7 @@ describe('Dockerfile', () => {
     expect(entrypoint).toEqual(['node', pkg.bin['egress-authz']!.replace(/^\.\//, '')]);
     const cmd = JSON.parse(inRuntime('CMD').at(-1)!.args) as string[];
     const cli = readFileSync(join(repoRoot, 'src/cli.ts'), 'utf8');
-    const table = /const commands[^=]*=\s*\{([^}]*)\}/.exec(cli)?.[1] ?? '';
+    const table = /const commands\b.*?=\s*\{([^}]*)\}/s.exec(cli)?.[1] ?? '';
     expect(table.split(',').map((e) => e.split(':')[0]!.trim()), 'subcommands in src/cli.ts').toContain(cmd[0]);
   });
 

@@ -73,6 +73,17 @@ function decisions(): DecisionLogEntry[] {
     .filter((e): e is Record<string, unknown> & DecisionLogEntry => typeof e.decision_id === 'string');
 }
 
+/** The decision egress-authz logged for this x-request-id (its log is written asynchronously). */
+async function decisionFor(requestId: string): Promise<DecisionLogEntry> {
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    const entry = decisions().find((d) => d.x_request_id === requestId);
+    if (entry) return entry;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no decision logged for x-request-id ${requestId}:\n${authz.stdout().slice(-4000)}`);
+}
+
 /** Envoy writes a tunnel's access log line when the tunnel closes and flushes the file on a timer. */
 async function accessLogEntry(requestId: string): Promise<AccessLogEntry> {
   const deadline = Date.now() + 5000;
@@ -121,7 +132,7 @@ beforeAll(async () => {
   const tinyproxy = start('tinyproxy', 'tinyproxy', ['-d', '-c', join(dir, 'tinyproxy.conf')]);
   procs.push(tinyproxy);
 
-  authz = start('egress-authz', process.execPath, [CLI, 'serve', '--grpc-addr', `127.0.0.1:${grpcPort}`, '--http-addr', `127.0.0.1:${httpPort}`], { cwd: repoRoot });
+  authz = start('egress-authz', process.execPath, [CLI, 'serve', '--grpc-addr', `127.0.0.1:${grpcPort}`, '--http-addr', `127.0.0.1:${httpPort}`, '--policy', join(repoRoot, 'policies')], { cwd: repoRoot });
   procs.push(authz);
 
   accessLog = join(dir, 'envoy-access.log');
@@ -178,19 +189,20 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
     expect(seen).toMatch(/Connect \(file descriptor \d+\): 127\.0\.0\.10\b/);
     expect(seen).not.toMatch(/Connect \(file descriptor \d+\): 127\.0\.0\.1\b/);
 
-    const decision = decisions().find((d) => d.x_request_id === requestId);
+    const decision = await decisionFor(requestId);
     expect(decision).toMatchObject({ allow: true, snat_pool: 'bookinfo_snat', spiffe_id: BOOKINFO });
     const logged = await accessLogEntry(requestId);
     expect(logged).toMatchObject({
       method: 'CONNECT',
-      decision_id: decision!.decision_id,
+      decision_id: decision.decision_id,
+      metadata_decision_id: decision.decision_id,
       snat_pool: 'bookinfo_snat',
       upstream_cluster: 'bookinfo_snat',
       peer_uri_san: BOOKINFO,
     });
     expect(String(logged.upstream_local_address)).toMatch(/^127\.0\.0\.10:\d+$/);
     // The client is told which decision let it through.
-    expect(r.stdout.toLowerCase()).toContain(`x-egress-decision-id: ${decision!.decision_id}`);
+    expect(r.stdout.toLowerCase()).toContain(`x-egress-decision-id: ${decision.decision_id}`);
   });
 
   it('refuses an sm-apigw-a pod with 403 before anything reaches tinyproxy', async () => {
@@ -201,11 +213,11 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
     expect(r.stdout).toMatch(/^HTTP\/1\.1 403 /m);
     expect(r.stderr).toMatch(/CONNECT tunnel failed, response 403/);
 
-    const decision = decisions().find((d) => d.x_request_id === requestId);
+    const decision = await decisionFor(requestId);
     expect(decision).toMatchObject({ allow: false, snat_pool: '', spiffe_id: NETTOOLS });
-    expect(r.stdout.toLowerCase()).toContain(`x-egress-decision-id: ${decision!.decision_id}`);
+    expect(r.stdout.toLowerCase()).toContain(`x-egress-decision-id: ${decision.decision_id}`);
     const logged = await accessLogEntry(requestId);
-    expect(logged).toMatchObject({ response_code: 403, denied_decision_id: decision!.decision_id, response_flags: 'UAEX' });
+    expect(logged).toMatchObject({ response_code: 403, denied_decision_id: decision.decision_id, response_flags: 'UAEX' });
     expect(readText(tinyproxyLog)).toBe(before);
   });
 
@@ -214,7 +226,7 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
     const before = readText(tinyproxyLog);
     const r = await curl([...viaEgressProxy(nettools, { requestId, proxyHeaders: ['x-egress-snat-pool: bookinfo_snat'] }), '--include', '--insecure', targetUrl]);
     expect(r.stdout).toMatch(/^HTTP\/1\.1 403 /m);
-    expect(decisions().find((d) => d.x_request_id === requestId)).toMatchObject({ allow: false });
+    expect(await decisionFor(requestId)).toMatchObject({ allow: false });
     expect(readText(tinyproxyLog)).toBe(before);
   });
 
