@@ -76,7 +76,7 @@ async function serve(argv: string[]): Promise<number> {
     'trusted-identity-header': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
   });
-  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' } }, pino.destination({ sync: false }));
+  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ sync: false }));
   const location = (values.policy as string | undefined) ?? defaultPolicyLocation();
   let policy;
   try {
