@@ -35,8 +35,10 @@ export interface CertOptions {
   ca?: boolean;
   /** key usage flags; default digitalSignature|keyEncipherment. null omits the extension. */
   keyUsage?: number | null;
-  /** extended key usages as OIDs; default serverAuth + clientAuth, as Istio issues them. */
-  extKeyUsage?: string[];
+  /** whether the key usage extension is marked critical (the X.509-SVID standard requires it); default true. */
+  keyUsageCritical?: boolean;
+  /** extended key usages as OIDs; default serverAuth + clientAuth, as Istio issues them. null omits the extension. */
+  extKeyUsage?: string[] | null;
   sanCritical?: boolean;
   notBefore?: Date;
   notAfter?: Date;
@@ -93,8 +95,9 @@ export async function issue(opts: CertOptions = {}): Promise<IssuedCert> {
   else names.push(...dns, ...uris);
   const extensions: x509.Extension[] = [new x509.BasicConstraintsExtension(opts.ca ?? false, undefined, true)];
   const ku = opts.keyUsage === undefined ? x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment : opts.keyUsage;
-  if (ku !== null) extensions.push(new x509.KeyUsagesExtension(ku, true));
-  extensions.push(new x509.ExtendedKeyUsageExtension(opts.extKeyUsage ?? [EKU.serverAuth, EKU.clientAuth], false));
+  if (ku !== null) extensions.push(new x509.KeyUsagesExtension(ku, opts.keyUsageCritical ?? true));
+  const eku = opts.extKeyUsage === undefined ? [EKU.serverAuth, EKU.clientAuth] : opts.extKeyUsage;
+  if (eku !== null) extensions.push(new x509.ExtendedKeyUsageExtension(eku, false));
   if (names.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(names, opts.sanCritical ?? (opts.subject ?? '') === ''));
   const subject = opts.subject ?? '';
   const common = {

@@ -1,0 +1,87 @@
+# Default egress policy: which workloads may leave the mesh, through which SNAT pool, and (optionally)
+# to which destinations. Tenants, pools and destination lists are data (data.egress, see data.json);
+# adding a tenant is a data change, never a code change.
+#
+# Input (see DESIGN.md): input.identity (null when the identity step refused the peer, with
+# input.identity_error saying why), input.destination {host, port?}, input.caller.
+# Result: {allow, snat_pool, reason}; snat_pool is "" on a deny.
+package egress.authz
+
+# Fail closed: for any input at all the decision is defined, so the engine never sees "undefined".
+default decision := {"allow": false, "snat_pool": "", "reason": "no egress rule matched"}
+
+decision := {"allow": true, "snat_pool": tenant.snat_pool, "reason": allow_reason} if {
+	not denial
+	is_string(tenant.snat_pool)
+	tenant.snat_pool != ""
+}
+
+decision := {"allow": false, "snat_pool": "", "reason": denial}
+
+identity := input.identity if is_object(input.identity)
+
+namespace := identity.namespace if is_string(identity.namespace)
+
+# Exact key lookup: "bookinfo-evil" or "bookinfo.x" never match the "bookinfo" tenant.
+tenant := data.egress.tenants[namespace] if is_object(data.egress.tenants[namespace])
+
+# The first check that fails names the reason; `else` keeps the order deterministic and the value single.
+denial := identity_error if {
+	not identity
+} else := sprintf("trust domain %v is not allowed", [object.get(identity, "trust_domain", "(none)")]) if {
+	not identity.trust_domain == data.egress.trust_domain
+} else := sprintf("%v is not a namespaced workload identity", [identity.spiffe_id]) if {
+	not namespace
+} else := sprintf("namespace %v has no egress tenant", [namespace]) if {
+	not tenant
+} else := sprintf("tenant %v has no SNAT pool configured", [namespace]) if {
+	not valid_pool(tenant.snat_pool)
+} else := sprintf("namespace %v may not reach %v", [namespace, destination_label]) if {
+	not destination_allowed
+}
+
+identity_error := input.identity_error if {
+	is_string(input.identity_error)
+	input.identity_error != ""
+} else := "no verified workload identity"
+
+valid_pool(pool) if {
+	is_string(pool)
+	pool != ""
+}
+
+allow_reason := sprintf("namespace %v may egress via %v", [namespace, tenant.snat_pool]) if {
+	not tenant.destinations
+} else := sprintf("namespace %v may reach %v via %v", [namespace, destination_label, tenant.snat_pool])
+
+# A tenant without a destination list may reach anything (the seed's forward proxy does the rest);
+# a tenant with one may reach only the hosts ("host") or endpoints ("host:port") it lists.
+destination_allowed if not tenant.destinations
+
+destination_allowed if {
+	some entry in tenant.destinations
+	lower(entry) in destination_forms
+}
+
+destination_host := lower(input.destination.host) if {
+	is_string(input.destination.host)
+	input.destination.host != ""
+}
+
+destination_forms contains destination_host
+
+destination_forms contains destination_endpoint
+
+# host:port as written in destination lists; IPv6 literals in brackets, as in a URL authority.
+destination_endpoint := sprintf("[%v]:%v", [destination_host, input.destination.port]) if {
+	is_number(input.destination.port)
+	contains(destination_host, ":")
+} else := sprintf("%v:%v", [destination_host, input.destination.port]) if {
+	is_number(input.destination.port)
+}
+
+destination_label := destination_endpoint if {
+	destination_endpoint
+} else := destination_host if {
+	destination_host
+} else := "an unknown destination"

@@ -1,0 +1,213 @@
+#!/usr/bin/env node
+// egress-authz CLI: serve | eval | test | build. Usage errors exit 2 with a message on stderr.
+import { existsSync, mkdirSync, readFileSync, realpathSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import pino from 'pino';
+import { Authorizer } from './authorizer.js';
+import type { Decision } from './decision.js';
+import { MutablePolicySource, startService } from './service.js';
+import { loadPolicy } from './policy.js';
+import { buildWasmBundle, runOpaTest } from './opa-cli.js';
+import { runPolicyCases } from './policy-cases.js';
+
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
+
+const USAGE = `usage: egress-authz <command> [options]
+
+commands:
+  serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH] [--entrypoint E]
+          [--trusted-identity-header NAME] [--log-level LEVEL]
+          gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health and the
+          BIG-IP sideband on --http-addr (default 0.0.0.0:8181)
+  eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
+          print the decision as JSON
+  test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
+  build   [--out FILE] [POLICY_DIR]        compile a policy folder into an OPA Wasm bundle
+
+--policy takes a bundle (.tar.gz) or a folder of .rego files and data; default: the embedded policy.
+`;
+
+class UsageError extends Error {}
+
+/** The embedded default policy: the bundle compiled by `npm ci`, or the source folder. */
+export function defaultPolicyLocation(): string {
+  const bundle = join(packageRoot, 'dist', 'policy', 'bundle.tar.gz');
+  return existsSync(bundle) ? bundle : join(packageRoot, 'policies');
+}
+
+// Every option of this CLI takes a string value (flags would be booleans); repeatable ones are arrays.
+type Values = Record<string, string | string[] | undefined>;
+
+function args(argv: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
+  try {
+    const parsed = parseArgs({ args: argv, options, allowPositionals, strict: true });
+    return { values: parsed.values as Values, positionals: parsed.positionals };
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+export function decisionJson(d: Decision): Record<string, unknown> {
+  return {
+    decision_id: d.decision_id,
+    allow: d.allow,
+    snat_pool: d.snat_pool,
+    reason: d.reason,
+    http_status: d.http_status,
+    spiffe_id: d.identity?.spiffe_id ?? '',
+    namespace: d.identity?.namespace ?? '',
+    destination: d.destination,
+    policy_revision: d.policy_revision,
+  };
+}
+
+async function serve(argv: string[]): Promise<number> {
+  const { values } = args(argv, {
+    'grpc-addr': { type: 'string', default: '0.0.0.0:9191' },
+    'http-addr': { type: 'string', default: '0.0.0.0:8181' },
+    policy: { type: 'string' },
+    entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+    'trusted-identity-header': { type: 'string' },
+    'log-level': { type: 'string', default: 'info' },
+  });
+  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' } }, pino.destination({ sync: false }));
+  const location = (values.policy as string | undefined) ?? defaultPolicyLocation();
+  let policy;
+  try {
+    policy = await loadPolicy(location, { entrypoint: values.entrypoint as string });
+  } catch (err) {
+    logger.fatal({ policy_source: location, err: (err as Error).message }, 'policy failed to load; not serving');
+    logger.flush();
+    return 1;
+  }
+  const service = await startService({
+    grpcAddr: values['grpc-addr'] as string,
+    httpAddr: values['http-addr'] as string,
+    policy,
+    logger,
+    trustedIdentityHeader: values['trusted-identity-header'] as string | undefined,
+  });
+  await new Promise<void>((resolveStop) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) process.exit(130); // a second signal: out now
+      stopping = true;
+      logger.info({ signal }, 'shutting down');
+      void service.close().then(() => {
+        logger.info('stopped');
+        logger.flush();
+        resolveStop();
+      });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+  return 0;
+}
+
+async function evaluate(argv: string[]): Promise<number> {
+  const { values } = args(argv, {
+    'spiffe-id': { type: 'string' },
+    cert: { type: 'string' },
+    input: { type: 'string' },
+    destination: { type: 'string' },
+    policy: { type: 'string' },
+    entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+  });
+  const given = ['spiffe-id', 'cert', 'input'].filter((k) => values[k] !== undefined);
+  if (given.length !== 1) throw new UsageError('eval needs exactly one of --spiffe-id, --cert, --input');
+  const policy = await loadPolicy((values.policy as string | undefined) ?? defaultPolicyLocation(), { entrypoint: values.entrypoint as string });
+  const authorizer = new Authorizer({ policies: new MutablePolicySource(policy), sink: () => {} });
+  let decision: Decision;
+  if (values.input !== undefined) {
+    let doc: unknown;
+    try {
+      doc = JSON.parse(readFileSync(values.input as string, 'utf8'));
+    } catch (err) {
+      throw new UsageError(`--input ${values.input}: ${(err as Error).message}`);
+    }
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new UsageError('--input must hold a JSON object');
+    decision = authorizer.checkCli({ input: doc as Record<string, unknown> });
+  } else if (values.cert !== undefined) {
+    let pem: string;
+    try {
+      pem = readFileSync(values.cert as string, 'utf8');
+    } catch (err) {
+      throw new UsageError(`--cert ${values.cert}: ${(err as Error).message}`);
+    }
+    decision = authorizer.checkCli({ certificatePem: pem, destination: values.destination as string | undefined });
+  } else {
+    decision = authorizer.checkCli({ spiffeId: values['spiffe-id'] as string, destination: values.destination as string | undefined });
+  }
+  process.stdout.write(`${JSON.stringify(decisionJson(decision), null, 2)}\n`);
+  return 0;
+}
+
+async function test(argv: string[]): Promise<number> {
+  const { values } = args(argv, {
+    policy: { type: 'string', default: join(packageRoot, 'policies') },
+    cases: { type: 'string' },
+    entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+  });
+  const dir = values.policy as string;
+  const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
+  // Each case runs the same pipeline as a Check, against the policy with the case file's data overlay.
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => {
+    const authorizer = new Authorizer({ policies: new MutablePolicySource(casePolicy), sink: () => {} });
+    return authorizer.checkCli(c);
+  });
+  process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
+  const opa = await runOpaTest(dir);
+  process.stdout.write(opa.text.endsWith('\n') ? opa.text : `${opa.text}\n`);
+  return report.failed === 0 && opa.ok ? 0 : 1;
+}
+
+async function build(argv: string[]): Promise<number> {
+  const { values, positionals } = args(argv, { out: { type: 'string', default: 'bundle.tar.gz' }, entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT } }, true);
+  if (positionals.length > 1) throw new UsageError('build takes one POLICY_DIR');
+  const dir = positionals[0] ?? join(packageRoot, 'policies');
+  mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
+  await buildWasmBundle(dir, values.out as string, values.entrypoint as string);
+  process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
+  return 0;
+}
+
+const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build };
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    process.stdout.write(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`egress-authz: unknown command "${name}"\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await command(rest);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`egress-authz ${name}: ${err.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`egress-authz ${name}: ${(err as Error).message}\n`);
+    return 1;
+  }
+}
+
+if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`egress-authz: ${(err as Error).stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,49 @@
+// One JSON line per decision, shared by every transport. The entry names the identity, never the
+// certificate; the correlation fields let an Envoy access log or a BIG-IP log line be joined to it.
+import type { Decision } from './decision.js';
+
+export interface Correlation {
+  /** x-request-id from Envoy or the iRule */
+  request_id?: string;
+  traceparent?: string;
+}
+
+export interface DecisionLogEntry {
+  decision_id: string;
+  time: string;
+  caller: string;
+  spiffe_id: string;
+  namespace: string;
+  allow: boolean;
+  snat_pool: string;
+  reason: string;
+  destination: string;
+  x_request_id: string;
+  traceparent: string;
+  policy_revision: string;
+  eval_ms: number;
+  policy_error?: string;
+}
+
+export function decisionLogEntry(d: Decision, c: Correlation): DecisionLogEntry {
+  const entry: DecisionLogEntry = {
+    decision_id: d.decision_id,
+    time: new Date().toISOString(),
+    caller: d.caller,
+    spiffe_id: d.identity?.spiffe_id ?? '',
+    namespace: d.identity?.namespace ?? '',
+    allow: d.allow,
+    snat_pool: d.snat_pool,
+    reason: d.reason,
+    destination: d.destination,
+    x_request_id: c.request_id ?? '',
+    traceparent: c.traceparent ?? '',
+    policy_revision: d.policy_revision,
+    eval_ms: Math.round(d.eval_ms * 1000) / 1000,
+  };
+  if (d.policy_error !== undefined) entry.policy_error = d.policy_error;
+  return entry;
+}
+
+/** Where decision log entries go; the serve command binds it to pino, tests to an array. */
+export type DecisionSink = (entry: DecisionLogEntry, decision: Decision) => void;

@@ -1,0 +1,55 @@
+// Decision → CheckResponse, in the field names @grpc/proto-loader expects with keepCase off
+// (google.protobuf.Value is `{stringValue}`: a snake_case object would silently encode an empty Value).
+import type { Decision } from './decision.js';
+
+const OK = 0;
+const PERMISSION_DENIED = 7;
+
+export const SNAT_POOL_HEADER = 'x-egress-snat-pool';
+export const DECISION_ID_HEADER = 'x-egress-decision-id';
+
+interface HeaderValueOption {
+  header: { key: string; value: string };
+  append?: { value: boolean };
+}
+
+// `append: false` makes Envoy overwrite: a client that sends its own x-egress-snat-pool cannot pick
+// another tenant's cluster.
+function header(key: string, value: string): HeaderValueOption {
+  return { header: { key, value }, append: { value: false } };
+}
+
+function str(v: string): { stringValue: string } {
+  return { stringValue: v };
+}
+
+export function toCheckResponse(d: Decision): Record<string, unknown> {
+  const dynamicMetadata = {
+    fields: {
+      decision_id: str(d.decision_id),
+      spiffe_id: str(d.identity?.spiffe_id ?? ''),
+      snat_pool: str(d.snat_pool),
+      allow: { boolValue: d.allow },
+      policy_revision: str(d.policy_revision),
+    },
+  };
+  const extra = Object.entries(d.headers).map(([k, v]) => header(k, v));
+  if (d.allow) {
+    const headers = [header(DECISION_ID_HEADER, d.decision_id), ...extra];
+    if (d.snat_pool) headers.unshift(header(SNAT_POOL_HEADER, d.snat_pool));
+    return {
+      status: { code: OK, message: '' },
+      okResponse: { headers },
+      dynamicMetadata,
+    };
+  }
+  return {
+    status: { code: PERMISSION_DENIED, message: d.reason },
+    deniedResponse: {
+      status: { code: d.http_status },
+      headers: [header(DECISION_ID_HEADER, d.decision_id), header('content-type', 'text/plain'), ...extra],
+      body: `${d.body}\n`,
+    },
+    dynamicMetadata,
+  };
+}

@@ -1,0 +1,65 @@
+// The HTTP listener: health for Kubernetes probes and load balancers, and the routes other modules
+// register (the BIG-IP sideband, metrics). Answers are small and never depend on the request body
+// except where a route reads it.
+import http from 'node:http';
+
+export type RouteHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+
+export interface HttpServerOptions {
+  /** liveness: the process can answer */
+  live?: () => boolean;
+  /** readiness: a policy is loaded (and we are not shutting down); body says which revision */
+  ready: () => { ready: boolean; detail: Record<string, unknown> };
+  /** "METHOD /path" → handler */
+  routes?: Record<string, RouteHandler>;
+}
+
+export function createHttpServer(opts: HttpServerOptions): http.Server {
+  const routes = opts.routes ?? {};
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    const route = routes[`${req.method} ${path}`];
+    if (route) return route(req, res);
+    if (req.method === 'GET' || req.method === 'HEAD') {
+      if (path === '/healthz') return json(res, opts.live?.() === false ? 503 : 200, { status: opts.live?.() === false ? 'down' : 'ok' });
+      if (path === '/readyz') {
+        const r = opts.ready();
+        return json(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', ...r.detail });
+      }
+    }
+    const known = Object.keys(routes).some((k) => k.endsWith(` ${path}`)) || path === '/healthz' || path === '/readyz';
+    json(res, known ? 405 : 404, { error: known ? 'method not allowed' : 'not found' });
+  });
+  // Bounded waits for slow or idle clients (slowloris); the BIG-IP keeps its sideband connection open
+  // between calls, so keep-alive is long enough to be reused.
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 15_000;
+  server.keepAliveTimeout = 60_000;
+  server.maxHeadersCount = 64;
+  return server;
+}
+
+export function json(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body)}\n`;
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(res.req.method === 'HEAD' ? undefined : text);
+}
+
+export function listen(server: http.Server, addr: string): Promise<number> {
+  const { host, port } = splitAddr(addr);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      const a = server.address();
+      resolve(typeof a === 'object' && a ? a.port : port);
+    });
+  });
+}
+
+/** "host:port" or "[v6]:port" */
+export function splitAddr(addr: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(addr);
+  if (!m) throw new Error(`invalid address "${addr}": expected HOST:PORT`);
+  return { host: m[1] ?? '', port: Number(m[2]) };
+}

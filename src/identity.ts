@@ -1,0 +1,95 @@
+// The caller's identity, from the evidence a transport collected about its peer. Syntax and shape
+// only: which trust domains and namespaces are welcome is the policy's decision, so every valid
+// identity of any trust domain is returned, and anything not provably valid is a reason to deny.
+import { fail, ok, type Result } from './result.js';
+import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
+import { parseX509SvidPem } from './x509-svid.js';
+
+export type IdentitySource = 'certificate' | 'principal' | 'header';
+
+export interface Identity {
+  spiffe_id: string;
+  trust_domain: string;
+  /** "" or "/seg/…" */
+  path: string;
+  /** only for Istio-shaped paths, /ns/<namespace>/sa/<service account> */
+  namespace?: string;
+  service_account?: string;
+  /** the strongest evidence the identity came from */
+  source: IdentitySource;
+}
+
+export interface PeerEvidence {
+  /** the peer's certificate chain as PEM, leaf first (Envoy's URL-encoded form is accepted too) */
+  certificatePem?: string;
+  /** Envoy's `source.principal`: the URI SAN of a verified peer, or its subject DN when it has none */
+  principal?: string;
+  /** an identity header; the transport passes it only when the operator chose to trust such headers */
+  headerSpiffeId?: string;
+}
+
+interface Claim {
+  source: IdentitySource;
+  id: SpiffeId;
+}
+
+const LABEL: Record<IdentitySource, string> = {
+  certificate: 'certificate SPIFFE ID',
+  principal: 'source principal',
+  header: 'header SPIFFE ID',
+};
+
+export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()): Result<Identity> {
+  // Strongest first: the first claim names the identity, every other one must agree with it.
+  const claims: Claim[] = [];
+
+  for (const source of ['certificate', 'principal', 'header'] as const) {
+    const value = evidenceOf(evidence, source);
+    // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
+    if (value !== undefined && value !== null && typeof value !== 'string') return fail(`${source} evidence is not a string`);
+  }
+
+  if (present(evidence.certificatePem)) {
+    const svid = parseX509SvidPem(evidence.certificatePem, now);
+    if (!svid.ok) return svid;
+    claims.push({ source: 'certificate', id: svid.value.spiffeId });
+  }
+  for (const source of ['principal', 'header'] as const) {
+    const text = evidenceOf(evidence, source);
+    if (!present(text)) continue;
+    const id = parseSpiffeId(text);
+    if (!id.ok) {
+      // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
+      return fail(text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`);
+    }
+    claims.push({ source, id: id.value });
+  }
+
+  const [first, ...others] = claims;
+  if (first === undefined) return fail('no client identity');
+  // Both sides were parsed strictly (canonical lowercase form), so byte equality is identity equality.
+  const disagreeing = others.find((claim) => claim.id.uri !== first.id.uri);
+  if (disagreeing !== undefined) return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`);
+  return ok(toIdentity(first.id, first.source));
+}
+
+/** The policy's view of a SPIFFE ID; namespace and service account only for exactly /ns/<ns>/sa/<sa>. */
+export function toIdentity(id: SpiffeId, source: IdentitySource): Identity {
+  const identity: Identity = { spiffe_id: id.uri, trust_domain: id.trustDomain, path: id.path, source };
+  const segments = id.path.split('/');
+  // "/ns/a/sa/b".split('/') → ['', 'ns', 'a', 'sa', 'b']; parseSpiffeId already refused empty segments.
+  if (segments.length === 5 && segments[1] === 'ns' && segments[3] === 'sa') {
+    identity.namespace = segments[2];
+    identity.service_account = segments[4];
+  }
+  return identity;
+}
+
+function evidenceOf(evidence: PeerEvidence, source: IdentitySource): unknown {
+  if (source === 'certificate') return evidence.certificatePem;
+  return source === 'principal' ? evidence.principal : evidence.headerSpiffeId;
+}
+
+function present(value: unknown): value is string {
+  return typeof value === 'string' && value !== '';
+}

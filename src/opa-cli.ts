@@ -1,0 +1,188 @@
+// The `opa` CLI is a build tool here, never a server: it compiles Rego to Wasm (`opa build -t wasm`) and
+// runs Rego unit tests (`opa test`). Evaluation happens in-process with the Wasm SDK (see policy.ts).
+import { execFile } from 'node:child_process';
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { delimiter, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
+
+/**
+ * Names OPA skips when it loads a policy folder, for `build` and `test` alike: case files are inputs
+ * for `egress-authz test`, not policy data (OPA would otherwise load every .json as data).
+ */
+export const POLICY_IGNORES: readonly string[] = ['cases', '.*'];
+
+/** Test files are excluded from bundles only; `opa test` needs them. */
+const BUILD_IGNORES: readonly string[] = [...POLICY_IGNORES, '*_test.rego'];
+
+const BUILD_TIMEOUT_MS = 120_000;
+const MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
+
+export class OpaNotFoundError extends Error {
+  override name = 'OpaNotFoundError';
+}
+
+/** The folder holding this package's package.json, from src/ (vitest, tsx) and dist/ (built) alike. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const manifest = join(dir, 'package.json');
+    if (existsSync(manifest)) {
+      try {
+        if ((JSON.parse(readFileSync(manifest, 'utf8')) as { name?: unknown }).name === 'egress-authz') return dir;
+      } catch {
+        // not ours; keep walking up
+      }
+    }
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('egress-authz: cannot find the package root (package.json) above ' + fileURLToPath(import.meta.url));
+    dir = parent;
+  }
+}
+
+/**
+ * The opa binary to run: $EGRESS_AUTHZ_OPA if set, else the project's pinned copy in .tools/bin, else
+ * `opa` on PATH. Throws OpaNotFoundError naming the install script when none is usable.
+ */
+export function locateOpa(env: NodeJS.ProcessEnv = process.env): string {
+  const explicit = env['EGRESS_AUTHZ_OPA'];
+  if (explicit) {
+    if (isExecutable(explicit)) return explicit;
+    throw new OpaNotFoundError(`EGRESS_AUTHZ_OPA=${explicit} is not an executable file`);
+  }
+  const root = packageRoot();
+  const pinned = join(root, '.tools', 'bin', 'opa');
+  if (isExecutable(pinned)) return pinned;
+  for (const dir of (env['PATH'] ?? '').split(delimiter)) {
+    if (dir && isExecutable(join(dir, 'opa'))) return join(dir, 'opa');
+  }
+  throw new OpaNotFoundError(
+    `the opa CLI was not found (looked at $EGRESS_AUTHZ_OPA, ${pinned}, PATH); install it with: bash ${join(root, 'scripts', 'install-opa.sh')}`,
+  );
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+interface RunOutput {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function runOpa(args: string[], cwd?: string): Promise<RunOutput> {
+  const opa = locateOpa();
+  return new Promise((resolve, reject) => {
+    execFile(opa, args, { cwd, timeout: BUILD_TIMEOUT_MS, maxBuffer: MAX_OUTPUT_BYTES, encoding: 'utf8' }, (err, stdout, stderr) => {
+      if (err && typeof err.code !== 'number') {
+        reject(new Error(`opa ${args[0] ?? ''} could not run: ${err.killed ? `timed out after ${BUILD_TIMEOUT_MS} ms` : err.message}`));
+        return;
+      }
+      resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
+    });
+  });
+}
+
+function ignoreArgs(names: readonly string[]): string[] {
+  return names.flatMap((n) => ['--ignore', n]);
+}
+
+export interface BuildOptions {
+  /** written into the bundle manifest; `loadPolicy` reports it as the policy revision */
+  revision?: string;
+}
+
+/**
+ * Compiles a policy folder (Rego + data.json files) into an OPA Wasm bundle at outFile
+ * (`opa build -t wasm -e <entrypoint>`), skipping `cases/`, hidden files and `*_test.rego`.
+ * Rejects with opa's own compiler messages when the policy does not compile.
+ */
+export async function buildWasmBundle(policyDir: string, outFile: string, entrypoint = DEFAULT_ENTRYPOINT, opts: BuildOptions = {}): Promise<void> {
+  if (!isDirectory(policyDir)) throw new Error(`policy folder ${policyDir} does not exist or is not a folder`);
+  const args = ['build', '-t', 'wasm', '-e', entrypoint, '-o', resolve(outFile), ...ignoreArgs(BUILD_IGNORES)];
+  if (opts.revision !== undefined) args.push('--revision', opts.revision);
+  // Built from inside the folder, so file paths in the bundle (and its content hash, the default
+  // revision) do not depend on where the folder lives.
+  args.push('.');
+  const out = await runOpa(args, resolve(policyDir));
+  if (out.code !== 0) {
+    throw new Error(`opa build failed for ${policyDir}:\n${(out.stderr || out.stdout).trim()}`);
+  }
+}
+
+export interface OpaTestCase {
+  name: string;
+  pass: boolean;
+  /** opa's failure or error text, when the test did not pass */
+  detail?: string;
+}
+
+export interface OpaTestReport {
+  ok: boolean;
+  passed: number;
+  failed: number;
+  tests: OpaTestCase[];
+  /** runner-style lines (`✓ data.pkg.test_x`, `✗ …`), then `N passed, N failed`; or opa's error */
+  text: string;
+}
+
+interface OpaJsonResult {
+  package?: string;
+  name?: string;
+  fail?: boolean;
+  skip?: boolean;
+  error?: unknown;
+  output?: string;
+}
+
+/**
+ * Runs the Rego unit tests of a policy folder (`opa test`, ignoring `cases/`). Resolves with a report
+ * (ok=false on any failure, including a folder that does not compile); rejects only when opa cannot run.
+ */
+export async function runOpaTest(dir: string): Promise<OpaTestReport> {
+  const out = await runOpa(['test', '--format', 'json', ...ignoreArgs(POLICY_IGNORES), dir]);
+  let results: OpaJsonResult[] | undefined;
+  try {
+    const parsed: unknown = JSON.parse(out.stdout);
+    if (Array.isArray(parsed)) results = parsed as OpaJsonResult[];
+  } catch {
+    results = undefined;
+  }
+  if (!results) {
+    const message = (out.stderr || out.stdout).trim() || `opa test exited with ${out.code}`;
+    return { ok: false, passed: 0, failed: 1, tests: [], text: `✗ opa test ${dir}\n${message}\n0 passed, 1 failed` };
+  }
+  const tests: OpaTestCase[] = results
+    .filter((r) => !r.skip)
+    .map((r) => {
+      const name = `${r.package ?? '?'}.${r.name ?? '?'}`;
+      if (r.error !== undefined) return { name, pass: false, detail: describeOpaError(r.error) };
+      if (r.fail) return { name, pass: false, detail: r.output?.trim() || 'test failed' };
+      return { name, pass: true };
+    });
+  const passed = tests.filter((t) => t.pass).length;
+  const failed = tests.length - passed;
+  const lines = tests.map((t) => (t.pass ? `✓ ${t.name}` : `✗ ${t.name} — ${t.detail ?? 'failed'}`));
+  lines.push(`${passed} passed, ${failed} failed`);
+  return { ok: failed === 0 && out.code === 0, passed, failed, tests, text: lines.join('\n') };
+}
+
+function describeOpaError(error: unknown): string {
+  if (error && typeof error === 'object' && 'message' in error) return String((error as { message: unknown }).message);
+  return JSON.stringify(error);
+}

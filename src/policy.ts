@@ -1,0 +1,306 @@
+// The policy engine: a Rego policy compiled to Wasm, evaluated in-process with the OPA Wasm SDK.
+// Whatever the policy does — errors, returns nothing, returns garbage, runs too long — evaluate() gives
+// a Result, never an exception, so the decision step can deny with a reason.
+import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
+import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
+import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
+import { fail, ok, type Result } from './result.js';
+
+export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
+
+// The SDK's ESM entry exports only loadPolicy; its CommonJS entry also has loadPolicySync.
+const opaWasm = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as typeof import('@open-policy-agent/opa-wasm');
+
+// Node has the WebAssembly global, but the project's `lib` (ES2023, no DOM) does not declare it.
+type CompiledWasm = object;
+declare const WebAssembly: { compile(bytes: Uint8Array): Promise<CompiledWasm> };
+
+export const DEFAULT_EVAL_BUDGET_MS = 50;
+
+/** The policy's answer, normalised from any accepted result shape. */
+export interface PolicyResult {
+  allow: boolean;
+  /** "" on every deny, and on an allow whose policy named no pool */
+  snat_pool: string;
+  reason: string;
+  http_status?: number;
+  headers?: Record<string, string>;
+  body?: string;
+}
+
+export interface LoadedPolicy {
+  /** the bundle manifest's revision, else `sha256:<12 hex>` of the bundle bytes */
+  readonly revision: string;
+  /** where it was loaded from (path as given) */
+  readonly source: string;
+  readonly entrypoint: string;
+  /** synchronous, never throws */
+  evaluate(input: unknown): Result<PolicyResult>;
+  // Optional so that stand-ins (test fakes) need only the members above.
+  /** the data document the policy evaluates against (do not mutate) */
+  readonly data?: Readonly<Record<string, unknown>>;
+  /**
+   * The same compiled policy with `overlay` deep-merged over its data (objects merge, other values
+   * replace); used by case files that carry their own data. Revision gets a `+data:<hash>` suffix.
+   */
+  withDataOverlay?(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
+}
+
+export interface LoadPolicyOptions {
+  entrypoint?: string;
+  /** an evaluation taking longer than this is a failure (fail closed) */
+  evalBudgetMs?: number;
+}
+
+/**
+ * Loads a policy from a bundle file (`.tar.gz`, as `opa build -t wasm` writes) or from a folder of Rego
+ * and data.json files, which is compiled with the opa CLI into a temporary bundle (removed afterwards).
+ * Rejects with a message naming the location when the policy cannot be read, compiled or instantiated,
+ * or lacks the entrypoint.
+ */
+export async function loadPolicy(location: string, opts: LoadPolicyOptions = {}): Promise<LoadedPolicy> {
+  const entrypoint = opts.entrypoint ?? DEFAULT_ENTRYPOINT;
+  let info;
+  try {
+    info = await stat(location);
+  } catch (e) {
+    throw new Error(`policy ${location}: ${(e as Error).message}`);
+  }
+  let bytes: Uint8Array;
+  if (info.isDirectory()) {
+    bytes = await compileFolder(location, entrypoint);
+  } else {
+    if (info.size > MAX_BUNDLE_BYTES) throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
+    bytes = await readFile(location);
+  }
+  return loadPolicyBundle(bytes, { ...opts, source: location });
+}
+
+/** Loads a bundle already in memory (e.g. fetched from a bundle server). */
+export async function loadPolicyBundle(bytes: Uint8Array, opts: LoadPolicyOptions & { source: string }): Promise<LoadedPolicy> {
+  const entrypoint = opts.entrypoint ?? DEFAULT_ENTRYPOINT;
+  const where = `policy ${opts.source}`;
+  let bundle;
+  try {
+    bundle = await readBundle(bytes, { entrypoint });
+  } catch (e) {
+    throw new Error(`${where}: ${(e as Error).message}`);
+  }
+  let module: CompiledWasm;
+  try {
+    module = await WebAssembly.compile(bundle.wasm);
+  } catch (e) {
+    throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${(e as Error).message}`);
+  }
+  const manifestRevision = bundle.manifest?.revision;
+  const revision = typeof manifestRevision === 'string' && manifestRevision !== '' ? manifestRevision : `sha256:${sha256(bytes).slice(0, 12)}`;
+  return WasmPolicy.create(module, bundle.data, {
+    revision,
+    source: opts.source,
+    entrypoint,
+    evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
+  });
+}
+
+async function compileFolder(dir: string, entrypoint: string): Promise<Uint8Array> {
+  const tmp = await mkdtemp(join(tmpdir(), 'egress-authz-policy-'));
+  try {
+    const out = join(tmp, 'bundle.tar.gz');
+    await buildWasmBundle(dir, out, entrypoint);
+    return await readFile(out);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+function sha256(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+interface WasmPolicyMeta {
+  revision: string;
+  source: string;
+  entrypoint: string;
+  evalBudgetMs: number;
+}
+
+// Bounds what one evaluation can take from the heap; growth past it aborts the evaluation (a deny).
+const WASM_MEMORY = { initial: 5, maximum: 4096 } as const; // 64 KiB pages: 320 KiB .. 256 MiB
+
+class WasmPolicy implements LoadedPolicy {
+  readonly revision: string;
+  readonly source: string;
+  readonly entrypoint: string;
+  private instance: OpaWasmPolicy;
+  private entrypointId: number;
+  private poisoned = false;
+
+  private constructor(
+    private readonly module: CompiledWasm,
+    readonly data: Readonly<Record<string, unknown>>,
+    private readonly meta: WasmPolicyMeta,
+    instance: OpaWasmPolicy,
+    entrypointId: number,
+  ) {
+    this.revision = meta.revision;
+    this.source = meta.source;
+    this.entrypoint = meta.entrypoint;
+    this.instance = instance;
+    this.entrypointId = entrypointId;
+  }
+
+  static async create(module: CompiledWasm, data: Record<string, unknown>, meta: WasmPolicyMeta): Promise<WasmPolicy> {
+    const where = `policy ${meta.source}`;
+    let instance: OpaWasmPolicy;
+    try {
+      instance = await opaWasm.loadPolicy(module, { ...WASM_MEMORY });
+      instance.setData(data);
+    } catch (e) {
+      throw new Error(`${where}: cannot instantiate the Wasm policy: ${describe(e)}`);
+    }
+    const entrypoints = instance.entrypoints as Record<string, number>;
+    const id = entrypoints[meta.entrypoint];
+    if (typeof id !== 'number' || !Object.prototype.hasOwnProperty.call(entrypoints, meta.entrypoint)) {
+      throw new Error(`${where}: entrypoint ${meta.entrypoint} not found (the bundle has: ${Object.keys(entrypoints).join(', ') || 'none'})`);
+    }
+    return new WasmPolicy(module, data, meta, instance, id);
+  }
+
+  evaluate(input: unknown): Result<PolicyResult> {
+    // Wasm runs synchronously on this thread and cannot be interrupted; the budget is measured and an
+    // evaluation that overran is answered with a failure (deny) rather than a late allow.
+    const started = performance.now();
+    let resultSet: unknown;
+    try {
+      if (this.poisoned) this.reinstantiate();
+      resultSet = this.instance.evaluate(input, this.entrypointId);
+    } catch (e) {
+      // An aborted evaluation may leave the instance's heap half-written: start the next one afresh.
+      this.poisoned = true;
+      return fail(`policy evaluation failed: ${describe(e)}`);
+    }
+    const elapsed = performance.now() - started;
+    if (elapsed > this.meta.evalBudgetMs) return fail(`policy evaluation exceeded ${this.meta.evalBudgetMs}ms (took ${elapsed.toFixed(1)}ms)`);
+    if (!Array.isArray(resultSet) || resultSet.length === 0) return fail('policy result undefined');
+    if (resultSet.length > 1) return fail(`policy returned ${resultSet.length} results, expected one`);
+    const first: unknown = resultSet[0];
+    if (!isObject(first) || !('result' in first)) return fail('policy result undefined');
+    return normalisePolicyResult(first.result);
+  }
+
+  private reinstantiate(): void {
+    // loadPolicy() is async only for compilation; instantiating an already compiled module is not.
+    const fresh = instantiateSync(this.module);
+    fresh.setData(this.data);
+    this.instance = fresh;
+    this.poisoned = false;
+  }
+
+  async withDataOverlay(overlay: Record<string, unknown>): Promise<LoadedPolicy> {
+    const data = deepMerge(this.data, overlay);
+    return WasmPolicy.create(this.module, data, { ...this.meta, revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}` });
+  }
+}
+
+function instantiateSync(module: CompiledWasm): OpaWasmPolicy {
+  return opaWasm.loadPolicySync(module, { ...WASM_MEMORY });
+}
+
+function deepMerge(base: Readonly<Record<string, unknown>>, overlay: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(overlay)) {
+    const existing = Object.prototype.hasOwnProperty.call(base, key) ? base[key] : undefined;
+    const merged = isObject(existing) && isObject(value) ? deepMerge(existing, value) : value;
+    Object.defineProperty(out, key, { value: merged, enumerable: true, writable: true, configurable: true });
+  }
+  return out;
+}
+
+/**
+ * Accepts the three result shapes a policy may return and checks their types:
+ * - ours: `{allow: bool, snat_pool?: string, reason?: string, http_status?, headers?, body?}`
+ * - opa-envoy-plugin's object: `{allowed: bool, headers?, http_status?, body?}` (snat_pool accepted too)
+ * - opa-envoy-plugin's boolean: `true` / `false`
+ * A deny never carries a pool (snat_pool is forced to ""). An allow without a pool is still an allow,
+ * with snat_pool "": the caller keeps its default source address (the decision step may refuse it).
+ */
+export function normalisePolicyResult(value: unknown): Result<PolicyResult> {
+  if (typeof value === 'boolean') {
+    return ok({ allow: value, snat_pool: '', reason: value ? 'allowed by policy' : 'denied by policy' });
+  }
+  if (!isObject(value)) return fail(`policy result must be an object or a boolean, got ${typeName(value)}`);
+  const hasAllow = 'allow' in value;
+  const hasAllowed = 'allowed' in value;
+  if (!hasAllow && !hasAllowed) return fail('policy result has neither "allow" nor "allowed"');
+  const allow = hasAllow ? value['allow'] : value['allowed'];
+  if (typeof allow !== 'boolean') return fail(`policy result "${hasAllow ? 'allow' : 'allowed'}" must be a boolean, got ${typeName(allow)}`);
+  if (hasAllow && hasAllowed && value['allowed'] !== allow) return fail('policy result has "allow" and "allowed" that disagree');
+
+  const pool = optionalString(value, 'snat_pool');
+  if (!pool.ok) return pool;
+  const reason = optionalString(value, 'reason');
+  if (!reason.ok) return reason;
+  const body = optionalString(value, 'body');
+  if (!body.ok) return body;
+  const result: PolicyResult = {
+    allow,
+    snat_pool: allow ? (pool.value ?? '') : '',
+    reason: reason.value || (allow ? 'allowed by policy' : 'denied by policy'),
+  };
+  if (body.value !== undefined) result.body = body.value;
+
+  const status = value['http_status'];
+  if (status !== undefined) {
+    if (typeof status !== 'number' || !Number.isInteger(status) || status < 100 || status > 599) {
+      return fail(`policy result "http_status" must be an integer HTTP status, got ${JSON.stringify(status)}`);
+    }
+    result.http_status = status;
+  }
+  const headers = value['headers'];
+  if (headers !== undefined) {
+    const h = normaliseHeaders(headers);
+    if (!h.ok) return h;
+    result.headers = h.value;
+  }
+  return ok(result);
+}
+
+function normaliseHeaders(headers: unknown): Result<Record<string, string>> {
+  if (!isObject(headers)) return fail(`policy result "headers" must be an object, got ${typeName(headers)}`);
+  const out: Record<string, string> = {};
+  for (const [name, v] of Object.entries(headers)) {
+    // opa-envoy-plugin accepts a list of values for one header; HTTP joins them with ", ".
+    if (typeof v === 'string') out[name] = v;
+    else if (Array.isArray(v) && v.every((x) => typeof x === 'string')) out[name] = v.join(', ');
+    else return fail(`policy result header ${JSON.stringify(name)} must be a string or a list of strings`);
+  }
+  return ok(out);
+}
+
+function optionalString(obj: Record<string, unknown>, key: string): Result<string | undefined> {
+  const v = obj[key];
+  if (v === undefined || typeof v === 'string') return ok(v);
+  return fail(`policy result "${key}" must be a string, got ${typeName(v)}`);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'array';
+  return typeof v;
+}
+
+function describe(e: unknown): string {
+  if (typeof e === 'string') return e;
+  if (e instanceof Error) return e.message;
+  if (isObject(e) && typeof e['message'] === 'string') return e['message'];
+  return String(e);
+}

@@ -1,0 +1,341 @@
+// X.509-SVID parsing and shape validation per the SPIFFE X.509-SVID standard
+// (spiffe/spiffe standards/X509-SVID.md §2-§5; go-spiffe v2 svid/x509svid is the model).
+//
+// What this does NOT do: verify signatures or build a path to a trust bundle. The certificate reaches
+// us from a TLS terminator that already did RFC 5280 path validation against the mesh CA (Envoy for
+// `source.certificate`, the BIG-IP client-ssl profile for the sideband). This module checks what path
+// validation does not: that the leaf really is a leaf SVID naming exactly one well-formed SPIFFE ID,
+// with the key usage the standard demands, inside its validity period at decision time.
+//
+// Reasons are fixed ASCII strings; no certificate or key material is ever echoed into them.
+import { createHash } from 'node:crypto';
+import * as asn1js from 'asn1js';
+import { AltName, BasicConstraints, Certificate, ExtKeyUsage, type Extension } from 'pkijs';
+import { fail, ok, type Result } from './result.js';
+import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
+
+export interface X509Svid {
+  spiffeId: SpiffeId;
+  notBefore: Date;
+  notAfter: Date;
+  /** lowercase hex of the leaf's serial number as encoded (two's complement bytes) */
+  serialNumber: string;
+  /** lowercase hex SHA-256 of the leaf certificate's DER */
+  sha256: string;
+}
+
+/** Inputs above these limits are refused before any parsing work. */
+export const MAX_PEM_CHARS = 64 * 1024;
+export const MAX_CHAIN_CERTS = 10;
+
+const OID = {
+  keyUsage: '2.5.29.15',
+  subjectAltName: '2.5.29.17',
+  basicConstraints: '2.5.29.19',
+  extKeyUsage: '2.5.29.37',
+  serverAuth: '1.3.6.1.5.5.7.3.1',
+  clientAuth: '1.3.6.1.5.5.7.3.2',
+} as const;
+
+const GENERAL_NAME_URI = 6;
+
+// KeyUsage BIT STRING (RFC 5280 §4.2.1.3): bit 0 is the most significant bit of the first byte.
+const KU_DIGITAL_SIGNATURE = 0;
+const KU_KEY_CERT_SIGN = 5;
+const KU_CRL_SIGN = 6;
+
+// ---------------------------------------------------------------------------------------------- PEM
+
+const BEGIN = '-----BEGIN ';
+const DASHES = '-----';
+const BASE64_BODY = /^[A-Za-z0-9+/]+={0,2}$/;
+
+/**
+ * Splits PEM text into the DER of its CERTIFICATE blocks, in order. Also accepts the URL-encoded PEM
+ * Envoy puts in `attributes.source.certificate`. Anything else in the text (another block type, stray
+ * text, PEM headers, bad base64) is refused: the input is a peer's certificate chain and nothing more.
+ */
+export function parsePemBlocks(input: string): Result<Uint8Array[]> {
+  if (typeof input !== 'string' || input.trim() === '') return fail('certificate PEM is empty');
+  if (input.length > MAX_PEM_CHARS) return fail(`certificate PEM is longer than ${MAX_PEM_CHARS} characters`);
+  let text = input;
+  if (text.includes('%')) {
+    // Plain PEM never contains '%', so this can only be the URL-encoded form.
+    try {
+      text = decodeURIComponent(text);
+    } catch {
+      return fail('certificate PEM has invalid URL encoding');
+    }
+  }
+
+  const blocks: Uint8Array[] = [];
+  let pos = 0;
+  for (;;) {
+    const begin = text.indexOf(BEGIN, pos);
+    if (text.slice(pos, begin < 0 ? text.length : begin).trim() !== '') return fail('certificate PEM has text outside PEM blocks');
+    if (begin < 0) break;
+    const labelStart = begin + BEGIN.length;
+    const labelEnd = text.indexOf(DASHES, labelStart);
+    const label = labelEnd < 0 ? '' : text.slice(labelStart, labelEnd);
+    if (labelEnd < 0 || /[^A-Z0-9 ]/.test(label)) return fail('certificate PEM has a malformed BEGIN line');
+    // Checked before anything else about the block, so a key is never decoded or described further.
+    if (label.includes('PRIVATE KEY')) return fail('certificate PEM contains a private key; only CERTIFICATE blocks are accepted');
+    if (label !== 'CERTIFICATE') return fail('certificate PEM contains a non-CERTIFICATE block');
+    const endLine = `-----END ${label}-----`;
+    const bodyStart = labelEnd + DASHES.length;
+    const end = text.indexOf(endLine, bodyStart);
+    if (end < 0) return fail('certificate PEM has an unterminated CERTIFICATE block');
+    if (blocks.length === MAX_CHAIN_CERTS) return fail(`certificate PEM has more than ${MAX_CHAIN_CERTS} certificates`);
+    const body = text.slice(bodyStart, end).replace(/[ \t\r\n]+/g, '');
+    if (body.length === 0 || body.length % 4 !== 0 || !BASE64_BODY.test(body)) {
+      return fail('certificate PEM has a CERTIFICATE block with invalid base64');
+    }
+    blocks.push(new Uint8Array(Buffer.from(body, 'base64')));
+    pos = end + endLine.length;
+  }
+  if (blocks.length === 0) return fail('certificate PEM has no CERTIFICATE block');
+  return ok(blocks);
+}
+
+// ------------------------------------------------------------------------------------- certificates
+
+/** Validates an X.509-SVID chain (leaf first) and returns the leaf's identity. */
+export function parseX509Svid(chainDer: readonly Uint8Array[], now: Date): Result<X509Svid> {
+  const shape = validateChainShape(chainDer);
+  return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
+}
+
+/** parsePemBlocks + parseX509Svid, memoised on the exact PEM text (see the cache below). */
+export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
+  let shape = shapeCache.get(pem);
+  if (shape === undefined) {
+    const blocks = parsePemBlocks(pem);
+    shape = blocks.ok ? validateChainShape(blocks.value) : blocks;
+    shapeCache.set(pem, shape);
+  }
+  // The validity period depends on `now`, so it is never cached.
+  return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
+}
+
+function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
+  const t = now.getTime();
+  if (Number.isNaN(t)) return fail('decision time is invalid');
+  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid');
+  if (t > svid.notAfter.getTime()) return fail('certificate has expired');
+  // The cached value is shared by every caller; Dates are mutable even when frozen, so hand out copies.
+  return ok({ ...svid, notBefore: new Date(svid.notBefore), notAfter: new Date(svid.notAfter) });
+}
+
+/** Everything about the chain that does not depend on the time of the decision. */
+function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
+  // pkijs and asn1js are not written to never throw on hostile input; whatever slips through is a deny.
+  try {
+    return validateChainShapeUnguarded(chainDer);
+  } catch {
+    return fail('certificate could not be parsed');
+  }
+}
+
+function validateChainShapeUnguarded(chainDer: readonly Uint8Array[]): Result<X509Svid> {
+  if (chainDer.length === 0) return fail('no certificates found');
+  if (chainDer.length > MAX_CHAIN_CERTS) return fail(`certificate chain has more than ${MAX_CHAIN_CERTS} certificates`);
+  const [leafDer, ...signingDer] = chainDer as [Uint8Array, ...Uint8Array[]];
+
+  const leaf = decodeCertificate(leafDer);
+  if (!leaf.ok) return fail(`leaf ${leaf.reason}`);
+  const leafResult = validateLeaf(leaf.value);
+  if (!leafResult.ok) return leafResult;
+
+  for (const der of signingDer) {
+    const cert = decodeCertificate(der);
+    if (!cert.ok) return fail(`signing ${cert.reason}`);
+    const signing = validateSigningCertificate(cert.value);
+    if (!signing.ok) return signing;
+  }
+
+  const leafCert = leaf.value.cert;
+  return ok({
+    spiffeId: Object.freeze(leafResult.value),
+    notBefore: leafCert.notBefore.value,
+    notAfter: leafCert.notAfter.value,
+    serialNumber: Buffer.from(leafCert.serialNumber.valueBlock.valueHexView).toString('hex'),
+    sha256: createHash('sha256').update(leafDer).digest('hex'),
+  });
+}
+
+interface DecodedCertificate {
+  cert: Certificate;
+  /** extensions by OID; duplicates were refused while decoding (RFC 5280 §4.2) */
+  extensions: Map<string, Extension>;
+}
+
+function decodeCertificate(der: Uint8Array): Result<DecodedCertificate> {
+  let cert: Certificate;
+  try {
+    const asn1 = asn1js.fromBER(der);
+    if (asn1.offset === -1 || asn1.offset !== der.byteLength) return fail('certificate is not valid DER');
+    cert = new Certificate({ schema: asn1.result });
+  } catch {
+    return fail('certificate is not valid DER');
+  }
+  if (!(cert.notBefore?.value instanceof Date) || !(cert.notAfter?.value instanceof Date)) {
+    return fail('certificate has an unreadable validity period');
+  }
+  const extensions = new Map<string, Extension>();
+  for (const ext of cert.extensions ?? []) {
+    if (extensions.has(ext.extnID)) return fail('certificate has a duplicate extension');
+    extensions.set(ext.extnID, ext);
+  }
+  return ok({ cert, extensions });
+}
+
+function validateLeaf({ cert, extensions }: DecodedCertificate): Result<SpiffeId> {
+  const id = leafSpiffeId(cert, extensions);
+  if (!id.ok) return id;
+
+  const basic = basicConstraints(extensions);
+  if (!basic.ok) return fail(`leaf ${basic.reason}`);
+  if (basic.value) return fail('leaf certificate must not have CA flag set to true');
+
+  const ku = keyUsage(extensions);
+  if (!ku.ok) return fail(`leaf ${ku.reason}`);
+  if (!ku.value.has(KU_DIGITAL_SIGNATURE)) return fail("leaf certificate must have 'digitalSignature' set as key usage");
+  if (ku.value.has(KU_KEY_CERT_SIGN)) return fail("leaf certificate must not have 'keyCertSign' set as key usage");
+  if (ku.value.has(KU_CRL_SIGN)) return fail("leaf certificate must not have 'cRLSign' set as key usage");
+
+  // §4.4: the extension is optional, but when present it must allow both TLS roles.
+  const eku = extensions.get(OID.extKeyUsage);
+  if (eku !== undefined) {
+    const parsed = parsedExtension(eku, ExtKeyUsage);
+    if (parsed === undefined) return fail('leaf certificate has a malformed extended key usage extension');
+    if (!parsed.keyPurposes.includes(OID.serverAuth) || !parsed.keyPurposes.includes(OID.clientAuth)) {
+      return fail("leaf certificate extended key usage must include 'serverAuth' and 'clientAuth'");
+    }
+  }
+  return id;
+}
+
+function leafSpiffeId(cert: Certificate, extensions: Map<string, Extension>): Result<SpiffeId> {
+  const sanExt = extensions.get(OID.subjectAltName);
+  if (sanExt === undefined) return fail('leaf certificate has no URI SAN');
+  const san = parsedExtension(sanExt, AltName);
+  if (san === undefined) return fail('leaf certificate has a malformed subject alternative name extension');
+  // §2: exactly one URI SAN; other name types (DNS, IP, …) may appear anywhere around it.
+  const uris = san.altNames.filter((name) => name.type === GENERAL_NAME_URI);
+  if (uris.length === 0) return fail('leaf certificate has no URI SAN');
+  if (uris.length > 1) return fail('leaf certificate has more than one URI SAN');
+  // §3.1 and RFC 5280 §4.1.2.6: with an empty subject the SAN is the only name, so it must be critical.
+  if (cert.subject.typesAndValues.length === 0 && !sanExt.critical) {
+    return fail('leaf certificate with an empty subject must mark the SAN extension critical');
+  }
+  const value: unknown = uris[0]?.value;
+  if (typeof value !== 'string') return fail('leaf certificate URI SAN is unreadable');
+  const id = parseSpiffeId(value);
+  if (!id.ok) return fail(`leaf certificate URI SAN: ${id.reason}`);
+  // §3.1 / §5.2: a leaf names a workload, never the trust domain itself.
+  if (id.value.path === '') return fail('leaf certificate SPIFFE ID must have a non-root path');
+  return id;
+}
+
+function validateSigningCertificate({ extensions }: DecodedCertificate): Result<true> {
+  const basic = basicConstraints(extensions);
+  if (!basic.ok) return fail(`signing ${basic.reason}`);
+  if (!basic.value) return fail('signing certificate must have CA flag set to true');
+  const ku = keyUsage(extensions);
+  if (!ku.ok) return fail(`signing ${ku.reason}`);
+  if (!ku.value.has(KU_KEY_CERT_SIGN)) return fail("signing certificate must have 'keyCertSign' set as key usage");
+  return ok(true);
+}
+
+/** The basicConstraints cA flag; an absent extension means "not a CA". */
+function basicConstraints(extensions: Map<string, Extension>): Result<boolean> {
+  const ext = extensions.get(OID.basicConstraints);
+  if (ext === undefined) return ok(false);
+  const parsed = parsedExtension(ext, BasicConstraints);
+  if (parsed === undefined) return fail('certificate has a malformed basic constraints extension');
+  return ok(parsed.cA === true);
+}
+
+/** §4.3: key usage must be present and critical on every SVID. Returns the set bit numbers. */
+function keyUsage(extensions: Map<string, Extension>): Result<Set<number>> {
+  const ext = extensions.get(OID.keyUsage);
+  if (ext === undefined) return fail('certificate has no key usage extension');
+  if (!ext.critical) return fail('certificate key usage extension must be critical');
+  const raw = ext.extnValue.valueBlock.valueHexView;
+  const asn1 = asn1js.fromBER(raw);
+  if (asn1.offset !== raw.byteLength || !(asn1.result instanceof asn1js.BitString)) {
+    return fail('certificate has a malformed key usage extension');
+  }
+  const bits = new Set<number>();
+  const bytes = asn1.result.valueBlock.valueHexView;
+  for (let i = 0; i < bytes.length * 8; i++) {
+    if (((bytes[i >> 3] ?? 0) >> (7 - (i & 7))) & 1) bits.add(i);
+  }
+  return ok(bits);
+}
+
+/** pkijs decodes known extensions lazily and flags, rather than throws on, a malformed value. */
+function parsedExtension<T>(ext: Extension, type: abstract new (...args: never[]) => T): T | undefined {
+  let value: unknown;
+  try {
+    value = ext.parsedValue;
+  } catch {
+    return undefined;
+  }
+  if (!(value instanceof type)) return undefined;
+  if ((value as { parsingError?: unknown }).parsingError !== undefined) return undefined;
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------------- cache
+
+// The Check path sees the same few workload certificates thousands of times a second, and parsing one
+// costs far more than a Map lookup. So the time-independent outcome (the SVID or the structural reason
+// it was refused) is kept per exact PEM text in a small LRU. The validity period is re-checked against
+// `now` on every call, so an expired certificate is denied even when cached. Keys are capped in size
+// so the cache stays bounded in memory (CACHE_ENTRIES × CACHE_MAX_KEY_CHARS) whatever callers send.
+const CACHE_ENTRIES = 1024;
+const CACHE_MAX_KEY_CHARS = 16 * 1024;
+
+class ShapeCache {
+  private readonly entries = new Map<string, Result<X509Svid>>();
+
+  get(pem: string): Result<X509Svid> | undefined {
+    const hit = this.entries.get(pem);
+    if (hit !== undefined) {
+      // Map keeps insertion order: re-inserting marks the entry most recently used.
+      this.entries.delete(pem);
+      this.entries.set(pem, hit);
+    }
+    return hit;
+  }
+
+  set(pem: string, value: Result<X509Svid>): void {
+    if (pem.length > CACHE_MAX_KEY_CHARS) return;
+    if (this.entries.size >= CACHE_ENTRIES) {
+      const oldest = this.entries.keys().next();
+      if (!oldest.done) this.entries.delete(oldest.value);
+    }
+    this.entries.set(pem, value);
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+const shapeCache = new ShapeCache();
+
+/** Empties the parsed-certificate cache (for tests). */
+export function clearX509SvidCache(): void {
+  shapeCache.clear();
+}
+
+/** Number of cached certificate outcomes (for tests and metrics). */
+export function x509SvidCacheSize(): number {
+  return shapeCache.size;
+}

@@ -1,0 +1,168 @@
+import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { resolveIdentity, toIdentity } from '../../src/identity.js';
+import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/x509-svid.js';
+import { createCa, issue, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
+
+const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/default';
+const OTHER = 'spiffe://cluster.local/ns/bookinfo-evil/sa/default';
+const DAY = 86_400_000;
+
+let ca: CertAuthority;
+let svid: IssuedCert;
+
+beforeAll(async () => {
+  ca = await createCa();
+  svid = await workloadSvid(ca, BOOKINFO);
+});
+beforeEach(() => clearX509SvidCache());
+
+describe('resolveIdentity', () => {
+  it('takes the identity from the certificate', () => {
+    expect(resolveIdentity({ certificatePem: svid.certPem })).toEqual({
+      ok: true,
+      value: {
+        spiffe_id: BOOKINFO,
+        trust_domain: 'cluster.local',
+        path: '/ns/bookinfo/sa/default',
+        namespace: 'bookinfo',
+        service_account: 'default',
+        source: 'certificate',
+      },
+    });
+  });
+
+  it('takes the identity from the principal when there is no certificate', () => {
+    const result = resolveIdentity({ principal: OTHER, certificatePem: '' });
+    expect(result).toEqual({
+      ok: true,
+      value: {
+        spiffe_id: OTHER,
+        trust_domain: 'cluster.local',
+        path: '/ns/bookinfo-evil/sa/default',
+        namespace: 'bookinfo-evil',
+        service_account: 'default',
+        source: 'principal',
+      },
+    });
+  });
+
+  it('returns identities of any trust domain: the policy decides which are welcome', () => {
+    const result = resolveIdentity({ principal: 'spiffe://partner.example.org/billing/exporter' });
+    expect(result).toEqual({
+      ok: true,
+      value: { spiffe_id: 'spiffe://partner.example.org/billing/exporter', trust_domain: 'partner.example.org', path: '/billing/exporter', source: 'principal' },
+    });
+  });
+
+  it('accepts a certificate and a principal that agree, reporting the certificate as the source', () => {
+    const result = resolveIdentity({ certificatePem: svid.certPem, principal: BOOKINFO });
+    expect(result.ok && result.value.source).toBe('certificate');
+  });
+
+  it('uses a trusted header only when given, and only when it agrees', () => {
+    expect(resolveIdentity({ headerSpiffeId: BOOKINFO })).toMatchObject({ ok: true, value: { spiffe_id: BOOKINFO, source: 'header' } });
+    expect(resolveIdentity({ principal: BOOKINFO, headerSpiffeId: BOOKINFO })).toMatchObject({ ok: true, value: { source: 'principal' } });
+    expect(resolveIdentity({ principal: BOOKINFO, headerSpiffeId: OTHER })).toEqual({ ok: false, reason: 'source principal and header SPIFFE ID differ' });
+    expect(resolveIdentity({ certificatePem: svid.certPem, headerSpiffeId: OTHER })).toEqual({ ok: false, reason: 'certificate SPIFFE ID and header SPIFFE ID differ' });
+    expect(resolveIdentity({ headerSpiffeId: 'bookinfo' })).toEqual({ ok: false, reason: 'header SPIFFE ID is not a SPIFFE ID' });
+  });
+
+  const denied: Array<[string, Parameters<typeof resolveIdentity>[0], string]> = [
+    ['nothing', {}, 'no client identity'],
+    ['only empty strings', { certificatePem: '', principal: '', headerSpiffeId: '' }, 'no client identity'],
+    ['a subject DN as principal', { principal: 'CN=bookinfo,O=Example Org' }, 'source principal is not a SPIFFE ID'],
+    [
+      'an uppercase trust domain',
+      { principal: 'spiffe://Cluster.local/ns/bookinfo/sa/default' },
+      'source principal: invalid SPIFFE ID: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores',
+    ],
+    ['a port', { principal: 'spiffe://cluster.local:443/ns/bookinfo/sa/default' }, 'source principal: invalid SPIFFE ID: trust domain cannot contain a port'],
+    ['a dot segment', { principal: 'spiffe://cluster.local/ns/evil/../bookinfo/sa/x' }, 'source principal: invalid SPIFFE ID: path cannot contain dot segments'],
+    ['SPIFFE:// scheme', { principal: 'SPIFFE://cluster.local/ns/bookinfo/sa/default' }, 'source principal is not a SPIFFE ID'],
+    ['garbage certificate', { certificatePem: 'garbage' }, 'certificate PEM has text outside PEM blocks'],
+  ];
+  it.each(denied)('denies %s', (_name, evidence, reason) => {
+    expect(resolveIdentity(evidence)).toEqual({ ok: false, reason });
+  });
+
+  it('denies when certificate and principal name different IDs', () => {
+    expect(resolveIdentity({ certificatePem: svid.certPem, principal: OTHER })).toEqual({ ok: false, reason: 'certificate SPIFFE ID and source principal differ' });
+  });
+
+  it('denies a bad certificate even when the principal is a good SPIFFE ID', async () => {
+    const noUri = await issue({ issuer: ca, subject: 'CN=bookinfo' });
+    expect(resolveIdentity({ certificatePem: noUri.certPem, principal: BOOKINFO })).toEqual({ ok: false, reason: 'leaf certificate has no URI SAN' });
+  });
+
+  it('denies evidence that is not a string (JSON input documents can carry anything)', () => {
+    const evidence = { principal: BOOKINFO, headerSpiffeId: ['x'] } as unknown as Parameters<typeof resolveIdentity>[0];
+    expect(resolveIdentity(evidence)).toEqual({ ok: false, reason: 'header evidence is not a string' });
+    const cert = { certificatePem: 42 } as unknown as Parameters<typeof resolveIdentity>[0];
+    expect(resolveIdentity(cert)).toEqual({ ok: false, reason: 'certificate evidence is not a string' });
+  });
+
+  it('denies a good certificate with a principal that is no SPIFFE ID', () => {
+    expect(resolveIdentity({ certificatePem: svid.certPem, principal: 'CN=bookinfo' })).toEqual({ ok: false, reason: 'source principal is not a SPIFFE ID' });
+  });
+});
+
+describe('toIdentity: namespace and service account only for exactly /ns/<ns>/sa/<sa>', () => {
+  const cases: Array<[string, { namespace?: string; service_account?: string }]> = [
+    ['/ns/bookinfo/sa/default', { namespace: 'bookinfo', service_account: 'default' }],
+    ['/ns/bookinfo/sa/default/extra', {}],
+    ['/ns/bookinfo', {}],
+    ['/sa/default/ns/bookinfo', {}],
+    ['/x/ns/bookinfo/sa/default', {}],
+    ['/NS/bookinfo/sa/default', {}],
+    ['', {}],
+  ];
+  it.each(cases)('%j', (path, expected) => {
+    const identity = toIdentity({ uri: `spiffe://cluster.local${path}`, trustDomain: 'cluster.local', path }, 'principal');
+    expect({ namespace: identity.namespace, service_account: identity.service_account }).toEqual({
+      namespace: expected.namespace,
+      service_account: expected.service_account,
+    });
+    if (expected.namespace === undefined) expect(Object.keys(identity)).not.toContain('namespace');
+  });
+});
+
+describe('certificate cache', () => {
+  it('denies an expired certificate on the second call although the first call, earlier, passed', async () => {
+    const notAfter = new Date(Date.now() + DAY);
+    const cert = await workloadSvid(ca, BOOKINFO, { notAfter });
+    const before = new Date(notAfter.getTime() - 60_000);
+    const after = new Date(notAfter.getTime() + 60_000);
+    expect(resolveIdentity({ certificatePem: cert.certPem }, before).ok).toBe(true);
+    expect(x509SvidCacheSize()).toBe(1);
+    expect(resolveIdentity({ certificatePem: cert.certPem }, after)).toEqual({ ok: false, reason: 'certificate has expired' });
+    expect(x509SvidCacheSize()).toBe(1);
+  });
+
+  it('accepts a not-yet-valid certificate once its time has come, though it was cached while early', async () => {
+    const notBefore = new Date(Date.now() + DAY);
+    const cert = await workloadSvid(ca, BOOKINFO, { notBefore, notAfter: new Date(notBefore.getTime() + DAY) });
+    expect(resolveIdentity({ certificatePem: cert.certPem })).toEqual({ ok: false, reason: 'certificate is not yet valid' });
+    expect(resolveIdentity({ certificatePem: cert.certPem }, new Date(notBefore.getTime() + 1000)).ok).toBe(true);
+  });
+
+  it('cannot be corrupted through the values it returns', async () => {
+    const notAfter = new Date(Date.now() + DAY);
+    const cert = await workloadSvid(ca, BOOKINFO, { notAfter });
+    const first = parseX509SvidPem(cert.certPem, new Date());
+    if (!first.ok) throw new Error(first.reason);
+    first.value.notAfter.setTime(Date.now() + 365 * DAY);
+    expect(() => Object.assign(first.value.spiffeId, { path: '/ns/admin' })).toThrow();
+    expect(parseX509SvidPem(cert.certPem, new Date(notAfter.getTime() + 1000))).toEqual({ ok: false, reason: 'certificate has expired' });
+  });
+
+  it('remembers structural failures with their reason', () => {
+    expect(resolveIdentity({ certificatePem: 'garbage' })).toEqual({ ok: false, reason: 'certificate PEM has text outside PEM blocks' });
+    expect(resolveIdentity({ certificatePem: 'garbage' })).toEqual({ ok: false, reason: 'certificate PEM has text outside PEM blocks' });
+    expect(x509SvidCacheSize()).toBe(1);
+  });
+
+  it('stays bounded', () => {
+    for (let i = 0; i < 1500; i++) resolveIdentity({ certificatePem: `garbage ${i}` });
+    expect(x509SvidCacheSize()).toBe(1024);
+  });
+});
