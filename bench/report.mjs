@@ -40,8 +40,8 @@ export function goals(runs) {
   );
   row(
     'envoy at 2,000 rps: p99 added by ext_authz < 1 ms',
-    viaEnvoy && viaEnvoy.p99_added_ms !== null && viaEnvoy.target_rps === 2000 ? viaEnvoy.p99_added_ms < 1 : null,
-    viaEnvoy ? `${fmt(viaEnvoy.p99_added_ms, 3)} ms at ${viaEnvoy.target_rps} rps` : '',
+    viaEnvoy && viaEnvoy.p99_added_ms !== null && viaEnvoy.target_rps === 2000 ? viaEnvoy.p99_added_ms < 1 && viaEnvoy.rps >= 0.95 * viaEnvoy.target_rps : null,
+    viaEnvoy ? `${fmt(viaEnvoy.p99_added_ms, 3)} ms (target ${viaEnvoy.target_rps} rps, achieved ${viaEnvoy.rps})` : '',
   );
   const ourRss = runs.filter((r) => r.system === 'egress-authz' && r.rss_mb !== null).map((r) => r.rss_mb);
   row('peak RSS under load < 150 MB', ourRss.length ? Math.max(...ourRss) < 150 : null, ourRss.length ? `${Math.max(...ourRss)} MB` : '');

@@ -3,7 +3,8 @@
 // ceiling, on path `grpc` (ghz straight at the server) and path `envoy` (fixed rate through real
 // Envoy with ext_authz, plus Envoy alone). Each server runs pinned to core 0 and each load generator
 // to core 1, so the figures are per core. Usage (after scripts/install-bench-tools.sh):
-//   node bench/run.mjs [--quick] [--no-envoy] [--systems a,b] [--logs]
+//   node bench/run.mjs [--quick] [--no-envoy] [--systems a,b] [--logs] [--opa-decision-logs on|off]
+//                    [--wait-quiet SECONDS]
 // Writes bench/RESULTS.md, bench/results/latest.json and bench/results/latest.svg.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -31,13 +32,19 @@ const { values: opts } = parseArgs({
     'no-envoy': { type: 'boolean', default: false },
     systems: { type: 'string', default: SYSTEMS.join(',') },
     logs: { type: 'boolean', default: false },
+    'opa-decision-logs': { type: 'string', default: 'on' },
+    'wait-quiet': { type: 'string', default: '0' },
   },
 });
 const plan = opts.quick
-  ? { mode: 'quick', warmupS: 2, measureS: 6, concurrency: 50, envoyRate: 2000, envoyClients: 20 }
-  : { mode: 'full', warmupS: 5, measureS: 20, concurrency: 50, envoyRate: 2000, envoyClients: 20 };
+  ? { mode: 'quick', warmupS: 2, measureS: 6, concurrency: 50, envoyRate: 2000, envoyClients: 50 }
+  : { mode: 'full', warmupS: 5, measureS: 20, concurrency: 50, envoyRate: 2000, envoyClients: 50 };
 const wanted = opts.systems.split(',').map((s) => s.trim()).filter(Boolean);
+if (!['on', 'off'].includes(opts['opa-decision-logs'])) throw new Error('--opa-decision-logs takes on or off');
 for (const s of wanted) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s} (known: ${SYSTEMS.join(', ')})`);
+
+const waitQuietS = Number(opts['wait-quiet']);
+if (!(waitQuietS >= 0 && waitQuietS <= 600)) throw new Error('--wait-quiet takes seconds, 0 to 600');
 
 const log = (msg) => console.error(`bench: ${msg}`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -62,8 +69,9 @@ const systems = {
   'egress-authz': {
     async prepare() {
       if (!existsSync(join(root, 'src', 'cli.ts'))) return 'skipped: egress-authz has no src/cli.ts in this tree (core service not merged yet)';
-      const build = await runCommand('npm', ['run', 'build'], { cwd: root, timeoutMs: 300_000 });
-      if (build.code !== 0) return `skipped: npm run build failed: ${(build.stderr || build.stdout).trim().slice(-400)}`;
+      // What `npm ci` builds: dist/ and the embedded default policy bundle (needs the opa CLI).
+      const build = await runCommand('npm', ['run', 'prepare'], { cwd: root, timeoutMs: 600_000 });
+      if (build.code !== 0) return `skipped: npm run prepare failed: ${(build.stderr || build.stdout).trim().slice(-400)}`;
       return null;
     },
     async start(grpcAddr) {
@@ -83,7 +91,7 @@ const systems = {
     async start(grpcAddr) {
       const dir = join(root, 'bench', 'opa-envoy-plugin');
       const config = join(work, 'opa-envoy-plugin.yaml');
-      writeFileSync(config, readFileSync(join(dir, 'config.template.yaml'), 'utf8').replace('${GRPC_ADDR}', grpcAddr).replace('${DECISION_LOGS}', 'true'));
+      writeFileSync(config, readFileSync(join(dir, 'config.template.yaml'), 'utf8').replace('${GRPC_ADDR}', grpcAddr).replace('${DECISION_LOGS}', String(opts['opa-decision-logs'] === 'on')));
       const httpAddr = `127.0.0.1:${await freePort()}`;
       // OPA writes its logs, console decision logs included, to stderr.
       return startProcess(
@@ -113,9 +121,25 @@ async function startReady(name, request) {
     await waitForAllow(grpcAddr, request, 60_000, () => child.exitCode === null && child.signalCode === null);
   } catch (err) {
     await stopProcess(child);
-    throw err;
+    throw new Error(`${err.message}${opts.logs ? ` (server output: bench/work/logs/${name}.log)` : ' (rerun with --logs to keep the server output)'}`);
   }
   return { child, grpcAddr };
+}
+
+/**
+ * On a shared machine, waits (at most --wait-quiet seconds) until processes outside the benchmark use
+ * less than a quarter of a core, so that a measured run starts undisturbed. Returns the seconds waited.
+ */
+async function waitForQuiet() {
+  const started = Date.now();
+  while (waitQuietS > 0 && Date.now() - started < waitQuietS * 1000) {
+    const watch = startCpuWatch();
+    await sleep(1000);
+    const { other_cpu_pct: other } = watch.stop();
+    if (other < 25) break;
+    log(`machine busy (other processes use ${other} % of a core), waiting`);
+  }
+  return Math.round((Date.now() - started) / 1000);
 }
 
 // --- paths ---------------------------------------------------------------------------------------
@@ -128,12 +152,13 @@ async function grpcRun(name, request, requestFile) {
     log(`${name} grpc: warm-up ${plan.warmupS} s`);
     await runGhz({ ...common, seconds: plan.warmupS });
     log(`${name} grpc: measuring ${plan.measureS} s at concurrency ${plan.concurrency}`);
+    const waited = await waitForQuiet();
     const watch = startCpuWatch();
     const m = await runGhz({ ...common, seconds: plan.measureS });
     const disturbance = watch.stop();
     const rss = peakRssMb(child.pid);
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${name} exited during the run`);
-    return { system: name, path: 'grpc', rps: m.rps, p50_ms: m.p50_ms, p99_ms: m.p99_ms, errors: m.errors, rss_mb: rss, requests: m.requests, cancelled_at_stop: m.cancelled_at_stop, concurrency: plan.concurrency, ...disturbance };
+    return { system: name, path: 'grpc', rps: m.rps, p50_ms: m.p50_ms, p99_ms: m.p99_ms, errors: m.errors, rss_mb: rss, requests: m.requests, cancelled_at_stop: m.cancelled_at_stop, concurrency: plan.concurrency, ...disturbance, waited_for_quiet_s: waited };
   } finally {
     await stopProcess(child);
   }
@@ -157,13 +182,14 @@ async function envoyRun(name, request, envoy, pki) {
     log(`${name} envoy: warm-up ${plan.warmupS} s`);
     await runH2load({ ...common, seconds: plan.warmupS });
     log(`${name} envoy: measuring ${plan.measureS} s at ${plan.envoyRate} rps`);
+    const waited = await waitForQuiet();
     const watch = startCpuWatch();
     const m = await runH2load({ ...common, seconds: plan.measureS });
     const disturbance = watch.stop();
     const envoyRss = peakRssMb(proxy.pid);
     // For envoy-only there is no authz server: its rss_mb is Envoy's own (see notes).
     const rss = server ? peakRssMb(server.child.pid) : envoyRss;
-    return { system: name, path: 'envoy', rps: m.rps, p50_ms: m.p50_ms, p99_ms: m.p99_ms, errors: m.errors, rss_mb: rss, envoy_rss_mb: envoyRss, target_rps: m.target_rps, requests: m.requests, ...disturbance };
+    return { system: name, path: 'envoy', rps: m.rps, p50_ms: m.p50_ms, p99_ms: m.p99_ms, errors: m.errors, rss_mb: rss, envoy_rss_mb: envoyRss, target_rps: m.target_rps, requests: m.requests, ...disturbance, waited_for_quiet_s: waited };
   } finally {
     await stopProcess(proxy);
     if (server) await stopProcess(server.child);
@@ -268,7 +294,7 @@ async function main() {
 
   const meta = {
     date: new Date().toISOString(),
-    command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
+    command: `${process.env.ENVOY_BIN ? `ENVOY_BIN=${process.env.ENVOY_BIN} ` : ''}npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
     mode: plan.mode,
     plan,
     machine: machine(),
@@ -280,9 +306,9 @@ async function main() {
     `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection, concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. Every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
     'errors = requests whose gRPC status was not OK, except the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency).',
     `Path envoy: h2load over HTTP/1.1, ${plan.envoyClients} clients at a fixed total rate of ${plan.envoyRate} rps, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured; p50/p99 from h2load's per-request log. Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
-    'other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor\'s steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine.',
+    'other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor\'s steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; \`--wait-quiet SECONDS\` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).',
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',
-    'Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin runs with console decision logs on (its quick start\'s setting), also to /dev/null, so both do the same per-request work. The no-op server logs nothing.',
+    `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? 'runs with console decision logs on (its quick start\'s setting; each entry carries the whole input document), also to /dev/null, so both log every decision' : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
     'opa-envoy-plugin runs bench/opa-envoy-plugin/policy.rego: the default policy (bookinfo → bookinfo_snat, all else denied) written for its input document, taking the SPIFFE ID from the forwarded certificate like egress-authz does.',
   ];
   const result = { ...meta, skipped, runs };
