@@ -100,6 +100,13 @@ export function chartSvg(runs, subtitle) {
 `;
 }
 
+function disturbanceWarning(runs) {
+  const disturbed = runs.filter((r) => (r.other_cpu_pct ?? 0) > 25);
+  if (disturbed.length === 0) return '';
+  const worst = Math.max(...disturbed.map((r) => r.other_cpu_pct));
+  return `\n**Disturbed:** other processes on this machine used more than a quarter of a core during ${disturbed.length} of ${runs.length} measured runs (up to ${worst} % of a core, column "other CPU %"); those figures are lower (rps) and higher (latency) than on a quiet machine.\n`;
+}
+
 export function resultsMarkdown({ meta, runs, skipped, notes }) {
   const machine = meta.machine;
   const v = meta.versions;
@@ -110,7 +117,7 @@ Produced by \`${meta.command}\` on ${meta.date} (${meta.mode} run). Raw figures:
 ![benchmark chart](results/latest.svg)
 
 ${resultsTable(runs)}
-${skipped.length ? `\nSkipped:\n${skipped.map((s) => `- ${s}`).join('\n')}\n` : ''}
+${disturbanceWarning(runs)}${skipped.length ? `\nSkipped:\n${skipped.map((s) => `- ${s}`).join('\n')}\n` : ''}
 ## Goals (issue 7)
 
 ${goalsTable(runs)}

@@ -34,6 +34,7 @@ const { values: opts } = parseArgs({
     logs: { type: 'boolean', default: false },
     'opa-decision-logs': { type: 'string', default: 'on' },
     'wait-quiet': { type: 'string', default: '0' },
+    'report-only': { type: 'boolean', default: false },
   },
 });
 const plan = opts.quick
@@ -311,11 +312,17 @@ async function main() {
     `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? 'runs with console decision logs on (its quick start\'s setting; each entry carries the whole input document), also to /dev/null, so both log every decision' : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
     'opa-envoy-plugin runs bench/opa-envoy-plugin/policy.rego: the default policy (bookinfo → bookinfo_snat, all else denied) written for its input document, taking the SPIFFE ID from the forwarded certificate like egress-authz does.',
   ];
-  const result = { ...meta, skipped, runs };
+  writeResults({ ...meta, notes, skipped, runs });
+}
 
+const chartSubtitle = (r) => `${r.date.slice(0, 10)} · ${r.mode} run · ${r.machine.nproc} × ${r.machine.cpu} · server on core ${SERVER_CORE}, load on core ${LOAD_CORE}`;
+
+function writeResults(result) {
+  const { runs, skipped, notes } = result;
+  const meta = result;
   mkdirSync(join(root, 'bench', 'results'), { recursive: true });
   writeFileSync(join(root, 'bench', 'results', 'latest.json'), JSON.stringify(result, null, 2) + '\n');
-  writeFileSync(join(root, 'bench', 'results', 'latest.svg'), chartSvg(runs, `${meta.date.slice(0, 10)} · ${meta.mode} run · ${meta.machine.nproc} × ${meta.machine.cpu} · server on core ${SERVER_CORE}, load on core ${LOAD_CORE}`));
+  writeFileSync(join(root, 'bench', 'results', 'latest.svg'), chartSvg(runs, chartSubtitle(meta)));
   writeFileSync(join(root, 'bench', 'RESULTS.md'), resultsMarkdown({ meta, runs, skipped, notes }));
 
   console.log(`\n${resultsTable(runs)}\n`);
@@ -324,7 +331,13 @@ async function main() {
   console.log(`Wrote bench/RESULTS.md, bench/results/latest.json, bench/results/latest.svg (${meta.elapsed_s} s).`);
 }
 
-main().catch((err) => {
+/** --report-only: rewrites RESULTS.md and the chart from results/latest.json, measuring nothing. */
+function reportOnly() {
+  const result = JSON.parse(readFileSync(join(root, 'bench', 'results', 'latest.json'), 'utf8'));
+  writeResults({ notes: [], skipped: [], ...result });
+}
+
+(opts['report-only'] ? Promise.resolve().then(reportOnly) : main()).catch((err) => {
   console.error(`bench: ${err.stack ?? err}`);
   process.exitCode = 1;
 });
