@@ -31,19 +31,19 @@ export class Authorizer {
   checkEnvoy(req: CheckRequest): Decision {
     const http = req.attributes?.request?.http;
     const headers = http ? requestHeaders(http) : {};
-    const { evidence, evidenceError } = peerEvidence(req.attributes?.source);
+    const evidence = peerEvidence(req.attributes?.source);
     if (this.trustedHeader) {
       const value = headers[this.trustedHeader];
       if (value !== undefined) evidence.headerSpiffeId = headerSpiffeId(this.trustedHeader, value);
     }
-    return this.run(evidence, evidenceError, (id, err) => buildEnvoyInput(req, id, err), {
+    return this.run(evidence, (id, err) => buildEnvoyInput(req, id, err), {
       request_id: headers['x-request-id'],
       traceparent: headers['traceparent'],
     });
   }
 
   checkSideband(req: SidebandRequest): Decision {
-    return this.run({ certificatePem: req.certificatePem }, undefined, (id, err) => buildSidebandInput(req, id, err), {
+    return this.run({ certificatePem: req.certificatePem }, (id, err) => buildSidebandInput(req, id, err), {
       request_id: req.requestId,
       traceparent: req.headers['traceparent'],
     });
@@ -61,46 +61,38 @@ export class Authorizer {
         if (q.destination !== undefined) input.destination = parseDestination(q.destination);
         return input;
       };
-      const { evidence, evidenceError } = peerEvidence(check.attributes?.source);
-      return this.run(evidence, evidenceError, decisionInput, {});
+      const evidence = peerEvidence(check.attributes?.source);
+      return this.run(evidence, decisionInput, {});
     }
     const evidence: PeerEvidence = {};
     if (q.spiffeId !== undefined) evidence.principal = q.spiffeId;
     if (q.certificatePem !== undefined) evidence.certificatePem = q.certificatePem;
-    return this.run(evidence, undefined, (id, err) => buildCliInput(q.destination ?? '', id, err), {});
+    return this.run(evidence, (id, err) => buildCliInput(q.destination ?? '', id, err), {});
   }
 
   private run(
     evidence: PeerEvidence,
-    evidenceError: string | undefined,
     build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput,
     correlation: Correlation,
   ): Decision {
-    let input: PolicyInput;
-    if (evidenceError) {
-      input = build(null, evidenceError);
-    } else {
-      const identity = resolveIdentity(evidence, this.now());
-      input = identity.ok ? build(identity.value, undefined) : build(null, identity.reason);
-    }
+    const identity = resolveIdentity(evidence, this.now());
+    const input = identity.ok ? build(identity.value, undefined) : build(null, identity.reason);
     const decision = decide(input, this.opts.policies.current);
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
     return decision;
   }
 }
 
-/** What Envoy says it verified about the downstream peer: its certificate (URL-encoded PEM) and principal. */
-function peerEvidence(source: Peer | undefined): { evidence: PeerEvidence; evidenceError?: string } {
+/**
+ * What Envoy says it verified about the downstream peer: its certificate and principal. The certificate
+ * stays URL-encoded as Envoy sends it: the SVID parser decodes it, and its cache is keyed on these exact
+ * bytes, so a repeat caller costs no decoding at all.
+ */
+function peerEvidence(source: Peer | undefined): PeerEvidence {
   const evidence: PeerEvidence = {};
   if (source?.principal) evidence.principal = source.principal;
-  if (source?.certificate) {
-    try {
-      evidence.certificatePem = decodeURIComponent(source.certificate);
-    } catch {
-      return { evidence, evidenceError: 'source certificate is not valid URL-encoded PEM' };
-    }
-  }
-  return { evidence };
+  if (source?.certificate) evidence.certificatePem = source.certificate;
+  return evidence;
 }
 
 /**
