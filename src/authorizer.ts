@@ -15,6 +15,11 @@ export interface AuthorizerOptions {
    */
   trustedIdentityHeader?: string;
   now?: () => Date;
+  /**
+   * Time one check may take from evidence to decision. An answer later than this is a deny, whatever
+   * the policy said: a slow allow must not turn into an allow Envoy has already given up on.
+   */
+  checkDeadlineMs?: number;
 }
 
 export class Authorizer {
@@ -74,6 +79,7 @@ export class Authorizer {
     build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput,
     correlation: Correlation,
   ): Decision {
+    const started = performance.now();
     let input: PolicyInput;
     if (evidenceError) {
       input = build(null, evidenceError);
@@ -81,10 +87,17 @@ export class Authorizer {
       const identity = resolveIdentity(evidence, this.now());
       input = identity.ok ? build(identity.value, undefined) : build(null, identity.reason);
     }
-    const decision = decide(input, this.opts.policies.current);
+    let decision = decide(input, this.opts.policies.current);
+    const deadline = this.opts.checkDeadlineMs;
+    if (deadline !== undefined && performance.now() - started > deadline) decision = lateDeny(decision, deadline);
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
     return decision;
   }
+}
+
+function lateDeny(d: Decision, deadlineMs: number): Decision {
+  const reason = `check exceeded its deadline of ${deadlineMs}ms`;
+  return { ...d, allow: false, snat_pool: '', reason, http_status: 403, headers: {}, body: reason, policy_error: reason };
 }
 
 /** What Envoy says it verified about the downstream peer: its certificate (URL-encoded PEM) and principal. */
