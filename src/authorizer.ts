@@ -3,6 +3,8 @@
 import { decide, type Decision, type PolicySource } from './decision.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type PeerEvidence } from './identity.js';
+import type { LoadedPolicy } from './policy.js';
+import type { CaseDecision, CaseRequest } from './policy-cases.js';
 import { buildCliInput, buildEnvoyInput, buildSidebandInput, parseDestination, requestHeaders, type Caller, type CheckRequest, type Peer, type PolicyInput, type SidebandRequest } from './input.js';
 
 export interface AuthorizerOptions {
@@ -150,4 +152,14 @@ function headerSpiffeId(name: string, value: string): string {
     if (eq > 0 && pair.slice(0, eq).trim().toLowerCase() === 'uri') return pair.slice(eq + 1).trim().replace(/^"|"$/g, '');
   }
   return '';
+}
+
+/** A policy case (policies/cases) through the same pipeline as a Check: `egress-authz test` and reload checks. */
+export function decideCase(c: CaseRequest, policy: LoadedPolicy): Decision {
+  const authorizer = new Authorizer({ policies: { current: policy }, sink: () => {} });
+  return authorizer.checkCli(c);
+}
+
+export function caseDecision(d: Decision): CaseDecision {
+  return { allow: d.allow, snat_pool: d.snat_pool, reason: d.reason };
 }

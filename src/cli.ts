@@ -1,14 +1,15 @@
 #!/usr/bin/env node
-// egress-authz CLI: serve | eval | test | build. Usage errors exit 2 with a message on stderr.
+// egress-authz CLI: serve | eval | test | build | inspect. Usage errors exit 2 with a message on stderr.
 import { existsSync, mkdirSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pino from 'pino';
-import { Authorizer } from './authorizer.js';
+import { Authorizer, caseDecision, decideCase } from './authorizer.js';
 import type { Decision } from './decision.js';
 import { MutablePolicySource, startService } from './service.js';
 import { loadPolicy } from './policy.js';
+import { formatReport, inspectCertificate } from './inspect.js';
 import { buildWasmBundle, runOpaTest } from './opa-cli.js';
 import { runPolicyCases } from './policy-cases.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from './grpc-server.js';
@@ -34,6 +35,8 @@ commands:
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
   build   [--out FILE] [POLICY_DIR]        compile a policy folder into an OPA Wasm bundle
+  inspect [--json] FILE                    a certificate's SPIFFE ID and whether it is a valid
+                                           X.509-SVID (exit 1 with the reason when not)
 
 --policy takes a bundle (.tar.gz) or a folder of .rego files and data; default: the embedded policy.
 `;
@@ -99,7 +102,7 @@ async function serve(argv: string[]): Promise<number> {
   const destination = pino.destination({ sync: false, maxLength: 64 * 1024 * 1024 });
   let dropped = 0;
   destination.on('drop', () => void dropped++);
-  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' } }, destination);
+  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
   const flush = () => {
     try {
       destination.flushSync();
@@ -256,11 +259,7 @@ async function test(argv: string[]): Promise<number> {
   });
   const dir = values.policy as string;
   const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
-  // Each case runs the same pipeline as a Check, against the policy with the case file's data overlay.
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => {
-    const authorizer = new Authorizer({ policies: new MutablePolicySource(casePolicy), sink: () => {} });
-    return authorizer.checkCli(c);
-  });
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => caseDecision(decideCase(c, casePolicy)));
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
   process.stdout.write(opa.text.endsWith('\n') ? opa.text : `${opa.text}\n`);
@@ -277,7 +276,22 @@ async function build(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build };
+async function inspect(argv: string[]): Promise<number> {
+  const { values, positionals } = args(argv, { json: { type: 'boolean', default: false } }, true);
+  if (positionals.length !== 1) throw new UsageError('inspect takes one certificate FILE');
+  const file = positionals[0]!;
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${file}: ${(err as Error).message}`);
+  }
+  const report = inspectCertificate(pem);
+  process.stdout.write(`${values.json ? JSON.stringify(report, null, 2) : formatReport(file, report)}\n`);
+  return report.valid ? 0 : 1;
+}
+
+const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build, inspect };
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

@@ -12,6 +12,7 @@ import { bindGrpcServer, createGrpcServer } from './grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from './http-server.js';
 import type { LoadedPolicy } from './policy.js';
 import { grpcServerCredentials, httpsServerOptions, type CallerPattern, type CertificateFiles, type PeerPolicy } from './tls.js';
+import { configureSidebandServer, sidebandRoutes } from './sideband.js';
 
 export interface ServiceOptions {
   grpcAddr: string;
@@ -19,7 +20,7 @@ export interface ServiceOptions {
   policy: LoadedPolicy;
   logger: Logger;
   trustedIdentityHeader?: string;
-  /** extra HTTP routes ("POST /v1/sideband" …) */
+  /** extra HTTP routes, besides the BIG-IP sideband (`POST /v1/sideband`) that every service has */
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
   onDecision?: (entry: DecisionLogEntry, decision: Decision) => void;
@@ -79,11 +80,12 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       ready: isReady(),
       detail: { policy_revision: policies.current?.revision ?? '' },
     }),
-    routes: opts.routes?.(authorizer),
+    routes: { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) },
     tls: tls && httpsServerOptions(tls.files),
     peerPolicy,
     onPeerRefused,
   });
+  configureSidebandServer(httpServer);
   // New handshakes on the HTTPS listener use rotated certificates; established connections keep theirs.
   const unsubscribe = tls?.files.subscribe(() => (httpServer as unknown as TlsServer).setSecureContext(httpsServerOptions(tls.files)));
   const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr, tls ? grpcServerCredentials(tls.files) : undefined);
