@@ -54,29 +54,36 @@ function mutateBytes(buf: Buffer, edits: [number, number][], cut: number | null)
 }
 
 const squash = (s: string) => s.replace(/\s+/g, '');
+/** Truncation at a random point one time in four; otherwise the whole message. */
+const rareCut = fc.oneof({ weight: 3, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.nat() });
 
 describe('fuzz: raw bytes on the HTTP listener', () => {
-  it('survives noise and mutated sideband requests; allows only for the intact bookinfo certificate', async () => {
-    const body = squash(bookinfo.certPem.replace(/-----[A-Z ]+-----/g, ''));
+  it('survives noise and mutated sideband requests; allows only when the certificate sent names a bookinfo ID', async () => {
     const input = fc.oneof(
       fc.uint8Array({ maxLength: 512 }).map((b) => Buffer.from(b)),
-      fc.tuple(fc.constantFrom('1.0', '1.1'), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.option(fc.nat(), { freq: 4 })).map(([v, edits, cut]) =>
+      fc.tuple(fc.constantFrom('1.0', '1.1'), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), rareCut).map(([v, edits, cut]) =>
         mutateBytes(Buffer.from(sidebandRequest(bookinfo.certPem, v), 'latin1'), edits, cut),
       ),
       fc.tuple(fc.constantFrom('GET', 'POST', 'PUT', 'CONNECT', 'G\u0000T'), fc.constantFrom('/healthz', '/readyz', '/v1/sideband', '*', '/../../etc', '/v1/sideband?x=1'), fc.string({ maxLength: 64 })).map(([m, p, h]) =>
         Buffer.from(`${m} ${p} HTTP/1.1\r\n${h}\r\n\r\n`, 'latin1'),
       ),
     );
+    let allowed = 0;
     await fc.assert(
       fc.asyncProperty(input, async (bytes) => {
         const answer = await rawExchange(svc.httpPort, bytes);
-        for (const m of answer.matchAll(/x-egress-decision:\s*allow/gi)) {
-          expect(m).toBeTruthy();
-          expect(squash(bytes.toString('latin1')).includes(body)).toBe(true);
+        if (/x-egress-decision:\s*allow/i.test(answer)) {
+          // Signatures are the TLS terminator's job (the BIG-IP verified the client), so a damaged byte
+          // in a signature may still be allowed; the URI SAN the DER carries must still be bookinfo's.
+          const sent = bytes.toString('latin1');
+          const der = Buffer.from(squash(sent.slice(sent.indexOf('\r\n\r\n') + 4).replace(/-----[A-Z ]+-----/g, '')), 'base64');
+          expect(der.includes(Buffer.from('spiffe://cluster.local/ns/bookinfo/sa/'))).toBe(true);
+          allowed++;
         }
       }),
       { numRuns: scaledRuns(2) },
     );
+    expect(allowed).toBeGreaterThan(0); // the mutations leave some requests intact: the property is not vacuous
     // Still alive and ready.
     const ready = await rawExchange(svc.httpPort, Buffer.from('GET /readyz HTTP/1.0\r\n\r\n'));
     expect(ready).toMatch(/^HTTP\/1\.[01] 200/);
@@ -105,7 +112,7 @@ describe('fuzz: raw ext_authz messages over HTTP/2', () => {
       });
     const message = fc.oneof(
       fc.uint8Array({ maxLength: 256 }).map((b) => Buffer.from(b)),
-      fc.tuple(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), fc.option(fc.nat(), { freq: 4 })).map(([edits, cut]) => mutateBytes(valid, edits, cut)),
+      fc.tuple(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), rareCut).map(([edits, cut]) => mutateBytes(valid, edits, cut)),
     );
     const before = svc.decisions.length;
     await fc.assert(

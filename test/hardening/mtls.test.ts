@@ -1,14 +1,14 @@
 // mTLS on both listeners with real certificates made at test time: who may ask, who is refused before
 // any decision, and certificate rotation while a client keeps calling.
+import { writeFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { json } from '../../src/http-server.js';
 import { parseSpiffeId } from '../../src/spiffe-id.js';
 import { callerAllowed, CertificateFiles, parseAllowedCaller, readTlsMaterial, type CallerPattern } from '../../src/tls.js';
+import { workloadSvid } from '../support/pki.js';
 import { check, checkClient, checkRequest, startTestService, type CheckClient, type TestService } from '../support/service.js';
 import { ALLOWED_CALLERS, grpcTls, httpsRequest, makeMtlsPki, type MtlsPki } from './support.js';
-import { writeFileSync } from 'node:fs';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
 const FUZZ_RUNS = Number(process.env.FUZZ_RUNS ?? 300);
@@ -96,6 +96,7 @@ describe('mTLS on both listeners', () => {
   let pki: MtlsPki;
   let files: CertificateFiles;
   let svc: TestService;
+  let workload: string;
   const reloads: number[] = [];
 
   beforeAll(async () => {
@@ -104,18 +105,8 @@ describe('mTLS on both listeners', () => {
       { certFile: pki.files.cert, keyFile: pki.files.key, clientCaFile: pki.files.clientCa },
       { pollMs: 250, onReload: () => reloads.push(Date.now()) },
     );
-    svc = await startTestService({
-      tls: { files, allowedCallers: patterns(ALLOWED_CALLERS) },
-      // Stands in for any decision route (the sideband): answers with a decision, so a refused caller
-      // shows up as a missing decision.
-      routes: (authorizer) => ({
-        'POST /test/decide': (req, res) => {
-          req.resume();
-          const d = authorizer.checkCli({ spiffeId: BOOKINFO, destination: 'www.example.com:443' });
-          json(res, d.allow ? 200 : 403, { allow: d.allow, decision_id: d.decision_id });
-        },
-      }),
-    });
+    svc = await startTestService({ tls: { files, allowedCallers: patterns(ALLOWED_CALLERS) } });
+    workload = (await workloadSvid(pki.ca, BOOKINFO)).certPem;
   });
   afterAll(async () => {
     await svc?.close(1000);
@@ -175,16 +166,19 @@ describe('mTLS on both listeners', () => {
     c.close();
   });
 
-  it('HTTPS: allowed callers get decisions; not allowed get 403 before any decision; no certificate fails TLS', async () => {
-    const ok = await httpsRequest(svc.httpPort, pki, pki.bigip, { method: 'POST', path: '/test/decide', body: 'x' });
+  it('HTTPS sideband: allowed callers get decisions; not allowed get 403 before any decision; no certificate fails TLS', async () => {
+    const sideband = { method: 'POST', path: '/v1/sideband', body: workload };
+    const ok = await httpsRequest(svc.httpPort, pki, pki.bigip, sideband);
     expect(ok.status).toBe(200);
+    expect(ok.headers['x-egress-snat-pool']).toBe('bookinfo_snat');
     const before = svc.decisions.length;
-    const evil = await httpsRequest(svc.httpPort, pki, pki.evil, { method: 'POST', path: '/test/decide', body: 'x' });
+    const evil = await httpsRequest(svc.httpPort, pki, pki.evil, sideband);
     expect(evil.status).toBe(403);
     expect(evil.headers['x-egress-decision']).toBe('deny');
+    expect(evil.headers['x-egress-decision-id']).toBeUndefined();
     expect(evil.body).toContain('not allowed');
-    await expect(httpsRequest(svc.httpPort, pki, undefined, { method: 'POST', path: '/test/decide', body: 'x' })).rejects.toThrow();
-    await expect(httpsRequest(svc.httpPort, pki, pki.stranger, { method: 'POST', path: '/test/decide', body: 'x' })).rejects.toThrow();
+    await expect(httpsRequest(svc.httpPort, pki, undefined, sideband)).rejects.toThrow();
+    await expect(httpsRequest(svc.httpPort, pki, pki.stranger, sideband)).rejects.toThrow();
     expect(svc.decisions.length).toBe(before);
     // Health needs a verified client certificate, not an allowed caller ID.
     expect((await httpsRequest(svc.httpPort, pki, pki.evil, { path: '/readyz' })).status).toBe(200);
