@@ -90,7 +90,7 @@ function sideband(body) {
       { host: '127.0.0.1', port: ports.http, method: 'POST', path: '/v1/sideband', agent, headers: { 'content-type': 'application/x-pem-file', 'content-length': Buffer.byteLength(body), 'x-egress-destination': 'www.example.com:443' } },
       (res) => {
         res.resume();
-        res.on('end', () => resolve({ status: res.statusCode, decision: res.headers['x-egress-decision'], pool: res.headers['x-egress-snat-pool'] }));
+        res.on('end', () => resolve({ status: res.statusCode, decision: res.headers['x-egress-decision'], pool: res.headers['x-egress-snat-pool'], reason: res.headers['x-egress-reason'] }));
       },
     );
     req.on('error', (err) => resolve({ error: err.message }));
@@ -114,7 +114,7 @@ function grpcCheck(client, source) {
     client.Check(checkRequest(source), { deadline: Date.now() + 5000 }, (err, res) => {
       if (err) return resolve({ error: `${grpc.status[err.code]}: ${err.details}` });
       const pool = (res.okResponse?.headers ?? []).find((h) => h.header.key === 'x-egress-snat-pool')?.header.value;
-      resolve({ allow: res.status.code === 0, pool });
+      resolve({ allow: res.status.code === 0, pool, reason: res.deniedResponse?.body });
     });
   });
 }
@@ -130,7 +130,7 @@ const kinds = [
 if (hasSideband) {
   const viaSideband = (body) => async () => {
     const r = await sideband(body);
-    return r.error ? r : { allow: r.decision === 'allow' && r.status === 200, pool: r.pool, bad: r.decision !== 'allow' && r.decision !== 'deny' };
+    return r.error ? r : { allow: r.decision === 'allow' && r.status === 200, pool: r.pool, reason: r.reason, bad: r.decision !== 'allow' && r.decision !== 'deny' };
   };
   kinds.push(
     { name: 'sideband allow', run: viaSideband(pems.bookinfo), allow: true },
@@ -166,7 +166,7 @@ async function worker(id) {
     s.sent++;
     const r = await kind.run(client);
     done++;
-    const wrong = r.error ?? (r.bad ? 'answer without X-Egress-Decision' : r.allow !== kind.allow ? `expected allow=${kind.allow}` : kind.allow && r.pool !== 'bookinfo_snat' ? `pool ${r.pool}` : undefined);
+    const wrong = r.error ?? (r.bad ? 'answer without X-Egress-Decision' : r.allow !== kind.allow ? `expected allow=${kind.allow} (${r.reason ?? ''})` : kind.allow && r.pool !== 'bookinfo_snat' ? `pool ${r.pool}` : undefined);
     if (wrong) {
       s.errors++;
       const key = `${kind.name}: ${wrong}`;
