@@ -1,8 +1,10 @@
 // Graceful shutdown of `egress-authz serve` as a child process: SIGTERM under load, a check in flight
 // across the signal, the bounded grace period, and the second signal.
+import http from 'node:http';
 import http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
+import { createCa, workloadSvid } from '../support/pki.js';
 import { checkClient, checkRequest, type CheckClient } from '../support/service.js';
 import { spawnServe, type ServeProcess } from './support.js';
 
@@ -64,6 +66,35 @@ describe('graceful shutdown', () => {
         })(),
       ),
     );
+    // The BIG-IP's side: keep-alive sideband calls. A request the server never read may fail (the
+    // connection was closing); one it read must be answered.
+    const pem = (await workloadSvid(await createCa(), BOOKINFO)).certPem;
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+    let sidebandAnswered = 0;
+    const sidebandErrors = new Set<string>();
+    const port = serve.httpPort;
+    const sidebandLoops = Array.from({ length: 8 }, () =>
+      (async () => {
+        for (;;) {
+          const ok = await new Promise<boolean>((resolve) => {
+            const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/sideband', agent, headers: { 'content-type': 'application/x-pem-file' } }, (res) => {
+              res.resume();
+              res.on('end', () => {
+                if (res.headers['x-egress-decision'] === 'allow') sidebandAnswered++;
+                else sidebandErrors.add(`status ${res.statusCode}`);
+                resolve(res.headers['x-egress-decision'] === 'allow');
+              });
+            });
+            req.on('error', (err: NodeJS.ErrnoException) => {
+              sidebandErrors.add(err.code ?? err.message);
+              resolve(false);
+            });
+            req.end(pem);
+          });
+          if (!ok) return;
+        }
+      })(),
+    );
     await delay(400);
     const inFlight = partialCheck(serve.grpcPort);
     await delay(100);
@@ -73,7 +104,8 @@ describe('graceful shutdown', () => {
     await delay(150);
     inFlight.finish();
     const [exit, flight] = await Promise.all([serve.exited, inFlight.answer]);
-    await Promise.all(loops);
+    await Promise.all([...loops, ...sidebandLoops]);
+    agent.destroy();
     for (const c of clients) c.close();
     inFlight.close();
 
@@ -85,7 +117,10 @@ describe('graceful shutdown', () => {
     expect([...codes.keys()].filter((c) => c !== grpc.status.UNAVAILABLE)).toEqual([]);
     // Every answer is in the decision log: it was flushed before exit, and nothing was decided unanswered.
     const logged = serve.lines.filter((l) => l.msg === 'decision').length;
-    expect(logged).toBe(answered + 1);
+    expect(sidebandAnswered).toBeGreaterThan(10);
+    // Sideband calls end in an answer, or in a refused/closed connection for requests never read.
+    expect([...sidebandErrors].filter((e) => !['ECONNREFUSED', 'ECONNRESET', 'socket hang up', 'EPIPE'].includes(e))).toEqual([]);
+    expect(logged).toBe(answered + sidebandAnswered + 1);
     expect(exit.code).toBe(0);
     expect(exit.at - signalledAt).toBeLessThan(3000 + 1500);
     expect(serve.lines.some((l) => l.msg === 'stopped')).toBe(true);
