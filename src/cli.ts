@@ -12,6 +12,8 @@ import { loadPolicy } from './policy.js';
 import { formatReport, inspectCertificate } from './inspect.js';
 import { buildWasmBundle, runOpaTest } from './opa-cli.js';
 import { runPolicyCases } from './policy-cases.js';
+import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from './grpc-server.js';
+import { CertificateFiles, parseAllowedCaller, type CallerPattern } from './tls.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
@@ -21,8 +23,14 @@ const USAGE = `usage: egress-authz <command> [options]
 commands:
   serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH] [--entrypoint E]
           [--trusted-identity-header NAME] [--log-level LEVEL]
+          [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--allowed-caller ID]...]]
+          [--shutdown-grace DUR] [--check-deadline DUR] [--grpc-max-message-bytes N]
           gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health and the
           BIG-IP sideband on --http-addr (default 0.0.0.0:8181)
+          TLS on both listeners with --tls-cert/--tls-key (re-read when the files change);
+          --tls-client-ca requires client certificates from that CA; --allowed-caller (repeatable)
+          limits callers to a SPIFFE ID, or an ID and everything below it when written ID/*
+          DUR: 500ms, 10s, 1m. Defaults: grace 10s, deadline 200ms, message 1048576 bytes
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
@@ -75,15 +83,53 @@ async function serve(argv: string[]): Promise<number> {
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
     'trusted-identity-header': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-client-ca': { type: 'string' },
+    'allowed-caller': { type: 'string', multiple: true },
+    'shutdown-grace': { type: 'string', default: '10s' },
+    'check-deadline': { type: 'string', default: '200ms' },
+    'grpc-max-message-bytes': { type: 'string', default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES) },
   });
-  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ sync: false }));
+  const graceMs = duration('--shutdown-grace', values['shutdown-grace'] as string);
+  const checkDeadlineMs = duration('--check-deadline', values['check-deadline'] as string);
+  const maxMessage = Number(values['grpc-max-message-bytes']);
+  if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024) throw new UsageError('--grpc-max-message-bytes must be an integer of at least 1024');
+  const allowedCallers = callerPatterns((values['allowed-caller'] as string[] | undefined) ?? []);
+  const tlsFlags = tlsOptions(values, allowedCallers);
+  // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
+  // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
+  const destination = pino.destination({ sync: false, maxLength: 64 * 1024 * 1024 });
+  let dropped = 0;
+  destination.on('drop', () => void dropped++);
+  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  const flush = () => {
+    try {
+      destination.flushSync();
+    } catch {
+      // stdout gone (EPIPE, closed): nothing left to flush to
+    }
+  };
   const location = (values.policy as string | undefined) ?? defaultPolicyLocation();
   let policy;
   try {
     policy = await loadPolicy(location, { entrypoint: values.entrypoint as string });
   } catch (err) {
     logger.fatal({ policy_source: location, err: (err as Error).message }, 'policy failed to load; not serving');
-    logger.flush();
+    flush();
+    return 1;
+  }
+  let certificates: CertificateFiles | undefined;
+  try {
+    certificates =
+      tlsFlags &&
+      new CertificateFiles(tlsFlags, {
+        onReload: () => logger.info({ tls_cert: tlsFlags.certFile }, 'TLS certificate files reloaded'),
+        onError: (reason) => logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
+      });
+  } catch (err) {
+    logger.fatal({ err: (err as Error).message }, 'TLS files not usable; not serving');
+    flush();
     return 1;
   }
   const service = await startService({
@@ -92,23 +138,79 @@ async function serve(argv: string[]): Promise<number> {
     policy,
     logger,
     trustedIdentityHeader: values['trusted-identity-header'] as string | undefined,
+    tls: certificates && { files: certificates, allowedCallers },
+    maxReceiveMessageBytes: maxMessage,
+    checkDeadlineMs,
   });
-  await new Promise<void>((resolveStop) => {
+  if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
+    logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
+  }
+  const code = await new Promise<number>((resolveStop) => {
     let stopping = false;
     const stop = (signal: string) => {
-      if (stopping) process.exit(130); // a second signal: out now
+      if (stopping) {
+        // A second signal: out now, with whatever the log has buffered.
+        logger.warn({ signal }, 'second signal; exiting at once');
+        flush();
+        process.exit(130);
+      }
       stopping = true;
-      logger.info({ signal }, 'shutting down');
-      void service.close().then(() => {
-        logger.info('stopped');
-        logger.flush();
-        resolveStop();
+      logger.info({ signal, grace_ms: graceMs }, 'shutting down: not ready, no new connections, finishing accepted checks');
+      // The grace period bounds the listeners' drain; this bounds everything else (a stuck flush).
+      setTimeout(() => {
+        flush();
+        process.exit(1);
+      }, graceMs + 2000).unref();
+      void service.close(graceMs).then(() => {
+        certificates?.close();
+        logger.info({ dropped_log_lines: dropped }, 'stopped');
+        flush();
+        resolveStop(0);
       });
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
-  return 0;
+  // Anything else still holding the event loop (a policy watcher, a client's half-open socket) must not
+  // keep a stopped service alive.
+  setTimeout(() => process.exit(code), 200).unref();
+  return code;
+}
+
+/** "250ms", "10s", "1m", or a bare number of milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]) * (m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1);
+  return Number.isFinite(n) ? Math.round(n) : undefined;
+}
+
+function duration(flag: string, text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) throw new UsageError(`${flag} "${text}": expected a duration such as 500ms, 10s or 1m`);
+  return ms;
+}
+
+function callerPatterns(entries: string[]): CallerPattern[] {
+  return entries.map((entry) => {
+    const p = parseAllowedCaller(entry);
+    if (!p.ok) throw new UsageError(`--allowed-caller: ${p.reason}`);
+    return p.value;
+  });
+}
+
+function tlsOptions(values: Values, allowedCallers: CallerPattern[]): { certFile: string; keyFile: string; clientCaFile?: string } | undefined {
+  const cert = values['tls-cert'] as string | undefined;
+  const key = values['tls-key'] as string | undefined;
+  const ca = values['tls-client-ca'] as string | undefined;
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  if (cert === undefined || key === undefined) {
+    if (ca !== undefined) throw new UsageError('--tls-client-ca needs --tls-cert and --tls-key');
+    if (allowedCallers.length > 0) throw new UsageError('--allowed-caller needs mTLS: --tls-cert, --tls-key and --tls-client-ca');
+    return undefined;
+  }
+  if (ca === undefined && allowedCallers.length > 0) throw new UsageError('--allowed-caller needs --tls-client-ca: without client certificates no caller has an identity');
+  return { certFile: cert, keyFile: key, ...(ca !== undefined ? { clientCaFile: ca } : {}) };
 }
 
 async function evaluate(argv: string[]): Promise<number> {

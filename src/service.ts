@@ -1,14 +1,17 @@
 // Starts the decision service: both listeners around one Authorizer. Used by `egress-authz serve` and
 // by tests in-process, so what the tests run is what users run.
 import type http from 'node:http';
+import type { Server as TlsServer } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { Authorizer } from './authorizer.js';
 import type { Decision, PolicySource } from './decision.js';
 import type { DecisionLogEntry } from './decision-log.js';
+import { addGrpcHealth } from './grpc-health.js';
 import { bindGrpcServer, createGrpcServer } from './grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from './http-server.js';
 import type { LoadedPolicy } from './policy.js';
+import { grpcServerCredentials, httpsServerOptions, type CallerPattern, type CertificateFiles, type PeerPolicy } from './tls.js';
 import { configureSidebandServer, sidebandRoutes } from './sideband.js';
 
 export interface ServiceOptions {
@@ -21,6 +24,11 @@ export interface ServiceOptions {
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
   onDecision?: (entry: DecisionLogEntry, decision: Decision) => void;
+  /** TLS on both listeners (plain text without it); with a client CA, mTLS and the allowed callers */
+  tls?: { files: CertificateFiles; allowedCallers?: CallerPattern[] };
+  maxReceiveMessageBytes?: number;
+  /** see AuthorizerOptions.checkDeadlineMs */
+  checkDeadlineMs?: number;
 }
 
 export interface RunningService {
@@ -45,9 +53,14 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const log = opts.logger;
   const policies = new MutablePolicySource(opts.policy);
   let stopping = false;
+  const isReady = () => !stopping && policies.current !== undefined;
+  const tls = opts.tls;
+  const peerPolicy: PeerPolicy | undefined = tls && { requireClientCert: tls.files.current.ca !== undefined, allowedCallers: tls.allowedCallers ?? [] };
+  const onPeerRefused = (v: { reason: string }, peer: string) => log.warn({ peer, reason: v.reason }, 'caller refused before any decision');
   const authorizer = new Authorizer({
     policies,
     trustedIdentityHeader: opts.trustedIdentityHeader,
+    checkDeadlineMs: opts.checkDeadlineMs,
     sink: (entry, decision) => {
       if (entry.policy_error !== undefined) log.error(entry, 'decision');
       else log.info(entry, 'decision');
@@ -57,24 +70,44 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const grpcServer = createGrpcServer({
     authorizer,
     onInternalError: (err) => log.error({ err }, 'check failed inside the pipeline; answered deny'),
+    maxReceiveMessageLength: opts.maxReceiveMessageBytes,
+    peerPolicy,
+    onPeerRefused,
   });
+  const health = addGrpcHealth(grpcServer, isReady);
   const httpServer = createHttpServer({
     ready: () => ({
-      ready: !stopping && policies.current !== undefined,
+      ready: isReady(),
       detail: { policy_revision: policies.current?.revision ?? '' },
     }),
     routes: { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) },
+    tls: tls && httpsServerOptions(tls.files),
+    peerPolicy,
+    onPeerRefused,
   });
   configureSidebandServer(httpServer);
-  const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr);
+  // New handshakes on the HTTPS listener use rotated certificates; established connections keep theirs.
+  const unsubscribe = tls?.files.subscribe(() => (httpServer as unknown as TlsServer).setSecureContext(httpsServerOptions(tls.files)));
+  const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr, tls ? grpcServerCredentials(tls.files) : undefined);
   let httpPort: number;
   try {
     httpPort = await listen(httpServer, opts.httpAddr);
   } catch (err) {
     grpcServer.forceShutdown();
+    unsubscribe?.();
     throw err;
   }
-  log.info({ grpc_port: grpcPort, http_port: httpPort, policy_revision: opts.policy.revision, policy_source: opts.policy.source }, 'egress-authz serving');
+  log.info(
+    {
+      grpc_port: grpcPort,
+      http_port: httpPort,
+      policy_revision: opts.policy.revision,
+      policy_source: opts.policy.source,
+      tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
+      allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
+    },
+    'egress-authz serving',
+  );
 
   return {
     grpcPort,
@@ -84,7 +117,11 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     grpcServer,
     httpServer,
     async close(graceMs = 5000) {
+      // Not ready first (health NOT_SERVING, /readyz 503, Watch streams ended), then stop accepting and
+      // let what was accepted finish; whatever is still open when the grace period ends is cut.
       stopping = true;
+      health.shutdown();
+      unsubscribe?.();
       const grpcDone = new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           grpcServer.forceShutdown();
@@ -96,12 +133,18 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
         });
       });
       const httpDone = new Promise<void>((resolve) => {
-        httpServer.close(() => resolve());
-        httpServer.closeIdleConnections();
-        setTimeout(() => {
+        // Keep-alive clients (the BIG-IP keeps its sideband connection) are told to reconnect elsewhere.
+        httpServer.prependListener('request', (_req, res) => res.setHeader('connection', 'close'));
+        const timer = setTimeout(() => {
           httpServer.closeAllConnections();
           resolve();
-        }, graceMs).unref();
+        }, graceMs);
+        timer.unref();
+        httpServer.close(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+        httpServer.closeIdleConnections();
       });
       await Promise.all([grpcDone, httpDone]);
     },
