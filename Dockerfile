@@ -30,6 +30,9 @@ RUN node dist/cli.js build --out dist/policy/bundle.tar.gz policies
 # 4. Runtime
 FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production
+# A bounded old generation: V8 otherwise lets garbage pile up to a limit sized for the host, not the pod
+# (see README, Memory). The same flag as `npm start`, the benchmark and the soak.
+ENV NODE_OPTIONS=--max-old-space-size=96
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force

@@ -99,7 +99,7 @@ async function serve(argv: string[]): Promise<number> {
   const tlsFlags = tlsOptions(values, allowedCallers);
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
   // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
-  const destination = pino.destination({ sync: false, maxLength: 64 * 1024 * 1024 });
+  const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
   let dropped = 0;
   destination.on('drop', () => void dropped++);
   const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
