@@ -15,6 +15,8 @@ export interface AuthorizerOptions {
    */
   trustedIdentityHeader?: string;
   now?: () => Date;
+  /** sees each input and its live decision after the answer is made (shadow policy); must not throw */
+  shadow?: (input: PolicyInput, live: Decision) => void;
 }
 
 export class Authorizer {
@@ -83,6 +85,7 @@ export class Authorizer {
     }
     const decision = decide(input, this.opts.policies.current);
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
+    this.opts.shadow?.(input, decision);
     return decision;
   }
 }

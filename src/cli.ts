@@ -11,6 +11,9 @@ import { MutablePolicySource, startService } from './service.js';
 import { loadPolicy } from './policy.js';
 import { buildWasmBundle, runOpaTest } from './opa-cli.js';
 import { runPolicyCases } from './policy-cases.js';
+import { openBundleSource, parseDuration } from './bundle-source.js';
+import { ServiceMetrics } from './metrics.js';
+import { decidePolicyCase, PolicyStore, reloadStatus } from './policy-store.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
@@ -18,16 +21,20 @@ export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 const USAGE = `usage: egress-authz <command> [options]
 
 commands:
-  serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH] [--entrypoint E]
+  serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH|URL] [--entrypoint E]
+          [--policy-poll-interval DURATION] [--policy-cases PATH] [--shadow-policy PATH|URL]
           [--trusted-identity-header NAME] [--log-level LEVEL]
-          gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health and the
-          BIG-IP sideband on --http-addr (default 0.0.0.0:8181)
+          gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health, /metrics and the
+          BIG-IP sideband on --http-addr (default 0.0.0.0:8181). The policy is reloaded when
+          its file or folder changes, on SIGHUP, and by polling an http(s) bundle URL.
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
-  build   [--out FILE] [POLICY_DIR]        compile a policy folder into an OPA Wasm bundle
+  build   [--out FILE] [--revision REV] [POLICY_DIR]
+          compile a policy folder into an OPA Wasm bundle (.manifest revision REV)
 
 --policy takes a bundle (.tar.gz) or a folder of .rego files and data; default: the embedded policy.
+serve --policy also takes the http(s) URL of an OPA bundle server (polled with If-None-Match).
 `;
 
 class UsageError extends Error {}
@@ -72,23 +79,47 @@ async function serve(argv: string[]): Promise<number> {
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
     'trusted-identity-header': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
+    'policy-poll-interval': { type: 'string' },
+    'policy-cases': { type: 'string' },
+    'shadow-policy': { type: 'string' },
   });
   const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' } }, pino.destination({ sync: false }));
   const location = (values.policy as string | undefined) ?? defaultPolicyLocation();
-  let policy;
+  const interval = values['policy-poll-interval'] as string | undefined;
+  const pollMs = interval === undefined ? undefined : parseDuration(interval);
+  if (pollMs !== undefined && pollMs < 100) throw new UsageError('--policy-poll-interval must be at least 100ms');
+  if (interval !== undefined && pollMs === undefined) throw new UsageError(`--policy-poll-interval ${interval}: expected a duration such as 500ms, 30s, 5m`);
+  const metrics = new ServiceMetrics({ defaultMetrics: true });
+  const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) =>
+    PolicyStore.open(await openBundleSource(where, { pollMs }), { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string }, casesPath });
+  let live: PolicyStore;
+  let shadow: PolicyStore | undefined;
+  let loading = location;
   try {
-    policy = await loadPolicy(location, { entrypoint: values.entrypoint as string });
+    live = await openStore(location, 'live', values['policy-cases'] as string | undefined);
+    loading = (values['shadow-policy'] as string | undefined) ?? '';
+    if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
-    logger.fatal({ policy_source: location, err: (err as Error).message }, 'policy failed to load; not serving');
+    logger.fatal({ policy_source: loading, err: (err as Error).message }, 'policy failed to load; not serving');
     logger.flush();
     return 1;
   }
   const service = await startService({
     grpcAddr: values['grpc-addr'] as string,
     httpAddr: values['http-addr'] as string,
-    policy,
+    policy: live.current!,
+    policies: live,
+    shadowPolicies: shadow,
+    metrics,
+    readyDetail: () => reloadStatus(live, shadow),
     logger,
     trustedIdentityHeader: values['trusted-identity-header'] as string | undefined,
+  });
+  live.start();
+  shadow?.start();
+  process.on('SIGHUP', () => {
+    void live.reload('SIGHUP', { force: true });
+    void shadow?.reload('SIGHUP', { force: true });
   });
   await new Promise<void>((resolveStop) => {
     let stopping = false;
@@ -96,6 +127,8 @@ async function serve(argv: string[]): Promise<number> {
       if (stopping) process.exit(130); // a second signal: out now
       stopping = true;
       logger.info({ signal }, 'shutting down');
+      live.stop();
+      shadow?.stop();
       void service.close().then(() => {
         logger.info('stopped');
         logger.flush();
@@ -155,10 +188,7 @@ async function test(argv: string[]): Promise<number> {
   const dir = values.policy as string;
   const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
   // Each case runs the same pipeline as a Check, against the policy with the case file's data overlay.
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => {
-    const authorizer = new Authorizer({ policies: new MutablePolicySource(casePolicy), sink: () => {} });
-    return authorizer.checkCli(c);
-  });
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, decidePolicyCase);
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
   process.stdout.write(opa.text.endsWith('\n') ? opa.text : `${opa.text}\n`);
@@ -166,11 +196,16 @@ async function test(argv: string[]): Promise<number> {
 }
 
 async function build(argv: string[]): Promise<number> {
-  const { values, positionals } = args(argv, { out: { type: 'string', default: 'bundle.tar.gz' }, entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT } }, true);
+  const { values, positionals } = args(
+    argv,
+    { out: { type: 'string', default: 'bundle.tar.gz' }, entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT }, revision: { type: 'string' } },
+    true,
+  );
   if (positionals.length > 1) throw new UsageError('build takes one POLICY_DIR');
   const dir = positionals[0] ?? join(packageRoot, 'policies');
   mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
-  await buildWasmBundle(dir, values.out as string, values.entrypoint as string);
+  const revision = values.revision as string | undefined;
+  await buildWasmBundle(dir, values.out as string, values.entrypoint as string, revision === undefined ? {} : { revision });
   process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
   return 0;
 }

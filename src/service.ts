@@ -8,7 +8,9 @@ import type { Decision, PolicySource } from './decision.js';
 import type { DecisionLogEntry } from './decision-log.js';
 import { bindGrpcServer, createGrpcServer } from './grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from './http-server.js';
+import { MeteredAuthorizer, metricsRoute, ServiceMetrics, timedRoute } from './metrics.js';
 import type { LoadedPolicy } from './policy.js';
+import { ShadowEvaluator, type ShadowEvaluatorOptions } from './shadow-policy.js';
 
 export interface ServiceOptions {
   grpcAddr: string;
@@ -20,6 +22,15 @@ export interface ServiceOptions {
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
   onDecision?: (entry: DecisionLogEntry, decision: Decision) => void;
+  /** where the live policy is read from (a PolicyStore that hot-reloads it); default: `policy`, fixed */
+  policies?: MutablePolicySource;
+  /** a candidate evaluated beside the live policy, never affecting the answer */
+  shadowPolicies?: PolicySource;
+  shadowOptions?: Partial<ShadowEvaluatorOptions>;
+  /** default: a fresh registry per service */
+  metrics?: ServiceMetrics;
+  /** more fields for the /readyz body (last reload outcome, shadow revision) */
+  readyDetail?: () => Record<string, unknown>;
 }
 
 export interface RunningService {
@@ -27,6 +38,7 @@ export interface RunningService {
   httpPort: number;
   authorizer: Authorizer;
   policies: MutablePolicySource;
+  metrics: ServiceMetrics;
   grpcServer: grpc.Server;
   httpServer: http.Server;
   /** stop accepting, let in-flight checks finish (bounded), close both listeners */
@@ -42,17 +54,25 @@ export class MutablePolicySource implements PolicySource {
 
 export async function startService(opts: ServiceOptions): Promise<RunningService> {
   const log = opts.logger;
-  const policies = new MutablePolicySource(opts.policy);
+  const policies = opts.policies ?? new MutablePolicySource(opts.policy);
+  const metrics = opts.metrics ?? new ServiceMetrics();
+  const shadow = opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
   let stopping = false;
-  const authorizer = new Authorizer({
+  const authorizer: Authorizer = new MeteredAuthorizer({
     policies,
     trustedIdentityHeader: opts.trustedIdentityHeader,
     sink: (entry, decision) => {
       if (entry.policy_error !== undefined) log.error(entry, 'decision');
       else log.info(entry, 'decision');
+      metrics.observeDecision(decision, policies.current);
       opts.onDecision?.(entry, decision);
     },
-  });
+    shadow: shadow?.observe,
+  }, metrics);
+  const routes = opts.routes?.(authorizer) ?? {};
+  const sideband = routes['POST /v1/sideband'];
+  if (sideband) routes['POST /v1/sideband'] = timedRoute(sideband, (s) => metrics.observeSidebandSeconds(s));
+  routes['GET /metrics'] ??= metricsRoute(metrics);
   const grpcServer = createGrpcServer({
     authorizer,
     onInternalError: (err) => log.error({ err }, 'check failed inside the pipeline; answered deny'),
@@ -60,9 +80,9 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const httpServer = createHttpServer({
     ready: () => ({
       ready: !stopping && policies.current !== undefined,
-      detail: { policy_revision: policies.current?.revision ?? '' },
+      detail: { policy_revision: policies.current?.revision ?? '', ...opts.readyDetail?.() },
     }),
-    routes: opts.routes?.(authorizer),
+    routes,
   });
   const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr);
   let httpPort: number;
@@ -79,6 +99,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     httpPort,
     authorizer,
     policies,
+    metrics,
     grpcServer,
     httpServer,
     async close(graceMs = 5000) {
