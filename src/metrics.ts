@@ -88,7 +88,7 @@ export class ServiceMetrics {
     });
     for (const caller of CALLERS) {
       const byClass = {} as Record<ReasonClass, Child>;
-      for (const rc of REASON_CLASSES) byClass[rc] = checks.labels(caller, rc === 'allowed' ? 'allow' : 'deny', rc);
+      for (const rc of REASON_CLASSES) byClass[rc] = bound(checks, caller, rc === 'allowed' ? 'allow' : 'deny', rc);
       this.checks[caller] = byClass;
     }
     const rejections = new Counter({
@@ -97,7 +97,7 @@ export class ServiceMetrics {
       labelNames: ['reason_class'] as const,
       registers,
     });
-    for (const rc of IDENTITY_REJECTION_CLASSES) this.identityRejections[rc] = rejections.labels(rc);
+    for (const rc of IDENTITY_REJECTION_CLASSES) this.identityRejections[rc] = bound(rejections, rc);
 
     this.checkSeconds = new Histogram({
       name: 'grpc_server_handling_seconds',
@@ -126,7 +126,7 @@ export class ServiceMetrics {
       labelNames: ['policy', 'result'] as const,
       registers,
     });
-    for (const policy of ['live', 'shadow']) for (const result of ['success', 'failure']) this.reloads.labels(policy, result);
+    for (const policy of ['live', 'shadow']) for (const result of ['success', 'failure']) bound(this.reloads, policy, result);
     this.revisionInfo = new Gauge({
       name: 'egress_authz_policy_revision_info',
       help: 'The serving policy revision (bundle manifest revision or content hash); value is always 1',
@@ -139,15 +139,15 @@ export class ServiceMetrics {
       labelNames: ['kind'] as const,
       registers,
     });
-    for (const kind of ['allow_to_deny', 'deny_to_allow', 'pool_changed']) this.shadowDisagreements.labels(kind);
+    for (const kind of ['allow_to_deny', 'deny_to_allow', 'pool_changed']) bound(this.shadowDisagreements, kind);
     const shadowEvaluations = new Counter({
       name: 'egress_authz_shadow_evaluations_total',
       help: 'Shadow policy evaluations: compared, or skipped because too many were queued',
       labelNames: ['result'] as const,
       registers,
     });
-    this.shadowCompared = shadowEvaluations.labels('compared');
-    this.shadowSkipped = shadowEvaluations.labels('skipped');
+    this.shadowCompared = bound(shadowEvaluations, 'compared');
+    this.shadowSkipped = bound(shadowEvaluations, 'skipped');
     this.tenantDecisions = new Counter({
       name: 'egress_authz_decisions_by_tenant_total',
       help: `Decisions by namespace (a tenant of the live policy, or any allowed namespace; "${NO_NAMESPACE_LABEL}" without one, "${OTHER_LABEL}" otherwise), SNAT pool and decision`,
@@ -233,6 +233,13 @@ export class ServiceMetrics {
 }
 
 const EMPTY: ReadonlySet<string> = new Set();
+
+/** A counter child bound once, exported at 0 from the start so rate() and dashboards see it. */
+function bound(counter: Counter<string>, ...values: string[]): Child {
+  const child = counter.labels(...values);
+  child.inc(0);
+  return child;
+}
 
 /** `GET /metrics` in Prometheus text format. */
 export function metricsRoute(metrics: ServiceMetrics): (req: http.IncomingMessage, res: http.ServerResponse) => void {
