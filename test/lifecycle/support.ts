@@ -6,7 +6,7 @@ import pino from 'pino';
 import { openBundleSource, type BundleSourceOptions } from '../../src/bundle-source.js';
 import { ServiceMetrics } from '../../src/metrics.js';
 import { buildWasmBundle } from '../../src/opa-cli.js';
-import { PolicyStore, type ReloadOutcome } from '../../src/policy-store.js';
+import { PolicyStore, reloadStatus, type ReloadOutcome } from '../../src/policy-store.js';
 import { check, checkClient, checkRequest, POLICY_DIR, startTestService, type TestService } from '../support/service.js';
 
 export const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
@@ -95,7 +95,7 @@ export async function startStoreService(location: string, sourceOpts: BundleSour
   const storeLog: Record<string, unknown>[] = [];
   const log = pino({ level: 'info' }, { write: (line: string) => void storeLog.push(JSON.parse(line) as Record<string, unknown>) });
   const store = await PolicyStore.open(await openBundleSource(location, { debounceMs: 20, pollMs: 250, ...sourceOpts }), { log, metrics, casesPath });
-  const svc = await startTestService({ policy: store.current!, policies: store, metrics });
+  const svc = await startTestService({ policy: store.current!, policies: store, metrics, readyDetail: () => reloadStatus(store) });
   store.start();
   return {
     svc,
