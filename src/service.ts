@@ -56,6 +56,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const log = opts.logger;
   const policies = opts.policies ?? new MutablePolicySource(opts.policy);
   const metrics = opts.metrics ?? new ServiceMetrics();
+  if (policies.current) metrics.policyRevision('live', policies.current.revision);
   const shadow = opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
   let stopping = false;
   const authorizer: Authorizer = new MeteredAuthorizer({
