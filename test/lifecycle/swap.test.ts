@@ -46,7 +46,7 @@ async function swapUnderLoad(port: number, count: number, swap: (v: 'a' | 'b', i
     await waitFor(() => loop.results.some((r) => r.pool === POOL.a), 5000, 'the first answer from version a');
     let current: 'a' | 'b' = 'a';
     for (let i = 0; i < count; i++) {
-      const next = current === 'a' ? 'b' : 'a';
+      const next: 'a' | 'b' = current === 'a' ? 'b' : 'a';
       const t0 = performance.now();
       swap(next, i);
       await waitFor(() => loop.results.some((r) => r.receivedAt >= t0 && r.pool === POOL[next]), SWAP_BOUND_MS, `swap ${i + 1} to ${next}`);
