@@ -87,6 +87,27 @@ describe('GET /metrics after real checks', () => {
   });
 });
 
+describe('a check that fails inside the pipeline', () => {
+  it('is answered deny by the transport and counted as internal, with its handling time', async () => {
+    const svc = await startTestService({
+      onDecision: () => {
+        throw new Error('a bug after the decision');
+      },
+    });
+    const client = checkClient(svc.grpcPort);
+    try {
+      const res = await check(client, checkRequest({ principal: BOOKINFO }));
+      expect(res.status.code).toBe(7);
+      const text = await metricsText(svc.httpPort);
+      expect(sample(text, 'egress_authz_checks_total', 'caller="envoy",decision="deny",reason_class="internal"')).toBe(1);
+      expect(sample(text, 'grpc_server_handling_seconds_count', 'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"')).toBe(1);
+    } finally {
+      client.close();
+      await svc.close(1000);
+    }
+  });
+});
+
 describe('reason classes', () => {
   const base: Decision = {
     decision_id: 'x', caller: 'envoy', allow: false, snat_pool: '', reason: 'r', http_status: 403, headers: {}, body: '',
