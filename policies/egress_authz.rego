@@ -50,9 +50,10 @@ valid_pool(pool) if {
 	pool != ""
 }
 
-allow_reason := sprintf("namespace %v may egress via %v", [namespace, tenant.snat_pool]) if {
+# concat and format_int run inside the Wasm module; sprintf would call out to JavaScript on every allow.
+allow_reason := concat("", ["namespace ", namespace, " may egress via ", tenant.snat_pool]) if {
 	not tenant.destinations
-} else := sprintf("namespace %v may reach %v via %v", [namespace, destination_label, tenant.snat_pool])
+} else := concat("", ["namespace ", namespace, " may reach ", destination_label, " via ", tenant.snat_pool])
 
 # A tenant without a destination list may reach anything (the seed's forward proxy does the rest);
 # a tenant with one may reach only the hosts ("host") or endpoints ("host:port") it lists.
@@ -73,11 +74,13 @@ destination_forms contains destination_host
 destination_forms contains destination_endpoint
 
 # host:port as written in destination lists; IPv6 literals in brackets, as in a URL authority.
-destination_endpoint := sprintf("[%v]:%v", [destination_host, input.destination.port]) if {
-	is_number(input.destination.port)
+destination_endpoint := concat("", ["[", destination_host, "]:", destination_port]) if {
 	contains(destination_host, ":")
-} else := sprintf("%v:%v", [destination_host, input.destination.port]) if {
+} else := concat("", [destination_host, ":", destination_port])
+
+destination_port := format_int(input.destination.port, 10) if {
 	is_number(input.destination.port)
+	input.destination.port == floor(input.destination.port)
 }
 
 destination_label := destination_endpoint if {

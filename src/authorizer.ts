@@ -3,7 +3,9 @@
 import { decide, type Decision, type PolicySource } from './decision.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type PeerEvidence } from './identity.js';
-import { buildCliInput, buildEnvoyInput, buildSidebandInput, parseDestination, requestHeaders, type CheckRequest, type Peer, type PolicyInput, type SidebandRequest } from './input.js';
+import type { LoadedPolicy } from './policy.js';
+import type { CaseDecision, CaseRequest } from './policy-cases.js';
+import { buildCliInput, buildEnvoyInput, buildSidebandInput, parseDestination, requestHeaders, type Caller, type CheckRequest, type Peer, type PolicyInput, type SidebandRequest } from './input.js';
 
 export interface AuthorizerOptions {
   policies: PolicySource;
@@ -15,6 +17,11 @@ export interface AuthorizerOptions {
    */
   trustedIdentityHeader?: string;
   now?: () => Date;
+  /**
+   * Time one check may take from evidence to decision. An answer later than this is a deny, whatever
+   * the policy said: a slow allow must not turn into an allow Envoy has already given up on.
+   */
+  checkDeadlineMs?: number;
   /** sees each input and its live decision after the answer is made (shadow policy); must not throw */
   shadow?: (input: PolicyInput, live: Decision) => void;
 }
@@ -29,79 +36,108 @@ export class Authorizer {
   }
 
   checkEnvoy(req: CheckRequest): Decision {
-    const http = req.attributes?.request?.http;
-    const headers = http ? requestHeaders(http) : {};
-    const { evidence, evidenceError } = peerEvidence(req.attributes?.source);
-    if (this.trustedHeader) {
-      const value = headers[this.trustedHeader];
-      if (value !== undefined) evidence.headerSpiffeId = headerSpiffeId(this.trustedHeader, value);
-    }
-    return this.run(evidence, evidenceError, (id, err) => buildEnvoyInput(req, id, err), {
-      request_id: headers['x-request-id'],
-      traceparent: headers['traceparent'],
+    return this.run('envoy', () => {
+      const http = req.attributes?.request?.http;
+      const headers = http ? requestHeaders(http) : {};
+      const evidence = peerEvidence(req.attributes?.source);
+      if (this.trustedHeader) {
+        const value = headers[this.trustedHeader];
+        if (value !== undefined) evidence.headerSpiffeId = headerSpiffeId(this.trustedHeader, value);
+      }
+      return {
+        evidence,
+        build: (id, err) => buildEnvoyInput(req, id, err),
+        correlation: { request_id: headers['x-request-id'], traceparent: headers['traceparent'] },
+      };
     });
   }
 
   checkSideband(req: SidebandRequest): Decision {
-    return this.run({ certificatePem: req.certificatePem }, undefined, (id, err) => buildSidebandInput(req, id, err), {
-      request_id: req.requestId,
-      traceparent: req.headers['traceparent'],
-    });
+    return this.run('sideband', () => ({
+      evidence: { certificatePem: req.certificatePem },
+      build: (id, err) => buildSidebandInput(req, id, err),
+      correlation: { request_id: req.requestId, traceparent: req.headers['traceparent'] },
+    }));
   }
 
   /** `eval`: a SPIFFE ID or certificate given by an operator, or a whole input document. */
   checkCli(q: { spiffeId?: string; certificatePem?: string; destination?: string; input?: Record<string, unknown> }): Decision {
-    if (q.input) {
-      // The identity in an input file is recomputed from its attributes, exactly as for Envoy, so an
-      // input file cannot claim an identity that the certificate or principal does not prove.
-      const check = { attributes: (q.input.attributes ?? {}) as CheckRequest['attributes'] };
-      const decisionInput = (id: PolicyInput['identity'], err: string | undefined): PolicyInput => {
-        const base = buildEnvoyInput(check, id, err);
-        const input: PolicyInput = { ...q.input, ...base, caller: 'cli', attributes: q.input!.attributes ?? base.attributes };
-        if (q.destination !== undefined) input.destination = parseDestination(q.destination);
-        return input;
-      };
-      const { evidence, evidenceError } = peerEvidence(check.attributes?.source);
-      return this.run(evidence, evidenceError, decisionInput, {});
-    }
-    const evidence: PeerEvidence = {};
-    if (q.spiffeId !== undefined) evidence.principal = q.spiffeId;
-    if (q.certificatePem !== undefined) evidence.certificatePem = q.certificatePem;
-    return this.run(evidence, undefined, (id, err) => buildCliInput(q.destination ?? '', id, err), {});
+    return this.run('cli', () => {
+      if (q.input) {
+        // The identity in an input file is recomputed from its attributes, exactly as for Envoy, so an
+        // input file cannot claim an identity that the certificate or principal does not prove.
+        const check = { attributes: (q.input.attributes ?? {}) as CheckRequest['attributes'] };
+        const decisionInput = (id: PolicyInput['identity'], err: string | undefined): PolicyInput => {
+          const base = buildEnvoyInput(check, id, err);
+          const input: PolicyInput = { ...q.input, ...base, caller: 'cli', attributes: q.input!.attributes ?? base.attributes };
+          if (q.destination !== undefined) input.destination = parseDestination(q.destination);
+          return input;
+        };
+        return { evidence: peerEvidence(check.attributes?.source), build: decisionInput, correlation: {} };
+      }
+      const evidence: PeerEvidence = {};
+      if (q.spiffeId !== undefined) evidence.principal = q.spiffeId;
+      if (q.certificatePem !== undefined) evidence.certificatePem = q.certificatePem;
+      return { evidence, build: (id, err) => buildCliInput(q.destination ?? '', id, err), correlation: {} };
+    });
   }
 
-  private run(
-    evidence: PeerEvidence,
-    evidenceError: string | undefined,
-    build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput,
-    correlation: Correlation,
-  ): Decision {
+  private run(caller: Caller, prepare: () => Prepared): Decision {
+    const started = performance.now();
     let input: PolicyInput;
-    if (evidenceError) {
-      input = build(null, evidenceError);
-    } else {
-      const identity = resolveIdentity(evidence, this.now());
-      input = identity.ok ? build(identity.value, undefined) : build(null, identity.reason);
+    let correlation: Correlation = {};
+    try {
+      const p = prepare();
+      correlation = { request_id: stringOrUndefined(p.correlation.request_id), traceparent: stringOrUndefined(p.correlation.traceparent) };
+      const identity = resolveIdentity(p.evidence, this.now());
+      input = identity.ok ? p.build(identity.value, undefined) : p.build(null, identity.reason);
+    } catch {
+      // Decoded protos cannot get here; JSON documents (`eval --input`) with values of the wrong type
+      // can. No identity, so decide() denies without asking the policy.
+      input = { caller, identity: null, identity_error: 'malformed request: a field has the wrong type', destination: { host: '' } };
     }
-    const decision = decide(input, this.opts.policies.current);
+    let decision = decide(input, this.opts.policies.current);
+    const deadline = this.opts.checkDeadlineMs;
+    if (deadline !== undefined && performance.now() - started > deadline) decision = lateDeny(decision, deadline);
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
     this.opts.shadow?.(input, decision);
     return decision;
   }
 }
 
-/** What Envoy says it verified about the downstream peer: its certificate (URL-encoded PEM) and principal. */
-function peerEvidence(source: Peer | undefined): { evidence: PeerEvidence; evidenceError?: string } {
+/** What a transport collected, and how to build its input document once the identity is known. */
+interface Prepared {
+  evidence: PeerEvidence;
+  build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput;
+  correlation: Correlation;
+}
+
+function stringOrUndefined(v: unknown): string | undefined {
+  return typeof v === 'string' ? v : undefined;
+}
+
+function lateDeny(d: Decision, deadlineMs: number): Decision {
+  const reason = `check exceeded its deadline of ${deadlineMs}ms`;
+  d.allow = false;
+  d.snat_pool = '';
+  d.reason = reason;
+  d.http_status = 403;
+  d.headers = {};
+  d.body = reason;
+  d.policy_error = reason;
+  return d;
+}
+
+/**
+ * What Envoy says it verified about the downstream peer: its certificate and principal. The certificate
+ * stays URL-encoded as Envoy sends it: the SVID parser decodes it, and its cache is keyed on these exact
+ * bytes, so a repeat caller costs no decoding at all.
+ */
+function peerEvidence(source: Peer | undefined): PeerEvidence {
   const evidence: PeerEvidence = {};
   if (source?.principal) evidence.principal = source.principal;
-  if (source?.certificate) {
-    try {
-      evidence.certificatePem = decodeURIComponent(source.certificate);
-    } catch {
-      return { evidence, evidenceError: 'source certificate is not valid URL-encoded PEM' };
-    }
-  }
-  return { evidence };
+  if (source?.certificate) evidence.certificatePem = source.certificate;
+  return evidence;
 }
 
 /**
@@ -118,4 +154,14 @@ function headerSpiffeId(name: string, value: string): string {
     if (eq > 0 && pair.slice(0, eq).trim().toLowerCase() === 'uri') return pair.slice(eq + 1).trim().replace(/^"|"$/g, '');
   }
   return '';
+}
+
+/** A policy case (policies/cases) through the same pipeline as a Check: `egress-authz test` and reload checks. */
+export function decideCase(c: CaseRequest, policy: LoadedPolicy): Decision {
+  const authorizer = new Authorizer({ policies: { current: policy }, sink: () => {} });
+  return authorizer.checkCli(c);
+}
+
+export function caseDecision(d: Decision): CaseDecision {
+  return { allow: d.allow, snat_pool: d.snat_pool, reason: d.reason };
 }

@@ -273,11 +273,3 @@ async function readCapped(res: Response, max: number, where: string): Promise<Ui
   }
   return Buffer.concat(chunks);
 }
-
-/** "30s", "500ms", "2m", "1h" → milliseconds; undefined when malformed. */
-export function parseDuration(text: string): number | undefined {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
-  if (!m) return undefined;
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
-  return Number(m[1]) * unit;
-}

@@ -1,19 +1,22 @@
 #!/usr/bin/env node
-// egress-authz CLI: serve | eval | test | build. Usage errors exit 2 with a message on stderr.
+// egress-authz CLI: serve | eval | test | build | inspect. Usage errors exit 2 with a message on stderr.
 import { existsSync, mkdirSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pino from 'pino';
-import { Authorizer } from './authorizer.js';
+import { Authorizer, caseDecision, decideCase } from './authorizer.js';
 import type { Decision } from './decision.js';
 import { MutablePolicySource, startService } from './service.js';
 import { loadPolicy } from './policy.js';
+import { formatReport, inspectCertificate } from './inspect.js';
 import { buildWasmBundle, runOpaTest } from './opa-cli.js';
 import { runPolicyCases } from './policy-cases.js';
-import { openBundleSource, parseDuration } from './bundle-source.js';
+import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from './grpc-server.js';
+import { CertificateFiles, parseAllowedCaller, type CallerPattern } from './tls.js';
+import { openBundleSource } from './bundle-source.js';
 import { ServiceMetrics } from './metrics.js';
-import { decidePolicyCase, PolicyStore, reloadStatus } from './policy-store.js';
+import { PolicyStore, reloadStatus } from './policy-store.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
@@ -24,14 +27,22 @@ commands:
   serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH|URL] [--entrypoint E]
           [--policy-poll-interval DURATION] [--policy-cases PATH] [--shadow-policy PATH|URL]
           [--trusted-identity-header NAME] [--log-level LEVEL]
+          [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--allowed-caller ID]...]]
+          [--shutdown-grace DUR] [--check-deadline DUR] [--grpc-max-message-bytes N]
           gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health, /metrics and the
           BIG-IP sideband on --http-addr (default 0.0.0.0:8181). The policy is reloaded when
           its file or folder changes, on SIGHUP, and by polling an http(s) bundle URL.
+          TLS on both listeners with --tls-cert/--tls-key (re-read when the files change);
+          --tls-client-ca requires client certificates from that CA; --allowed-caller (repeatable)
+          limits callers to a SPIFFE ID, or an ID and everything below it when written ID/*
+          DUR: 500ms, 10s, 1m. Defaults: grace 10s, deadline 200ms, message 1048576 bytes
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
   build   [--out FILE] [--revision REV] [POLICY_DIR]
           compile a policy folder into an OPA Wasm bundle (.manifest revision REV)
+  inspect [--json] FILE                    a certificate's SPIFFE ID and whether it is a valid
+                                           X.509-SVID (exit 1 with the reason when not)
 
 --policy takes a bundle (.tar.gz) or a folder of .rego files and data; default: the embedded policy.
 serve --policy also takes the http(s) URL of an OPA bundle server (polled with If-None-Match).
@@ -82,13 +93,37 @@ async function serve(argv: string[]): Promise<number> {
     'policy-poll-interval': { type: 'string' },
     'policy-cases': { type: 'string' },
     'shadow-policy': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-client-ca': { type: 'string' },
+    'allowed-caller': { type: 'string', multiple: true },
+    'shutdown-grace': { type: 'string', default: '10s' },
+    'check-deadline': { type: 'string', default: '200ms' },
+    'grpc-max-message-bytes': { type: 'string', default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES) },
   });
-  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' } }, pino.destination({ sync: false }));
+  const graceMs = duration('--shutdown-grace', values['shutdown-grace'] as string);
+  const checkDeadlineMs = duration('--check-deadline', values['check-deadline'] as string);
+  const maxMessage = Number(values['grpc-max-message-bytes']);
+  if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024) throw new UsageError('--grpc-max-message-bytes must be an integer of at least 1024');
+  const allowedCallers = callerPatterns((values['allowed-caller'] as string[] | undefined) ?? []);
+  const tlsFlags = tlsOptions(values, allowedCallers);
+  // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
+  // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
+  const destination = pino.destination({ sync: false, maxLength: 64 * 1024 * 1024 });
+  let dropped = 0;
+  destination.on('drop', () => void dropped++);
+  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  const flush = () => {
+    try {
+      destination.flushSync();
+    } catch {
+      // stdout gone (EPIPE, closed): nothing left to flush to
+    }
+  };
   const location = (values.policy as string | undefined) ?? defaultPolicyLocation();
   const interval = values['policy-poll-interval'] as string | undefined;
-  const pollMs = interval === undefined ? undefined : parseDuration(interval);
+  const pollMs = interval === undefined ? undefined : duration('--policy-poll-interval', interval);
   if (pollMs !== undefined && pollMs < 100) throw new UsageError('--policy-poll-interval must be at least 100ms');
-  if (interval !== undefined && pollMs === undefined) throw new UsageError(`--policy-poll-interval ${interval}: expected a duration such as 500ms, 30s, 5m`);
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) =>
     PolicyStore.open(await openBundleSource(where, { pollMs }), { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string }, casesPath });
@@ -101,7 +136,20 @@ async function serve(argv: string[]): Promise<number> {
     if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
     logger.fatal({ policy_source: loading, err: (err as Error).message }, 'policy failed to load; not serving');
-    logger.flush();
+    flush();
+    return 1;
+  }
+  let certificates: CertificateFiles | undefined;
+  try {
+    certificates =
+      tlsFlags &&
+      new CertificateFiles(tlsFlags, {
+        onReload: () => logger.info({ tls_cert: tlsFlags.certFile }, 'TLS certificate files reloaded'),
+        onError: (reason) => logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
+      });
+  } catch (err) {
+    logger.fatal({ err: (err as Error).message }, 'TLS files not usable; not serving');
+    flush();
     return 1;
   }
   const service = await startService({
@@ -114,6 +162,9 @@ async function serve(argv: string[]): Promise<number> {
     readyDetail: () => reloadStatus(live, shadow),
     logger,
     trustedIdentityHeader: values['trusted-identity-header'] as string | undefined,
+    tls: certificates && { files: certificates, allowedCallers },
+    maxReceiveMessageBytes: maxMessage,
+    checkDeadlineMs,
   });
   live.start();
   shadow?.start();
@@ -121,24 +172,77 @@ async function serve(argv: string[]): Promise<number> {
     void live.reload('SIGHUP', { force: true });
     void shadow?.reload('SIGHUP', { force: true });
   });
-  await new Promise<void>((resolveStop) => {
+  if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
+    logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
+  }
+  const code = await new Promise<number>((resolveStop) => {
     let stopping = false;
     const stop = (signal: string) => {
-      if (stopping) process.exit(130); // a second signal: out now
+      if (stopping) {
+        // A second signal: out now, with whatever the log has buffered.
+        logger.warn({ signal }, 'second signal; exiting at once');
+        flush();
+        process.exit(130);
+      }
       stopping = true;
-      logger.info({ signal }, 'shutting down');
+      logger.info({ signal, grace_ms: graceMs }, 'shutting down: not ready, no new connections, finishing accepted checks');
+      // The grace period bounds the listeners' drain; this bounds everything else (a stuck flush).
+      setTimeout(() => {
+        flush();
+        process.exit(1);
+      }, graceMs + 2000).unref();
       live.stop();
       shadow?.stop();
-      void service.close().then(() => {
-        logger.info('stopped');
-        logger.flush();
-        resolveStop();
+      void service.close(graceMs).then(() => {
+        certificates?.close();
+        logger.info({ dropped_log_lines: dropped }, 'stopped');
+        flush();
+        resolveStop(0);
       });
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
-  return 0;
+  // Anything else still holding the event loop (a policy watcher, a client's half-open socket) must not
+  // keep a stopped service alive.
+  setTimeout(() => process.exit(code), 200).unref();
+  return code;
+}
+
+/** "250ms", "10s", "1m", or a bare number of milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]) * (m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1);
+  return Number.isFinite(n) ? Math.round(n) : undefined;
+}
+
+function duration(flag: string, text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) throw new UsageError(`${flag} "${text}": expected a duration such as 500ms, 10s or 1m`);
+  return ms;
+}
+
+function callerPatterns(entries: string[]): CallerPattern[] {
+  return entries.map((entry) => {
+    const p = parseAllowedCaller(entry);
+    if (!p.ok) throw new UsageError(`--allowed-caller: ${p.reason}`);
+    return p.value;
+  });
+}
+
+function tlsOptions(values: Values, allowedCallers: CallerPattern[]): { certFile: string; keyFile: string; clientCaFile?: string } | undefined {
+  const cert = values['tls-cert'] as string | undefined;
+  const key = values['tls-key'] as string | undefined;
+  const ca = values['tls-client-ca'] as string | undefined;
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  if (cert === undefined || key === undefined) {
+    if (ca !== undefined) throw new UsageError('--tls-client-ca needs --tls-cert and --tls-key');
+    if (allowedCallers.length > 0) throw new UsageError('--allowed-caller needs mTLS: --tls-cert, --tls-key and --tls-client-ca');
+    return undefined;
+  }
+  if (ca === undefined && allowedCallers.length > 0) throw new UsageError('--allowed-caller needs --tls-client-ca: without client certificates no caller has an identity');
+  return { certFile: cert, keyFile: key, ...(ca !== undefined ? { clientCaFile: ca } : {}) };
 }
 
 async function evaluate(argv: string[]): Promise<number> {
@@ -187,8 +291,7 @@ async function test(argv: string[]): Promise<number> {
   });
   const dir = values.policy as string;
   const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
-  // Each case runs the same pipeline as a Check, against the policy with the case file's data overlay.
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, decidePolicyCase);
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => caseDecision(decideCase(c, casePolicy)));
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
   process.stdout.write(opa.text.endsWith('\n') ? opa.text : `${opa.text}\n`);
@@ -210,7 +313,22 @@ async function build(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build };
+async function inspect(argv: string[]): Promise<number> {
+  const { values, positionals } = args(argv, { json: { type: 'boolean', default: false } }, true);
+  if (positionals.length !== 1) throw new UsageError('inspect takes one certificate FILE');
+  const file = positionals[0]!;
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${file}: ${(err as Error).message}`);
+  }
+  const report = inspectCertificate(pem);
+  process.stdout.write(`${values.json ? JSON.stringify(report, null, 2) : formatReport(file, report)}\n`);
+  return report.valid ? 0 : 1;
+}
+
+const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build, inspect };
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

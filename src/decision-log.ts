@@ -1,4 +1,4 @@
-// One JSON line per decision, shared by every transport. The entry names the identity, never the
+// One JSON line per decision, shared by every transport (the logger adds `time`). The entry names the identity, never the
 // certificate; the correlation fields let an Envoy access log or a BIG-IP log line be joined to it.
 import type { Decision } from './decision.js';
 
@@ -10,7 +10,6 @@ export interface Correlation {
 
 export interface DecisionLogEntry {
   decision_id: string;
-  time: string;
   caller: string;
   spiffe_id: string;
   namespace: string;
@@ -28,7 +27,6 @@ export interface DecisionLogEntry {
 export function decisionLogEntry(d: Decision, c: Correlation): DecisionLogEntry {
   const entry: DecisionLogEntry = {
     decision_id: d.decision_id,
-    time: new Date().toISOString(),
     caller: d.caller,
     spiffe_id: d.identity?.spiffe_id ?? '',
     namespace: d.identity?.namespace ?? '',

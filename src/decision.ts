@@ -36,48 +36,67 @@ const SNAT_POOL = /^[A-Za-z0-9_.\-/]{1,128}$/;
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$/;
 const MAX_HEADER_VALUE = 1024;
 const MAX_BODY = 4096;
+const PRINTABLE_LINE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
 
 export function decide(input: PolicyInput, policy: LoadedPolicy | undefined): Decision {
-  const base = {
+  const d = newDecision(input, policy);
+  if (!input.identity) return deny(d, input.identity_error ?? 'no client identity');
+  if (!policy) return deny(d, 'no policy loaded', 'no policy loaded');
+  const started = performance.now();
+  const result = policy.evaluate(input);
+  d.eval_ms = performance.now() - started;
+  if (!result.ok) return deny(d, `policy error: ${result.reason}`, result.reason);
+  return applyPolicyResult(d, result.value);
+}
+
+// Decisions are built as one literal and then filled in: object spread of a partly built decision
+// costs microseconds per Check in V8, which the profile showed on the hot path.
+function newDecision(input: PolicyInput, policy: LoadedPolicy | undefined): Decision {
+  return {
     decision_id: randomUUID(),
     caller: input.caller,
+    allow: false,
+    snat_pool: '',
+    reason: '',
+    http_status: 403,
+    headers: NO_HEADERS,
+    body: '',
     identity: input.identity,
     destination: formatDestination(input),
     policy_revision: policy?.revision ?? '',
+    eval_ms: 0,
   };
-  if (!input.identity) {
-    return deny(base, input.identity_error ?? 'no client identity', 0);
-  }
-  if (!policy) {
-    return deny(base, 'no policy loaded', 0, { policy_error: 'no policy loaded' });
-  }
-  const started = performance.now();
-  const result = policy.evaluate(input);
-  const evalMs = performance.now() - started;
-  if (!result.ok) {
-    return deny(base, `policy error: ${result.reason}`, evalMs, { policy_error: result.reason });
-  }
-  return fromPolicyResult(base, result.value, evalMs);
 }
 
-type Base = Pick<Decision, 'decision_id' | 'caller' | 'identity' | 'destination' | 'policy_revision'>;
+const NO_HEADERS: Record<string, string> = Object.freeze({}) as Record<string, string>;
 
-function fromPolicyResult(base: Base, r: PolicyResult, evalMs: number): Decision {
-  const headers = safeHeaders(r.headers);
+function applyPolicyResult(d: Decision, r: PolicyResult): Decision {
+  if (r.headers) d.headers = safeHeaders(r.headers);
   if (!r.allow) {
-    const status = r.http_status !== undefined && r.http_status >= 400 && r.http_status <= 599 ? r.http_status : 403;
-    const reason = oneLine(r.reason) || 'denied by policy';
-    return { ...base, allow: false, snat_pool: '', reason, http_status: status, headers, body: clip(r.body ?? reason, MAX_BODY), eval_ms: evalMs };
+    d.reason = oneLine(r.reason) || 'denied by policy';
+    d.http_status = r.http_status !== undefined && r.http_status >= 400 && r.http_status <= 599 ? r.http_status : 403;
+    d.body = clip(r.body ?? d.reason, MAX_BODY);
+    return d;
   }
   if (r.snat_pool !== '' && !SNAT_POOL.test(r.snat_pool)) {
-    return deny(base, 'policy returned an invalid snat_pool name', evalMs, { policy_error: 'invalid snat_pool' });
+    d.headers = NO_HEADERS;
+    return deny(d, 'policy returned an invalid snat_pool name', 'invalid snat_pool');
   }
-  return { ...base, allow: true, snat_pool: r.snat_pool, reason: oneLine(r.reason) || 'allowed by policy', http_status: 200, headers, body: '', eval_ms: evalMs };
+  d.allow = true;
+  d.snat_pool = r.snat_pool;
+  d.reason = oneLine(r.reason) || 'allowed by policy';
+  d.http_status = 200;
+  return d;
 }
 
-function deny(base: Base, reason: string, evalMs: number, extra: Partial<Decision> = {}): Decision {
-  const r = oneLine(reason);
-  return { ...base, allow: false, snat_pool: '', reason: r, http_status: 403, headers: {}, body: r, eval_ms: evalMs, ...extra };
+function deny(d: Decision, reason: string, policyError?: string): Decision {
+  d.allow = false;
+  d.snat_pool = '';
+  d.reason = oneLine(reason);
+  d.http_status = 403;
+  d.body = d.reason;
+  if (policyError !== undefined) d.policy_error = policyError;
+  return d;
 }
 
 function formatDestination(input: PolicyInput): string {
@@ -101,6 +120,7 @@ function safeHeaders(h: Record<string, string> | undefined): Record<string, stri
 /** Reasons travel in headers (X-Egress-Reason) and log lines: printable ASCII on one line, bounded. */
 export function oneLine(text: string | undefined): string {
   if (!text) return '';
+  if (PRINTABLE_LINE.test(text)) return clip(text, 256);
   return clip(text.replace(/[^\x20-\x7e]+/g, ' ').trim(), 256);
 }
 

@@ -6,6 +6,7 @@ import type { Decision } from './decision.js';
 import { loadAuthorizationService } from './envoy-protos.js';
 import { toCheckResponse } from './envoy-response.js';
 import type { CheckRequest } from './input.js';
+import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
 
 export interface GrpcServerOptions {
   authorizer: Authorizer;
@@ -13,7 +14,15 @@ export interface GrpcServerOptions {
   onInternalError?: (err: unknown) => void;
   maxReceiveMessageLength?: number;
   credentials?: grpc.ServerCredentials;
+  /** mTLS: who may ask; a refused caller gets UNAUTHENTICATED / PERMISSION_DENIED and no decision */
+  peerPolicy?: PeerPolicy;
+  onPeerRefused?: (verdict: Extract<PeerVerdict, { ok: false }>, peer: string) => void;
 }
+
+/** Default cap on a CheckRequest; Envoy's are a few KiB unless it is told to buffer request bodies. */
+export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
+/** Streams one client connection may have open at once; more are refused (REFUSED_STREAM), not queued. */
+export const MAX_CONCURRENT_STREAMS = 1024;
 
 export function internalErrorDecision(): Decision {
   return {
@@ -34,6 +43,16 @@ export function internalErrorDecision(): Decision {
 
 export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
   return (call, callback) => {
+    if (opts.peerPolicy) {
+      const auth = call.getAuthContext();
+      const verdict = judgePeer(opts.peerPolicy, auth.transportSecurityType === 'ssl', auth.sslPeerCertificate?.raw);
+      if (!verdict.ok) {
+        opts.onPeerRefused?.(verdict, call.getPeer());
+        const code = verdict.refusal === 'forbidden' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
+        callback({ code, details: verdict.reason });
+        return;
+      }
+    }
     let decision: Decision;
     try {
       decision = opts.authorizer.checkEnvoy(call.request);
@@ -47,8 +66,9 @@ export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<Chec
 
 export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': opts.maxReceiveMessageLength ?? 1024 * 1024,
+    'grpc.max_receive_message_length': opts.maxReceiveMessageLength ?? DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
     'grpc.max_send_message_length': 64 * 1024,
+    'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
   });
   server.addService(loadAuthorizationService(), { Check: checkHandler(opts) });
   return server;

@@ -2,6 +2,9 @@
 // register (the BIG-IP sideband, metrics). Answers are small and never depend on the request body
 // except where a route reads it.
 import http from 'node:http';
+import https from 'node:https';
+import type { TLSSocket } from 'node:tls';
+import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
 
 export type RouteHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
@@ -12,12 +15,30 @@ export interface HttpServerOptions {
   ready: () => { ready: boolean; detail: Record<string, unknown> };
   /** "METHOD /path" → handler */
   routes?: Record<string, RouteHandler>;
+  /** HTTPS instead of HTTP (cert, key, and for mTLS ca + requestCert + rejectUnauthorized) */
+  tls?: https.ServerOptions;
+  /** mTLS: who may use the routes; refused callers get 403 before any decision (health stays open) */
+  peerPolicy?: PeerPolicy;
+  onPeerRefused?: (verdict: Extract<PeerVerdict, { ok: false }>, peer: string) => void;
 }
+
+const HEALTH_PATHS = new Set(['/healthz', '/readyz']);
 
 export function createHttpServer(opts: HttpServerOptions): http.Server {
   const routes = opts.routes ?? {};
-  const server = http.createServer((req, res) => {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
+    if (opts.peerPolicy && !HEALTH_PATHS.has(path)) {
+      const socket = req.socket as TLSSocket;
+      const verdict = judgePeer(opts.peerPolicy, socket.authorized === true, socket.getPeerCertificate?.()?.raw);
+      if (!verdict.ok) {
+        opts.onPeerRefused?.(verdict, `${socket.remoteAddress ?? ''}:${socket.remotePort ?? ''}`);
+        res.setHeader('x-egress-decision', 'deny');
+        res.setHeader('x-egress-reason', verdict.reason.replace(/[^\x20-\x7e]/g, ' '));
+        req.resume();
+        return json(res, 403, { error: verdict.reason });
+      }
+    }
     const route = routes[`${req.method} ${path}`];
     if (route) return route(req, res);
     if (req.method === 'GET' || req.method === 'HEAD') {
@@ -29,7 +50,8 @@ export function createHttpServer(opts: HttpServerOptions): http.Server {
     }
     const known = Object.keys(routes).some((k) => k.endsWith(` ${path}`)) || path === '/healthz' || path === '/readyz';
     json(res, known ? 405 : 404, { error: known ? 'method not allowed' : 'not found' });
-  });
+  };
+  const server: http.Server = opts.tls ? https.createServer(opts.tls, handler) : http.createServer(handler);
   // Bounded waits for slow or idle clients (slowloris); the BIG-IP keeps its sideband connection open
   // between calls, so keep-alive is long enough to be reused.
   server.headersTimeout = 10_000;

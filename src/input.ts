@@ -206,12 +206,14 @@ function isTruncated(headers: Record<string, string>, body: string | undefined):
 // proto-loader gives Timestamps as {seconds, nanos}, bytes as Buffers and Structs as {fields: …};
 // protojson gives RFC 3339 strings, base64 and plain JSON. Convert the few places where they differ.
 function protojsonAttributes(attrs: NonNullable<CheckRequest['attributes']>): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...attrs };
   const request = attrs.request;
-  if (request) {
-    const r: Record<string, unknown> = { ...request };
+  const needsRequest = request !== undefined && (request.time !== undefined || request.http?.rawBody !== undefined);
+  if (!needsRequest && !attrs.metadataContext && !attrs.routeMetadataContext) return attrs;
+  const out: Record<string, unknown> = Object.assign({}, attrs);
+  if (request && needsRequest) {
+    const r: Record<string, unknown> = Object.assign({}, request);
     if (request.time) r.time = timestampToRfc3339(request.time);
-    if (request.http?.rawBody) r.http = { ...request.http, rawBody: Buffer.from(request.http.rawBody).toString('base64') };
+    if (request.http?.rawBody) r.http = Object.assign({}, request.http, { rawBody: Buffer.from(request.http.rawBody).toString('base64') });
     out.request = r;
   }
   if (attrs.metadataContext) out.metadataContext = metadataToJson(attrs.metadataContext);

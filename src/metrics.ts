@@ -223,7 +223,7 @@ export class ServiceMetrics {
     if (!policy) return EMPTY;
     let set = this.tenantsByPolicy.get(policy);
     if (!set) {
-      const egress = policy.data['egress'];
+      const egress = policy.data?.['egress'];
       const tenants = typeof egress === 'object' && egress !== null ? (egress as Record<string, unknown>)['tenants'] : undefined;
       set = new Set(typeof tenants === 'object' && tenants !== null ? Object.keys(tenants) : []);
       this.tenantsByPolicy.set(policy, set);

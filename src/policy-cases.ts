@@ -156,7 +156,11 @@ export async function runPolicyCases(casesPath: string, policy: LoadedPolicy, de
   const lines: string[] = [];
   for (const file of caseFiles) {
     lines.push(file.path);
-    const filePolicy = file.data ? await policy.withDataOverlay(file.data) : policy;
+    let filePolicy = policy;
+    if (file.data) {
+      if (!policy.withDataOverlay) throw new Error(`case file ${file.path}: has "data", but this policy cannot take a data overlay`);
+      filePolicy = await policy.withDataOverlay(file.data);
+    }
     for (const c of file.cases) {
       const outcome = await runCase(file.path, c, filePolicy, decide, certificates);
       outcomes.push(outcome);

@@ -4,7 +4,7 @@
 // A Check reads `current` once, synchronously, so it finishes on the policy it started with. A version
 // that fails any step is refused: the last good policy keeps serving, the refusal is logged and counted.
 import type { Logger } from 'pino';
-import { Authorizer } from './authorizer.js';
+import { caseDecision, decideCase } from './authorizer.js';
 import type { BundleSource } from './bundle-source.js';
 import type { PolicySource } from './decision.js';
 import type { PolicyRole, ServiceMetrics } from './metrics.js';
@@ -12,9 +12,8 @@ import { runOpaTest } from './opa-cli.js';
 import { runPolicyCases, type CaseDecide } from './policy-cases.js';
 import type { LoadedPolicy, LoadPolicyOptions } from './policy.js';
 
-/** Runs a policy case through the same pipeline as a Check: the CLI's `test` and reload checks share it. */
-export const decidePolicyCase: CaseDecide = async (request, policy) =>
-  new Authorizer({ policies: { current: policy }, sink: () => {} }).checkCli(request);
+/** The pipeline `egress-authz test` runs each case through (decideCase: the same as a Check). */
+const decidePolicyCase: CaseDecide = async (request, policy) => caseDecision(decideCase(request, policy));
 
 export interface PolicyCheckOptions {
   /** case files to run against the candidate (a file or folder, see runPolicyCases) */

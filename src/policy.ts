@@ -19,6 +19,7 @@ const opaWasm = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as
 // Node has the WebAssembly global, but the project's `lib` (ES2023, no DOM) does not declare it.
 type CompiledWasm = object;
 declare const WebAssembly: { compile(bytes: Uint8Array): Promise<CompiledWasm> };
+
 export const DEFAULT_EVAL_BUDGET_MS = 50;
 
 /** The policy's answer, normalised from any accepted result shape. */
@@ -40,13 +41,14 @@ export interface LoadedPolicy {
   readonly entrypoint: string;
   /** synchronous, never throws */
   evaluate(input: unknown): Result<PolicyResult>;
+  // Optional so that stand-ins (test fakes) need only the members above.
   /** the data document the policy evaluates against (do not mutate) */
-  readonly data: Readonly<Record<string, unknown>>;
+  readonly data?: Readonly<Record<string, unknown>>;
   /**
    * The same compiled policy with `overlay` deep-merged over its data (objects merge, other values
    * replace); used by case files that carry their own data. Revision gets a `+data:<hash>` suffix.
    */
-  withDataOverlay(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
+  withDataOverlay?(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
 }
 
 export interface LoadPolicyOptions {

@@ -1,15 +1,19 @@
 // Starts the decision service: both listeners around one Authorizer. Used by `egress-authz serve` and
 // by tests in-process, so what the tests run is what users run.
 import type http from 'node:http';
+import type { Server as TlsServer } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { Authorizer } from './authorizer.js';
 import type { Decision, PolicySource } from './decision.js';
 import type { DecisionLogEntry } from './decision-log.js';
+import { addGrpcHealth } from './grpc-health.js';
 import { bindGrpcServer, createGrpcServer } from './grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from './http-server.js';
 import { MeteredAuthorizer, metricsRoute, ServiceMetrics, timedRoute } from './metrics.js';
 import type { LoadedPolicy } from './policy.js';
+import { grpcServerCredentials, httpsServerOptions, type CallerPattern, type CertificateFiles, type PeerPolicy } from './tls.js';
+import { configureSidebandServer, sidebandRoutes } from './sideband.js';
 import { ShadowEvaluator, type ShadowEvaluatorOptions } from './shadow-policy.js';
 
 export interface ServiceOptions {
@@ -18,10 +22,15 @@ export interface ServiceOptions {
   policy: LoadedPolicy;
   logger: Logger;
   trustedIdentityHeader?: string;
-  /** extra HTTP routes ("POST /v1/sideband" …) */
+  /** extra HTTP routes, besides the BIG-IP sideband (`POST /v1/sideband`) that every service has */
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
   onDecision?: (entry: DecisionLogEntry, decision: Decision) => void;
+  /** TLS on both listeners (plain text without it); with a client CA, mTLS and the allowed callers */
+  tls?: { files: CertificateFiles; allowedCallers?: CallerPattern[] };
+  maxReceiveMessageBytes?: number;
+  /** see AuthorizerOptions.checkDeadlineMs */
+  checkDeadlineMs?: number;
   /** where the live policy is read from (a PolicyStore that hot-reloads it); default: `policy`, fixed */
   policies?: MutablePolicySource;
   /** a candidate evaluated beside the live policy, never affecting the answer */
@@ -59,9 +68,14 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   if (policies.current) metrics.policyRevision('live', policies.current.revision);
   const shadow = opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
   let stopping = false;
+  const isReady = () => !stopping && policies.current !== undefined;
+  const tls = opts.tls;
+  const peerPolicy: PeerPolicy | undefined = tls && { requireClientCert: tls.files.current.ca !== undefined, allowedCallers: tls.allowedCallers ?? [] };
+  const onPeerRefused = (v: { reason: string }, peer: string) => log.warn({ peer, reason: v.reason }, 'caller refused before any decision');
   const authorizer: Authorizer = new MeteredAuthorizer({
     policies,
     trustedIdentityHeader: opts.trustedIdentityHeader,
+    checkDeadlineMs: opts.checkDeadlineMs,
     sink: (entry, decision) => {
       if (entry.policy_error !== undefined) log.error(entry, 'decision');
       else log.info(entry, 'decision');
@@ -70,30 +84,51 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     },
     shadow: shadow?.observe,
   }, metrics);
-  const routes = opts.routes?.(authorizer) ?? {};
+  const routes = { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) };
   const sideband = routes['POST /v1/sideband'];
   if (sideband) routes['POST /v1/sideband'] = timedRoute(sideband, (s) => metrics.observeSidebandSeconds(s));
   routes['GET /metrics'] ??= metricsRoute(metrics);
   const grpcServer = createGrpcServer({
     authorizer,
     onInternalError: (err) => log.error({ err }, 'check failed inside the pipeline; answered deny'),
+    maxReceiveMessageLength: opts.maxReceiveMessageBytes,
+    peerPolicy,
+    onPeerRefused,
   });
+  const health = addGrpcHealth(grpcServer, isReady);
   const httpServer = createHttpServer({
     ready: () => ({
-      ready: !stopping && policies.current !== undefined,
+      ready: isReady(),
       detail: { policy_revision: policies.current?.revision ?? '', ...opts.readyDetail?.() },
     }),
     routes,
+    tls: tls && httpsServerOptions(tls.files),
+    peerPolicy,
+    onPeerRefused,
   });
-  const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr);
+  configureSidebandServer(httpServer);
+  // New handshakes on the HTTPS listener use rotated certificates; established connections keep theirs.
+  const unsubscribe = tls?.files.subscribe(() => (httpServer as unknown as TlsServer).setSecureContext(httpsServerOptions(tls.files)));
+  const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr, tls ? grpcServerCredentials(tls.files) : undefined);
   let httpPort: number;
   try {
     httpPort = await listen(httpServer, opts.httpAddr);
   } catch (err) {
     grpcServer.forceShutdown();
+    unsubscribe?.();
     throw err;
   }
-  log.info({ grpc_port: grpcPort, http_port: httpPort, policy_revision: opts.policy.revision, policy_source: opts.policy.source }, 'egress-authz serving');
+  log.info(
+    {
+      grpc_port: grpcPort,
+      http_port: httpPort,
+      policy_revision: opts.policy.revision,
+      policy_source: opts.policy.source,
+      tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
+      allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
+    },
+    'egress-authz serving',
+  );
 
   return {
     grpcPort,
@@ -104,7 +139,11 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     grpcServer,
     httpServer,
     async close(graceMs = 5000) {
+      // Not ready first (health NOT_SERVING, /readyz 503, Watch streams ended), then stop accepting and
+      // let what was accepted finish; whatever is still open when the grace period ends is cut.
       stopping = true;
+      health.shutdown();
+      unsubscribe?.();
       const grpcDone = new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           grpcServer.forceShutdown();
@@ -116,12 +155,18 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
         });
       });
       const httpDone = new Promise<void>((resolve) => {
-        httpServer.close(() => resolve());
-        httpServer.closeIdleConnections();
-        setTimeout(() => {
+        // Keep-alive clients (the BIG-IP keeps its sideband connection) are told to reconnect elsewhere.
+        httpServer.prependListener('request', (_req, res) => res.setHeader('connection', 'close'));
+        const timer = setTimeout(() => {
           httpServer.closeAllConnections();
           resolve();
-        }, graceMs).unref();
+        }, graceMs);
+        timer.unref();
+        httpServer.close(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+        httpServer.closeIdleConnections();
       });
       await Promise.all([grpcDone, httpDone]);
     },

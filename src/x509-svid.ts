@@ -123,7 +123,13 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
   if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid');
   if (t > svid.notAfter.getTime()) return fail('certificate has expired');
   // The cached value is shared by every caller; Dates are mutable even when frozen, so hand out copies.
-  return ok({ ...svid, notBefore: new Date(svid.notBefore), notAfter: new Date(svid.notAfter) });
+  return ok({
+    spiffeId: svid.spiffeId,
+    notBefore: new Date(svid.notBefore),
+    notAfter: new Date(svid.notAfter),
+    serialNumber: svid.serialNumber,
+    sha256: svid.sha256,
+  });
 }
 
 /** Everything about the chain that does not depend on the time of the decision. */

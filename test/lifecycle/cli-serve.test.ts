@@ -77,6 +77,6 @@ describe('egress-authz build --revision and serve with reload', () => {
   it('refuses a malformed --policy-poll-interval', async () => {
     const r = await run('node', [BIN, 'serve', '--policy-poll-interval', 'soon']).catch((e) => e);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--policy-poll-interval soon/);
+    expect(r.stderr).toMatch(/--policy-poll-interval "soon"/);
   });
 });

@@ -92,7 +92,7 @@ describe('default policy', () => {
 
   test('a data overlay adds a tenant without touching the original', async () => {
     const billing = inputFor('spiffe://cluster.local/ns/billing-batch/sa/runner', { host: 'billing.legacy.example.com', port: 443 });
-    const overlaid = await fromBundle.withDataOverlay({ egress: { tenants: { 'billing-batch': { snat_pool: 'billing_snat', destinations: ['billing.legacy.example.com:443'] } } } });
+    const overlaid = await fromBundle.withDataOverlay!({ egress: { tenants: { 'billing-batch': { snat_pool: 'billing_snat', destinations: ['billing.legacy.example.com:443'] } } } });
     expect(overlaid.evaluate(billing)).toMatchObject({ ok: true, value: { allow: true, snat_pool: 'billing_snat' } });
     expect(overlaid.evaluate(inputFor('spiffe://cluster.local/ns/bookinfo/sa/x'))).toMatchObject({ ok: true, value: { allow: true, snat_pool: 'bookinfo_snat' } });
     expect(overlaid.revision).toMatch(new RegExp(`^${fromBundle.revision}\\+data:[0-9a-f]{12}$`));

@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# egress-authz image: TypeScript compiled and the default policy compiled to an OPA Wasm bundle at
+# build time; the runtime stage holds only Node, production dependencies and dist/, runs as non-root,
+# and needs no write access to its filesystem (deploy/k8s sets readOnlyRootFilesystem).
+#   docker build -t egress-authz .
+#   docker run --rm -p 9191:9191 -p 8181:8181 egress-authz
+
+# 1. Build: dev dependencies, TypeScript -> dist/
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+# no lifecycle scripts: `prepare` would need Go for opa, which this stage does not have
+RUN npm ci --ignore-scripts
+COPY tsconfig.json ./
+COPY src ./src
+RUN npm run build
+
+# 2. The pinned opa CLI (same version as scripts/install-opa.sh), used only to compile the policy
+FROM golang:1.26-bookworm AS opa
+ARG OPA_VERSION=v1.22.3
+RUN CGO_ENABLED=0 GOBIN=/out go install "github.com/open-policy-agent/opa@${OPA_VERSION}"
+
+# 3. Policy: the project's own CLI compiles policies/ into dist/policy/bundle.tar.gz
+FROM build AS policy
+# .tools/bin/opa is where the CLI looks for the pinned opa first
+COPY --from=opa /out/opa /app/.tools/bin/opa
+COPY policies ./policies
+RUN node dist/cli.js build --out dist/policy/bundle.tar.gz policies
+
+# 4. Runtime
+FROM node:20-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
+COPY --from=build /app/dist ./dist
+COPY --from=policy /app/dist/policy ./dist/policy
+# the `node` user of the base image (uid 1000); deploy/k8s/deployment.yaml runs as the same uid
+USER node
+# 9191: gRPC ext_authz (Envoy); 8181: HTTP sideband (BIG-IP), /healthz, /readyz, /metrics
+EXPOSE 9191 8181
+ENTRYPOINT ["node", "dist/cli.js"]
+CMD ["serve", "--policy", "/app/dist/policy/bundle.tar.gz"]

@@ -1,0 +1,134 @@
+// Turns the runs into the three result files: a Markdown report, an SVG bar chart drawn by hand from
+// the numbers (no charting dependency), and the raw figures as JSON.
+
+const fmt = (v, digits = 2) => (v === null || v === undefined ? '–' : typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(digits)) : String(v));
+
+export function resultsTable(runs) {
+  const lines = [
+    '| path | system | rps | p50 ms | p99 ms | p99 added vs envoy-only, ms | errors | peak RSS MB | other CPU % |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of runs) {
+    lines.push(`| ${r.path} | ${r.system} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${r.path === 'envoy' && r.system !== 'envoy-only' ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.other_cpu_pct)} |`);
+  }
+  return lines.join('\n');
+}
+
+/** The issue's goals, judged from this run's figures; a goal without the figures it needs is "not measured". */
+export function goals(runs) {
+  const find = (system, path) => runs.find((r) => r.system === system && r.path === path);
+  const ours = find('egress-authz', 'grpc');
+  const opa = find('opa-envoy-plugin', 'grpc');
+  const noop = find('noop', 'grpc');
+  const viaEnvoy = find('egress-authz', 'envoy');
+  const rows = [];
+  const row = (goal, ok, figure) => rows.push({ goal, status: ok === null ? 'not measured' : ok ? 'met' : 'NOT met', figure });
+  row(
+    'grpc: throughput ≥ 2× opa-envoy-plugin',
+    ours && opa ? ours.rps >= 2 * opa.rps : null,
+    ours && opa ? `${(ours.rps / opa.rps).toFixed(2)}× (${ours.rps} vs ${opa.rps} rps)` : '',
+  );
+  row(
+    'grpc: p99 ≤ opa-envoy-plugin p99',
+    ours && opa ? ours.p99_ms <= opa.p99_ms : null,
+    ours && opa ? `${fmt(ours.p99_ms, 3)} vs ${fmt(opa.p99_ms, 3)} ms` : '',
+  );
+  row(
+    'grpc: throughput ≥ 70 % of no-op grpc-js',
+    ours && noop ? ours.rps >= 0.7 * noop.rps : null,
+    ours && noop ? `${Math.round((100 * ours.rps) / noop.rps)} % (${ours.rps} vs ${noop.rps} rps)` : '',
+  );
+  row(
+    'envoy at 2,000 rps: p99 added by ext_authz < 1 ms',
+    viaEnvoy && viaEnvoy.p99_added_ms !== null && viaEnvoy.target_rps === 2000 ? viaEnvoy.p99_added_ms < 1 && viaEnvoy.rps >= 0.95 * viaEnvoy.target_rps : null,
+    viaEnvoy ? `${fmt(viaEnvoy.p99_added_ms, 3)} ms (target ${viaEnvoy.target_rps} rps, achieved ${viaEnvoy.rps})` : '',
+  );
+  const ourRss = runs.filter((r) => r.system === 'egress-authz' && r.rss_mb !== null).map((r) => r.rss_mb);
+  row('peak RSS under load < 150 MB', ourRss.length ? Math.max(...ourRss) < 150 : null, ourRss.length ? `${Math.max(...ourRss)} MB` : '');
+  return rows;
+}
+
+export function goalsTable(runs) {
+  return ['| goal | status | figure |', '|---|---|---|', ...goals(runs).map((g) => `| ${g.goal} | ${g.status} | ${g.figure} |`)].join('\n');
+}
+
+const escapeXml = (s) => String(s).replace(/[<>&"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' })[c]);
+const COLORS = { 'egress-authz': '#2b6cb0', 'opa-envoy-plugin': '#c05621', noop: '#718096', 'envoy-only': '#2f855a' };
+
+/** One horizontal bar chart panel; returns [svg fragment, height]. */
+function panel(title, bars, unit, x, y, width) {
+  const rowH = 26;
+  const labelW = 210;
+  const valueW = 90;
+  const max = Math.max(...bars.map((b) => b.value), 1e-9);
+  const parts = [`<text x="${x}" y="${y + 16}" font-size="15" font-weight="bold">${escapeXml(title)}</text>`];
+  bars.forEach((b, i) => {
+    const top = y + 30 + i * rowH;
+    const w = Math.max(1, ((width - labelW - valueW) * b.value) / max);
+    parts.push(
+      `<text x="${x}" y="${top + 15}" font-size="12">${escapeXml(b.label)}</text>`,
+      `<rect x="${x + labelW}" y="${top + 2}" width="${w.toFixed(1)}" height="${rowH - 8}" fill="${COLORS[b.system] ?? '#4a5568'}"/>`,
+      `<text x="${(x + labelW + w + 6).toFixed(1)}" y="${top + 15}" font-size="12">${escapeXml(fmt(b.value, unit === 'ms' ? 3 : 0))} ${unit}</text>`,
+    );
+  });
+  return [parts.join('\n  '), 30 + bars.length * rowH + 20];
+}
+
+export function chartSvg(runs, subtitle) {
+  const width = 760;
+  const measured = runs.filter((r) => r.rps !== null && r.p99_ms !== null);
+  const label = (r) => `${r.system} (${r.path})`;
+  const rpsBars = measured.filter((r) => r.path === 'grpc').map((r) => ({ label: label(r), system: r.system, value: r.rps }));
+  const p99Bars = measured.map((r) => ({ label: label(r), system: r.system, value: r.p99_ms }));
+  let y = 50;
+  const body = [];
+  for (const [title, bars, unit] of [
+    ['Throughput, path grpc (ghz, fixed concurrency; higher is better)', rpsBars, 'rps'],
+    ['p99 latency (lower is better; path envoy at a fixed rate)', p99Bars, 'ms'],
+  ]) {
+    if (bars.length === 0) continue;
+    const [svg, h] = panel(title, bars, unit, 20, y, width - 40);
+    body.push(svg);
+    y += h;
+  }
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${y + 10}" viewBox="0 0 ${width} ${y + 10}" font-family="sans-serif">
+  <rect width="100%" height="100%" fill="white"/>
+  <text x="20" y="24" font-size="17" font-weight="bold">egress-authz benchmark</text>
+  <text x="20" y="42" font-size="12" fill="#4a5568">${escapeXml(subtitle)}</text>
+  ${body.join('\n  ')}
+</svg>
+`;
+}
+
+function disturbanceWarning(runs) {
+  const disturbed = runs.filter((r) => (r.other_cpu_pct ?? 0) > 25);
+  if (disturbed.length === 0) return '';
+  const worst = Math.max(...disturbed.map((r) => r.other_cpu_pct));
+  return `\n**Disturbed:** other processes on this machine used more than a quarter of a core during ${disturbed.length} of ${runs.length} measured runs (up to ${worst} % of a core, column "other CPU %"); those figures are lower (rps) and higher (latency) than on a quiet machine.\n`;
+}
+
+export function resultsMarkdown({ meta, runs, skipped, notes }) {
+  const machine = meta.machine;
+  const v = meta.versions;
+  return `# Benchmark results
+
+Produced by \`${meta.command}\` on ${meta.date} (${meta.mode} run). Raw figures: [results/latest.json](results/latest.json); chart: [results/latest.svg](results/latest.svg).
+
+![benchmark chart](results/latest.svg)
+
+${resultsTable(runs)}
+${disturbanceWarning(runs)}${skipped.length ? `\nSkipped:\n${skipped.map((s) => `- ${s}`).join('\n')}\n` : ''}
+## Goals (issue 7)
+
+${goalsTable(runs)}
+
+## Machine and versions
+
+- machine: ${machine.nproc} CPUs (${machine.cpu}), ${machine.memory_gb} GB memory, Linux ${machine.kernel}
+- node ${v.node}; egress-authz ${v['egress-authz']}; opa-envoy-plugin ${v['opa-envoy-plugin']}; ghz ${v.ghz}; envoy ${v.envoy ?? 'not installed'}; h2load ${v.h2load ?? 'not installed'}
+
+## How it was measured
+
+${notes.map((n) => `- ${n}`).join('\n')}
+`;
+}

@@ -1,0 +1,222 @@
+// The BIG-IP sideband endpoint, `POST /v1/sideband`: the iRule sends the client certificate it verified
+// (PEM, leaf first) and applies the answer with plain string commands, so the whole answer is in a few
+// headers: 200 allow / 403 deny / 400 malformed, every one of them with X-Egress-Decision. The decision
+// itself comes from the same Authorizer path as Envoy's; this module only speaks HTTP.
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { oneLine, type Decision } from './decision.js';
+import type { SidebandRequest } from './input.js';
+import { parsePemBlocks } from './x509-svid.js';
+
+export const SIDEBAND_PATH = '/v1/sideband';
+
+/** A leaf and a couple of intermediates fit in a few KiB; anything far larger is not from the iRule. */
+export const MAX_SIDEBAND_BODY = 16 * 1024;
+const MAX_OPTIONAL_HEADER = 256;
+
+export interface SidebandAuthorizer {
+  checkSideband(req: SidebandRequest): Decision;
+}
+
+/** The route table entry the HTTP listener mounts. */
+export function sidebandRoutes(authorizer: SidebandAuthorizer): Record<string, (req: IncomingMessage, res: ServerResponse) => void> {
+  return { [`POST ${SIDEBAND_PATH}`]: (req, res) => handleSideband(req, res, authorizer) };
+}
+
+/** What the transport answers; `decision` is absent when the request never reached the policy. */
+export interface SidebandAnswer {
+  status: number;
+  allow: boolean;
+  snatPool: string;
+  decisionId: string;
+  reason: string;
+  decision?: Decision;
+}
+
+const ACCEPTED_CONTENT_TYPES = new Set(['application/x-pem-file', 'text/plain']);
+const OPTIONAL_HEADERS = {
+  virtualServer: 'x-egress-virtual-server',
+  clientAddress: 'x-egress-client-address',
+  destination: 'x-egress-destination',
+  requestId: 'x-request-id',
+} as const;
+
+/**
+ * Answers one sideband request. Never throws: every path ends in an answer with X-Egress-Decision, and
+ * anything this code cannot vouch for is a deny.
+ */
+export function handleSideband(req: IncomingMessage, res: ServerResponse, authorizer: SidebandAuthorizer, onAnswer?: (a: SidebandAnswer) => void): void {
+  const respond = (a: SidebandAnswer, close = false): void => {
+    onAnswer?.(a);
+    writeAnswer(res, a, close);
+  };
+  if (req.method !== 'POST') {
+    res.setHeader('Allow', 'POST');
+    respond(malformed(`method ${req.method ?? ''} not allowed`, 405));
+    req.resume();
+    return;
+  }
+  const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (contentType !== '' && !ACCEPTED_CONTENT_TYPES.has(contentType)) {
+    respond(malformed(`content type ${contentType} not accepted; send application/x-pem-file`));
+    req.resume();
+    return;
+  }
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > MAX_SIDEBAND_BODY) {
+    // Not reading a body we refuse: close the connection instead of draining it.
+    respond(malformed(`body too large (limit ${MAX_SIDEBAND_BODY} bytes)`), true);
+    return;
+  }
+  const optional = optionalHeaders(req);
+  if (!optional.ok) {
+    respond(malformed(optional.reason));
+    req.resume();
+    return;
+  }
+
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let refused = false;
+  req.on('data', (chunk: Buffer) => {
+    if (refused) return;
+    size += chunk.length;
+    if (size > MAX_SIDEBAND_BODY) {
+      refused = true;
+      respond(malformed(`body too large (limit ${MAX_SIDEBAND_BODY} bytes)`), true);
+      return;
+    }
+    chunks.push(chunk);
+  });
+  req.on('end', () => {
+    if (refused) return;
+    respond(decideBody(Buffer.concat(chunks), req, optional.value, authorizer));
+  });
+  req.on('error', () => {
+    if (!res.headersSent) respond(malformed('request body could not be read'), true);
+  });
+}
+
+function decideBody(body: Buffer, req: IncomingMessage, optional: Optional, authorizer: SidebandAuthorizer): SidebandAnswer {
+  if (body.length === 0) return malformed('empty body: send the client certificate as PEM');
+  const pem = body.toString('latin1');
+  // PEM is ASCII; a body with other bytes is not what an iRule sends.
+  if (/[^\x09\x0a\x0d\x20-\x7e]/.test(pem)) return malformed('body is not PEM text');
+  const request: SidebandRequest = { certificatePem: pem, headers: stringHeaders(req), ...optional };
+  let decision: Decision;
+  try {
+    decision = authorizer.checkSideband(request);
+  } catch {
+    return { status: 500, allow: false, snatPool: '', decisionId: randomUUID(), reason: 'internal error' };
+  }
+  // The policy still saw (and the decision log recorded) a malformed PEM as a deny; the status tells the
+  // operator that the request, not the identity, was wrong.
+  const pemShape = parsePemBlocks(pem);
+  const status = decision.allow ? 200 : pemShape.ok ? 403 : 400;
+  return {
+    status,
+    allow: decision.allow && status === 200,
+    snatPool: decision.allow ? decision.snat_pool : '',
+    decisionId: decision.decision_id,
+    reason: decision.reason,
+    decision,
+  };
+}
+
+type Optional = Pick<SidebandRequest, 'virtualServer' | 'clientAddress' | 'destination' | 'requestId'>;
+
+function optionalHeaders(req: IncomingMessage): { ok: true; value: Optional } | { ok: false; reason: string } {
+  const value: Optional = {};
+  for (const [field, name] of Object.entries(OPTIONAL_HEADERS) as [keyof Optional, string][]) {
+    const raw = req.headers[name];
+    if (raw === undefined) continue;
+    if (typeof raw !== 'string' || raw.length > MAX_OPTIONAL_HEADER || !/^[\x21-\x7e]*$/.test(raw.trim())) {
+      return { ok: false, reason: `malformed ${name} header` };
+    }
+    if (raw.trim() !== '') value[field] = raw.trim();
+  }
+  return { ok: true, value };
+}
+
+function stringHeaders(req: IncomingMessage): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (typeof v === 'string') out[k] = v;
+    else if (Array.isArray(v)) out[k] = v.join(', ');
+  }
+  return out;
+}
+
+function malformed(reason: string, status = 400): SidebandAnswer {
+  return { status, allow: false, snatPool: '', decisionId: randomUUID(), reason };
+}
+
+function answerBody(a: SidebandAnswer): string {
+  return a.allow ? `allow ${a.snatPool}\n` : `deny: ${oneLine(a.reason)}\n`;
+}
+
+function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): void {
+  if (res.headersSent || res.destroyed) return;
+  const body = answerBody(a);
+  res.statusCode = a.status;
+  res.setHeader('X-Egress-Decision', a.allow ? 'allow' : 'deny');
+  res.setHeader('X-Egress-Snat-Pool', a.allow ? a.snatPool : '');
+  res.setHeader('X-Egress-Decision-Id', a.decisionId);
+  res.setHeader('X-Egress-Reason', oneLine(a.reason));
+  res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.setHeader('Cache-Control', 'no-store');
+  if (close) res.setHeader('Connection', 'close');
+  res.end(body);
+}
+
+/**
+ * The raw answer for a request Node's parser refused (bad request line, bad header, too large, too
+ * slow): still a deny the iRule can read, then the connection closes.
+ */
+export function rawDenyAnswer(status: number, reason: string): string {
+  const text = oneLine(reason);
+  const body = `deny: ${text}\n`;
+  const phrase = status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
+  return (
+    `HTTP/1.1 ${status} ${phrase}\r\n` +
+    `X-Egress-Decision: deny\r\nX-Egress-Snat-Pool: \r\nX-Egress-Decision-Id: ${randomUUID()}\r\n` +
+    `X-Egress-Reason: ${text}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+  );
+}
+
+export interface SidebandServerLimits {
+  /** the whole request head must arrive within this (slowloris) */
+  headersTimeoutMs?: number;
+  /** the whole request, body included */
+  requestTimeoutMs?: number;
+  /**
+   * how long an idle keep-alive connection stays open; keep it longer than the iRule's `-idle` (30 s) so
+   * the BIG-IP, not us, closes an idle connection and never sends on one we are closing
+   */
+  keepAliveTimeoutMs?: number;
+}
+
+/**
+ * Makes the HTTP listener fit for the sideband: a readable deny for requests Node cannot parse, and the
+ * given timeouts (the listener's own are kept otherwise; they must stay bounded).
+ */
+export function configureSidebandServer(server: Server, limits: SidebandServerLimits = {}): void {
+  if (limits.headersTimeoutMs !== undefined) server.headersTimeout = limits.headersTimeoutMs;
+  if (limits.requestTimeoutMs !== undefined) server.requestTimeout = limits.requestTimeoutMs;
+  if (limits.keepAliveTimeoutMs !== undefined) server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+  // An HTTP/1.1 request without Host would get Node's bare 400; the sideband answers every request
+  // itself, with the deny headers (the routing never depends on Host).
+  (server as Server & { requireHostHeader?: boolean }).requireHostHeader = false;
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (!socket.writable || err.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    const reason = status === 408 ? 'request not received in time' : status === 431 ? 'request headers too large' : `malformed HTTP request (${err.code ?? 'parse error'})`;
+    socket.end(rawDenyAnswer(status, reason));
+  });
+}

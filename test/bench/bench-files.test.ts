@@ -1,0 +1,44 @@
+// The committed benchmark results keep the shape the issue fixes, and the report judges goals from
+// the figures it is given (the benchmark itself is never run by npm test).
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+// @ts-expect-error plain ESM module without type declarations
+import { goals, resultsTable } from '../../bench/report.mjs';
+
+const REQUIRED = ['system', 'path', 'rps', 'p50_ms', 'p99_ms', 'errors', 'rss_mb'];
+
+describe('bench/results/latest.json', () => {
+  const latest = JSON.parse(readFileSync(new URL('../../bench/results/latest.json', import.meta.url), 'utf8'));
+
+  it('has runs with the required keys, known systems and paths', () => {
+    expect(Array.isArray(latest.runs)).toBe(true);
+    expect(latest.runs.length).toBeGreaterThan(0);
+    for (const run of latest.runs) {
+      for (const key of REQUIRED) expect(run, key).toHaveProperty(key);
+      expect(['egress-authz', 'opa-envoy-plugin', 'noop', 'envoy-only']).toContain(run.system);
+      expect(['grpc', 'envoy']).toContain(run.path);
+      if (run.system === 'envoy-only') expect(run.path).toBe('envoy');
+    }
+  });
+});
+
+describe('bench report', () => {
+  const run = (system: string, path: string, rps: number, p99: number, extra = {}) => ({ system, path, rps, p50_ms: p99 / 2, p99_ms: p99, errors: 0, rss_mb: 100, ...extra });
+
+  it('judges the throughput goals from the figures', () => {
+    const verdict = goals([run('egress-authz', 'grpc', 2000, 5), run('opa-envoy-plugin', 'grpc', 1000, 6), run('noop', 'grpc', 4000, 2)]);
+    expect(verdict.find((g: { goal: string }) => g.goal.includes('2×')).status).toBe('met');
+    expect(verdict.find((g: { goal: string }) => g.goal.includes('70 %')).status).toBe('NOT met');
+    expect(verdict.find((g: { goal: string }) => g.goal.startsWith('envoy at')).status).toBe('not measured');
+  });
+
+  it('does not count an envoy run that missed its target rate as meeting the latency goal', () => {
+    const verdict = goals([run('egress-authz', 'envoy', 1500, 1, { target_rps: 2000, p99_added_ms: 0.5 })]);
+    expect(verdict.find((g: { goal: string }) => g.goal.startsWith('envoy at')).status).toBe('NOT met');
+  });
+
+  it('prints one table row per run', () => {
+    const table = resultsTable([run('noop', 'grpc', 4000, 2), run('envoy-only', 'envoy', 2000, 1)]);
+    expect(table.split('\n')).toHaveLength(4);
+  });
+});

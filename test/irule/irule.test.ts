@@ -1,0 +1,220 @@
+// Runs the shipped iRule file in tclsh (test/irule/harness.tcl stubs the BIG-IP commands) against the
+// real egress-authz service, and against servers that fail in the ways a network does.
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TestService } from '../support/service.js';
+import { makeBigipCerts, startSidebandService, type BigipCerts } from '../sideband/sideband-service.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const IRULE = join(ROOT, 'deploy', 'bigip', 'egress-authz.irule.tcl');
+const HARNESS = join(import.meta.dirname, 'harness.tcl');
+const VS = '/Common/vs_egress_authz_sideband';
+
+interface HarnessRun {
+  lines: string[];
+  actions: string[];
+  logs: string[];
+  errors: string[];
+  connections: { verdict: string; pool: string; ms: number }[];
+  wallMs: number;
+}
+
+function runHarness(opts: { irule?: string; pem: string; hash: string; target: string; connections?: number; handshakes?: number; verify?: number; sets?: Record<string, string> }): Promise<HarnessRun> {
+  const args = [HARNESS, '-irule', opts.irule ?? IRULE, '-pem', opts.pem, '-hash', opts.hash, '-vs', `${VS}=${opts.target}`];
+  if (opts.connections) args.push('-connections', String(opts.connections));
+  if (opts.handshakes) args.push('-handshakes', String(opts.handshakes));
+  if (opts.verify !== undefined) args.push('-verify', String(opts.verify));
+  for (const [k, v] of Object.entries(opts.sets ?? {})) args.push('-set', `static::${k}`, v);
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    execFile('tclsh', args, { timeout: 20_000 }, (err, stdout, stderr) => {
+      if (err) return reject(new Error(`tclsh failed: ${err.message}\n${stderr}\n${stdout}`));
+      const lines = stdout.trim().split('\n');
+      const rest = (prefix: string) => lines.filter((l) => l.startsWith(prefix)).map((l) => l.slice(prefix.length).replace(/^\d+ /, ''));
+      resolve({
+        lines,
+        actions: rest('ACTION '),
+        logs: rest('LOG '),
+        errors: lines.filter((l) => / error /.test(l) && l.startsWith('EVENT ')),
+        connections: rest('CONNECTION ').map((l) => {
+          const m = /verdict=(\S+) pool=(\S+) ms=(\d+)/.exec(l)!;
+          return { verdict: m[1]!, pool: m[2]!, ms: Number(m[3]) };
+        }),
+        wallMs: performance.now() - started,
+      });
+    });
+  });
+}
+
+function listenOn(handler: (s: Socket) => void): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    handler(s);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, port: (server.address() as { port: number }).port, sockets })));
+}
+
+function stop(s: { server: Server; sockets: Set<Socket> }): Promise<void> {
+  for (const sock of s.sockets) sock.destroy();
+  return new Promise((resolve) => s.server.close(() => resolve()));
+}
+
+let service: TestService;
+let certs: BigipCerts;
+let target: string;
+let slow: Awaited<ReturnType<typeof listenOn>>;
+let garbage: Awaited<ReturnType<typeof listenOn>>;
+let closedPort: number;
+
+beforeAll(async () => {
+  [service, certs] = await Promise.all([startSidebandService(), makeBigipCerts()]);
+  target = `127.0.0.1:${service.httpPort}`;
+  // accepts, reads, never answers
+  slow = await listenOn((s) => s.resume());
+  // answers at once with something that is not HTTP, then closes
+  garbage = await listenOn((s) => {
+    s.once('data', () => s.end('220 smtp.example ESMTP ready\r\nX-Egress-Decision: allow\r\n\r\n'));
+  });
+  const probe = await listenOn(() => {});
+  closedPort = probe.port;
+  await stop(probe);
+});
+
+afterAll(async () => {
+  await Promise.all([service?.close(100), slow && stop(slow), garbage && stop(garbage)]);
+  certs?.cleanup();
+});
+
+const expectAllowed = (run: HarnessRun, pool: string) => {
+  expect(run.errors).toEqual([]);
+  expect(run.actions).toContain(`snatpool ${pool}`);
+  expect(run.actions).toContain('release');
+  expect(run.actions).not.toContain('reject');
+  expect(run.connections[0]).toMatchObject({ verdict: 'allow', pool });
+};
+
+const expectRejected = (run: HarnessRun) => {
+  expect(run.errors).toEqual([]);
+  expect(run.actions).toContain('reject');
+  expect(run.actions.some((a) => a.startsWith('snatpool'))).toBe(false);
+  expect(run.actions).not.toContain('release');
+  expect(run.connections[0]?.verdict).toBe('reject');
+};
+
+describe('the shipped iRule against the live service', () => {
+  it('bookinfo certificate → snatpool bookinfo_snat, one log line correlated with the decision log', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target });
+    expectAllowed(run, 'bookinfo_snat');
+    expect(run.logs).toHaveLength(1);
+    const log = run.logs[0]!;
+    expect(log).toMatch(/^local0\.info egress_authz decision=allow /);
+    expect(log).toContain(`cert_md5=${f.md5}`);
+    const id = /id=(\S+)/.exec(log)![1];
+    const requestId = /request_id=(\S+)/.exec(log)![1];
+    const entry = service.decisions.find((d) => d.decision_id === id);
+    expect(entry).toMatchObject({ caller: 'sideband', allow: true, snat_pool: 'bookinfo_snat', x_request_id: requestId, spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/default' });
+    // the SPIFFE ID is the service's business; the BIG-IP log carries only the certificate hash
+    expect(log).not.toContain('spiffe://');
+  });
+
+  it('sm-apigw-a certificate → reject', async () => {
+    const f = certs.files.apigw!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target });
+    expectRejected(run);
+    expect(run.logs[0]).toMatch(/decision=deny id=[0-9a-f-]{36} .*status=403 /);
+  });
+
+  it('DNS SAN before the URI SAN → still allowed (the seed\'s findstr rule would deny it)', async () => {
+    const f = certs.files.dnsFirst!;
+    expectAllowed(await runHarness({ pem: f.path, hash: f.md5, target }), 'bookinfo_snat');
+  });
+
+  it('two URI SANs → reject', async () => {
+    const f = certs.files.twoUris!;
+    expectRejected(await runHarness({ pem: f.path, hash: f.md5, target }));
+  });
+
+  it('bookinfo-evil (passes a prefix test without the trailing slash) → reject', async () => {
+    const f = certs.files.evilPrefix!;
+    expectRejected(await runHarness({ pem: f.path, hash: f.md5, target }));
+  });
+
+  it('reuses one sideband connection, and the decision cache answers a repeated certificate', async () => {
+    const f = certs.files.bookinfo!;
+    const before = service.decisions.length;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target, connections: 3 });
+    expect(run.connections.map((c) => c.verdict)).toEqual(['allow', 'allow', 'allow']);
+    expect(run.logs.filter((l) => l.includes('cached=1'))).toHaveLength(2);
+    expect(service.decisions.length - before).toBe(1);
+  });
+
+  it('renegotiation reuses the keep-alive sideband connection: one connect, three requests', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target, handshakes: 3, sets: { egress_authz_cache_s: '0' } });
+    expect(run.errors).toEqual([]);
+    expect(run.lines.filter((l) => / connect connected /.test(l))).toHaveLength(1);
+    expect(run.lines.filter((l) => / send sent /.test(l))).toHaveLength(3);
+    expect(run.logs.filter((l) => l.includes('decision=allow') && l.includes('status=200'))).toHaveLength(3);
+  });
+
+  it('cache off: every connection asks the service', async () => {
+    const f = certs.files.apigw!;
+    const before = service.decisions.length;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target, connections: 2, sets: { egress_authz_cache_s: '0' } });
+    expect(run.connections.map((c) => c.verdict)).toEqual(['reject', 'reject']);
+    expect(service.decisions.length - before).toBe(2);
+  });
+});
+
+describe('the shipped iRule fails closed', () => {
+  it('service down (closed port) → reject within the connect timeout', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target: `127.0.0.1:${closedPort}` });
+    expectRejected(run);
+    expect(run.connections[0]!.ms).toBeLessThan(300 + 200);
+    expect(run.logs[0]).toContain('reason="egress-authz unavailable: connect');
+  });
+
+  it('service accepts but never answers → reject after the answer timeout', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target: `127.0.0.1:${slow.port}`, sets: { egress_authz_answer_timeout_ms: '400' } });
+    expectRejected(run);
+    expect(run.connections[0]!.ms).toBeGreaterThanOrEqual(390);
+    expect(run.connections[0]!.ms).toBeLessThan(400 + 300);
+    expect(run.logs[0]).toContain('answer timeout');
+  });
+
+  it('garbage answer → reject', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target: `127.0.0.1:${garbage.port}` });
+    expectRejected(run);
+  });
+
+  it('client-ssl verification failed → reject without asking the service', async () => {
+    const f = certs.files.bookinfo!;
+    const before = service.decisions.length;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target, verify: 19 });
+    expectRejected(run);
+    expect(run.logs[0]).toContain('no verified client certificate');
+    expect(service.decisions.length).toBe(before);
+  });
+
+  it('the harness catches an iRule changed to fail open', async () => {
+    // Mutant: on any sideband failure, carry on as if allowed.
+    const source = readFileSync(IRULE, 'utf8');
+    const mutated = source.replace(/if \{ \$failure ne "" \} \{\n(\s+)set decision "deny"/, 'if { $failure ne "" } {\n$1set decision "allow"');
+    expect(mutated).not.toBe(source);
+    const path = join(certs.dir, 'fail-open.irule.tcl');
+    writeFileSync(path, mutated);
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ irule: path, pem: f.path, hash: f.md5, target: `127.0.0.1:${closedPort}` });
+    expect(() => expectRejected(run)).toThrow();
+  });
+});
