@@ -17,14 +17,7 @@ describe('GET /metrics after real checks', () => {
   let text: string;
 
   beforeAll(async () => {
-    svc = await startTestService({
-      routes: (authorizer) => ({
-        'POST /v1/sideband': (_req, res) => {
-          const d = authorizer.checkSideband({ certificatePem: '', headers: {} });
-          res.writeHead(d.allow ? 200 : 403).end();
-        },
-      }),
-    });
+    svc = await startTestService();
     client = checkClient(svc.grpcPort);
     const ca = await createCa();
     const expired = await workloadSvid(ca, BOOKINFO, { notAfter: new Date(Date.now() - 60_000), notBefore: new Date(Date.now() - 3_600_000) });
@@ -35,8 +28,9 @@ describe('GET /metrics after real checks', () => {
     await check(client, checkRequest({ principal: 'CN=legacy-client' }));
     await check(client, checkRequest({ certificatePem: expired.certPem }));
     await check(client, checkRequest({ certificatePem: 'not a certificate' }));
-    const res = await fetch(`http://127.0.0.1:${svc.httpPort}/v1/sideband`, { method: 'POST', body: '' });
-    expect(res.status).toBe(403);
+    const svid = await workloadSvid(ca, BOOKINFO);
+    const res = await fetch(`http://127.0.0.1:${svc.httpPort}/v1/sideband`, { method: 'POST', body: svid.certPem, headers: { 'content-type': 'application/x-pem-file' } });
+    expect(res.status).toBe(200);
     text = await metricsText(svc.httpPort);
   });
   afterAll(async () => {
@@ -56,11 +50,11 @@ describe('GET /metrics after real checks', () => {
     expect(checks('caller="envoy",decision="deny",reason_class="policy_deny"')).toBe(6);
     expect(checks('caller="envoy",decision="deny",reason_class="identity"')).toBe(4);
     expect(checks('caller="envoy",decision="deny",reason_class="policy_error"')).toBe(0);
-    expect(checks('caller="sideband",decision="deny",reason_class="identity"')).toBe(1);
+    expect(checks('caller="sideband",decision="allow",reason_class="allowed"')).toBe(1);
   });
 
   it('counts identity rejections by class, never by raw reason', () => {
-    expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="missing"')).toBe(2); // one by gRPC, the empty sideband body
+    expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="missing"')).toBe(1);
     expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="spiffe_id"')).toBe(1);
     expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="validity"')).toBe(1);
     expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="pem"')).toBe(1);
@@ -68,16 +62,17 @@ describe('GET /metrics after real checks', () => {
   });
 
   it('times every gRPC Check and sideband request; policy evaluation per decision', () => {
+    expect(sample(text, 'egress_authz_sideband_request_duration_seconds_sum')).toBeGreaterThan(0);
     expect(sample(text, 'grpc_server_handling_seconds_count', 'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"')).toBe(13);
     expect(sample(text, 'egress_authz_sideband_request_duration_seconds_count')).toBe(1);
-    expect(sample(text, 'egress_authz_policy_eval_seconds_count', 'policy="live"')).toBe(9); // identity failures never reach the policy
+    expect(sample(text, 'egress_authz_policy_eval_seconds_count', 'policy="live"')).toBe(10); // identity failures never reach the policy
   });
 
   it('labels decisions by tenant: known tenants and allowed namespaces by name, everything else bounded', () => {
     const byTenant = (labels: string) => sample(text, 'egress_authz_decisions_by_tenant_total', labels);
-    expect(byTenant('namespace="bookinfo",snat_pool="bookinfo_snat",decision="allow"')).toBe(3);
+    expect(byTenant('namespace="bookinfo",snat_pool="bookinfo_snat",decision="allow"')).toBe(4);
     expect(byTenant(`namespace="${OTHER_LABEL}",snat_pool="",decision="deny"`)).toBe(6); // sm-apigw-a and 5 made-up namespaces
-    expect(byTenant(`namespace="${NO_NAMESPACE_LABEL}",snat_pool="",decision="deny"`)).toBe(5);
+    expect(byTenant(`namespace="${NO_NAMESPACE_LABEL}",snat_pool="",decision="deny"`)).toBe(4);
     expect(text).not.toMatch(/made-up/);
   });
 
