@@ -22,6 +22,8 @@ export interface AuthorizerOptions {
    * the policy said: a slow allow must not turn into an allow Envoy has already given up on.
    */
   checkDeadlineMs?: number;
+  /** sees each input and its live decision after the answer is made (shadow policy); must not throw */
+  shadow?: (input: PolicyInput, live: Decision) => void;
 }
 
 export class Authorizer {
@@ -98,6 +100,7 @@ export class Authorizer {
     const deadline = this.opts.checkDeadlineMs;
     if (deadline !== undefined && performance.now() - started > deadline) decision = lateDeny(decision, deadline);
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
+    this.opts.shadow?.(input, decision);
     return decision;
   }
 }

@@ -14,6 +14,9 @@ import { buildWasmBundle, runOpaTest } from './opa-cli.js';
 import { runPolicyCases } from './policy-cases.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from './grpc-server.js';
 import { CertificateFiles, parseAllowedCaller, type CallerPattern } from './tls.js';
+import { openBundleSource } from './bundle-source.js';
+import { ServiceMetrics } from './metrics.js';
+import { PolicyStore, reloadStatus } from './policy-store.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
@@ -21,12 +24,14 @@ export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 const USAGE = `usage: egress-authz <command> [options]
 
 commands:
-  serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH] [--entrypoint E]
+  serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH|URL] [--entrypoint E]
+          [--policy-poll-interval DURATION] [--policy-cases PATH] [--shadow-policy PATH|URL]
           [--trusted-identity-header NAME] [--log-level LEVEL]
           [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--allowed-caller ID]...]]
           [--shutdown-grace DUR] [--check-deadline DUR] [--grpc-max-message-bytes N]
-          gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health and the
-          BIG-IP sideband on --http-addr (default 0.0.0.0:8181)
+          gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health, /metrics and the
+          BIG-IP sideband on --http-addr (default 0.0.0.0:8181). The policy is reloaded when
+          its file or folder changes, on SIGHUP, and by polling an http(s) bundle URL.
           TLS on both listeners with --tls-cert/--tls-key (re-read when the files change);
           --tls-client-ca requires client certificates from that CA; --allowed-caller (repeatable)
           limits callers to a SPIFFE ID, or an ID and everything below it when written ID/*
@@ -34,11 +39,13 @@ commands:
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
-  build   [--out FILE] [POLICY_DIR]        compile a policy folder into an OPA Wasm bundle
+  build   [--out FILE] [--revision REV] [POLICY_DIR]
+          compile a policy folder into an OPA Wasm bundle (.manifest revision REV)
   inspect [--json] FILE                    a certificate's SPIFFE ID and whether it is a valid
                                            X.509-SVID (exit 1 with the reason when not)
 
 --policy takes a bundle (.tar.gz) or a folder of .rego files and data; default: the embedded policy.
+serve --policy also takes the http(s) URL of an OPA bundle server (polled with If-None-Match).
 `;
 
 class UsageError extends Error {}
@@ -83,6 +90,9 @@ async function serve(argv: string[]): Promise<number> {
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
     'trusted-identity-header': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
+    'policy-poll-interval': { type: 'string' },
+    'policy-cases': { type: 'string' },
+    'shadow-policy': { type: 'string' },
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'tls-client-ca': { type: 'string' },
@@ -111,11 +121,21 @@ async function serve(argv: string[]): Promise<number> {
     }
   };
   const location = (values.policy as string | undefined) ?? defaultPolicyLocation();
-  let policy;
+  const interval = values['policy-poll-interval'] as string | undefined;
+  const pollMs = interval === undefined ? undefined : duration('--policy-poll-interval', interval);
+  if (pollMs !== undefined && pollMs < 100) throw new UsageError('--policy-poll-interval must be at least 100ms');
+  const metrics = new ServiceMetrics({ defaultMetrics: true });
+  const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) =>
+    PolicyStore.open(await openBundleSource(where, { pollMs }), { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string }, casesPath });
+  let live: PolicyStore;
+  let shadow: PolicyStore | undefined;
+  let loading = location;
   try {
-    policy = await loadPolicy(location, { entrypoint: values.entrypoint as string });
+    live = await openStore(location, 'live', values['policy-cases'] as string | undefined);
+    loading = (values['shadow-policy'] as string | undefined) ?? '';
+    if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
-    logger.fatal({ policy_source: location, err: (err as Error).message }, 'policy failed to load; not serving');
+    logger.fatal({ policy_source: loading, err: (err as Error).message }, 'policy failed to load; not serving');
     flush();
     return 1;
   }
@@ -135,12 +155,22 @@ async function serve(argv: string[]): Promise<number> {
   const service = await startService({
     grpcAddr: values['grpc-addr'] as string,
     httpAddr: values['http-addr'] as string,
-    policy,
+    policy: live.current!,
+    policies: live,
+    shadowPolicies: shadow,
+    metrics,
+    readyDetail: () => reloadStatus(live, shadow),
     logger,
     trustedIdentityHeader: values['trusted-identity-header'] as string | undefined,
     tls: certificates && { files: certificates, allowedCallers },
     maxReceiveMessageBytes: maxMessage,
     checkDeadlineMs,
+  });
+  live.start();
+  shadow?.start();
+  process.on('SIGHUP', () => {
+    void live.reload('SIGHUP', { force: true });
+    void shadow?.reload('SIGHUP', { force: true });
   });
   if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
@@ -161,6 +191,8 @@ async function serve(argv: string[]): Promise<number> {
         flush();
         process.exit(1);
       }, graceMs + 2000).unref();
+      live.stop();
+      shadow?.stop();
       void service.close(graceMs).then(() => {
         certificates?.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
@@ -267,11 +299,16 @@ async function test(argv: string[]): Promise<number> {
 }
 
 async function build(argv: string[]): Promise<number> {
-  const { values, positionals } = args(argv, { out: { type: 'string', default: 'bundle.tar.gz' }, entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT } }, true);
+  const { values, positionals } = args(
+    argv,
+    { out: { type: 'string', default: 'bundle.tar.gz' }, entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT }, revision: { type: 'string' } },
+    true,
+  );
   if (positionals.length > 1) throw new UsageError('build takes one POLICY_DIR');
   const dir = positionals[0] ?? join(packageRoot, 'policies');
   mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
-  await buildWasmBundle(dir, values.out as string, values.entrypoint as string);
+  const revision = values.revision as string | undefined;
+  await buildWasmBundle(dir, values.out as string, values.entrypoint as string, revision === undefined ? {} : { revision });
   process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
   return 0;
 }

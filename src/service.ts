@@ -10,9 +10,11 @@ import type { DecisionLogEntry } from './decision-log.js';
 import { addGrpcHealth } from './grpc-health.js';
 import { bindGrpcServer, createGrpcServer } from './grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from './http-server.js';
+import { MeteredAuthorizer, metricsRoute, ServiceMetrics, timedRoute } from './metrics.js';
 import type { LoadedPolicy } from './policy.js';
 import { grpcServerCredentials, httpsServerOptions, type CallerPattern, type CertificateFiles, type PeerPolicy } from './tls.js';
 import { configureSidebandServer, sidebandRoutes } from './sideband.js';
+import { ShadowEvaluator, type ShadowEvaluatorOptions } from './shadow-policy.js';
 
 export interface ServiceOptions {
   grpcAddr: string;
@@ -29,6 +31,15 @@ export interface ServiceOptions {
   maxReceiveMessageBytes?: number;
   /** see AuthorizerOptions.checkDeadlineMs */
   checkDeadlineMs?: number;
+  /** where the live policy is read from (a PolicyStore that hot-reloads it); default: `policy`, fixed */
+  policies?: MutablePolicySource;
+  /** a candidate evaluated beside the live policy, never affecting the answer */
+  shadowPolicies?: PolicySource;
+  shadowOptions?: Partial<ShadowEvaluatorOptions>;
+  /** default: a fresh registry per service */
+  metrics?: ServiceMetrics;
+  /** more fields for the /readyz body (last reload outcome, shadow revision) */
+  readyDetail?: () => Record<string, unknown>;
 }
 
 export interface RunningService {
@@ -36,6 +47,7 @@ export interface RunningService {
   httpPort: number;
   authorizer: Authorizer;
   policies: MutablePolicySource;
+  metrics: ServiceMetrics;
   grpcServer: grpc.Server;
   httpServer: http.Server;
   /** stop accepting, let in-flight checks finish (bounded), close both listeners */
@@ -51,22 +63,31 @@ export class MutablePolicySource implements PolicySource {
 
 export async function startService(opts: ServiceOptions): Promise<RunningService> {
   const log = opts.logger;
-  const policies = new MutablePolicySource(opts.policy);
+  const policies = opts.policies ?? new MutablePolicySource(opts.policy);
+  const metrics = opts.metrics ?? new ServiceMetrics();
+  if (policies.current) metrics.policyRevision('live', policies.current.revision);
+  const shadow = opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
   let stopping = false;
   const isReady = () => !stopping && policies.current !== undefined;
   const tls = opts.tls;
   const peerPolicy: PeerPolicy | undefined = tls && { requireClientCert: tls.files.current.ca !== undefined, allowedCallers: tls.allowedCallers ?? [] };
   const onPeerRefused = (v: { reason: string }, peer: string) => log.warn({ peer, reason: v.reason }, 'caller refused before any decision');
-  const authorizer = new Authorizer({
+  const authorizer: Authorizer = new MeteredAuthorizer({
     policies,
     trustedIdentityHeader: opts.trustedIdentityHeader,
     checkDeadlineMs: opts.checkDeadlineMs,
     sink: (entry, decision) => {
       if (entry.policy_error !== undefined) log.error(entry, 'decision');
       else log.info(entry, 'decision');
+      metrics.observeDecision(decision, policies.current);
       opts.onDecision?.(entry, decision);
     },
-  });
+    shadow: shadow?.observe,
+  }, metrics);
+  const routes = { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) };
+  const sideband = routes['POST /v1/sideband'];
+  if (sideband) routes['POST /v1/sideband'] = timedRoute(sideband, (s) => metrics.observeSidebandSeconds(s));
+  routes['GET /metrics'] ??= metricsRoute(metrics);
   const grpcServer = createGrpcServer({
     authorizer,
     onInternalError: (err) => log.error({ err }, 'check failed inside the pipeline; answered deny'),
@@ -78,9 +99,9 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const httpServer = createHttpServer({
     ready: () => ({
       ready: isReady(),
-      detail: { policy_revision: policies.current?.revision ?? '' },
+      detail: { policy_revision: policies.current?.revision ?? '', ...opts.readyDetail?.() },
     }),
-    routes: { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) },
+    routes,
     tls: tls && httpsServerOptions(tls.files),
     peerPolicy,
     onPeerRefused,
@@ -114,6 +135,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     httpPort,
     authorizer,
     policies,
+    metrics,
     grpcServer,
     httpServer,
     async close(graceMs = 5000) {

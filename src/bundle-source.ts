@@ -1,0 +1,275 @@
+// Where a policy comes from, and how we learn it changed: a bundle file, a policy folder, or an OPA
+// bundle server URL. fetch() returns the content only when it differs from what it returned last time
+// (content hash, or the server's ETag / 304 Not Modified, as OPA's bundle API does), so watchers and
+// pollers may call it as often as they like. Files and folders are watched with fs.watch on their
+// folder (a Kubernetes ConfigMap update is a `..data` symlink swap there, which a watch on the file
+// itself would miss) plus a slow stat poll, because watches can be lost.
+import { createHash } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { MAX_BUNDLE_BYTES } from './bundle.js';
+import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from './policy.js';
+
+export type BundleSourceKind = 'file' | 'folder' | 'url';
+
+/** One version of the policy, not yet loaded. */
+export interface BundleVersion {
+  /** content hash, or the bundle server's ETag */
+  version: string;
+  load(opts: LoadPolicyOptions): Promise<LoadedPolicy>;
+}
+
+export interface BundleSource {
+  readonly location: string;
+  readonly kind: BundleSourceKind;
+  /** the policy folder's own `cases/` folder, when it has one */
+  readonly casesPath: string | undefined;
+  /** the current version, or undefined when it is the one returned last time (force: return it anyway) */
+  fetch(opts?: { force?: boolean }): Promise<BundleVersion | undefined>;
+  /** calls onChange(trigger) when the content may have changed; returns a function that stops watching */
+  watch(onChange: (trigger: string) => void): () => void;
+}
+
+export interface BundleSourceOptions {
+  /** URL poll interval; for files and folders, the interval of the stat poll behind fs.watch */
+  pollMs?: number;
+  /** fs.watch events closer together than this are one change (editors and `cp` write in steps) */
+  debounceMs?: number;
+  /** HTTP timeout for one bundle download */
+  fetchTimeoutMs?: number;
+}
+
+export const DEFAULT_URL_POLL_MS = 30_000;
+export const DEFAULT_FILE_POLL_MS = 10_000;
+export const DEFAULT_DEBOUNCE_MS = 250;
+const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
+/** a policy folder larger than this (files, bytes) is not a policy folder */
+const MAX_FOLDER_FILES = 2_000;
+
+export function isBundleUrl(location: string): boolean {
+  return /^https?:\/\//i.test(location);
+}
+
+/** The source for a `--policy` value: a URL, or a path that must exist (a bundle file or a folder). */
+export async function openBundleSource(location: string, opts: BundleSourceOptions = {}): Promise<BundleSource> {
+  if (isBundleUrl(location)) return new UrlBundleSource(location, opts);
+  let info;
+  try {
+    info = await stat(location);
+  } catch (e) {
+    throw new Error(`policy ${location}: ${(e as Error).message}`);
+  }
+  if (info.isDirectory()) {
+    const cases = join(location, 'cases');
+    const hasCases = await stat(cases).then((s) => s.isDirectory(), () => false);
+    return new FolderSource(location, hasCases ? cases : undefined, opts);
+  }
+  return new FileSource(location, opts);
+}
+
+function sha256(data: Uint8Array | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+abstract class LocalSource implements BundleSource {
+  abstract readonly kind: BundleSourceKind;
+  protected lastVersion: string | undefined;
+
+  constructor(
+    readonly location: string,
+    readonly casesPath: string | undefined,
+    protected readonly opts: BundleSourceOptions,
+  ) {}
+
+  abstract fetch(opts?: { force?: boolean }): Promise<BundleVersion | undefined>;
+  /** cheap fingerprint (stat data) that changes when the content may have */
+  protected abstract signature(): Promise<string>;
+  /** the folder to watch and whether an event names something of ours */
+  protected abstract watched(): { dir: string; relevant: (name: string) => boolean };
+
+  protected unchanged(version: string, force: boolean | undefined): boolean {
+    const same = version === this.lastVersion;
+    this.lastVersion = version;
+    return same && !force;
+  }
+
+  watch(onChange: (trigger: string) => void): () => void {
+    const { dir, relevant } = this.watched();
+    const debounceMs = this.opts.debounceMs ?? DEFAULT_DEBOUNCE_MS;
+    let timer: NodeJS.Timeout | undefined;
+    let watcher: FSWatcher | undefined;
+    let stopped = false;
+    const changed = (trigger: string) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => onChange(trigger), debounceMs);
+      timer.unref();
+    };
+    const startWatch = () => {
+      try {
+        watcher = watch(dir, { persistent: false }, (_event, name) => {
+          if (name === null || relevant(name.toString())) changed('watch');
+        });
+        watcher.on('error', () => {
+          watcher?.close();
+          watcher = undefined; // the stat poll re-creates it
+        });
+      } catch {
+        watcher = undefined;
+      }
+    };
+    startWatch();
+    let last: Promise<string> = this.signature().catch(() => '');
+    const poll = setInterval(() => {
+      if (!watcher) startWatch();
+      last = last.then(async (previous) => {
+        const now = await this.signature().catch(() => '');
+        if (!stopped && now !== previous) changed('poll');
+        return now;
+      });
+    }, this.opts.pollMs ?? DEFAULT_FILE_POLL_MS);
+    poll.unref();
+    return () => {
+      stopped = true;
+      clearInterval(poll);
+      clearTimeout(timer);
+      watcher?.close();
+    };
+  }
+}
+
+/** A bundle file (`bundle.tar.gz`, as `egress-authz build` / `opa build -t wasm` write it). */
+class FileSource extends LocalSource {
+  readonly kind = 'file';
+
+  constructor(location: string, opts: BundleSourceOptions) {
+    super(location, undefined, opts);
+  }
+
+  async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
+    const info = await stat(this.location);
+    if (info.size > MAX_BUNDLE_BYTES) throw new Error(`policy ${this.location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
+    const bytes = await readFile(this.location);
+    const version = `sha256:${sha256(bytes)}`;
+    if (this.unchanged(version, opts.force)) return undefined;
+    return { version, load: (o) => loadPolicyBundle(bytes, { ...o, source: this.location }) };
+  }
+
+  protected async signature(): Promise<string> {
+    const s = await stat(this.location); // follows symlinks: a ConfigMap swap changes the target
+    return `${s.ino}:${s.size}:${s.mtimeMs}`;
+  }
+
+  protected watched() {
+    const name = basename(this.location);
+    // "..data" and friends: the ConfigMap symlink swap happens next to the file
+    return { dir: dirname(resolve(this.location)), relevant: (n: string) => n === name || n.startsWith('..') };
+  }
+}
+
+/** A folder of Rego and data.json, compiled with the opa CLI on each load. */
+class FolderSource extends LocalSource {
+  readonly kind = 'folder';
+
+  async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
+    const hash = createHash('sha256');
+    for (const file of await listFolder(this.location)) {
+      hash.update(`${file}\0`).update(await readFile(join(this.location, file))).update('\0');
+    }
+    const version = `sha256:${hash.digest('hex')}`;
+    if (this.unchanged(version, opts.force)) return undefined;
+    return { version, load: (o) => loadPolicy(this.location, o) };
+  }
+
+  protected async signature(): Promise<string> {
+    const parts: string[] = [];
+    for (const file of await listFolder(this.location)) {
+      const s = await stat(join(this.location, file));
+      parts.push(`${file}:${s.ino}:${s.size}:${s.mtimeMs}`);
+    }
+    return parts.join('\n');
+  }
+
+  protected watched() {
+    return { dir: resolve(this.location), relevant: () => true };
+  }
+}
+
+/** Relative paths of the non-hidden files under dir (symlinks followed), sorted; hidden names skipped as opa build does. */
+async function listFolder(dir: string, prefix = ''): Promise<string[]> {
+  const out: string[] = [];
+  const names = (await readdir(join(dir, prefix))).filter((n) => !n.startsWith('.')).sort();
+  for (const name of names) {
+    const rel = prefix ? `${prefix}/${name}` : name;
+    const s = await stat(join(dir, rel)).catch(() => undefined); // a dangling symlink mid-swap
+    if (!s) continue;
+    if (s.isDirectory()) out.push(...(await listFolder(dir, rel)));
+    else if (s.isFile()) out.push(rel);
+    if (out.length > MAX_FOLDER_FILES) throw new Error(`policy folder ${dir} has more than ${MAX_FOLDER_FILES} files`);
+  }
+  return out;
+}
+
+/** An OPA bundle server: GET with If-None-Match; 304 keeps the current policy. */
+class UrlBundleSource implements BundleSource {
+  readonly kind = 'url';
+  readonly casesPath = undefined;
+  private etag: string | undefined;
+  private lastVersion: string | undefined;
+
+  constructor(
+    readonly location: string,
+    private readonly opts: BundleSourceOptions,
+  ) {}
+
+  async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
+    const headers: Record<string, string> = { accept: 'application/gzip, application/octet-stream;q=0.9, */*;q=0.1' };
+    if (this.etag !== undefined && !opts.force) headers['if-none-match'] = this.etag;
+    const res = await fetch(this.location, {
+      headers,
+      redirect: 'follow',
+      signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS),
+    });
+    if (res.status === 304) {
+      await res.body?.cancel();
+      return undefined;
+    }
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      throw new Error(`bundle server answered HTTP ${res.status} for ${this.location}`);
+    }
+    const bytes = await readCapped(res, MAX_BUNDLE_BYTES, this.location);
+    const etag = res.headers.get('etag') ?? undefined;
+    // Remembered even if the bundle is then refused: the server is not asked for it again until it changes.
+    this.etag = etag;
+    const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256(bytes)}`;
+    const same = version === this.lastVersion;
+    this.lastVersion = version;
+    if (same && !opts.force) return undefined;
+    return { version, load: (o) => loadPolicyBundle(bytes, { ...o, source: this.location }) };
+  }
+
+  watch(onChange: (trigger: string) => void): () => void {
+    const timer = setInterval(() => onChange('poll'), this.opts.pollMs ?? DEFAULT_URL_POLL_MS);
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+}
+
+async function readCapped(res: Response, max: number, where: string): Promise<Uint8Array> {
+  const declared = Number(res.headers.get('content-length') ?? NaN);
+  if (declared > max) {
+    await res.body?.cancel();
+    throw new Error(`bundle from ${where} is larger than ${max} bytes`);
+  }
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  if (res.body) {
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      total += chunk.byteLength;
+      if (total > max) throw new Error(`bundle from ${where} is larger than ${max} bytes`);
+      chunks.push(chunk);
+    }
+  }
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,301 @@
+// Prometheus metrics for the decision service (prom-client, one registry per service). Label values
+// come from small fixed sets or from the policy's own tenant list, never from raw request data, so a
+// caller cannot grow the series count: reasons are classified, namespaces are bounded (see tenantLabels).
+// Counters on the Check path are children bound once, so an update is a property read and an add.
+import type http from 'node:http';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Authorizer, type AuthorizerOptions } from './authorizer.js';
+import type { Decision } from './decision.js';
+import type { CheckRequest, SidebandRequest } from './input.js';
+import type { LoadedPolicy } from './policy.js';
+
+export const REASON_CLASSES = ['allowed', 'identity', 'policy_deny', 'policy_error', 'internal'] as const;
+export type ReasonClass = (typeof REASON_CLASSES)[number];
+
+/** Why the identity step refused a peer, coarsely; the decision log has the precise reason. */
+export const IDENTITY_REJECTION_CLASSES = ['missing', 'pem', 'svid', 'validity', 'spiffe_id', 'mismatch', 'other'] as const;
+export type IdentityRejectionClass = (typeof IDENTITY_REJECTION_CLASSES)[number];
+
+const CALLERS = ['envoy', 'sideband', 'cli'] as const;
+export type PolicyRole = 'live' | 'shadow';
+export type ShadowDisagreementKind = 'allow_to_deny' | 'deny_to_allow' | 'pool_changed';
+
+/** At most this many distinct {namespace, snat_pool, decision} series; the rest are counted as "_other". */
+export const DEFAULT_MAX_TENANT_SERIES = 500;
+export const OTHER_LABEL = '_other';
+export const NO_NAMESPACE_LABEL = '_none';
+
+// A Check takes tens of microseconds in-process; the buckets resolve that range and a slow tail.
+const LATENCY_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+const EXT_AUTHZ_LABELS = { grpc_service: 'envoy.service.auth.v3.Authorization', grpc_method: 'Check', grpc_type: 'unary' };
+
+export function reasonClass(d: Decision): ReasonClass {
+  if (d.allow) return 'allowed';
+  if (d.decision_id === '') return 'internal'; // the transport's fallback answer (grpc-server internalErrorDecision)
+  if (d.identity === null) return 'identity';
+  return d.policy_error !== undefined ? 'policy_error' : 'policy_deny';
+}
+
+export function identityRejectionClass(reason: string): IdentityRejectionClass {
+  if (/^no client identity$|^no verified workload identity$/.test(reason)) return 'missing';
+  if (/evidence is not a string$/.test(reason)) return 'other';
+  if (/ differ$/.test(reason)) return 'mismatch';
+  if (/not yet valid|has expired/.test(reason)) return 'validity';
+  if (/PEM|URL[- ]encod|base64/.test(reason)) return 'pem';
+  if (/SPIFFE ID|principal|header/.test(reason) && !/^leaf |^signing /.test(reason)) return 'spiffe_id';
+  if (/certificate|^leaf |^signing |DER|evidence/.test(reason)) return 'svid';
+  return 'other';
+}
+
+export interface ServiceMetricsOptions {
+  /** process and Node.js runtime metrics (CPU, memory, event-loop lag); on for `serve` */
+  defaultMetrics?: boolean;
+  maxTenantSeries?: number;
+}
+
+type Child = { inc(value?: number): void };
+type HistogramChild = { observe(value: number): void };
+
+export class ServiceMetrics {
+  readonly registry = new Registry();
+  private readonly checks: Record<string, Record<ReasonClass, Child>> = {};
+  private readonly identityRejections = {} as Record<IdentityRejectionClass, Child>;
+  private readonly checkSeconds: HistogramChild;
+  private readonly sidebandSeconds: HistogramChild;
+  private readonly evalSeconds: Record<PolicyRole, HistogramChild>;
+  private readonly reloads: Counter<'policy' | 'result'>;
+  private readonly revisionInfo: Gauge<'policy' | 'revision'>;
+  private readonly shadowDisagreements: Counter<'kind'>;
+  private readonly shadowCompared: Child;
+  private readonly shadowSkipped: Child;
+  private readonly revisions = new Map<PolicyRole, string>();
+  private readonly tenantDecisions: Counter<'namespace' | 'snat_pool' | 'decision'>;
+  private readonly tenantChildren = new Map<string, Child>();
+  private readonly maxTenantSeries: number;
+  // Tenants named by a policy's data (data.egress.tenants), computed once per loaded policy.
+  private readonly tenantsByPolicy = new WeakMap<LoadedPolicy, ReadonlySet<string>>();
+
+  constructor(opts: ServiceMetricsOptions = {}) {
+    const registers = [this.registry];
+    this.maxTenantSeries = opts.maxTenantSeries ?? DEFAULT_MAX_TENANT_SERIES;
+    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
+
+    const checks = new Counter({
+      name: 'egress_authz_checks_total',
+      help: 'Authorization checks answered, by caller, decision and reason class',
+      labelNames: ['caller', 'decision', 'reason_class'] as const,
+      registers,
+    });
+    for (const caller of CALLERS) {
+      const byClass = {} as Record<ReasonClass, Child>;
+      for (const rc of REASON_CLASSES) byClass[rc] = bound(checks, caller, rc === 'allowed' ? 'allow' : 'deny', rc);
+      this.checks[caller] = byClass;
+    }
+    const rejections = new Counter({
+      name: 'egress_authz_identity_rejections_total',
+      help: 'Checks denied because the caller identity was missing or invalid, by reason class',
+      labelNames: ['reason_class'] as const,
+      registers,
+    });
+    for (const rc of IDENTITY_REJECTION_CLASSES) this.identityRejections[rc] = bound(rejections, rc);
+
+    this.checkSeconds = new Histogram({
+      name: 'grpc_server_handling_seconds',
+      help: 'ext_authz Check handling time in the server (identity, input, policy, decision, log entry)',
+      labelNames: ['grpc_service', 'grpc_method', 'grpc_type'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers,
+    }).labels(EXT_AUTHZ_LABELS);
+    this.sidebandSeconds = new Histogram({
+      name: 'egress_authz_sideband_request_duration_seconds',
+      help: 'BIG-IP sideband request time, from routing to the last byte of the answer',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    const evalSeconds = new Histogram({
+      name: 'egress_authz_policy_eval_seconds',
+      help: 'Rego (Wasm) evaluation time per decision',
+      labelNames: ['policy'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.evalSeconds = { live: evalSeconds.labels('live'), shadow: evalSeconds.labels('shadow') };
+    this.reloads = new Counter({
+      name: 'egress_authz_policy_reloads_total',
+      help: 'Policy reloads that changed the policy (success) or were refused, keeping the last good one (failure)',
+      labelNames: ['policy', 'result'] as const,
+      registers,
+    });
+    for (const policy of ['live', 'shadow']) for (const result of ['success', 'failure']) bound(this.reloads, policy, result);
+    this.revisionInfo = new Gauge({
+      name: 'egress_authz_policy_revision_info',
+      help: 'The serving policy revision (bundle manifest revision or content hash); value is always 1',
+      labelNames: ['policy', 'revision'] as const,
+      registers,
+    });
+    this.shadowDisagreements = new Counter({
+      name: 'egress_authz_shadow_disagreements_total',
+      help: 'Checks where the shadow policy would have answered differently from the live one',
+      labelNames: ['kind'] as const,
+      registers,
+    });
+    for (const kind of ['allow_to_deny', 'deny_to_allow', 'pool_changed']) bound(this.shadowDisagreements, kind);
+    const shadowEvaluations = new Counter({
+      name: 'egress_authz_shadow_evaluations_total',
+      help: 'Shadow policy evaluations: compared, or skipped because too many were queued',
+      labelNames: ['result'] as const,
+      registers,
+    });
+    this.shadowCompared = bound(shadowEvaluations, 'compared');
+    this.shadowSkipped = bound(shadowEvaluations, 'skipped');
+    this.tenantDecisions = new Counter({
+      name: 'egress_authz_decisions_by_tenant_total',
+      help: `Decisions by namespace (a tenant of the live policy, or any allowed namespace; "${NO_NAMESPACE_LABEL}" without one, "${OTHER_LABEL}" otherwise), SNAT pool and decision`,
+      labelNames: ['namespace', 'snat_pool', 'decision'] as const,
+      registers,
+    });
+  }
+
+  /** Counts one answered check; `policy` is the live policy it was decided on (for its tenant list). */
+  observeDecision(d: Decision, policy: LoadedPolicy | undefined): void {
+    const rc = reasonClass(d);
+    (this.checks[d.caller] ?? this.checks['cli']!)[rc].inc();
+    if (rc === 'identity') this.identityRejections[identityRejectionClass(d.reason)].inc();
+    else if (d.eval_ms > 0) this.evalSeconds.live.observe(d.eval_ms / 1000);
+    this.tenantChild(d, policy).inc();
+  }
+
+  /** The check threw inside the pipeline; the transport answered deny. */
+  observeInternalError(caller: string): void {
+    (this.checks[caller] ?? this.checks['cli']!).internal.inc();
+  }
+
+  observeCheckSeconds(seconds: number): void {
+    this.checkSeconds.observe(seconds);
+  }
+
+  observeSidebandSeconds(seconds: number): void {
+    this.sidebandSeconds.observe(seconds);
+  }
+
+  observeShadow(evalMs: number, disagreement: ShadowDisagreementKind | undefined): void {
+    this.shadowCompared.inc();
+    if (evalMs > 0) this.evalSeconds.shadow.observe(evalMs / 1000);
+    if (disagreement) this.shadowDisagreements.labels(disagreement).inc();
+  }
+
+  observeShadowSkipped(): void {
+    this.shadowSkipped.inc();
+  }
+
+  policyReloaded(policy: PolicyRole, result: 'success' | 'failure'): void {
+    this.reloads.labels(policy, result).inc();
+  }
+
+  policyRevision(policy: PolicyRole, revision: string): void {
+    this.revisionInfo.reset();
+    this.revisions.set(policy, revision);
+    for (const [role, rev] of this.revisions) this.revisionInfo.labels(role, rev).set(1);
+  }
+
+  private tenantChild(d: Decision, policy: LoadedPolicy | undefined): Child {
+    const decision = d.allow ? 'allow' : 'deny';
+    const ns = d.identity?.namespace;
+    // Allowed namespaces are bounded by the policy; a denied one is labelled only if the policy knows it
+    // as a tenant, so a flood of made-up namespaces lands in one "_other" series.
+    const namespace = ns === undefined ? NO_NAMESPACE_LABEL : d.allow || this.tenants(policy).has(ns) ? ns : OTHER_LABEL;
+    const key = `${namespace}\u0000${d.snat_pool}\u0000${decision}`;
+    let child = this.tenantChildren.get(key);
+    if (child === undefined) {
+      if (this.tenantChildren.size >= this.maxTenantSeries) {
+        const overflow = `${OTHER_LABEL}\u0000${OTHER_LABEL}\u0000${decision}`;
+        child = this.tenantChildren.get(overflow) ?? this.tenantDecisions.labels(OTHER_LABEL, OTHER_LABEL, decision);
+        this.tenantChildren.set(overflow, child);
+        return child;
+      }
+      child = this.tenantDecisions.labels(namespace, d.snat_pool, decision);
+      this.tenantChildren.set(key, child);
+    }
+    return child;
+  }
+
+  private tenants(policy: LoadedPolicy | undefined): ReadonlySet<string> {
+    if (!policy) return EMPTY;
+    let set = this.tenantsByPolicy.get(policy);
+    if (!set) {
+      const egress = policy.data?.['egress'];
+      const tenants = typeof egress === 'object' && egress !== null ? (egress as Record<string, unknown>)['tenants'] : undefined;
+      set = new Set(typeof tenants === 'object' && tenants !== null ? Object.keys(tenants) : []);
+      this.tenantsByPolicy.set(policy, set);
+    }
+    return set;
+  }
+}
+
+const EMPTY: ReadonlySet<string> = new Set();
+
+/** A counter child bound once, exported at 0 from the start so rate() and dashboards see it. */
+function bound(counter: Counter<string>, ...values: string[]): Child {
+  const child = counter.labels(...values);
+  child.inc(0);
+  return child;
+}
+
+/** `GET /metrics` in Prometheus text format. */
+export function metricsRoute(metrics: ServiceMetrics): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+  return (_req, res) => {
+    metrics.registry.metrics().then(
+      (text) => {
+        res.writeHead(200, { 'content-type': metrics.registry.contentType, 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+      },
+      () => {
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end('metrics collection failed\n');
+      },
+    );
+  };
+}
+
+/** Wraps the sideband route so its duration is observed from routing to the end of the answer. */
+export function timedRoute(
+  handler: (req: http.IncomingMessage, res: http.ServerResponse) => void,
+  observe: (seconds: number) => void,
+): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+  return (req, res) => {
+    const started = performance.now();
+    res.once('close', () => observe((performance.now() - started) / 1000));
+    handler(req, res);
+  };
+}
+
+/** The Authorizer with the gRPC handling-time histogram and internal-error counting around each check. */
+export class MeteredAuthorizer extends Authorizer {
+  constructor(
+    opts: AuthorizerOptions,
+    private readonly metrics: ServiceMetrics,
+  ) {
+    super(opts);
+  }
+
+  override checkEnvoy(req: CheckRequest): Decision {
+    const started = performance.now();
+    try {
+      return super.checkEnvoy(req);
+    } catch (err) {
+      this.metrics.observeInternalError('envoy');
+      throw err;
+    } finally {
+      this.metrics.observeCheckSeconds((performance.now() - started) / 1000);
+    }
+  }
+
+  override checkSideband(req: SidebandRequest): Decision {
+    try {
+      return super.checkSideband(req);
+    } catch (err) {
+      this.metrics.observeInternalError('sideband');
+      throw err;
+    }
+  }
+}

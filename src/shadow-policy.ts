@@ -1,0 +1,82 @@
+// A candidate policy evaluated beside the live one on the same input, never affecting the answer: the
+// safe way to roll out a stricter egress rule. The comparison runs after the answer has been handed to
+// the transport (setImmediate), so a Check pays only for queueing it; when more comparisons are queued
+// than maxPending (a burst, or a slow candidate), the extra ones are skipped and counted, not queued.
+import type { Logger } from 'pino';
+import { decide, type Decision, type PolicySource } from './decision.js';
+import type { PolicyInput } from './input.js';
+import type { ServiceMetrics, ShadowDisagreementKind } from './metrics.js';
+
+export const DEFAULT_MAX_PENDING = 1000;
+
+export interface ShadowDisagreement {
+  kind: ShadowDisagreementKind;
+  live: Decision;
+  shadow: Decision;
+}
+
+export interface ShadowEvaluatorOptions {
+  log: Logger;
+  metrics?: ServiceMetrics;
+  maxPending?: number;
+  /** every disagreement, after it was logged and counted (tests) */
+  onDisagreement?: (d: ShadowDisagreement) => void;
+}
+
+export class ShadowEvaluator {
+  private pending = 0;
+  private readonly maxPending: number;
+
+  constructor(
+    private readonly shadow: PolicySource,
+    private readonly opts: ShadowEvaluatorOptions,
+  ) {
+    this.maxPending = opts.maxPending ?? DEFAULT_MAX_PENDING;
+  }
+
+  /** Queues the comparison of `live` with the shadow policy's answer to the same input. */
+  readonly observe = (input: PolicyInput, live: Decision): void => {
+    // Without an identity the policy was not asked, and neither would the shadow be.
+    if (live.identity === null || this.shadow.current === undefined) return;
+    if (this.pending >= this.maxPending) {
+      this.opts.metrics?.observeShadowSkipped();
+      return;
+    }
+    this.pending++;
+    setImmediate(() => {
+      this.pending--;
+      this.compare(input, live);
+    });
+  };
+
+  /** Evaluates the shadow policy now; logs and counts a disagreement. */
+  compare(input: PolicyInput, live: Decision): ShadowDisagreement | undefined {
+    const shadow = decide(input, this.shadow.current);
+    const kind = disagreement(live, shadow);
+    this.opts.metrics?.observeShadow(shadow.eval_ms, kind);
+    if (!kind) return undefined;
+    this.opts.log.warn(
+      {
+        decision_id: live.decision_id,
+        caller: live.caller,
+        spiffe_id: live.identity?.spiffe_id ?? '',
+        namespace: live.identity?.namespace ?? '',
+        destination: live.destination,
+        disagreement: kind,
+        live: { allow: live.allow, snat_pool: live.snat_pool, reason: live.reason, policy_revision: live.policy_revision },
+        shadow: { allow: shadow.allow, snat_pool: shadow.snat_pool, reason: shadow.reason, policy_revision: shadow.policy_revision, policy_error: shadow.policy_error },
+      },
+      'shadow policy disagrees',
+    );
+    const found = { kind, live, shadow };
+    this.opts.onDisagreement?.(found);
+    return found;
+  }
+}
+
+function disagreement(live: Decision, shadow: Decision): ShadowDisagreementKind | undefined {
+  if (live.allow && !shadow.allow) return 'allow_to_deny';
+  if (!live.allow && shadow.allow) return 'deny_to_allow';
+  if (live.allow && live.snat_pool !== shadow.snat_pool) return 'pool_changed';
+  return undefined;
+}

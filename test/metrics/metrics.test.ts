@@ -1,0 +1,175 @@
+// /metrics as Prometheus scrapes it, after real checks over gRPC and the sideband route; the reason
+// classes and the bound on tenant label values; the Grafana dashboard uses only metrics that exist.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Decision } from '../../src/decision.js';
+import { identityRejectionClass, IDENTITY_REJECTION_CLASSES, NO_NAMESPACE_LABEL, OTHER_LABEL, reasonClass, ServiceMetrics } from '../../src/metrics.js';
+import { createCa, workloadSvid } from '../support/pki.js';
+import { check, checkClient, checkRequest, loadDefaultPolicy, startTestService, type CheckClient, type TestService } from '../support/service.js';
+import { metricsText, sample } from '../lifecycle/support.js';
+
+const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
+
+describe('GET /metrics after real checks', () => {
+  let svc: TestService;
+  let client: CheckClient;
+  let text: string;
+
+  beforeAll(async () => {
+    svc = await startTestService();
+    client = checkClient(svc.grpcPort);
+    const ca = await createCa();
+    const expired = await workloadSvid(ca, BOOKINFO, { notAfter: new Date(Date.now() - 60_000), notBefore: new Date(Date.now() - 3_600_000) });
+    for (let i = 0; i < 3; i++) await check(client, checkRequest({ principal: BOOKINFO }));
+    await check(client, checkRequest({ principal: 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools' }));
+    for (let i = 0; i < 5; i++) await check(client, checkRequest({ principal: `spiffe://cluster.local/ns/made-up-${i}/sa/x` }));
+    await check(client, checkRequest({}));
+    await check(client, checkRequest({ principal: 'CN=legacy-client' }));
+    await check(client, checkRequest({ certificatePem: expired.certPem }));
+    await check(client, checkRequest({ certificatePem: 'not a certificate' }));
+    const svid = await workloadSvid(ca, BOOKINFO);
+    const res = await fetch(`http://127.0.0.1:${svc.httpPort}/v1/sideband`, { method: 'POST', body: svid.certPem, headers: { 'content-type': 'application/x-pem-file' } });
+    expect(res.status).toBe(200);
+    text = await metricsText(svc.httpPort);
+  });
+  afterAll(async () => {
+    client?.close();
+    await svc?.close(1000);
+  });
+
+  it('is Prometheus text', async () => {
+    const res = await fetch(`http://127.0.0.1:${svc.httpPort}/metrics`);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    expect(text).toMatch(/^# HELP egress_authz_checks_total /m);
+  });
+
+  it('counts checks by caller, decision and reason class', () => {
+    const checks = (labels: string) => sample(text, 'egress_authz_checks_total', labels);
+    expect(checks('caller="envoy",decision="allow",reason_class="allowed"')).toBe(3);
+    expect(checks('caller="envoy",decision="deny",reason_class="policy_deny"')).toBe(6);
+    expect(checks('caller="envoy",decision="deny",reason_class="identity"')).toBe(4);
+    expect(checks('caller="envoy",decision="deny",reason_class="policy_error"')).toBe(0);
+    expect(checks('caller="sideband",decision="allow",reason_class="allowed"')).toBe(1);
+  });
+
+  it('counts identity rejections by class, never by raw reason', () => {
+    expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="missing"')).toBe(1);
+    expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="spiffe_id"')).toBe(1);
+    expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="validity"')).toBe(1);
+    expect(sample(text, 'egress_authz_identity_rejections_total', 'reason_class="pem"')).toBe(1);
+    expect(text).not.toMatch(/CN=legacy|has expired/);
+  });
+
+  it('times every gRPC Check and sideband request; policy evaluation per decision', () => {
+    expect(sample(text, 'egress_authz_sideband_request_duration_seconds_sum')).toBeGreaterThan(0);
+    expect(sample(text, 'grpc_server_handling_seconds_count', 'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"')).toBe(13);
+    expect(sample(text, 'egress_authz_sideband_request_duration_seconds_count')).toBe(1);
+    expect(sample(text, 'egress_authz_policy_eval_seconds_count', 'policy="live"')).toBe(10); // identity failures never reach the policy
+  });
+
+  it('labels decisions by tenant: known tenants and allowed namespaces by name, everything else bounded', () => {
+    const byTenant = (labels: string) => sample(text, 'egress_authz_decisions_by_tenant_total', labels);
+    expect(byTenant('namespace="bookinfo",snat_pool="bookinfo_snat",decision="allow"')).toBe(4);
+    expect(byTenant(`namespace="${OTHER_LABEL}",snat_pool="",decision="deny"`)).toBe(6); // sm-apigw-a and 5 made-up namespaces
+    expect(byTenant(`namespace="${NO_NAMESPACE_LABEL}",snat_pool="",decision="deny"`)).toBe(4);
+    expect(text).not.toMatch(/made-up/);
+  });
+
+  it('exposes the serving policy revision and zero reloads', async () => {
+    expect(sample(text, 'egress_authz_policy_revision_info', `policy="live",revision="${(await loadDefaultPolicy()).revision}"`)).toBe(1);
+    expect(sample(text, 'egress_authz_policy_reloads_total', 'policy="live",result="failure"')).toBe(0);
+  });
+});
+
+describe('a check that fails inside the pipeline', () => {
+  it('is answered deny by the transport and counted as internal, with its handling time', async () => {
+    const svc = await startTestService({
+      onDecision: () => {
+        throw new Error('a bug after the decision');
+      },
+    });
+    const client = checkClient(svc.grpcPort);
+    try {
+      const res = await check(client, checkRequest({ principal: BOOKINFO }));
+      expect(res.status.code).toBe(7);
+      const text = await metricsText(svc.httpPort);
+      expect(sample(text, 'egress_authz_checks_total', 'caller="envoy",decision="deny",reason_class="internal"')).toBe(1);
+      expect(sample(text, 'grpc_server_handling_seconds_count', 'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"')).toBe(1);
+    } finally {
+      client.close();
+      await svc.close(1000);
+    }
+  });
+});
+
+describe('reason classes', () => {
+  const base: Decision = {
+    decision_id: 'x', caller: 'envoy', allow: false, snat_pool: '', reason: 'r', http_status: 403, headers: {}, body: '',
+    identity: { spiffe_id: BOOKINFO, trust_domain: 'cluster.local', path: '/ns/bookinfo/sa/productpage', namespace: 'bookinfo', source: 'principal' },
+    destination: '', policy_revision: 'r1', eval_ms: 0.1,
+  };
+
+  it('classifies decisions into the fixed set', () => {
+    expect(reasonClass({ ...base, allow: true })).toBe('allowed');
+    expect(reasonClass(base)).toBe('policy_deny');
+    expect(reasonClass({ ...base, policy_error: 'policy result undefined' })).toBe('policy_error');
+    expect(reasonClass({ ...base, identity: null })).toBe('identity');
+    expect(reasonClass({ ...base, identity: null, decision_id: '' })).toBe('internal');
+  });
+
+  it.each([
+    ['no client identity', 'missing'],
+    ['source principal is not a SPIFFE ID', 'spiffe_id'],
+    ['source principal: invalid SPIFFE ID: trust domain is missing', 'spiffe_id'],
+    ['certificate SPIFFE ID and source principal differ', 'mismatch'],
+    ['certificate has expired', 'validity'],
+    ['certificate is not yet valid', 'validity'],
+    ['certificate PEM is empty', 'pem'],
+    ['source certificate is not valid URL-encoded PEM', 'pem'],
+    ['leaf certificate has no URI SAN', 'svid'],
+    ["leaf certificate must have 'digitalSignature' set as key usage", 'svid'],
+    ['leaf certificate URI SAN: invalid SPIFFE ID: bad', 'svid'],
+    ['certificate is not valid DER', 'svid'],
+    ['principal evidence is not a string', 'other'],
+    ['something new', 'other'],
+  ])('%s → %s', (reason, cls) => {
+    expect(identityRejectionClass(reason)).toBe(cls);
+    expect(IDENTITY_REJECTION_CLASSES).toContain(cls);
+  });
+
+  it('caps the tenant series: past the bound every new combination is one overflow series', async () => {
+    const metrics = new ServiceMetrics({ maxTenantSeries: 3 });
+    for (let i = 0; i < 50; i++) {
+      const ns = `allowed-${i}`;
+      metrics.observeDecision({ ...base, allow: true, snat_pool: `pool_${i}`, identity: { ...base.identity!, namespace: ns } }, undefined);
+    }
+    const text = await metrics.registry.getSingleMetricAsString('egress_authz_decisions_by_tenant_total');
+    const series = text.split('\n').filter((l) => l.startsWith('egress_authz_decisions_by_tenant_total{'));
+    expect(series).toHaveLength(4);
+    expect(sample(text, 'egress_authz_decisions_by_tenant_total', `namespace="${OTHER_LABEL}",snat_pool="${OTHER_LABEL}",decision="allow"`)).toBe(47);
+  });
+});
+
+describe('Grafana dashboard', () => {
+  const dashboard = JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'deploy', 'grafana', 'egress-authz-dashboard.json'), 'utf8'));
+  const panels: { title: string; targets?: { expr: string }[] }[] = dashboard.panels;
+
+  it('queries only metrics the service exports', async () => {
+    const exported = new Set((await new ServiceMetrics().registry.getMetricsAsJSON()).map((m) => m.name));
+    const used = new Set<string>();
+    for (const p of panels) for (const t of p.targets ?? []) for (const m of t.expr.matchAll(/\b(egress_authz_\w+|grpc_server_\w+)/g)) used.add(m[1]!.replace(/_(bucket|count|sum)$/, ''));
+    expect(used.size).toBeGreaterThanOrEqual(8);
+    for (const name of used) expect(exported, `dashboard uses ${name}`).toContain(name);
+  });
+
+  it('shows egress per tenant, denials by reason class, p50/p99 latency, reloads, shadow disagreements', () => {
+    const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr)).join('\n');
+    expect(exprs).toMatch(/egress_authz_decisions_by_tenant_total/);
+    expect(exprs).toMatch(/reason_class/);
+    expect(exprs).toMatch(/histogram_quantile\(0\.5,/);
+    expect(exprs).toMatch(/histogram_quantile\(0\.99,/);
+    expect(exprs).toMatch(/egress_authz_policy_reloads_total/);
+    expect(exprs).toMatch(/egress_authz_shadow_disagreements_total/);
+  });
+});
