@@ -32,7 +32,7 @@ FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production
 # A bounded old generation: V8 otherwise lets garbage pile up to a limit sized for the host, not the pod
 # (see README, Memory). The same flag as `npm start`, the benchmark and the soak.
-ENV NODE_OPTIONS=--max-old-space-size=96
+ENV NODE_OPTIONS=--max-old-space-size=128
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force

@@ -78,7 +78,7 @@ const systems = {
     async start(grpcAddr) {
       const httpAddr = `127.0.0.1:${await freePort()}`;
       // Its decision log (one JSON line per Check, on stdout) goes to /dev/null, like opa-envoy-plugin's.
-      return startProcess('taskset', ['-c', String(SERVER_CORE), process.execPath, '--max-old-space-size=96', join(root, 'dist', 'cli.js'), 'serve', '--grpc-addr', grpcAddr, '--http-addr', httpAddr], {
+      return startProcess('taskset', ['-c', String(SERVER_CORE), process.execPath, '--max-old-space-size=128', join(root, 'dist', 'cli.js'), 'serve', '--grpc-addr', grpcAddr, '--http-addr', httpAddr], {
         cwd: root,
         stdout: sink('egress-authz'),
         stderr: sink('egress-authz'),

@@ -55,7 +55,7 @@ const pems = { bookinfo: svid('bookinfo', 'spiffe://cluster.local/ns/bookinfo/sa
 rmSync(dir, { recursive: true, force: true });
 
 // The service under soak.
-const server = spawn(process.execPath, ['--max-old-space-size=96', join(root, 'dist', 'cli.js'), 'serve', '--grpc-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0', '--policy', join(root, 'policies'), '--log-level', 'info'], {
+const server = spawn(process.execPath, ['--max-old-space-size=128', join(root, 'dist', 'cli.js'), 'serve', '--grpc-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0', '--policy', join(root, 'policies'), '--log-level', 'info'], {
   cwd: root,
   stdio: ['ignore', 'pipe', 'inherit'],
 });
