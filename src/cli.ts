@@ -24,7 +24,7 @@ export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 const USAGE = `usage: egress-authz <command> [options]
 
 commands:
-  serve   [--grpc-addr H:P] [--http-addr H:P] [--policy PATH|URL] [--entrypoint E]
+  serve   [--grpc-addr H:P] [--http-addr H:P] [--health-addr H:P] [--policy PATH|URL] [--entrypoint E]
           [--policy-poll-interval DURATION] [--policy-cases PATH] [--shadow-policy PATH|URL]
           [--trusted-identity-header NAME] [--log-level LEVEL]
           [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--allowed-caller ID]...]]
@@ -86,6 +86,7 @@ async function serve(argv: string[]): Promise<number> {
   const { values } = args(argv, {
     'grpc-addr': { type: 'string', default: '0.0.0.0:9191' },
     'http-addr': { type: 'string', default: '0.0.0.0:8181' },
+    'health-addr': { type: 'string' },
     policy: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
     'trusted-identity-header': { type: 'string' },
@@ -155,6 +156,7 @@ async function serve(argv: string[]): Promise<number> {
   const service = await startService({
     grpcAddr: values['grpc-addr'] as string,
     httpAddr: values['http-addr'] as string,
+    ...(values['health-addr'] !== undefined ? { healthAddr: values['health-addr'] as string } : {}),
     policy: live.current!,
     policies: live,
     shadowPolicies: shadow,

@@ -40,6 +40,12 @@ export interface ServiceOptions {
   metrics?: ServiceMetrics;
   /** more fields for the /readyz body (last reload outcome, shadow revision) */
   readyDetail?: () => Record<string, unknown>;
+  /**
+   * A plain-HTTP listener with /healthz, /readyz and /metrics only: for kubelet probes and Prometheus,
+   * which cannot present a client certificate when the main listeners require one. It answers no
+   * decision, so it needs no caller check.
+   */
+  healthAddr?: string;
 }
 
 export interface RunningService {
@@ -50,6 +56,8 @@ export interface RunningService {
   metrics: ServiceMetrics;
   grpcServer: grpc.Server;
   httpServer: http.Server;
+  /** the probe listener's port when `healthAddr` was given */
+  healthPort?: number;
   /** stop accepting, let in-flight checks finish (bounded), close both listeners */
   close(graceMs?: number): Promise<void>;
 }
@@ -110,11 +118,16 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   // New handshakes on the HTTPS listener use rotated certificates; established connections keep theirs.
   const unsubscribe = tls?.files.subscribe(() => (httpServer as unknown as TlsServer).setSecureContext(httpsServerOptions(tls.files)));
   const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr, tls ? grpcServerCredentials(tls.files) : undefined);
+  const readiness = () => ({ ready: isReady(), detail: { policy_revision: policies.current?.revision ?? '', ...opts.readyDetail?.() } });
+  const healthServer = opts.healthAddr === undefined ? undefined : createHttpServer({ ready: readiness, routes: { 'GET /metrics': routes['GET /metrics']! } });
   let httpPort: number;
+  let healthPort: number | undefined;
   try {
     httpPort = await listen(httpServer, opts.httpAddr);
+    if (healthServer) healthPort = await listen(healthServer, opts.healthAddr!);
   } catch (err) {
     grpcServer.forceShutdown();
+    httpServer.close();
     unsubscribe?.();
     throw err;
   }
@@ -122,6 +135,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     {
       grpc_port: grpcPort,
       http_port: httpPort,
+      ...(healthPort !== undefined ? { health_port: healthPort } : {}),
       policy_revision: opts.policy.revision,
       policy_source: opts.policy.source,
       tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
@@ -138,6 +152,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     metrics,
     grpcServer,
     httpServer,
+    ...(healthPort !== undefined ? { healthPort } : {}),
     async close(graceMs = 5000) {
       // Not ready first (health NOT_SERVING, /readyz 503, Watch streams ended), then stop accepting and
       // let what was accepted finish; whatever is still open when the grace period ends is cut.
@@ -168,7 +183,17 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
         });
         httpServer.closeIdleConnections();
       });
-      await Promise.all([grpcDone, httpDone]);
+      // The probe listener goes last-but-together: it keeps saying "not ready" while the others drain.
+      const healthDone = new Promise<void>((resolve) => {
+        if (!healthServer) return resolve();
+        healthServer.close(() => resolve());
+        healthServer.closeIdleConnections();
+        setTimeout(() => {
+          healthServer.closeAllConnections();
+          resolve();
+        }, graceMs).unref();
+      });
+      await Promise.all([grpcDone, httpDone, healthDone]);
     },
   };
 }

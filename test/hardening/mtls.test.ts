@@ -105,7 +105,7 @@ describe('mTLS on both listeners', () => {
       { certFile: pki.files.cert, keyFile: pki.files.key, clientCaFile: pki.files.clientCa },
       { pollMs: 250, onReload: () => reloads.push(Date.now()) },
     );
-    svc = await startTestService({ tls: { files, allowedCallers: patterns(ALLOWED_CALLERS) } });
+    svc = await startTestService({ tls: { files, allowedCallers: patterns(ALLOWED_CALLERS) }, healthAddr: '127.0.0.1:0' });
     workload = (await workloadSvid(pki.ca, BOOKINFO)).certPem;
   });
   afterAll(async () => {
@@ -131,6 +131,19 @@ describe('mTLS on both listeners', () => {
       c.close();
     }
   }
+
+  it('the plain probe listener (--health-addr) answers health and metrics, and never a decision', async () => {
+    const base = `http://127.0.0.1:${svc.healthPort}`;
+    const ready = await fetch(`${base}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(((await ready.json()) as { policy_revision: string }).policy_revision).toBe(svc.policies.current!.revision);
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/egress_authz_checks_total/);
+    const before = svc.decisions.length;
+    const sideband = await fetch(`${base}/v1/sideband`, { method: 'POST', body: workload, headers: { 'content-type': 'application/x-pem-file' } });
+    expect(sideband.status).toBe(404);
+    expect(svc.decisions.length).toBe(before);
+  });
 
   it('gRPC: an allowed caller gets decisions (exact ID and subtree pattern)', async () => {
     for (const client of [pki.gateway, pki.bigip]) {
