@@ -126,8 +126,10 @@ async function serve(argv: string[]): Promise<number> {
   const pollMs = interval === undefined ? undefined : duration('--policy-poll-interval', interval);
   if (pollMs !== undefined && pollMs < 100) throw new UsageError('--policy-poll-interval must be at least 100ms');
   const metrics = new ServiceMetrics({ defaultMetrics: true });
-  const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) =>
-    PolicyStore.open(await openBundleSource(where, { pollMs }), { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string }, casesPath });
+  const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
+    const source = await openBundleSource(where, { pollMs });
+    return PolicyStore.open(source, { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string }, casesPath, waitForFirst: source.kind === 'url' });
+  };
   let live: PolicyStore;
   let shadow: PolicyStore | undefined;
   let loading = location;
@@ -157,7 +159,7 @@ async function serve(argv: string[]): Promise<number> {
     grpcAddr: values['grpc-addr'] as string,
     httpAddr: values['http-addr'] as string,
     ...(values['health-addr'] !== undefined ? { healthAddr: values['health-addr'] as string } : {}),
-    policy: live.current!,
+    ...(live.current ? { policy: live.current } : {}),
     policies: live,
     shadowPolicies: shadow,
     metrics,

@@ -78,14 +78,27 @@ export class PolicyStore implements PolicySource {
     this.role = opts.role ?? 'live';
   }
 
-  /** Loads and checks the first version; rejects when it cannot be served (nothing to fall back to). */
-  static async open(source: BundleSource, opts: PolicyStoreOptions): Promise<PolicyStore> {
+  /**
+   * Loads and checks the first version; rejects when it cannot be served (nothing to fall back to).
+   * With `waitForFirst`, a first version that cannot be had is logged instead and the store starts
+   * empty: the service is not ready and denies every check until polling brings a good version (what
+   * OPA does when its bundle server is down at start; a local file or folder should fail loudly).
+   */
+  static async open(source: BundleSource, opts: PolicyStoreOptions & { waitForFirst?: boolean }): Promise<PolicyStore> {
     const store = new PolicyStore(source, opts);
-    const version = await source.fetch({ force: true });
-    if (!version) throw new Error(`policy ${source.location}: nothing fetched`);
-    const policy = await store.loadChecked(version.load.bind(version));
-    store.current = policy;
-    opts.metrics?.policyRevision(store.role, policy.revision);
+    try {
+      const version = await source.fetch({ force: true });
+      if (!version) throw new Error(`policy ${source.location}: nothing fetched`);
+      const policy = await store.loadChecked(version.load.bind(version));
+      store.current = policy;
+      opts.metrics?.policyRevision(store.role, policy.revision);
+    } catch (err) {
+      if (!opts.waitForFirst) throw err;
+      const error = (err as Error).message;
+      store.lastReload = { result: 'failure', trigger: 'start', revision: '', ms: 0, at: new Date(), error };
+      opts.metrics?.policyReloaded(store.role, 'failure');
+      opts.log.error({ policy: store.role, policy_source: source.location, err: error }, 'no policy yet; not ready, denying every check, retrying at each poll');
+    }
     return store;
   }
 

@@ -19,7 +19,8 @@ import { ShadowEvaluator, type ShadowEvaluatorOptions } from './shadow-policy.js
 export interface ServiceOptions {
   grpcAddr: string;
   httpAddr: string;
-  policy: LoadedPolicy;
+  /** the policy to serve; without it (and without `policies` holding one) the service starts not ready */
+  policy?: LoadedPolicy;
   logger: Logger;
   trustedIdentityHeader?: string;
   /** extra HTTP routes, besides the BIG-IP sideband (`POST /v1/sideband`) that every service has */
@@ -136,8 +137,8 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       grpc_port: grpcPort,
       http_port: httpPort,
       ...(healthPort !== undefined ? { health_port: healthPort } : {}),
-      policy_revision: opts.policy.revision,
-      policy_source: opts.policy.source,
+      policy_revision: policies.current?.revision ?? '',
+      policy_source: policies.current?.source ?? '',
       tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
       allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
     },
