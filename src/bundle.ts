@@ -2,7 +2,7 @@
 // from memory. A bundle may come from a remote server, so it is treated as hostile: sizes are capped
 // before and after decompression, and only plain files with safe relative paths are read.
 import { promisify } from 'node:util';
-import { gunzip } from 'node:zlib';
+import { gunzip, gzipSync } from 'node:zlib';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -29,11 +29,8 @@ interface TarEntry {
   body: Uint8Array;
 }
 
-/**
- * Unpacks and checks a bundle. `entrypoint` picks the Wasm module when the manifest lists several.
- * Rejects with a message saying what is wrong (not gzip, too large, unsafe path, no policy.wasm, …).
- */
-export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string } = {}): Promise<PolicyBundle> {
+/** The bundle's files by path (leading "/" removed), after the size, path and duplicate checks. */
+export async function readBundleFiles(bytes: Uint8Array): Promise<Map<string, Uint8Array>> {
   if (bytes.byteLength > MAX_BUNDLE_BYTES) throw new Error(`bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
   let tar: Uint8Array;
   try {
@@ -48,6 +45,46 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
     if (files.has(entry.path)) throw new Error(`bundle has two entries for ${entry.path}`);
     files.set(entry.path, entry.body);
   }
+  return files;
+}
+
+/**
+ * A bundle from files: a ustar archive, gzip-compressed, entries in path order with fixed times and
+ * owners, so the same files always give the same bytes (and the same content-hash revision).
+ */
+export function writeBundleFiles(files: ReadonlyMap<string, Uint8Array>): Buffer {
+  const blocks: Uint8Array[] = [];
+  for (const path of [...files.keys()].sort()) {
+    const body = files.get(path)!;
+    // Rooted names, as `opa build` writes them: OPA matches the manifest's "/policy.wasm" against them.
+    const name = path.startsWith('/') ? path : `/${path}`;
+    if (Buffer.byteLength(name) > 100) throw new Error(`bundle path ${name} is longer than 100 bytes`);
+    const header = Buffer.alloc(512);
+    header.write(name, 0, 'utf8');
+    header.write('0000644\0', 100, 'ascii');
+    header.write('0000000\0', 108, 'ascii');
+    header.write('0000000\0', 116, 'ascii');
+    header.write(`${body.byteLength.toString(8).padStart(11, '0')}\0`, 124, 'ascii');
+    header.write('00000000000\0', 136, 'ascii');
+    header.write('        ', 148, 'ascii');
+    header.write('0', 156, 'ascii');
+    header.write('ustar\0', 257, 'ascii');
+    header.write('00', 263, 'ascii');
+    let sum = 0;
+    for (const b of header) sum += b;
+    header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'ascii');
+    blocks.push(header, body, Buffer.alloc((512 - (body.byteLength % 512)) % 512));
+  }
+  blocks.push(Buffer.alloc(1024));
+  return gzipSync(Buffer.concat(blocks));
+}
+
+/**
+ * Unpacks and checks a bundle. `entrypoint` picks the Wasm module when the manifest lists several.
+ * Rejects with a message saying what is wrong (not gzip, too large, unsafe path, no policy.wasm, …).
+ */
+export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string } = {}): Promise<PolicyBundle> {
+  const files = await readBundleFiles(bytes);
 
   let manifest: BundleManifest | undefined;
   const manifestBytes = files.get('.manifest');

@@ -26,7 +26,7 @@ const USAGE = `usage: egress-authz <command> [options]
 commands:
   serve   [--grpc-addr H:P] [--http-addr H:P] [--health-addr H:P] [--policy PATH|URL] [--entrypoint E]
           [--policy-poll-interval DURATION] [--policy-cases PATH] [--shadow-policy PATH|URL]
-          [--trusted-identity-header NAME] [--log-level LEVEL]
+          [--trusted-identity-header NAME] [--log-level LEVEL] [--policy-memo on|off]
           [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--allowed-caller ID]...]]
           [--shutdown-grace DUR] [--check-deadline DUR] [--grpc-max-message-bytes N]
           gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health, /metrics and the
@@ -101,7 +101,10 @@ async function serve(argv: string[]): Promise<number> {
     'shutdown-grace': { type: 'string', default: '10s' },
     'check-deadline': { type: 'string', default: '200ms' },
     'grpc-max-message-bytes': { type: 'string', default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES) },
+    'policy-memo': { type: 'string', default: 'on' },
   });
+  const memo = values['policy-memo'];
+  if (memo !== 'on' && memo !== 'off') throw new UsageError('--policy-memo takes on or off');
   const graceMs = duration('--shutdown-grace', values['shutdown-grace'] as string);
   const checkDeadlineMs = duration('--check-deadline', values['check-deadline'] as string);
   const maxMessage = Number(values['grpc-max-message-bytes']);
@@ -128,7 +131,7 @@ async function serve(argv: string[]): Promise<number> {
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
     const source = await openBundleSource(where, { pollMs });
-    return PolicyStore.open(source, { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string }, casesPath, waitForFirst: source.kind === 'url' });
+    return PolicyStore.open(source, { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string, memoize: memo === 'on' }, casesPath, waitForFirst: source.kind === 'url' });
   };
   let live: PolicyStore;
   let shadow: PolicyStore | undefined;

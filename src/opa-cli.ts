@@ -1,9 +1,11 @@
 // The `opa` CLI is a build tool here, never a server: it compiles Rego to Wasm (`opa build -t wasm`) and
 // runs Rego unit tests (`opa test`). Evaluation happens in-process with the Wasm SDK (see policy.ts).
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readBundleFiles, writeBundleFiles } from './bundle.js';
+import { inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
 
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 
@@ -123,6 +125,37 @@ export async function buildWasmBundle(policyDir: string, outFile: string, entryp
   if (out.code !== 0) {
     throw new Error(`opa build failed for ${policyDir}:\n${(out.stderr || out.stdout).trim()}`);
   }
+  await stampInputFootprint(outFile, policyRegoSources(policyDir));
+}
+
+/**
+ * The Rego modules `opa build` compiled from a folder: every .rego file outside what BUILD_IGNORES
+ * names. Symlinks are followed, so nothing OPA reads is missed (reading more is only conservative).
+ */
+function policyRegoSources(dir: string): string[] {
+  const sources: string[] = [];
+  const walk = (d: string): void => {
+    for (const name of readdirSync(d).sort()) {
+      if (name === 'cases' || name.startsWith('.') || name.endsWith('_test.rego')) continue;
+      const path = join(d, name);
+      const info = statSync(path);
+      if (info.isDirectory()) walk(path);
+      else if (name.endsWith('.rego')) sources.push(readFileSync(path, 'utf8'));
+    }
+  };
+  walk(dir);
+  return sources;
+}
+
+/** Writes the footprint of the policy's source into the bundle manifest (see input-footprint.ts). */
+async function stampInputFootprint(bundleFile: string, sources: string[]): Promise<void> {
+  const files = await readBundleFiles(readFileSync(bundleFile));
+  const manifestBytes = files.get('.manifest');
+  const manifest = manifestBytes ? (JSON.parse(Buffer.from(manifestBytes).toString('utf8')) as Record<string, unknown>) : {};
+  const metadata = typeof manifest.metadata === 'object' && manifest.metadata !== null ? (manifest.metadata as Record<string, unknown>) : {};
+  manifest.metadata = { ...metadata, [MANIFEST_METADATA_KEY]: inputFootprint(sources) };
+  files.set('.manifest', Buffer.from(JSON.stringify(manifest)));
+  writeFileSync(bundleFile, writeBundleFiles(files));
 }
 
 export interface OpaTestCase {

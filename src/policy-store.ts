@@ -10,6 +10,7 @@ import type { PolicySource } from './decision.js';
 import type { PolicyRole, ServiceMetrics } from './metrics.js';
 import { runOpaTest } from './opa-cli.js';
 import { runPolicyCases, type CaseDecide } from './policy-cases.js';
+import { footprintFields } from './input-footprint.js';
 import type { LoadedPolicy, LoadPolicyOptions } from './policy.js';
 
 /** The pipeline `egress-authz test` runs each case through (decideCase: the same as a Check). */
@@ -164,7 +165,7 @@ export class PolicyStore implements PolicySource {
     this.current = candidate; // the swap: one assignment, seen by every Check that starts after it
     this.opts.metrics?.policyRevision(this.role, candidate.revision);
     const o = outcome('success');
-    log.info({ policy: this.role, trigger, policy_source: this.source.location, policy_revision: candidate.revision, previous_revision: previous, reload_ms: Math.round(o.ms) }, 'policy reloaded');
+    log.info({ policy: this.role, trigger, policy_source: this.source.location, policy_revision: candidate.revision, previous_revision: previous, reload_ms: Math.round(o.ms), ...footprintFields(candidate.inputFootprint) }, 'policy reloaded');
     return o;
   }
 

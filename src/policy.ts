@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
+import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { fail, ok, type Result } from './result.js';
 
@@ -41,6 +42,8 @@ export interface LoadedPolicy {
   readonly entrypoint: string;
   /** synchronous, never throws */
   evaluate(input: unknown): Result<PolicyResult>;
+  /** the input fields the policy reads and whether its answers are remembered; undefined: whole input */
+  readonly inputFootprint?: InputFootprint;
   // Optional so that stand-ins (test fakes) need only the members above.
   /** the data document the policy evaluates against (do not mutate) */
   readonly data?: Readonly<Record<string, unknown>>;
@@ -55,6 +58,8 @@ export interface LoadPolicyOptions {
   entrypoint?: string;
   /** an evaluation taking longer than this is a failure (fail closed) */
   evalBudgetMs?: number;
+  /** false: always hand the policy the whole input and never remember answers (input-footprint.ts) */
+  memoize?: boolean;
 }
 
 /**
@@ -104,6 +109,7 @@ export async function loadPolicyBundle(bytes: Uint8Array, opts: LoadPolicyOption
     source: opts.source,
     entrypoint,
     evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
+    footprint: opts.memoize === false ? undefined : footprintFromManifest(bundle.manifest),
   });
 }
 
@@ -127,7 +133,13 @@ interface WasmPolicyMeta {
   source: string;
   entrypoint: string;
   evalBudgetMs: number;
+  footprint: InputFootprint | undefined;
 }
+
+/** Remembered answers per policy instance: a new revision or data overlay starts empty. */
+const MEMO_ENTRIES = 4096;
+/** Projected inputs longer than this (as JSON) are evaluated but not remembered. */
+const MEMO_MAX_KEY_CHARS = 8192;
 
 // Bounds what one evaluation can take from the heap; growth past it aborts the evaluation (a deny).
 const WASM_MEMORY = { initial: 5, maximum: 4096 } as const; // 64 KiB pages: 320 KiB .. 256 MiB
@@ -139,6 +151,8 @@ class WasmPolicy implements LoadedPolicy {
   private instance: OpaWasmPolicy;
   private entrypointId: number;
   private poisoned = false;
+  readonly inputFootprint: InputFootprint | undefined;
+  private readonly memo: Map<string, Result<PolicyResult>> | undefined;
 
   private constructor(
     private readonly module: CompiledWasm,
@@ -152,6 +166,8 @@ class WasmPolicy implements LoadedPolicy {
     this.entrypoint = meta.entrypoint;
     this.instance = instance;
     this.entrypointId = entrypointId;
+    this.inputFootprint = meta.footprint;
+    this.memo = meta.footprint?.keys && meta.footprint.deterministic ? new Map() : undefined;
   }
 
   static async create(module: CompiledWasm, data: Record<string, unknown>, meta: WasmPolicyMeta): Promise<WasmPolicy> {
@@ -171,7 +187,34 @@ class WasmPolicy implements LoadedPolicy {
     return new WasmPolicy(module, data, meta, instance, id);
   }
 
+  /**
+   * The policy sees only the input fields its source reads (no other field can change its answer),
+   * and a deterministic policy's successful answers are remembered per projected input: the Check path
+   * repeats the same few identities and destinations thousands of times a second.
+   */
   evaluate(input: unknown): Result<PolicyResult> {
+    const keys = this.inputFootprint?.keys;
+    if (!keys || !isObject(input)) return this.evaluateWasm(input);
+    const projected = project(input, keys);
+    if (!this.memo) return this.evaluateWasm(projected);
+    const key = JSON.stringify(projected);
+    const hit = this.memo.get(key);
+    if (hit) {
+      // Map order is insertion order: re-inserting marks the entry as recently used.
+      this.memo.delete(key);
+      this.memo.set(key, hit);
+      return hit;
+    }
+    const result = this.evaluateWasm(projected);
+    // Failures are not remembered: an over-budget or aborted evaluation may succeed next time.
+    if (result.ok && key.length <= MEMO_MAX_KEY_CHARS) {
+      if (this.memo.size >= MEMO_ENTRIES) this.memo.delete(this.memo.keys().next().value as string);
+      this.memo.set(key, Object.freeze(result));
+    }
+    return result;
+  }
+
+  private evaluateWasm(input: unknown): Result<PolicyResult> {
     // Wasm runs synchronously on this thread and cannot be interrupted; the budget is measured and an
     // evaluation that overran is answered with a failure (deny) rather than a late allow.
     const started = performance.now();
@@ -205,6 +248,14 @@ class WasmPolicy implements LoadedPolicy {
     const data = deepMerge(this.data, overlay);
     return WasmPolicy.create(this.module, data, { ...this.meta, revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}` });
   }
+}
+
+function project(input: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of keys) {
+    if (Object.prototype.hasOwnProperty.call(input, k) && input[k] !== undefined) out[k] = input[k];
+  }
+  return out;
 }
 
 function instantiateSync(module: CompiledWasm): OpaWasmPolicy {

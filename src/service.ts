@@ -11,6 +11,7 @@ import { addGrpcHealth } from './grpc-health.js';
 import { bindGrpcServer, createGrpcServer } from './grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from './http-server.js';
 import { MeteredAuthorizer, metricsRoute, ServiceMetrics, timedRoute } from './metrics.js';
+import { footprintFields } from './input-footprint.js';
 import type { LoadedPolicy } from './policy.js';
 import { grpcServerCredentials, httpsServerOptions, type CallerPattern, type CertificateFiles, type PeerPolicy } from './tls.js';
 import { configureSidebandServer, sidebandRoutes } from './sideband.js';
@@ -139,6 +140,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       ...(healthPort !== undefined ? { health_port: healthPort } : {}),
       policy_revision: policies.current?.revision ?? '',
       policy_source: policies.current?.source ?? '',
+      ...(policies.current ? footprintFields(policies.current.inputFootprint) : {}),
       tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
       allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
     },
