@@ -3,8 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pino from 'pino';
-import { Authorizer } from '../dist/authorizer.js';
-import { loadPolicy } from '../dist/policy.js';
+import { Authorizer } from '../dist/decision/authorizer.js';
+import { loadPolicy } from '../dist/policy/policy.js';
 import { defaultPolicyLocation } from '../dist/cli.js';
 import { checkRequest } from './check-request.mjs';
 import { makePki } from './pki.mjs';

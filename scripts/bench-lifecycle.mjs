@@ -6,12 +6,12 @@
 // 2. over gRPC on loopback: 8 concurrent callers, p50/p99 latency and throughput, without and with shadow.
 import { join } from 'node:path';
 import pino from 'pino';
-import { Authorizer } from '../dist/authorizer.js';
-import { authorizationClient } from '../dist/envoy-protos.js';
-import { MeteredAuthorizer, ServiceMetrics } from '../dist/metrics.js';
-import { loadPolicy } from '../dist/policy.js';
-import { MutablePolicySource, startService } from '../dist/service.js';
-import { ShadowEvaluator } from '../dist/shadow-policy.js';
+import { Authorizer } from '../dist/decision/authorizer.js';
+import { authorizationClient } from '../dist/transport/envoy-protos.js';
+import { MeteredAuthorizer, ServiceMetrics } from '../dist/service/metrics.js';
+import { loadPolicy } from '../dist/policy/policy.js';
+import { MutablePolicySource, startService } from '../dist/service/service.js';
+import { ShadowEvaluator } from '../dist/lifecycle/shadow-policy.js';
 import * as grpc from '@grpc/grpc-js';
 
 const N = Number(process.argv[2] ?? 100_000);

@@ -5,11 +5,11 @@
 // request's evidence really names.
 import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Authorizer } from '../../src/authorizer.js';
-import type { Decision } from '../../src/decision.js';
-import type { CheckRequest } from '../../src/input.js';
-import { parseSpiffeId } from '../../src/spiffe-id.js';
-import { MutablePolicySource } from '../../src/service.js';
+import { Authorizer } from '../../src/decision/authorizer.js';
+import type { Decision } from '../../src/decision/decision.js';
+import type { CheckRequest } from '../../src/decision/input.js';
+import { parseSpiffeId } from '../../src/identity/spiffe-id.js';
+import { MutablePolicySource } from '../../src/service/service.js';
 import { createCa, workloadSvid, type IssuedCert } from '../support/pki.js';
 import { loadDefaultPolicy } from '../support/service.js';
 import { FUZZ_RUNS } from './runs.js';

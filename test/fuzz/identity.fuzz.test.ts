@@ -5,9 +5,9 @@
 // look-alike.
 import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { resolveIdentity } from '../../src/identity.js';
-import { parseSpiffeId } from '../../src/spiffe-id.js';
-import { parsePemBlocks, parseX509Svid, parseX509SvidPem } from '../../src/x509-svid.js';
+import { resolveIdentity } from '../../src/identity/identity.js';
+import { parseSpiffeId } from '../../src/identity/spiffe-id.js';
+import { parsePemBlocks, parseX509Svid, parseX509SvidPem } from '../../src/identity/x509-svid.js';
 import { createCa, workloadSvid, type IssuedCert } from '../support/pki.js';
 import { FUZZ_RUNS } from './runs.js';
 

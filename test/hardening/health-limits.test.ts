@@ -3,8 +3,8 @@ import http from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { LoadedPolicy } from '../../src/policy.js';
-import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/x509-svid.js';
+import type { LoadedPolicy } from '../../src/policy/policy.js';
+import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
 import { check, checkClient, checkRequest, loadDefaultPolicy, startTestService, type TestService } from '../support/service.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';

@@ -1,6 +1,6 @@
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { resolveIdentity, toIdentity } from '../../src/identity.js';
-import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/x509-svid.js';
+import { resolveIdentity, toIdentity } from '../../src/identity/identity.js';
+import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
 import { createCa, issue, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/default';

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_SPIFFE_ID_BYTES, MAX_TRUST_DOMAIN_BYTES, parseSpiffeId } from '../../src/spiffe-id.js';
+import { MAX_SPIFFE_ID_BYTES, MAX_TRUST_DOMAIN_BYTES, parseSpiffeId } from '../../src/identity/spiffe-id.js';
 
 const TD_CHARSET = 'invalid SPIFFE ID: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores';
 const PATH_CHARSET = 'invalid SPIFFE ID: path segment characters are limited to letters, numbers, dots, dashes, and underscores';

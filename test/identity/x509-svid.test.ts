@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { clearX509SvidCache, parsePemBlocks, parseX509Svid, parseX509SvidPem } from '../../src/x509-svid.js';
+import { clearX509SvidCache, parsePemBlocks, parseX509Svid, parseX509SvidPem } from '../../src/identity/x509-svid.js';
 import { createCa, EKU, issue, KeyUsage, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/default';

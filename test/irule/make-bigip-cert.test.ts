@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inspectCertificate } from '../../src/inspect.js';
+import { inspectCertificate } from '../../src/identity/inspect.js';
 import { createCa } from '../support/pki.js';
 
 const SCRIPT = join(import.meta.dirname, '..', '..', 'deploy', 'bigip', 'make-bigip-cert.sh');

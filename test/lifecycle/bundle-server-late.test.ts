@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openBundleSource } from '../../src/bundle-source.js';
-import { ServiceMetrics } from '../../src/metrics.js';
-import { PolicyStore, reloadStatus } from '../../src/policy-store.js';
+import { openBundleSource } from '../../src/lifecycle/bundle-source.js';
+import { ServiceMetrics } from '../../src/service/metrics.js';
+import { PolicyStore, reloadStatus } from '../../src/lifecycle/policy-store.js';
 import { check, checkClient, checkRequest, startTestService, type TestService } from '../support/service.js';
 import { BOOKINFO, snatPool, variantBundle, waitFor } from './support.js';
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readBundle } from '../../src/bundle.js';
+import { readBundle } from '../../src/policy/bundle.js';
 import { metricsText, policyVariant, replaceFile, sample, waitFor } from './support.js';
 
 const run = promisify(execFile);

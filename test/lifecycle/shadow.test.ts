@@ -4,8 +4,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MutablePolicySource } from '../../src/service.js';
-import { loadPolicy } from '../../src/policy.js';
+import { MutablePolicySource } from '../../src/service/service.js';
+import { loadPolicy } from '../../src/policy/policy.js';
 import { check, checkClient, checkRequest, startTestService, type CheckClient, type TestService } from '../support/service.js';
 import { BOOKINFO, metricsText, policyVariant, sample, snatPool, waitFor } from './support.js';
 

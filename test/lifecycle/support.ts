@@ -3,10 +3,10 @@
 import { cpSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pino from 'pino';
-import { openBundleSource, type BundleSourceOptions } from '../../src/bundle-source.js';
-import { ServiceMetrics } from '../../src/metrics.js';
-import { buildWasmBundle } from '../../src/opa-cli.js';
-import { PolicyStore, reloadStatus, type ReloadOutcome } from '../../src/policy-store.js';
+import { openBundleSource, type BundleSourceOptions } from '../../src/lifecycle/bundle-source.js';
+import { ServiceMetrics } from '../../src/service/metrics.js';
+import { buildWasmBundle } from '../../src/policy/opa-cli.js';
+import { PolicyStore, reloadStatus, type ReloadOutcome } from '../../src/lifecycle/policy-store.js';
 import { check, checkClient, checkRequest, POLICY_DIR, startTestService, type TestService } from '../support/service.js';
 
 export const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';

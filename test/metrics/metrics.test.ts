@@ -3,8 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Decision } from '../../src/decision.js';
-import { identityRejectionClass, IDENTITY_REJECTION_CLASSES, NO_NAMESPACE_LABEL, OTHER_LABEL, reasonClass, ServiceMetrics } from '../../src/metrics.js';
+import type { Decision } from '../../src/decision/decision.js';
+import { identityRejectionClass, IDENTITY_REJECTION_CLASSES, NO_NAMESPACE_LABEL, OTHER_LABEL, reasonClass, ServiceMetrics } from '../../src/service/metrics.js';
 import { createCa, workloadSvid } from '../support/pki.js';
 import { check, checkClient, checkRequest, loadDefaultPolicy, startTestService, type CheckClient, type TestService } from '../support/service.js';
 import { metricsText, sample } from '../lifecycle/support.js';

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { MAX_BUNDLE_BYTES, readBundle } from '../../src/bundle.js';
-import { buildWasmBundle } from '../../src/opa-cli.js';
+import { MAX_BUNDLE_BYTES, readBundle } from '../../src/policy/bundle.js';
+import { buildWasmBundle } from '../../src/policy/opa-cli.js';
 
 interface Entry {
   name: string;

@@ -3,10 +3,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { loadPolicy, type LoadedPolicy } from '../../src/policy.js';
+import { loadPolicy, type LoadedPolicy } from '../../src/policy/policy.js';
 import * as x509 from '@peculiar/x509';
-import { caseDecision, decideCase } from '../../src/authorizer.js';
-import { listCaseFiles, readCaseFile, runPolicyCases, type CaseDecide, type CaseRequest } from '../../src/policy-cases.js';
+import { caseDecision, decideCase } from '../../src/decision/authorizer.js';
+import { listCaseFiles, readCaseFile, runPolicyCases, type CaseDecide, type CaseRequest } from '../../src/lifecycle/policy-cases.js';
 
 // The real pipeline (identity → input → policy → decision), exactly what `egress-authz test` runs.
 const decide: CaseDecide = async (req, policy) => caseDecision(decideCase(req, policy));

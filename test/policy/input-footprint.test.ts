@@ -5,10 +5,10 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readBundleFiles } from '../../src/bundle.js';
-import { inputFootprint } from '../../src/input-footprint.js';
-import { locateOpa } from '../../src/opa-cli.js';
-import { loadPolicy, type LoadedPolicy } from '../../src/policy.js';
+import { readBundleFiles } from '../../src/policy/bundle.js';
+import { inputFootprint } from '../../src/policy/input-footprint.js';
+import { locateOpa } from '../../src/policy/opa-cli.js';
+import { loadPolicy, type LoadedPolicy } from '../../src/policy/policy.js';
 
 const mod = (body: string) => `package egress.authz\n\n${body}\n`;
 

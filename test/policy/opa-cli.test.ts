@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { buildWasmBundle, locateOpa, packageRoot, runOpaTest } from '../../src/opa-cli.js';
+import { buildWasmBundle, locateOpa, packageRoot, runOpaTest } from '../../src/policy/opa-cli.js';
 
 describe('opa CLI', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'opa-cli-test-'));
@@ -41,7 +41,7 @@ describe('opa CLI', () => {
     writeFileSync(join(dir, 'p.rego'), 'package egress.authz\n\ndecision := data.cases\n');
     writeFileSync(join(dir, 'cases', 'a.json'), '{"cases": []}');
     await buildWasmBundle(dir, join(tmp, 'out.tar.gz'));
-    const { loadPolicy } = await import('../../src/policy.js');
+    const { loadPolicy } = await import('../../src/policy/policy.js');
     const p = await loadPolicy(join(tmp, 'out.tar.gz'));
     expect(p.data).toEqual({});
     expect(p.evaluate({})).toEqual({ ok: false, reason: 'policy result undefined' });

@@ -2,8 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { buildWasmBundle } from '../../src/opa-cli.js';
-import { loadPolicy, normalisePolicyResult, type LoadedPolicy } from '../../src/policy.js';
+import { buildWasmBundle } from '../../src/policy/opa-cli.js';
+import { loadPolicy, normalisePolicyResult, type LoadedPolicy } from '../../src/policy/policy.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'policy-test-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));

@@ -1,7 +1,7 @@
 // POST /v1/sideband spoken the way an iRule speaks it: raw bytes on a TCP socket, HTTP/1.0 and 1.1.
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAX_SIDEBAND_BODY } from '../../src/sideband.js';
+import { MAX_SIDEBAND_BODY } from '../../src/transport/sideband.js';
 import type { TestService } from '../support/service.js';
 import { makeBigipCerts, startSidebandService, type BigipCerts } from './sideband-service.js';
 

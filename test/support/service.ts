@@ -2,10 +2,10 @@
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import type { DecisionLogEntry } from '../../src/decision-log.js';
-import { authorizationClient } from '../../src/envoy-protos.js';
-import { loadPolicy, type LoadedPolicy } from '../../src/policy.js';
-import { startService, type RunningService, type ServiceOptions } from '../../src/service.js';
+import type { DecisionLogEntry } from '../../src/decision/decision-log.js';
+import { authorizationClient } from '../../src/transport/envoy-protos.js';
+import { loadPolicy, type LoadedPolicy } from '../../src/policy/policy.js';
+import { startService, type RunningService, type ServiceOptions } from '../../src/service/service.js';
 
 export const POLICY_DIR = join(import.meta.dirname, '..', '..', 'policies');
 

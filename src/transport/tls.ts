@@ -7,9 +7,9 @@ import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
-import { fail, ok, type Result } from './result.js';
-import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
-import { parseX509SvidPem } from './x509-svid.js';
+import { fail, ok, type Result } from '../common/result.js';
+import { parseSpiffeId, type SpiffeId } from '../identity/spiffe-id.js';
+import { parseX509SvidPem } from '../identity/x509-svid.js';
 
 export interface TlsFiles {
   certFile: string;

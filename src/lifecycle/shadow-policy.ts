@@ -3,9 +3,9 @@
 // the transport (setImmediate), so a Check pays only for queueing it; when more comparisons are queued
 // than maxPending (a burst, or a slow candidate), the extra ones are skipped and counted, not queued.
 import type { Logger } from 'pino';
-import { decide, type Decision, type PolicySource } from './decision.js';
-import type { PolicyInput } from './input.js';
-import type { ServiceMetrics, ShadowDisagreementKind } from './metrics.js';
+import { decide, type Decision, type PolicySource } from '../decision/decision.js';
+import type { PolicyInput } from '../decision/input.js';
+import type { ServiceMetrics, ShadowDisagreementKind } from '../service/metrics.js';
 
 export const DEFAULT_MAX_PENDING = 1000;
 

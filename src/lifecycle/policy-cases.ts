@@ -12,7 +12,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CertificateSpec } from './case-certificates.js';
-import type { LoadedPolicy } from './policy.js';
+import type { LoadedPolicy } from '../policy/policy.js';
 
 export interface CaseExpectation {
   allow: boolean;

@@ -2,9 +2,9 @@
 // into a Decision and enforces the invariants that no policy may break: no identity, no allow; a SNAT
 // pool name is something a BIG-IP or an Envoy cluster name can carry safely; a deny is never a 2xx.
 import { randomUUID } from 'node:crypto';
-import type { Identity } from './identity.js';
+import type { Identity } from '../identity/identity.js';
 import type { Caller, PolicyInput } from './input.js';
-import type { LoadedPolicy, PolicyResult } from './policy.js';
+import type { LoadedPolicy, PolicyResult } from '../policy/policy.js';
 
 export interface Decision {
   decision_id: string;

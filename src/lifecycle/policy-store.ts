@@ -4,14 +4,14 @@
 // A Check reads `current` once, synchronously, so it finishes on the policy it started with. A version
 // that fails any step is refused: the last good policy keeps serving, the refusal is logged and counted.
 import type { Logger } from 'pino';
-import { caseDecision, decideCase } from './authorizer.js';
+import { caseDecision, decideCase } from '../decision/authorizer.js';
 import type { BundleSource } from './bundle-source.js';
-import type { PolicySource } from './decision.js';
-import type { PolicyRole, ServiceMetrics } from './metrics.js';
-import { runOpaTest } from './opa-cli.js';
+import type { PolicySource } from '../decision/decision.js';
+import type { PolicyRole, ServiceMetrics } from '../service/metrics.js';
+import { runOpaTest } from '../policy/opa-cli.js';
 import { runPolicyCases, type CaseDecide } from './policy-cases.js';
-import { footprintFields } from './input-footprint.js';
-import type { LoadedPolicy, LoadPolicyOptions } from './policy.js';
+import { footprintFields } from '../policy/input-footprint.js';
+import type { LoadedPolicy, LoadPolicyOptions } from '../policy/policy.js';
 
 /** The pipeline `egress-authz test` runs each case through (decideCase: the same as a Check). */
 const decidePolicyCase: CaseDecide = async (request, policy) => caseDecision(decideCase(request, policy));

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { AltName, BasicConstraints, Certificate, ExtKeyUsage, type Extension } from 'pkijs';
-import { fail, ok, type Result } from './result.js';
+import { fail, ok, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 
 export interface X509Svid {

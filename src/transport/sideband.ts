@@ -5,9 +5,9 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { oneLine, type Decision } from './decision.js';
-import type { SidebandRequest } from './input.js';
-import { parsePemBlocks } from './x509-svid.js';
+import { oneLine, type Decision } from '../decision/decision.js';
+import type { SidebandRequest } from '../decision/input.js';
+import { parsePemBlocks } from '../identity/x509-svid.js';
 
 export const SIDEBAND_PATH = '/v1/sideband';
 

@@ -10,7 +10,7 @@ import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm'
 import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
-import { fail, ok, type Result } from './result.js';
+import { fail, ok, type Result } from '../common/result.js';
 
 export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
 

@@ -1,11 +1,11 @@
 // Envoy's ext_authz v3 Authorization service on @grpc/grpc-js. Every Check gets a decision: a failure
 // anywhere below turns into a PERMISSION_DENIED answer, never a gRPC error Envoy would have to interpret.
 import * as grpc from '@grpc/grpc-js';
-import type { Authorizer } from './authorizer.js';
-import type { Decision } from './decision.js';
+import type { Authorizer } from '../decision/authorizer.js';
+import type { Decision } from '../decision/decision.js';
 import { loadAuthorizationService } from './envoy-protos.js';
 import { toCheckResponse } from './envoy-response.js';
-import type { CheckRequest } from './input.js';
+import type { CheckRequest } from '../decision/input.js';
 import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
 
 export interface GrpcServerOptions {

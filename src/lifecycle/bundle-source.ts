@@ -8,8 +8,8 @@ import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { MAX_BUNDLE_BYTES } from './bundle.js';
-import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from './policy.js';
+import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
+import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
 

@@ -1,7 +1,7 @@
 // The policy input document. For Envoy it is opa-envoy-plugin's document (the CheckRequest in protojson
 // form plus parsed_path, parsed_query, parsed_body, version), so policies written for that plugin port
 // over; every caller adds `caller`, the validated `identity` and a normalised `destination`.
-import type { Identity } from './identity.js';
+import type { Identity } from '../identity/identity.js';
 
 export type Caller = 'envoy' | 'sideband' | 'cli';
 

@@ -4,10 +4,10 @@
 // Counters on the Check path are children bound once, so an update is a property read and an add.
 import type http from 'node:http';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { Authorizer, type AuthorizerOptions } from './authorizer.js';
-import type { Decision } from './decision.js';
-import type { CheckRequest, SidebandRequest } from './input.js';
-import type { LoadedPolicy } from './policy.js';
+import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
+import type { Decision } from '../decision/decision.js';
+import type { CheckRequest, SidebandRequest } from '../decision/input.js';
+import type { LoadedPolicy } from '../policy/policy.js';
 
 export const REASON_CLASSES = ['allowed', 'identity', 'policy_deny', 'policy_error', 'internal'] as const;
 export type ReasonClass = (typeof REASON_CLASSES)[number];

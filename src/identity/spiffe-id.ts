@@ -6,7 +6,7 @@
 // folded (go-spiffe v2 behaves the same way).
 //
 // Reasons are fixed ASCII strings and never echo the input: they end up in logs and response headers.
-import { fail, ok, type Result } from './result.js';
+import { fail, ok, type Result } from '../common/result.js';
 
 export interface SpiffeId {
   /** The whole ID, e.g. spiffe://cluster.local/ns/bookinfo/sa/default */

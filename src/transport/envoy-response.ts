@@ -1,6 +1,6 @@
 // Decision → CheckResponse, in the field names @grpc/proto-loader expects with keepCase off
 // (google.protobuf.Value is `{stringValue}`: a snake_case object would silently encode an empty Value).
-import type { Decision } from './decision.js';
+import type { Decision } from '../decision/decision.js';
 
 const OK = 0;
 const PERMISSION_DENIED = 7;

@@ -1,7 +1,7 @@
 // The caller's identity, from the evidence a transport collected about its peer. Syntax and shape
 // only: which trust domains and namespaces are welcome is the policy's decision, so every valid
 // identity of any trust domain is returned, and anything not provably valid is a reason to deny.
-import { fail, ok, type Result } from './result.js';
+import { fail, ok, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 import { parseX509SvidPem } from './x509-svid.js';
 

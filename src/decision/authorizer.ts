@@ -2,9 +2,9 @@
 // Transports only translate their wire format to and from these calls.
 import { decide, type Decision, type PolicySource } from './decision.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
-import { resolveIdentity, type PeerEvidence } from './identity.js';
-import type { LoadedPolicy } from './policy.js';
-import type { CaseDecision, CaseRequest } from './policy-cases.js';
+import { resolveIdentity, type PeerEvidence } from '../identity/identity.js';
+import type { LoadedPolicy } from '../policy/policy.js';
+import type { CaseDecision, CaseRequest } from '../lifecycle/policy-cases.js';
 import { buildCliInput, buildEnvoyInput, buildSidebandInput, parseDestination, requestHeaders, type Caller, type CheckRequest, type Peer, type PolicyInput, type SidebandRequest } from './input.js';
 
 export interface AuthorizerOptions {
