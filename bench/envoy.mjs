@@ -21,7 +21,10 @@ const staticCluster = (name, hostPort, extra = {}) => ({
   load_assignment: { cluster_name: name, endpoints: [{ lb_endpoints: [{ endpoint: { address: socket(hostPort) } }] }] },
   ...extra,
 });
-const router = { name: 'envoy.filters.http.router', typed_config: typed('envoy.extensions.filters.http.router.v3.Router') };
+const router = {
+  name: 'envoy.filters.http.router',
+  typed_config: typed('envoy.extensions.filters.http.router.v3.Router'),
+};
 const hcm = (statPrefix, routeConfig, filters) => ({
   name: 'envoy.filters.network.http_connection_manager',
   typed_config: typed('envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager', {
@@ -48,7 +51,10 @@ export function envoyBootstrap({ adminAddr, sidecarAddr, gatewayAddr, authzAddr,
       transport_socket: {
         name: 'envoy.transport_sockets.tls',
         typed_config: typed('envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext', {
-          common_tls_context: { tls_certificates: tlsCert(pki.client), validation_context: { trusted_ca: { filename: pki.caFile } } },
+          common_tls_context: {
+            tls_certificates: tlsCert(pki.client),
+            validation_context: { trusted_ca: { filename: pki.caFile } },
+          },
         }),
       },
     }),
@@ -57,9 +63,12 @@ export function envoyBootstrap({ adminAddr, sidecarAddr, gatewayAddr, authzAddr,
     clusters.push(
       staticCluster('authz', authzAddr, {
         typed_extension_protocol_options: {
-          'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': typed('envoy.extensions.upstreams.http.v3.HttpProtocolOptions', {
-            explicit_http_config: { http2_protocol_options: {} },
-          }),
+          'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': typed(
+            'envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+            {
+              explicit_http_config: { http2_protocol_options: {} },
+            },
+          ),
         },
       }),
     );
@@ -74,7 +83,19 @@ export function envoyBootstrap({ adminAddr, sidecarAddr, gatewayAddr, authzAddr,
           filter_chains: [
             {
               filters: [
-                hcm('sidecar', { virtual_hosts: [{ name: 'all', domains: ['*'], routes: [{ match: { prefix: '/' }, route: { cluster: 'gateway' } }] }] }, []),
+                hcm(
+                  'sidecar',
+                  {
+                    virtual_hosts: [
+                      {
+                        name: 'all',
+                        domains: ['*'],
+                        routes: [{ match: { prefix: '/' }, route: { cluster: 'gateway' } }],
+                      },
+                    ],
+                  },
+                  [],
+                ),
               ],
             },
           ],
@@ -88,13 +109,29 @@ export function envoyBootstrap({ adminAddr, sidecarAddr, gatewayAddr, authzAddr,
                 name: 'envoy.transport_sockets.tls',
                 typed_config: typed('envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext', {
                   require_client_certificate: true,
-                  common_tls_context: { tls_certificates: tlsCert(pki.server), validation_context: { trusted_ca: { filename: pki.caFile } } },
+                  common_tls_context: {
+                    tls_certificates: tlsCert(pki.server),
+                    validation_context: { trusted_ca: { filename: pki.caFile } },
+                  },
                 }),
               },
               filters: [
                 hcm(
                   'gateway',
-                  { virtual_hosts: [{ name: 'all', domains: ['*'], routes: [{ match: { prefix: '/' }, direct_response: { status: 200, body: { inline_string: 'egress ok\n' } } }] }] },
+                  {
+                    virtual_hosts: [
+                      {
+                        name: 'all',
+                        domains: ['*'],
+                        routes: [
+                          {
+                            match: { prefix: '/' },
+                            direct_response: { status: 200, body: { inline_string: 'egress ok\n' } },
+                          },
+                        ],
+                      },
+                    ],
+                  },
                   authzAddr ? [extAuthz] : [],
                 ),
               ],
@@ -155,12 +192,22 @@ export async function runH2load({ core, sidecarAddr, rate, clients, seconds, log
   writeFileSync(logFile, '');
   const perClient = Math.max(1, Math.round(rate / clients));
   const args = [
-    '-c', String(core), 'h2load', '--h1',
-    '-c', String(clients), '-t', '1',
-    '--rps', String(perClient),
-    '-D', String(seconds),
-    '-H', `host: ${DESTINATION_HOST}`,
-    '--log-file', logFile,
+    '-c',
+    String(core),
+    'h2load',
+    '--h1',
+    '-c',
+    String(clients),
+    '-t',
+    '1',
+    '--rps',
+    String(perClient),
+    '-D',
+    String(seconds),
+    '-H',
+    `host: ${DESTINATION_HOST}`,
+    '--log-file',
+    logFile,
     `http://${sidecarAddr}/api/v1/orders`,
   ];
   const r = await runCommand('taskset', args, { timeoutMs: (seconds + 60) * 1000 });

@@ -22,20 +22,34 @@ const STOP_ARTEFACT = /use of closed network connection|context canceled/;
  */
 export async function runGhz({ ghz, core, addr, requestFile, concurrency, seconds, outFile }) {
   const args = [
-    '-c', String(core), ghz,
+    '-c',
+    String(core),
+    ghz,
     '--insecure',
-    '--proto', protoFile,
-    '--import-paths', includeDirs.join(','),
-    '--call', checkMethod,
-    '-D', requestFile,
-    '-c', String(concurrency),
-    '--connections', '1',
-    '-z', `${seconds}s`,
-    '-O', 'json',
-    '-o', outFile,
+    '--proto',
+    protoFile,
+    '--import-paths',
+    includeDirs.join(','),
+    '--call',
+    checkMethod,
+    '-D',
+    requestFile,
+    '-c',
+    String(concurrency),
+    '--connections',
+    '1',
+    '-z',
+    `${seconds}s`,
+    '-O',
+    'json',
+    '-o',
+    outFile,
     addr,
   ];
-  const r = await runCommand('taskset', args, { timeoutMs: (seconds + 60) * 1000, env: { ...process.env, GOMAXPROCS: '1' } });
+  const r = await runCommand('taskset', args, {
+    timeoutMs: (seconds + 60) * 1000,
+    env: { ...process.env, GOMAXPROCS: '1' },
+  });
   if (r.code !== 0) throw new Error(`ghz exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 500)}`);
   const report = JSON.parse(readFileSync(outFile, 'utf8'));
   const ok = report.statusCodeDistribution?.OK ?? 0;

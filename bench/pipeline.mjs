@@ -34,5 +34,11 @@ for (let round = 0; round < rounds; round++) {
   total += n;
   best = Math.min(best, ((performance.now() - started) * 1000) / n);
 }
-console.log(JSON.stringify({ checks: total, best_us_per_check: Math.round(best * 100) / 100, checks_per_s: Math.round(1e6 / best) }));
+console.log(
+  JSON.stringify({
+    checks: total,
+    best_us_per_check: Math.round(best * 100) / 100,
+    checks_per_s: Math.round(1e6 / best),
+  }),
+);
 logger.flush();

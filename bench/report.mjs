@@ -1,7 +1,14 @@
 // Turns the runs into the three result files: a Markdown report, an SVG bar chart drawn by hand from
 // the numbers (no charting dependency), and the raw figures as JSON.
 
-const fmt = (v, digits = 2) => (v === null || v === undefined ? '–' : typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(digits)) : String(v));
+const fmt = (v, digits = 2) =>
+  v === null || v === undefined
+    ? '–'
+    : typeof v === 'number'
+      ? Number.isInteger(v)
+        ? String(v)
+        : v.toFixed(digits)
+      : String(v);
 
 export function resultsTable(runs) {
   const lines = [
@@ -9,7 +16,9 @@ export function resultsTable(runs) {
     '|---|---|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of runs) {
-    lines.push(`| ${r.path} | ${r.system} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${r.path === 'envoy' && r.system !== 'envoy-only' ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.other_cpu_pct)} |`);
+    lines.push(
+      `| ${r.path} | ${r.system} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${r.path === 'envoy' && r.system !== 'envoy-only' ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.other_cpu_pct)} |`,
+    );
   }
   return lines.join('\n');
 }
@@ -22,7 +31,8 @@ export function goals(runs) {
   const noop = find('noop', 'grpc');
   const viaEnvoy = find('egress-authz', 'envoy');
   const rows = [];
-  const row = (goal, ok, figure) => rows.push({ goal, status: ok === null ? 'not measured' : ok ? 'met' : 'NOT met', figure });
+  const row = (goal, ok, figure) =>
+    rows.push({ goal, status: ok === null ? 'not measured' : ok ? 'met' : 'NOT met', figure });
   row(
     'grpc: throughput ≥ 2× opa-envoy-plugin',
     ours && opa ? ours.rps >= 2 * opa.rps : null,
@@ -40,19 +50,30 @@ export function goals(runs) {
   );
   row(
     'envoy at 2,000 rps: p99 added by ext_authz < 1 ms',
-    viaEnvoy && viaEnvoy.p99_added_ms !== null && viaEnvoy.target_rps === 2000 ? viaEnvoy.p99_added_ms < 1 && viaEnvoy.rps >= 0.95 * viaEnvoy.target_rps : null,
+    viaEnvoy && viaEnvoy.p99_added_ms !== null && viaEnvoy.target_rps === 2000
+      ? viaEnvoy.p99_added_ms < 1 && viaEnvoy.rps >= 0.95 * viaEnvoy.target_rps
+      : null,
     viaEnvoy ? `${fmt(viaEnvoy.p99_added_ms, 3)} ms (target ${viaEnvoy.target_rps} rps, achieved ${viaEnvoy.rps})` : '',
   );
   const ourRss = runs.filter((r) => r.system === 'egress-authz' && r.rss_mb !== null).map((r) => r.rss_mb);
-  row('peak RSS under load < 150 MB', ourRss.length ? Math.max(...ourRss) < 150 : null, ourRss.length ? `${Math.max(...ourRss)} MB` : '');
+  row(
+    'peak RSS under load < 150 MB',
+    ourRss.length ? Math.max(...ourRss) < 150 : null,
+    ourRss.length ? `${Math.max(...ourRss)} MB` : '',
+  );
   return rows;
 }
 
 export function goalsTable(runs) {
-  return ['| goal | status | figure |', '|---|---|---|', ...goals(runs).map((g) => `| ${g.goal} | ${g.status} | ${g.figure} |`)].join('\n');
+  return [
+    '| goal | status | figure |',
+    '|---|---|---|',
+    ...goals(runs).map((g) => `| ${g.goal} | ${g.status} | ${g.figure} |`),
+  ].join('\n');
 }
 
-const escapeXml = (s) => String(s).replace(/[<>&"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' })[c]);
+const escapeXml = (s) =>
+  String(s).replace(/[<>&"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' })[c]);
 const COLORS = { 'egress-authz': '#2b6cb0', 'opa-envoy-plugin': '#c05621', noop: '#718096', 'envoy-only': '#2f855a' };
 
 /** One horizontal bar chart panel; returns [svg fragment, height]. */
@@ -78,7 +99,9 @@ export function chartSvg(runs, subtitle) {
   const width = 760;
   const measured = runs.filter((r) => r.rps !== null && r.p99_ms !== null);
   const label = (r) => `${r.system} (${r.path})`;
-  const rpsBars = measured.filter((r) => r.path === 'grpc').map((r) => ({ label: label(r), system: r.system, value: r.rps }));
+  const rpsBars = measured
+    .filter((r) => r.path === 'grpc')
+    .map((r) => ({ label: label(r), system: r.system, value: r.rps }));
   const p99Bars = measured.map((r) => ({ label: label(r), system: r.system, value: r.p99_ms }));
   let y = 50;
   const body = [];

@@ -20,10 +20,19 @@ const policy = await loadPolicy(join(root, 'policies'));
 const request = (principal) => ({
   attributes: {
     source: { principal },
-    request: { http: { method: 'CONNECT', host: 'www.example.com:443', headers: { ':authority': 'www.example.com:443', 'x-request-id': 'r' } } },
+    request: {
+      http: {
+        method: 'CONNECT',
+        host: 'www.example.com:443',
+        headers: { ':authority': 'www.example.com:443', 'x-request-id': 'r' },
+      },
+    },
   },
 });
-const principals = ['spiffe://cluster.local/ns/bookinfo/sa/productpage', 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools'];
+const principals = [
+  'spiffe://cluster.local/ns/bookinfo/sa/productpage',
+  'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools',
+];
 const silent = pino({ level: 'silent' });
 
 function perCheck(authorizer) {
@@ -39,7 +48,10 @@ const drainImmediates = () => new Promise((r) => setImmediate(r));
 const policies = new MutablePolicySource(policy);
 const plain = new Authorizer({ policies, sink: () => {} });
 const metrics = new ServiceMetrics();
-const metered = new MeteredAuthorizer({ policies, sink: (_e, d) => metrics.observeDecision(d, policies.current) }, metrics);
+const metered = new MeteredAuthorizer(
+  { policies, sink: (_e, d) => metrics.observeDecision(d, policies.current) },
+  metrics,
+);
 // The shadow's cost is one more decision on the same input, paid after the answer: measure it directly.
 const shadow = new ShadowEvaluator(new MutablePolicySource(policy), { log: silent, metrics });
 const captured = [];
@@ -71,13 +83,20 @@ for (let round = 0; round < 3; round++) {
   }
   rows.push(['metric updates alone', bestUpdates]);
 }
-rows.push(['checkEnvoy, no metrics', best.plain], ['checkEnvoy, with metrics', best.metrics], ['shadow comparison (deferred, per check)', best.shadow]);
+rows.push(
+  ['checkEnvoy, no metrics', best.plain],
+  ['checkEnvoy, with metrics', best.metrics],
+  ['shadow comparison (deferred, per check)', best.shadow],
+);
 console.log(`in-process, ${N} iterations, best of 3, µs per check:`);
 for (const [name, us] of rows) console.log(`  ${name.padEnd(42)} ${us.toFixed(2)}`);
 
 async function grpcRun(withShadow) {
   const svc = await startService({
-    grpcAddr: '127.0.0.1:0', httpAddr: '127.0.0.1:0', policy, logger: silent,
+    grpcAddr: '127.0.0.1:0',
+    httpAddr: '127.0.0.1:0',
+    policy,
+    logger: silent,
     ...(withShadow ? { shadowPolicies: new MutablePolicySource(policy) } : {}),
   });
   const Client = authorizationClient();
@@ -88,14 +107,16 @@ async function grpcRun(withShadow) {
   const total = Math.min(N, 40_000);
   let next = 0;
   const started = performance.now();
-  await Promise.all(Array.from({ length: 8 }, async () => {
-    while (next < total) {
-      const i = next++;
-      const t = performance.now();
-      await call(request(principals[i % 2]));
-      latencies.push(performance.now() - t);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      while (next < total) {
+        const i = next++;
+        const t = performance.now();
+        await call(request(principals[i % 2]));
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
   const seconds = (performance.now() - started) / 1000;
   client.close();
   await svc.close(1000);

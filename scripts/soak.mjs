@@ -45,20 +45,100 @@ const tolerance = Number(flags['rss-tolerance']);
 const dir = mkdtempSync(join(tmpdir(), 'egress-authz-soak-'));
 function svid(name, uri) {
   const ext = join(dir, `${name}.ext`);
-  execFileSync('sh', ['-c', `printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth,clientAuth\\nsubjectAltName=critical,URI:${uri}\\n' > ${ext}`]);
-  execFileSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, `${name}.key`), '-subj', '/', '-out', join(dir, `${name}.csr`)], { stdio: 'ignore' });
-  execFileSync('openssl', ['x509', '-req', '-in', join(dir, `${name}.csr`), '-CA', join(dir, 'ca.crt'), '-CAkey', join(dir, 'ca.key'), '-CAcreateserial', '-days', '1', '-extfile', ext, '-out', join(dir, `${name}.crt`)], { stdio: 'ignore' });
+  execFileSync('sh', [
+    '-c',
+    `printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth,clientAuth\\nsubjectAltName=critical,URI:${uri}\\n' > ${ext}`,
+  ]);
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-new',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      join(dir, `${name}.key`),
+      '-subj',
+      '/',
+      '-out',
+      join(dir, `${name}.csr`),
+    ],
+    { stdio: 'ignore' },
+  );
+  execFileSync(
+    'openssl',
+    [
+      'x509',
+      '-req',
+      '-in',
+      join(dir, `${name}.csr`),
+      '-CA',
+      join(dir, 'ca.crt'),
+      '-CAkey',
+      join(dir, 'ca.key'),
+      '-CAcreateserial',
+      '-days',
+      '1',
+      '-extfile',
+      ext,
+      '-out',
+      join(dir, `${name}.crt`),
+    ],
+    { stdio: 'ignore' },
+  );
   return readFileSync(join(dir, `${name}.crt`), 'utf8');
 }
-execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'ca.key'), '-subj', '/O=Soak/CN=Soak CA', '-days', '2', '-out', join(dir, 'ca.crt')], { stdio: 'ignore' });
-const pems = { bookinfo: svid('bookinfo', 'spiffe://cluster.local/ns/bookinfo/sa/productpage'), apigw: svid('apigw', 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools') };
+execFileSync(
+  'openssl',
+  [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    join(dir, 'ca.key'),
+    '-subj',
+    '/O=Soak/CN=Soak CA',
+    '-days',
+    '2',
+    '-out',
+    join(dir, 'ca.crt'),
+  ],
+  { stdio: 'ignore' },
+);
+const pems = {
+  bookinfo: svid('bookinfo', 'spiffe://cluster.local/ns/bookinfo/sa/productpage'),
+  apigw: svid('apigw', 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools'),
+};
 rmSync(dir, { recursive: true, force: true });
 
 // The service under soak.
-const server = spawn(process.execPath, ['--max-old-space-size=128', join(root, 'dist', 'cli.js'), 'serve', '--grpc-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0', '--policy', join(root, 'policies'), '--log-level', 'info'], {
-  cwd: root,
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
+const server = spawn(
+  process.execPath,
+  [
+    '--max-old-space-size=128',
+    join(root, 'dist', 'cli.js'),
+    'serve',
+    '--grpc-addr',
+    '127.0.0.1:0',
+    '--http-addr',
+    '127.0.0.1:0',
+    '--policy',
+    join(root, 'policies'),
+    '--log-level',
+    'info',
+  ],
+  {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  },
+);
 let logBytes = 0;
 const ports = await new Promise((resolve, reject) => {
   let buffered = '';
@@ -87,10 +167,28 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
 function sideband(body) {
   return new Promise((resolve) => {
     const req = http.request(
-      { host: '127.0.0.1', port: ports.http, method: 'POST', path: '/v1/sideband', agent, headers: { 'content-type': 'application/x-pem-file', 'content-length': Buffer.byteLength(body), 'x-egress-destination': 'www.example.com:443' } },
+      {
+        host: '127.0.0.1',
+        port: ports.http,
+        method: 'POST',
+        path: '/v1/sideband',
+        agent,
+        headers: {
+          'content-type': 'application/x-pem-file',
+          'content-length': Buffer.byteLength(body),
+          'x-egress-destination': 'www.example.com:443',
+        },
+      },
       (res) => {
         res.resume();
-        res.on('end', () => resolve({ status: res.statusCode, decision: res.headers['x-egress-decision'], pool: res.headers['x-egress-snat-pool'], reason: res.headers['x-egress-reason'] }));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode,
+            decision: res.headers['x-egress-decision'],
+            pool: res.headers['x-egress-snat-pool'],
+            reason: res.headers['x-egress-reason'],
+          }),
+        );
       },
     );
     req.on('error', (err) => resolve({ error: err.message }));
@@ -100,12 +198,23 @@ function sideband(body) {
 const hasSideband = (await sideband('probe')).status !== 404;
 
 const Client = authorizationClient();
-const clients = Array.from({ length: 4 }, (_, i) => new Client(`127.0.0.1:${ports.grpc}`, grpc.credentials.createInsecure(), { 'soak.channel': i }));
+const clients = Array.from(
+  { length: 4 },
+  (_, i) => new Client(`127.0.0.1:${ports.grpc}`, grpc.credentials.createInsecure(), { 'soak.channel': i }),
+);
 function checkRequest(source) {
   return {
     attributes: {
       source,
-      request: { http: { method: 'CONNECT', host: 'www.example.com:443', path: '', protocol: 'HTTP/1.1', headers: { ':authority': 'www.example.com:443', 'x-request-id': 'soak' } } },
+      request: {
+        http: {
+          method: 'CONNECT',
+          host: 'www.example.com:443',
+          path: '',
+          protocol: 'HTTP/1.1',
+          headers: { ':authority': 'www.example.com:443', 'x-request-id': 'soak' },
+        },
+      },
     },
   };
 }
@@ -121,16 +230,48 @@ function grpcCheck(client, source) {
 
 // The mix: expected outcome per kind. A wrong outcome counts as an error as much as a failed call.
 const kinds = [
-  { name: 'grpc allow (principal)', run: (c) => grpcCheck(c, { principal: 'spiffe://cluster.local/ns/bookinfo/sa/productpage' }), allow: true },
-  { name: 'grpc allow (certificate)', run: (c) => grpcCheck(c, { certificate: encodeURIComponent(pems.bookinfo) }), allow: true },
-  { name: 'grpc deny', run: (c) => grpcCheck(c, { principal: 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools' }), allow: false },
-  { name: 'grpc malformed principal', run: (c) => grpcCheck(c, { principal: `CN=not-a-spiffe-id-${Math.random()}` }), allow: false },
-  { name: 'grpc malformed certificate', run: (c) => grpcCheck(c, { certificate: encodeURIComponent(`-----BEGIN CERTIFICATE-----\n${Buffer.from(String(Math.random())).toString('base64')}\n-----END CERTIFICATE-----\n`) }), allow: false },
+  {
+    name: 'grpc allow (principal)',
+    run: (c) => grpcCheck(c, { principal: 'spiffe://cluster.local/ns/bookinfo/sa/productpage' }),
+    allow: true,
+  },
+  {
+    name: 'grpc allow (certificate)',
+    run: (c) => grpcCheck(c, { certificate: encodeURIComponent(pems.bookinfo) }),
+    allow: true,
+  },
+  {
+    name: 'grpc deny',
+    run: (c) => grpcCheck(c, { principal: 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools' }),
+    allow: false,
+  },
+  {
+    name: 'grpc malformed principal',
+    run: (c) => grpcCheck(c, { principal: `CN=not-a-spiffe-id-${Math.random()}` }),
+    allow: false,
+  },
+  {
+    name: 'grpc malformed certificate',
+    run: (c) =>
+      grpcCheck(c, {
+        certificate: encodeURIComponent(
+          `-----BEGIN CERTIFICATE-----\n${Buffer.from(String(Math.random())).toString('base64')}\n-----END CERTIFICATE-----\n`,
+        ),
+      }),
+    allow: false,
+  },
 ];
 if (hasSideband) {
   const viaSideband = (body) => async () => {
     const r = await sideband(body);
-    return r.error ? r : { allow: r.decision === 'allow' && r.status === 200, pool: r.pool, reason: r.reason, bad: r.decision !== 'allow' && r.decision !== 'deny' };
+    return r.error
+      ? r
+      : {
+          allow: r.decision === 'allow' && r.status === 200,
+          pool: r.pool,
+          reason: r.reason,
+          bad: r.decision !== 'allow' && r.decision !== 'deny',
+        };
   };
   kinds.push(
     { name: 'sideband allow', run: viaSideband(pems.bookinfo), allow: true },
@@ -150,11 +291,18 @@ let lastAt = started;
 const rssStart = rssMiB();
 const sampler = setInterval(() => {
   const now = Date.now();
-  const sample = { t: Math.round((now - started) / 100) / 10, rss_mib: Math.round(rssMiB() * 10) / 10, per_s: Math.round(((done - lastDone) * 1000) / (now - lastAt)) };
+  const sample = {
+    t: Math.round((now - started) / 100) / 10,
+    rss_mib: Math.round(rssMiB() * 10) / 10,
+    per_s: Math.round(((done - lastDone) * 1000) / (now - lastAt)),
+  };
   samples.push(sample);
   lastDone = done;
   lastAt = now;
-  if (!flags.json) process.stdout.write(`t=${sample.t}s rss=${sample.rss_mib}MiB rate=${sample.per_s}/s errors=${[...errors.values()].reduce((a, b) => a + b, 0)}\n`);
+  if (!flags.json)
+    process.stdout.write(
+      `t=${sample.t}s rss=${sample.rss_mib}MiB rate=${sample.per_s}/s errors=${[...errors.values()].reduce((a, b) => a + b, 0)}\n`,
+    );
 }, sampleMs);
 
 let next = 0;
@@ -166,7 +314,15 @@ async function worker(id) {
     s.sent++;
     const r = await kind.run(client);
     done++;
-    const wrong = r.error ?? (r.bad ? 'answer without X-Egress-Decision' : r.allow !== kind.allow ? `expected allow=${kind.allow} (${r.reason ?? ''})` : kind.allow && r.pool !== 'bookinfo_snat' ? `pool ${r.pool}` : undefined);
+    const wrong =
+      r.error ??
+      (r.bad
+        ? 'answer without X-Egress-Decision'
+        : r.allow !== kind.allow
+          ? `expected allow=${kind.allow} (${r.reason ?? ''})`
+          : kind.allow && r.pool !== 'bookinfo_snat'
+            ? `pool ${r.pool}`
+            : undefined);
     if (wrong) {
       s.errors++;
       const key = `${kind.name}: ${wrong}`;
@@ -184,7 +340,9 @@ const exit = await new Promise((resolve) => server.on('exit', (code) => resolve(
 for (const c of clients) c.close();
 agent.destroy();
 
-const thirds = [0, 1, 2].map((i) => samples.slice(Math.floor((i * samples.length) / 3), Math.floor(((i + 1) * samples.length) / 3)));
+const thirds = [0, 1, 2].map((i) =>
+  samples.slice(Math.floor((i * samples.length) / 3), Math.floor(((i + 1) * samples.length) / 3)),
+);
 const peak = (xs) => Math.max(...xs.map((s) => s.rss_mib));
 const middlePeak = peak(thirds[1]);
 const lastPeak = peak(thirds[2]);
@@ -199,7 +357,13 @@ const summary = {
   errors: errorCount,
   error_kinds: Object.fromEntries(errors),
   per_kind: Object.fromEntries(stats),
-  rss_mib: { start: Math.round(rssStart * 10) / 10, end: Math.round(rssEnd * 10) / 10, middle_third_peak: middlePeak, last_third_peak: lastPeak, tolerance },
+  rss_mib: {
+    start: Math.round(rssStart * 10) / 10,
+    end: Math.round(rssEnd * 10) / 10,
+    middle_third_peak: middlePeak,
+    last_third_peak: lastPeak,
+    tolerance,
+  },
   rss_plateau: plateau,
   decision_log_mib: Math.round((logBytes / 1048576) * 10) / 10,
   server_exit_code: exit,
@@ -208,5 +372,7 @@ const summary = {
 process.stdout.write(`${JSON.stringify(flags.json ? summary : { ...summary, samples: undefined }, null, 2)}\n`);
 if (!hasSideband) process.stdout.write('soak: the service has no /v1/sideband route; ran gRPC checks only\n');
 const pass = errorCount === 0 && plateau && exit === 0 && done > 0;
-process.stdout.write(`soak: ${pass ? 'PASS' : 'FAIL'}${plateau ? '' : ' (RSS still growing)'}${errorCount ? ` (${errorCount} errors)` : ''}\n`);
+process.stdout.write(
+  `soak: ${pass ? 'PASS' : 'FAIL'}${plateau ? '' : ' (RSS still growing)'}${errorCount ? ` (${errorCount} errors)` : ''}\n`,
+);
 process.exit(pass ? 0 : 1);

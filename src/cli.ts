@@ -59,7 +59,11 @@ export function defaultPolicyLocation(): string {
 // Every option of this CLI takes a string value (flags would be booleans); repeatable ones are arrays.
 type Values = Record<string, string | string[] | undefined>;
 
-function args(argv: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
+function args(
+  argv: string[],
+  options: ParseArgsConfig['options'],
+  allowPositionals = false,
+): { values: Values; positionals: string[] } {
   try {
     const parsed = parseArgs({ args: argv, options, allowPositionals, strict: true });
     return { values: parsed.values as Values, positionals: parsed.positionals };
@@ -108,7 +112,8 @@ async function serve(argv: string[]): Promise<number> {
   const graceMs = duration('--shutdown-grace', values['shutdown-grace'] as string);
   const checkDeadlineMs = duration('--check-deadline', values['check-deadline'] as string);
   const maxMessage = Number(values['grpc-max-message-bytes']);
-  if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024) throw new UsageError('--grpc-max-message-bytes must be an integer of at least 1024');
+  if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024)
+    throw new UsageError('--grpc-max-message-bytes must be an integer of at least 1024');
   const allowedCallers = callerPatterns((values['allowed-caller'] as string[] | undefined) ?? []);
   const tlsFlags = tlsOptions(values, allowedCallers);
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
@@ -116,7 +121,14 @@ async function serve(argv: string[]): Promise<number> {
   const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
   let dropped = 0;
   destination.on('drop', () => void dropped++);
-  const logger = pino({ level: values['log-level'] as string, base: { service: 'egress-authz' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  const logger = pino(
+    {
+      level: values['log-level'] as string,
+      base: { service: 'egress-authz' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+    },
+    destination,
+  );
   const flush = () => {
     try {
       destination.flushSync();
@@ -131,7 +143,14 @@ async function serve(argv: string[]): Promise<number> {
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
     const source = await openBundleSource(where, { pollMs });
-    return PolicyStore.open(source, { role, log: logger, metrics, load: { entrypoint: values.entrypoint as string, memoize: memo === 'on' }, casesPath, waitForFirst: source.kind === 'url' });
+    return PolicyStore.open(source, {
+      role,
+      log: logger,
+      metrics,
+      load: { entrypoint: values.entrypoint as string, memoize: memo === 'on' },
+      casesPath,
+      waitForFirst: source.kind === 'url',
+    });
   };
   let live: PolicyStore;
   let shadow: PolicyStore | undefined;
@@ -151,7 +170,8 @@ async function serve(argv: string[]): Promise<number> {
       tlsFlags &&
       new CertificateFiles(tlsFlags, {
         onReload: () => logger.info({ tls_cert: tlsFlags.certFile }, 'TLS certificate files reloaded'),
-        onError: (reason) => logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
+        onError: (reason) =>
+          logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
       });
   } catch (err) {
     logger.fatal({ err: (err as Error).message }, 'TLS files not usable; not serving');
@@ -192,7 +212,10 @@ async function serve(argv: string[]): Promise<number> {
         process.exit(130);
       }
       stopping = true;
-      logger.info({ signal, grace_ms: graceMs }, 'shutting down: not ready, no new connections, finishing accepted checks');
+      logger.info(
+        { signal, grace_ms: graceMs },
+        'shutting down: not ready, no new connections, finishing accepted checks',
+      );
       // The grace period bounds the listeners' drain; this bounds everything else (a stuck flush).
       setTimeout(() => {
         flush();
@@ -226,7 +249,8 @@ export function parseDuration(text: string): number | undefined {
 
 function duration(flag: string, text: string): number {
   const ms = parseDuration(text);
-  if (ms === undefined || ms <= 0) throw new UsageError(`${flag} "${text}": expected a duration such as 500ms, 10s or 1m`);
+  if (ms === undefined || ms <= 0)
+    throw new UsageError(`${flag} "${text}": expected a duration such as 500ms, 10s or 1m`);
   return ms;
 }
 
@@ -238,17 +262,24 @@ function callerPatterns(entries: string[]): CallerPattern[] {
   });
 }
 
-function tlsOptions(values: Values, allowedCallers: CallerPattern[]): { certFile: string; keyFile: string; clientCaFile?: string } | undefined {
+function tlsOptions(
+  values: Values,
+  allowedCallers: CallerPattern[],
+): { certFile: string; keyFile: string; clientCaFile?: string } | undefined {
   const cert = values['tls-cert'] as string | undefined;
   const key = values['tls-key'] as string | undefined;
   const ca = values['tls-client-ca'] as string | undefined;
   if ((cert === undefined) !== (key === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
   if (cert === undefined || key === undefined) {
     if (ca !== undefined) throw new UsageError('--tls-client-ca needs --tls-cert and --tls-key');
-    if (allowedCallers.length > 0) throw new UsageError('--allowed-caller needs mTLS: --tls-cert, --tls-key and --tls-client-ca');
+    if (allowedCallers.length > 0)
+      throw new UsageError('--allowed-caller needs mTLS: --tls-cert, --tls-key and --tls-client-ca');
     return undefined;
   }
-  if (ca === undefined && allowedCallers.length > 0) throw new UsageError('--allowed-caller needs --tls-client-ca: without client certificates no caller has an identity');
+  if (ca === undefined && allowedCallers.length > 0)
+    throw new UsageError(
+      '--allowed-caller needs --tls-client-ca: without client certificates no caller has an identity',
+    );
   return { certFile: cert, keyFile: key, ...(ca !== undefined ? { clientCaFile: ca } : {}) };
 }
 
@@ -263,7 +294,9 @@ async function evaluate(argv: string[]): Promise<number> {
   });
   const given = ['spiffe-id', 'cert', 'input'].filter((k) => values[k] !== undefined);
   if (given.length !== 1) throw new UsageError('eval needs exactly one of --spiffe-id, --cert, --input');
-  const policy = await loadPolicy((values.policy as string | undefined) ?? defaultPolicyLocation(), { entrypoint: values.entrypoint as string });
+  const policy = await loadPolicy((values.policy as string | undefined) ?? defaultPolicyLocation(), {
+    entrypoint: values.entrypoint as string,
+  });
   const authorizer = new Authorizer({ policies: new MutablePolicySource(policy), sink: () => {} });
   let decision: Decision;
   if (values.input !== undefined) {
@@ -273,7 +306,8 @@ async function evaluate(argv: string[]): Promise<number> {
     } catch (err) {
       throw new UsageError(`--input ${values.input}: ${(err as Error).message}`);
     }
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new UsageError('--input must hold a JSON object');
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
+      throw new UsageError('--input must hold a JSON object');
     decision = authorizer.checkCli({ input: doc as Record<string, unknown> });
   } else if (values.cert !== undefined) {
     let pem: string;
@@ -284,7 +318,10 @@ async function evaluate(argv: string[]): Promise<number> {
     }
     decision = authorizer.checkCli({ certificatePem: pem, destination: values.destination as string | undefined });
   } else {
-    decision = authorizer.checkCli({ spiffeId: values['spiffe-id'] as string, destination: values.destination as string | undefined });
+    decision = authorizer.checkCli({
+      spiffeId: values['spiffe-id'] as string,
+      destination: values.destination as string | undefined,
+    });
   }
   process.stdout.write(`${JSON.stringify(decisionJson(decision), null, 2)}\n`);
   return 0;
@@ -298,7 +335,9 @@ async function test(argv: string[]): Promise<number> {
   });
   const dir = values.policy as string;
   const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) => caseDecision(decideCase(c, casePolicy)));
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) =>
+    caseDecision(decideCase(c, casePolicy)),
+  );
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
   process.stdout.write(opa.text.endsWith('\n') ? opa.text : `${opa.text}\n`);
@@ -308,14 +347,23 @@ async function test(argv: string[]): Promise<number> {
 async function build(argv: string[]): Promise<number> {
   const { values, positionals } = args(
     argv,
-    { out: { type: 'string', default: 'bundle.tar.gz' }, entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT }, revision: { type: 'string' } },
+    {
+      out: { type: 'string', default: 'bundle.tar.gz' },
+      entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+      revision: { type: 'string' },
+    },
     true,
   );
   if (positionals.length > 1) throw new UsageError('build takes one POLICY_DIR');
   const dir = positionals[0] ?? join(packageRoot, 'policies');
   mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
   const revision = values.revision as string | undefined;
-  await buildWasmBundle(dir, values.out as string, values.entrypoint as string, revision === undefined ? {} : { revision });
+  await buildWasmBundle(
+    dir,
+    values.out as string,
+    values.entrypoint as string,
+    revision === undefined ? {} : { revision },
+  );
   process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
   return 0;
 }

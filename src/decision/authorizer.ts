@@ -5,7 +5,18 @@ import { decisionLogEntry, type Correlation, type DecisionSink } from './decisio
 import { resolveIdentity, type PeerEvidence } from '../identity/identity.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import type { CaseDecision, CaseRequest } from '../lifecycle/policy-cases.js';
-import { buildCliInput, buildEnvoyInput, buildSidebandInput, parseDestination, requestHeaders, type Caller, type CheckRequest, type Peer, type PolicyInput, type SidebandRequest } from './input.js';
+import {
+  buildCliInput,
+  buildEnvoyInput,
+  buildSidebandInput,
+  parseDestination,
+  requestHeaders,
+  type Caller,
+  type CheckRequest,
+  type Peer,
+  type PolicyInput,
+  type SidebandRequest,
+} from './input.js';
 
 export interface AuthorizerOptions {
   policies: PolicySource;
@@ -61,7 +72,12 @@ export class Authorizer {
   }
 
   /** `eval`: a SPIFFE ID or certificate given by an operator, or a whole input document. */
-  checkCli(q: { spiffeId?: string; certificatePem?: string; destination?: string; input?: Record<string, unknown> }): Decision {
+  checkCli(q: {
+    spiffeId?: string;
+    certificatePem?: string;
+    destination?: string;
+    input?: Record<string, unknown>;
+  }): Decision {
     return this.run('cli', () => {
       if (q.input) {
         // The identity in an input file is recomputed from its attributes, exactly as for Envoy, so an
@@ -69,7 +85,12 @@ export class Authorizer {
         const check = { attributes: (q.input.attributes ?? {}) as CheckRequest['attributes'] };
         const decisionInput = (id: PolicyInput['identity'], err: string | undefined): PolicyInput => {
           const base = buildEnvoyInput(check, id, err);
-          const input: PolicyInput = { ...q.input, ...base, caller: 'cli', attributes: q.input!.attributes ?? base.attributes };
+          const input: PolicyInput = {
+            ...q.input,
+            ...base,
+            caller: 'cli',
+            attributes: q.input!.attributes ?? base.attributes,
+          };
           if (q.destination !== undefined) input.destination = parseDestination(q.destination);
           return input;
         };
@@ -88,13 +109,21 @@ export class Authorizer {
     let correlation: Correlation = {};
     try {
       const p = prepare();
-      correlation = { request_id: stringOrUndefined(p.correlation.request_id), traceparent: stringOrUndefined(p.correlation.traceparent) };
+      correlation = {
+        request_id: stringOrUndefined(p.correlation.request_id),
+        traceparent: stringOrUndefined(p.correlation.traceparent),
+      };
       const identity = resolveIdentity(p.evidence, this.now());
       input = identity.ok ? p.build(identity.value, undefined) : p.build(null, identity.reason);
     } catch {
       // Decoded protos cannot get here; JSON documents (`eval --input`) with values of the wrong type
       // can. No identity, so decide() denies without asking the policy.
-      input = { caller, identity: null, identity_error: 'malformed request: a field has the wrong type', destination: { host: '' } };
+      input = {
+        caller,
+        identity: null,
+        identity_error: 'malformed request: a field has the wrong type',
+        destination: { host: '' },
+      };
     }
     let decision = decide(input, this.opts.policies.current);
     const deadline = this.opts.checkDeadlineMs;
@@ -151,7 +180,11 @@ function headerSpiffeId(name: string, value: string): string {
   const last = elements[elements.length - 1] ?? '';
   for (const pair of last.split(';')) {
     const eq = pair.indexOf('=');
-    if (eq > 0 && pair.slice(0, eq).trim().toLowerCase() === 'uri') return pair.slice(eq + 1).trim().replace(/^"|"$/g, '');
+    if (eq > 0 && pair.slice(0, eq).trim().toLowerCase() === 'uri')
+      return pair
+        .slice(eq + 1)
+        .trim()
+        .replace(/^"|"$/g, '');
   }
   return '';
 }

@@ -93,11 +93,16 @@ export interface SidebandRequest {
   headers: Record<string, string>;
 }
 
-export function buildSidebandInput(req: SidebandRequest, identity: Identity | null, identityError?: string): PolicyInput {
+export function buildSidebandInput(
+  req: SidebandRequest,
+  identity: Identity | null,
+  identityError?: string,
+): PolicyInput {
   const client = splitHostPort(req.clientAddress ?? '');
   const source: Record<string, unknown> = { certificate: encodeURIComponent(req.certificatePem) };
   if (identity) source.principal = identity.spiffe_id;
-  if (client.host) source.address = { socketAddress: { address: client.host, ...(client.port ? { portValue: client.port } : {}) } };
+  if (client.host)
+    source.address = { socketAddress: { address: client.host, ...(client.port ? { portValue: client.port } : {}) } };
   const input: PolicyInput = {
     caller: 'sideband',
     identity,
@@ -213,7 +218,8 @@ function protojsonAttributes(attrs: NonNullable<CheckRequest['attributes']>): Re
   if (request && needsRequest) {
     const r: Record<string, unknown> = Object.assign({}, request);
     if (request.time) r.time = timestampToRfc3339(request.time);
-    if (request.http?.rawBody) r.http = Object.assign({}, request.http, { rawBody: Buffer.from(request.http.rawBody).toString('base64') });
+    if (request.http?.rawBody)
+      r.http = Object.assign({}, request.http, { rawBody: Buffer.from(request.http.rawBody).toString('base64') });
     out.request = r;
   }
   if (attrs.metadataContext) out.metadataContext = metadataToJson(attrs.metadataContext);

@@ -46,7 +46,8 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
   for (const source of ['certificate', 'principal', 'header'] as const) {
     const value = evidenceOf(evidence, source);
     // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
-    if (value !== undefined && value !== null && typeof value !== 'string') return fail(`${source} evidence is not a string`);
+    if (value !== undefined && value !== null && typeof value !== 'string')
+      return fail(`${source} evidence is not a string`);
   }
 
   if (present(evidence.certificatePem)) {
@@ -60,7 +61,9 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
     const id = parseSpiffeId(text);
     if (!id.ok) {
       // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
-      return fail(text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`);
+      return fail(
+        text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
+      );
     }
     claims.push({ source, id: id.value });
   }

@@ -33,7 +33,9 @@ function isTrustDomainChar(c: number): boolean {
   return (
     (c >= 0x61 && c <= 0x7a) || // a-z
     (c >= 0x30 && c <= 0x39) || // 0-9
-    c === 0x2e || c === 0x2d || c === 0x5f // . - _
+    c === 0x2e ||
+    c === 0x2d ||
+    c === 0x5f // . - _
   );
 }
 
@@ -77,7 +79,8 @@ export function parseSpiffeId(text: string): Result<SpiffeId> {
   }
   const trustDomain = text.slice(SCHEME.length, end);
   if (trustDomain === '') return invalid('trust domain is missing');
-  if (trustDomain.length > MAX_TRUST_DOMAIN_BYTES) return invalid(`trust domain is longer than ${MAX_TRUST_DOMAIN_BYTES} bytes`);
+  if (trustDomain.length > MAX_TRUST_DOMAIN_BYTES)
+    return invalid(`trust domain is longer than ${MAX_TRUST_DOMAIN_BYTES} bytes`);
 
   const path = text.slice(end);
   const pathProblem = checkPath(path);
@@ -93,13 +96,17 @@ function checkPath(path: string): string | undefined {
     const c = i < path.length ? path.charCodeAt(i) : 0x2f;
     if (c === 0x2f) {
       const segment = path.slice(segmentStart, i);
-      if (segment === '') return i === path.length ? 'path cannot have a trailing slash' : 'path cannot contain empty segments';
+      if (segment === '')
+        return i === path.length ? 'path cannot have a trailing slash' : 'path cannot contain empty segments';
       if (segment === '.' || segment === '..') return 'path cannot contain dot segments';
       segmentStart = i + 1;
       continue;
     }
     if (!isPathSegmentChar(c)) {
-      return delimiterReason(c, 'path') ?? 'path segment characters are limited to letters, numbers, dots, dashes, and underscores';
+      return (
+        delimiterReason(c, 'path') ??
+        'path segment characters are limited to letters, numbers, dots, dashes, and underscores'
+      );
     }
   }
   return undefined;

@@ -72,14 +72,16 @@ export function parsePemBlocks(input: string): Result<Uint8Array[]> {
   let pos = 0;
   for (;;) {
     const begin = text.indexOf(BEGIN, pos);
-    if (text.slice(pos, begin < 0 ? text.length : begin).trim() !== '') return fail('certificate PEM has text outside PEM blocks');
+    if (text.slice(pos, begin < 0 ? text.length : begin).trim() !== '')
+      return fail('certificate PEM has text outside PEM blocks');
     if (begin < 0) break;
     const labelStart = begin + BEGIN.length;
     const labelEnd = text.indexOf(DASHES, labelStart);
     const label = labelEnd < 0 ? '' : text.slice(labelStart, labelEnd);
     if (labelEnd < 0 || /[^A-Z0-9 ]/.test(label)) return fail('certificate PEM has a malformed BEGIN line');
     // Checked before anything else about the block, so a key is never decoded or described further.
-    if (label.includes('PRIVATE KEY')) return fail('certificate PEM contains a private key; only CERTIFICATE blocks are accepted');
+    if (label.includes('PRIVATE KEY'))
+      return fail('certificate PEM contains a private key; only CERTIFICATE blocks are accepted');
     if (label !== 'CERTIFICATE') return fail('certificate PEM contains a non-CERTIFICATE block');
     const endLine = `-----END ${label}-----`;
     const bodyStart = labelEnd + DASHES.length;
@@ -205,7 +207,8 @@ function validateLeaf({ cert, extensions }: DecodedCertificate): Result<SpiffeId
 
   const ku = keyUsage(extensions);
   if (!ku.ok) return fail(`leaf ${ku.reason}`);
-  if (!ku.value.has(KU_DIGITAL_SIGNATURE)) return fail("leaf certificate must have 'digitalSignature' set as key usage");
+  if (!ku.value.has(KU_DIGITAL_SIGNATURE))
+    return fail("leaf certificate must have 'digitalSignature' set as key usage");
   if (ku.value.has(KU_KEY_CERT_SIGN)) return fail("leaf certificate must not have 'keyCertSign' set as key usage");
   if (ku.value.has(KU_CRL_SIGN)) return fail("leaf certificate must not have 'cRLSign' set as key usage");
 

@@ -62,7 +62,10 @@ export async function openBundleSource(location: string, opts: BundleSourceOptio
   }
   if (info.isDirectory()) {
     const cases = join(location, 'cases');
-    const hasCases = await stat(cases).then((s) => s.isDirectory(), () => false);
+    const hasCases = await stat(cases).then(
+      (s) => s.isDirectory(),
+      () => false,
+    );
     return new FolderSource(location, hasCases ? cases : undefined, opts);
   }
   return new FileSource(location, opts);
@@ -148,7 +151,8 @@ class FileSource extends LocalSource {
 
   async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
     const info = await stat(this.location);
-    if (info.size > MAX_BUNDLE_BYTES) throw new Error(`policy ${this.location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
+    if (info.size > MAX_BUNDLE_BYTES)
+      throw new Error(`policy ${this.location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
     const bytes = await readFile(this.location);
     const version = `sha256:${sha256(bytes)}`;
     if (this.unchanged(version, opts.force)) return undefined;
@@ -174,7 +178,10 @@ class FolderSource extends LocalSource {
   async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
     const hash = createHash('sha256');
     for (const file of await listFolder(this.location)) {
-      hash.update(`${file}\0`).update(await readFile(join(this.location, file))).update('\0');
+      hash
+        .update(`${file}\0`)
+        .update(await readFile(join(this.location, file)))
+        .update('\0');
     }
     const version = `sha256:${hash.digest('hex')}`;
     if (this.unchanged(version, opts.force)) return undefined;

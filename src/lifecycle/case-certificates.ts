@@ -36,7 +36,8 @@ export function certificateSpecProblem(spec: unknown): string | undefined {
   if (unknown.length > 0) return `certificate has unknown field(s): ${unknown.join(', ')}`;
   for (const key of ['uris', 'dns'] as const) {
     const v = s[key];
-    if (v !== undefined && !(Array.isArray(v) && v.every((x) => typeof x === 'string'))) return `certificate.${key} must be a list of strings`;
+    if (v !== undefined && !(Array.isArray(v) && v.every((x) => typeof x === 'string')))
+      return `certificate.${key} must be a list of strings`;
   }
   if (s['subject'] !== undefined && typeof s['subject'] !== 'string') return 'certificate.subject must be a string';
   for (const key of ['ca', 'expired', 'not_yet_valid'] as const) {

@@ -113,7 +113,8 @@ export async function readCaseFile(path: string): Promise<CaseFile> {
   if (!Array.isArray(cases)) throw problem('"cases" must be a list');
   const names = new Set<string>();
   const checked = cases.map((c: unknown, i) => {
-    const where = (msg: string): Error => problem(`case ${i + 1}${isObject(c) && typeof c['name'] === 'string' ? ` (${c['name']})` : ''}: ${msg}`);
+    const where = (msg: string): Error =>
+      problem(`case ${i + 1}${isObject(c) && typeof c['name'] === 'string' ? ` (${c['name']})` : ''}: ${msg}`);
     if (!isObject(c)) throw where('must be an object');
     if (typeof c['name'] !== 'string' || c['name'] === '') throw where('"name" must be a non-empty string');
     if (names.has(c['name'])) throw where('duplicate name');
@@ -122,11 +123,14 @@ export async function readCaseFile(path: string): Promise<CaseFile> {
     if (sources.length !== 1) throw where('needs exactly one of "spiffe_id", "certificate", "input"');
     if (c['spiffe_id'] !== undefined && typeof c['spiffe_id'] !== 'string') throw where('"spiffe_id" must be a string');
     if (c['input'] !== undefined && !isObject(c['input'])) throw where('"input" must be an object');
-    if (c['destination'] !== undefined && typeof c['destination'] !== 'string') throw where('"destination" must be a string (host or host:port)');
+    if (c['destination'] !== undefined && typeof c['destination'] !== 'string')
+      throw where('"destination" must be a string (host or host:port)');
     const expect = c['expect'];
     if (!isObject(expect) || typeof expect['allow'] !== 'boolean') throw where('"expect.allow" must be a boolean');
-    if (expect['snat_pool'] !== undefined && typeof expect['snat_pool'] !== 'string') throw where('"expect.snat_pool" must be a string');
-    if (expect['reason_contains'] !== undefined && typeof expect['reason_contains'] !== 'string') throw where('"expect.reason_contains" must be a string');
+    if (expect['snat_pool'] !== undefined && typeof expect['snat_pool'] !== 'string')
+      throw where('"expect.snat_pool" must be a string');
+    if (expect['reason_contains'] !== undefined && typeof expect['reason_contains'] !== 'string')
+      throw where('"expect.reason_contains" must be a string');
     return c as unknown as PolicyCase;
   });
   if (checked.some((c) => c.certificate !== undefined)) {
@@ -158,7 +162,8 @@ export async function runPolicyCases(casesPath: string, policy: LoadedPolicy, de
     lines.push(file.path);
     let filePolicy = policy;
     if (file.data) {
-      if (!policy.withDataOverlay) throw new Error(`case file ${file.path}: has "data", but this policy cannot take a data overlay`);
+      if (!policy.withDataOverlay)
+        throw new Error(`case file ${file.path}: has "data", but this policy cannot take a data overlay`);
       filePolicy = await policy.withDataOverlay(file.data);
     }
     for (const c of file.cases) {
@@ -207,7 +212,8 @@ function describeOutcome(o: CaseOutcome): string {
   let expected = `allow=${e.allow}`;
   if (e.snat_pool !== undefined) expected += ` pool=${e.snat_pool}`;
   if (e.reason_contains !== undefined) expected += ` reason containing ${JSON.stringify(e.reason_contains)}`;
-  if (o.error !== undefined || !o.actual) return `✗ ${o.name} — expected ${expected}, got error: ${o.error ?? 'no decision'}`;
+  if (o.error !== undefined || !o.actual)
+    return `✗ ${o.name} — expected ${expected}, got error: ${o.error ?? 'no decision'}`;
   const a = o.actual;
   return `✗ ${o.name} — expected ${expected}, got allow=${a.allow} pool=${a.snat_pool} reason=${a.reason}`;
 }

@@ -29,12 +29,24 @@ export async function checkPolicy(policy: LoadedPolicy, opts: PolicyCheckOptions
     const report = await runPolicyCases(opts.casesPath, policy, decidePolicyCase);
     if (!report.ok) {
       const failures = report.text.split('\n').filter((l) => l.trimStart().startsWith('✗'));
-      throw new Error(`policy cases failed (${report.failed} of ${report.outcomes.length}): ${failures.slice(0, 3).map((l) => l.trim()).join('; ')}`);
+      throw new Error(
+        `policy cases failed (${report.failed} of ${report.outcomes.length}): ${failures
+          .slice(0, 3)
+          .map((l) => l.trim())
+          .join('; ')}`,
+      );
     }
   }
   if (opts.regoTestsDir !== undefined) {
     const opa = await runOpaTest(opts.regoTestsDir);
-    if (!opa.ok) throw new Error(`Rego unit tests failed: ${opa.text.split('\n').filter((l) => !l.startsWith('✓')).slice(0, 4).join('; ')}`);
+    if (!opa.ok)
+      throw new Error(
+        `Rego unit tests failed: ${opa.text
+          .split('\n')
+          .filter((l) => !l.startsWith('✓'))
+          .slice(0, 4)
+          .join('; ')}`,
+      );
   }
 }
 
@@ -98,7 +110,10 @@ export class PolicyStore implements PolicySource {
       const error = (err as Error).message;
       store.lastReload = { result: 'failure', trigger: 'start', revision: '', ms: 0, at: new Date(), error };
       opts.metrics?.policyReloaded(store.role, 'failure');
-      opts.log.error({ policy: store.role, policy_source: source.location, err: error }, 'no policy yet; not ready, denying every check, retrying at each poll');
+      opts.log.error(
+        { policy: store.role, policy_source: source.location, err: error },
+        'no policy yet; not ready, denying every check, retrying at each poll',
+      );
     }
     return store;
   }
@@ -142,7 +157,13 @@ export class PolicyStore implements PolicySource {
     const started = performance.now();
     const log = this.opts.log;
     const outcome = (result: ReloadResult, error?: string): ReloadOutcome => {
-      const o: ReloadOutcome = { result, trigger, revision: this.current?.revision ?? '', ms: performance.now() - started, at: new Date() };
+      const o: ReloadOutcome = {
+        result,
+        trigger,
+        revision: this.current?.revision ?? '',
+        ms: performance.now() - started,
+        at: new Date(),
+      };
       if (error !== undefined) o.error = error;
       if (result !== 'unchanged') {
         this.lastReload = o;
@@ -159,13 +180,27 @@ export class PolicyStore implements PolicySource {
       candidate = await this.loadChecked(version.load.bind(version));
     } catch (err) {
       const error = (err as Error).message;
-      log.error({ policy: this.role, trigger, policy_source: this.source.location, policy_revision: previous, err: error }, 'policy refused; the last good policy keeps serving');
+      log.error(
+        { policy: this.role, trigger, policy_source: this.source.location, policy_revision: previous, err: error },
+        'policy refused; the last good policy keeps serving',
+      );
       return outcome('failure', error);
     }
     this.current = candidate; // the swap: one assignment, seen by every Check that starts after it
     this.opts.metrics?.policyRevision(this.role, candidate.revision);
     const o = outcome('success');
-    log.info({ policy: this.role, trigger, policy_source: this.source.location, policy_revision: candidate.revision, previous_revision: previous, reload_ms: Math.round(o.ms), ...footprintFields(candidate.inputFootprint) }, 'policy reloaded');
+    log.info(
+      {
+        policy: this.role,
+        trigger,
+        policy_source: this.source.location,
+        policy_revision: candidate.revision,
+        previous_revision: previous,
+        reload_ms: Math.round(o.ms),
+        ...footprintFields(candidate.inputFootprint),
+      },
+      'policy reloaded',
+    );
     return o;
   }
 
@@ -183,7 +218,13 @@ export class PolicyStore implements PolicySource {
 export function reloadStatus(live: PolicyStore, shadow?: PolicyStore): Record<string, unknown> {
   const detail: Record<string, unknown> = {};
   const last = live.lastReload;
-  if (last) detail['policy_last_reload'] = { result: last.result, at: last.at.toISOString(), trigger: last.trigger, ...(last.error ? { error: last.error } : {}) };
+  if (last)
+    detail['policy_last_reload'] = {
+      result: last.result,
+      at: last.at.toISOString(),
+      trigger: last.trigger,
+      ...(last.error ? { error: last.error } : {}),
+    };
   if (shadow) detail['shadow_policy_revision'] = shadow.current?.revision ?? '';
   return detail;
 }

@@ -63,8 +63,19 @@ export class ShadowEvaluator {
         namespace: live.identity?.namespace ?? '',
         destination: live.destination,
         disagreement: kind,
-        live: { allow: live.allow, snat_pool: live.snat_pool, reason: live.reason, policy_revision: live.policy_revision },
-        shadow: { allow: shadow.allow, snat_pool: shadow.snat_pool, reason: shadow.reason, policy_revision: shadow.policy_revision, policy_error: shadow.policy_error },
+        live: {
+          allow: live.allow,
+          snat_pool: live.snat_pool,
+          reason: live.reason,
+          policy_revision: live.policy_revision,
+        },
+        shadow: {
+          allow: shadow.allow,
+          snat_pool: shadow.snat_pool,
+          reason: shadow.reason,
+          policy_revision: shadow.policy_revision,
+          policy_error: shadow.policy_error,
+        },
       },
       'shadow policy disagrees',
     );

@@ -37,7 +37,8 @@ export async function readBundleFiles(bytes: Uint8Array): Promise<Map<string, Ui
     tar = await gunzipAsync(bytes, { maxOutputLength: MAX_BUNDLE_BYTES });
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === 'ERR_BUFFER_TOO_LARGE' || e instanceof RangeError) throw new Error(`bundle unpacks to more than ${MAX_BUNDLE_BYTES} bytes`);
+    if (code === 'ERR_BUFFER_TOO_LARGE' || e instanceof RangeError)
+      throw new Error(`bundle unpacks to more than ${MAX_BUNDLE_BYTES} bytes`);
     throw new Error(`bundle is not a gzip-compressed tar file: ${(e as Error).message}`);
   }
   const files = new Map<string, Uint8Array>();
@@ -98,7 +99,8 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
   for (const [path, body] of [...files].sort(([a], [b]) => a.localeCompare(b))) {
     const segments = path.split('/');
     const name = segments.pop();
-    if (name === 'data.yaml' || name === 'data.yml') throw new Error(`bundle file ${path}: YAML data is not supported, use data.json`);
+    if (name === 'data.yaml' || name === 'data.yml')
+      throw new Error(`bundle file ${path}: YAML data is not supported, use data.json`);
     if (name !== 'data.json') continue;
     mergeAt(data, segments, parseJson(body, path), path);
   }
@@ -111,7 +113,8 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
 
 function wasmModulePath(manifest: BundleManifest | undefined, entrypoint: string | undefined): string {
   const modules = Array.isArray(manifest?.wasm) ? manifest.wasm : [];
-  const chosen = modules.find((m) => isObject(m) && m.entrypoint === entrypoint) ?? (modules.length === 1 ? modules[0] : undefined);
+  const chosen =
+    modules.find((m) => isObject(m) && m.entrypoint === entrypoint) ?? (modules.length === 1 ? modules[0] : undefined);
   if (chosen && typeof chosen.module === 'string') return safePath(chosen.module);
   return 'policy.wasm';
 }
@@ -206,7 +209,8 @@ function* readTar(tar: Uint8Array): Generator<TarEntry> {
     }
     if (type === 'g') continue;
     const prefix = cString(header.subarray(345, 500));
-    const name = longName ?? (prefix ? `${prefix}/${cString(header.subarray(0, 100))}` : cString(header.subarray(0, 100)));
+    const name =
+      longName ?? (prefix ? `${prefix}/${cString(header.subarray(0, 100))}` : cString(header.subarray(0, 100)));
     longName = undefined;
     if (type === '5') continue;
     if (type !== '0' && type !== '\0' && type !== '7') {

@@ -56,7 +56,9 @@ export function inputFootprint(modules: readonly string[]): InputFootprint {
       keys.add(next);
     }
     if (deterministic) {
-      const called = NON_DETERMINISTIC.find((b) => new RegExp(`(?<![A-Za-z0-9_.])${b.replace(/\./g, '\\.')}\\s*\\(`).test(code));
+      const called = NON_DETERMINISTIC.find((b) =>
+        new RegExp(`(?<![A-Za-z0-9_.])${b.replace(/\./g, '\\.')}\\s*\\(`).test(code),
+      );
       if (called) {
         deterministic = false;
         why = `calls ${called}`;
@@ -68,9 +70,15 @@ export function inputFootprint(modules: readonly string[]): InputFootprint {
 
 /** The footprint a bundle's manifest carries, if it carries a well-formed one. */
 export function footprintFromManifest(manifest: unknown): InputFootprint | undefined {
-  const meta = (manifest as { metadata?: Record<string, unknown> } | undefined)?.metadata?.[MANIFEST_METADATA_KEY] as Partial<InputFootprint> | undefined;
+  const meta = (manifest as { metadata?: Record<string, unknown> } | undefined)?.metadata?.[MANIFEST_METADATA_KEY] as
+    Partial<InputFootprint> | undefined;
   if (typeof meta !== 'object' || meta === null) return undefined;
-  const keys = meta.keys === null ? null : Array.isArray(meta.keys) && meta.keys.every((k) => typeof k === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) ? meta.keys : undefined;
+  const keys =
+    meta.keys === null
+      ? null
+      : Array.isArray(meta.keys) && meta.keys.every((k) => typeof k === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
+        ? meta.keys
+        : undefined;
   if (keys === undefined || typeof meta.deterministic !== 'boolean') return undefined;
   return { keys, deterministic: meta.deterministic, why: typeof meta.why === 'string' ? meta.why : '' };
 }
@@ -78,7 +86,11 @@ export function footprintFromManifest(manifest: unknown): InputFootprint | undef
 /** Fields for the log line that says how a policy is evaluated. */
 export function footprintFields(f: InputFootprint | undefined): Record<string, unknown> {
   if (!f) return { policy_input: 'whole (no footprint in the bundle)', policy_memoised: false };
-  return { policy_input: f.keys ?? 'whole', policy_memoised: f.keys !== null && f.deterministic, ...(f.why ? { policy_memo_off_because: f.why } : {}) };
+  return {
+    policy_input: f.keys ?? 'whole',
+    policy_memoised: f.keys !== null && f.deterministic,
+    ...(f.why ? { policy_memo_off_because: f.why } : {}),
+  };
 }
 
 /** For each root `input` token: the field name that directly follows (`input.x` → "x"), or undefined. */

@@ -38,7 +38,10 @@ export function packageRoot(): string {
       }
     }
     const parent = dirname(dir);
-    if (parent === dir) throw new Error('egress-authz: cannot find the package root (package.json) above ' + fileURLToPath(import.meta.url));
+    if (parent === dir)
+      throw new Error(
+        'egress-authz: cannot find the package root (package.json) above ' + fileURLToPath(import.meta.url),
+      );
     dir = parent;
   }
 }
@@ -90,13 +93,22 @@ interface RunOutput {
 function runOpa(args: string[], cwd?: string): Promise<RunOutput> {
   const opa = locateOpa();
   return new Promise((resolve, reject) => {
-    execFile(opa, args, { cwd, timeout: BUILD_TIMEOUT_MS, maxBuffer: MAX_OUTPUT_BYTES, encoding: 'utf8' }, (err, stdout, stderr) => {
-      if (err && typeof err.code !== 'number') {
-        reject(new Error(`opa ${args[0] ?? ''} could not run: ${err.killed ? `timed out after ${BUILD_TIMEOUT_MS} ms` : err.message}`));
-        return;
-      }
-      resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
-    });
+    execFile(
+      opa,
+      args,
+      { cwd, timeout: BUILD_TIMEOUT_MS, maxBuffer: MAX_OUTPUT_BYTES, encoding: 'utf8' },
+      (err, stdout, stderr) => {
+        if (err && typeof err.code !== 'number') {
+          reject(
+            new Error(
+              `opa ${args[0] ?? ''} could not run: ${err.killed ? `timed out after ${BUILD_TIMEOUT_MS} ms` : err.message}`,
+            ),
+          );
+          return;
+        }
+        resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -114,7 +126,12 @@ export interface BuildOptions {
  * (`opa build -t wasm -e <entrypoint>`), skipping `cases/`, hidden files and `*_test.rego`.
  * Rejects with opa's own compiler messages when the policy does not compile.
  */
-export async function buildWasmBundle(policyDir: string, outFile: string, entrypoint = DEFAULT_ENTRYPOINT, opts: BuildOptions = {}): Promise<void> {
+export async function buildWasmBundle(
+  policyDir: string,
+  outFile: string,
+  entrypoint = DEFAULT_ENTRYPOINT,
+  opts: BuildOptions = {},
+): Promise<void> {
   if (!isDirectory(policyDir)) throw new Error(`policy folder ${policyDir} does not exist or is not a folder`);
   const args = ['build', '-t', 'wasm', '-e', entrypoint, '-o', resolve(outFile), ...ignoreArgs(BUILD_IGNORES)];
   if (opts.revision !== undefined) args.push('--revision', opts.revision);
@@ -151,8 +168,13 @@ function policyRegoSources(dir: string): string[] {
 async function stampInputFootprint(bundleFile: string, sources: string[]): Promise<void> {
   const files = await readBundleFiles(readFileSync(bundleFile));
   const manifestBytes = files.get('.manifest');
-  const manifest = manifestBytes ? (JSON.parse(Buffer.from(manifestBytes).toString('utf8')) as Record<string, unknown>) : {};
-  const metadata = typeof manifest.metadata === 'object' && manifest.metadata !== null ? (manifest.metadata as Record<string, unknown>) : {};
+  const manifest = manifestBytes
+    ? (JSON.parse(Buffer.from(manifestBytes).toString('utf8')) as Record<string, unknown>)
+    : {};
+  const metadata =
+    typeof manifest.metadata === 'object' && manifest.metadata !== null
+      ? (manifest.metadata as Record<string, unknown>)
+      : {};
   manifest.metadata = { ...metadata, [MANIFEST_METADATA_KEY]: inputFootprint(sources) };
   files.set('.manifest', Buffer.from(JSON.stringify(manifest)));
   writeFileSync(bundleFile, writeBundleFiles(files));

@@ -15,7 +15,9 @@ import { fail, ok, type Result } from '../common/result.js';
 export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
 
 // The SDK's ESM entry exports only loadPolicy; its CommonJS entry also has loadPolicySync.
-const opaWasm = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as typeof import('@open-policy-agent/opa-wasm');
+const opaWasm = createRequire(import.meta.url)(
+  '@open-policy-agent/opa-wasm',
+) as typeof import('@open-policy-agent/opa-wasm');
 
 // Node has the WebAssembly global, but the project's `lib` (ES2023, no DOM) does not declare it.
 type CompiledWasm = object;
@@ -80,14 +82,18 @@ export async function loadPolicy(location: string, opts: LoadPolicyOptions = {})
   if (info.isDirectory()) {
     bytes = await compileFolder(location, entrypoint);
   } else {
-    if (info.size > MAX_BUNDLE_BYTES) throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
+    if (info.size > MAX_BUNDLE_BYTES)
+      throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
     bytes = await readFile(location);
   }
   return loadPolicyBundle(bytes, { ...opts, source: location });
 }
 
 /** Loads a bundle already in memory (e.g. fetched from a bundle server). */
-export async function loadPolicyBundle(bytes: Uint8Array, opts: LoadPolicyOptions & { source: string }): Promise<LoadedPolicy> {
+export async function loadPolicyBundle(
+  bytes: Uint8Array,
+  opts: LoadPolicyOptions & { source: string },
+): Promise<LoadedPolicy> {
   const entrypoint = opts.entrypoint ?? DEFAULT_ENTRYPOINT;
   const where = `policy ${opts.source}`;
   let bundle;
@@ -103,7 +109,10 @@ export async function loadPolicyBundle(bytes: Uint8Array, opts: LoadPolicyOption
     throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${(e as Error).message}`);
   }
   const manifestRevision = bundle.manifest?.revision;
-  const revision = typeof manifestRevision === 'string' && manifestRevision !== '' ? manifestRevision : `sha256:${sha256(bytes).slice(0, 12)}`;
+  const revision =
+    typeof manifestRevision === 'string' && manifestRevision !== ''
+      ? manifestRevision
+      : `sha256:${sha256(bytes).slice(0, 12)}`;
   return WasmPolicy.create(module, bundle.data, {
     revision,
     source: opts.source,
@@ -182,7 +191,9 @@ class WasmPolicy implements LoadedPolicy {
     const entrypoints = instance.entrypoints as Record<string, number>;
     const id = entrypoints[meta.entrypoint];
     if (typeof id !== 'number' || !Object.prototype.hasOwnProperty.call(entrypoints, meta.entrypoint)) {
-      throw new Error(`${where}: entrypoint ${meta.entrypoint} not found (the bundle has: ${Object.keys(entrypoints).join(', ') || 'none'})`);
+      throw new Error(
+        `${where}: entrypoint ${meta.entrypoint} not found (the bundle has: ${Object.keys(entrypoints).join(', ') || 'none'})`,
+      );
     }
     return new WasmPolicy(module, data, meta, instance, id);
   }
@@ -228,7 +239,8 @@ class WasmPolicy implements LoadedPolicy {
       return fail(`policy evaluation failed: ${describe(e)}`);
     }
     const elapsed = performance.now() - started;
-    if (elapsed > this.meta.evalBudgetMs) return fail(`policy evaluation exceeded ${this.meta.evalBudgetMs}ms (took ${elapsed.toFixed(1)}ms)`);
+    if (elapsed > this.meta.evalBudgetMs)
+      return fail(`policy evaluation exceeded ${this.meta.evalBudgetMs}ms (took ${elapsed.toFixed(1)}ms)`);
     if (!Array.isArray(resultSet) || resultSet.length === 0) return fail('policy result undefined');
     if (resultSet.length > 1) return fail(`policy returned ${resultSet.length} results, expected one`);
     const first: unknown = resultSet[0];
@@ -246,7 +258,10 @@ class WasmPolicy implements LoadedPolicy {
 
   async withDataOverlay(overlay: Record<string, unknown>): Promise<LoadedPolicy> {
     const data = deepMerge(this.data, overlay);
-    return WasmPolicy.create(this.module, data, { ...this.meta, revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}` });
+    return WasmPolicy.create(this.module, data, {
+      ...this.meta,
+      revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}`,
+    });
   }
 }
 
@@ -289,8 +304,10 @@ export function normalisePolicyResult(value: unknown): Result<PolicyResult> {
   const hasAllowed = 'allowed' in value;
   if (!hasAllow && !hasAllowed) return fail('policy result has neither "allow" nor "allowed"');
   const allow = hasAllow ? value['allow'] : value['allowed'];
-  if (typeof allow !== 'boolean') return fail(`policy result "${hasAllow ? 'allow' : 'allowed'}" must be a boolean, got ${typeName(allow)}`);
-  if (hasAllow && hasAllowed && value['allowed'] !== allow) return fail('policy result has "allow" and "allowed" that disagree');
+  if (typeof allow !== 'boolean')
+    return fail(`policy result "${hasAllow ? 'allow' : 'allowed'}" must be a boolean, got ${typeName(allow)}`);
+  if (hasAllow && hasAllowed && value['allowed'] !== allow)
+    return fail('policy result has "allow" and "allowed" that disagree');
 
   const pool = optionalString(value, 'snat_pool');
   if (!pool.ok) return pool;

@@ -13,7 +13,15 @@ export const REASON_CLASSES = ['allowed', 'identity', 'policy_deny', 'policy_err
 export type ReasonClass = (typeof REASON_CLASSES)[number];
 
 /** Why the identity step refused a peer, coarsely; the decision log has the precise reason. */
-export const IDENTITY_REJECTION_CLASSES = ['missing', 'pem', 'svid', 'validity', 'spiffe_id', 'mismatch', 'other'] as const;
+export const IDENTITY_REJECTION_CLASSES = [
+  'missing',
+  'pem',
+  'svid',
+  'validity',
+  'spiffe_id',
+  'mismatch',
+  'other',
+] as const;
 export type IdentityRejectionClass = (typeof IDENTITY_REJECTION_CLASSES)[number];
 
 const CALLERS = ['envoy', 'sideband', 'cli'] as const;
@@ -27,7 +35,11 @@ export const NO_NAMESPACE_LABEL = '_none';
 
 // A Check takes tens of microseconds in-process; the buckets resolve that range and a slow tail.
 const LATENCY_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
-const EXT_AUTHZ_LABELS = { grpc_service: 'envoy.service.auth.v3.Authorization', grpc_method: 'Check', grpc_type: 'unary' };
+const EXT_AUTHZ_LABELS = {
+  grpc_service: 'envoy.service.auth.v3.Authorization',
+  grpc_method: 'Check',
+  grpc_type: 'unary',
+};
 
 export function reasonClass(d: Decision): ReasonClass {
   if (d.allow) return 'allowed';
@@ -126,7 +138,8 @@ export class ServiceMetrics {
       labelNames: ['policy', 'result'] as const,
       registers,
     });
-    for (const policy of ['live', 'shadow']) for (const result of ['success', 'failure']) bound(this.reloads, policy, result);
+    for (const policy of ['live', 'shadow'])
+      for (const result of ['success', 'failure']) bound(this.reloads, policy, result);
     this.revisionInfo = new Gauge({
       name: 'egress_authz_policy_revision_info',
       help: 'The serving policy revision (bundle manifest revision or content hash); value is always 1',
@@ -203,7 +216,8 @@ export class ServiceMetrics {
     const ns = d.identity?.namespace;
     // Allowed namespaces are bounded by the policy; a denied one is labelled only if the policy knows it
     // as a tenant, so a flood of made-up namespaces lands in one "_other" series.
-    const namespace = ns === undefined ? NO_NAMESPACE_LABEL : d.allow || this.tenants(policy).has(ns) ? ns : OTHER_LABEL;
+    const namespace =
+      ns === undefined ? NO_NAMESPACE_LABEL : d.allow || this.tenants(policy).has(ns) ? ns : OTHER_LABEL;
     const key = `${namespace}\u0000${d.snat_pool}\u0000${decision}`;
     let child = this.tenantChildren.get(key);
     if (child === undefined) {
@@ -224,7 +238,8 @@ export class ServiceMetrics {
     let set = this.tenantsByPolicy.get(policy);
     if (!set) {
       const egress = policy.data?.['egress'];
-      const tenants = typeof egress === 'object' && egress !== null ? (egress as Record<string, unknown>)['tenants'] : undefined;
+      const tenants =
+        typeof egress === 'object' && egress !== null ? (egress as Record<string, unknown>)['tenants'] : undefined;
       set = new Set(typeof tenants === 'object' && tenants !== null ? Object.keys(tenants) : []);
       this.tenantsByPolicy.set(policy, set);
     }

@@ -13,7 +13,13 @@ import { createHttpServer, listen, type RouteHandler } from '../transport/http-s
 import { MeteredAuthorizer, metricsRoute, ServiceMetrics, timedRoute } from './metrics.js';
 import { footprintFields } from '../policy/input-footprint.js';
 import type { LoadedPolicy } from '../policy/policy.js';
-import { grpcServerCredentials, httpsServerOptions, type CallerPattern, type CertificateFiles, type PeerPolicy } from '../transport/tls.js';
+import {
+  grpcServerCredentials,
+  httpsServerOptions,
+  type CallerPattern,
+  type CertificateFiles,
+  type PeerPolicy,
+} from '../transport/tls.js';
 import { configureSidebandServer, sidebandRoutes } from '../transport/sideband.js';
 import { ShadowEvaluator, type ShadowEvaluatorOptions } from '../lifecycle/shadow-policy.js';
 
@@ -76,24 +82,32 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const policies = opts.policies ?? new MutablePolicySource(opts.policy);
   const metrics = opts.metrics ?? new ServiceMetrics();
   if (policies.current) metrics.policyRevision('live', policies.current.revision);
-  const shadow = opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
+  const shadow =
+    opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
   let stopping = false;
   const isReady = () => !stopping && policies.current !== undefined;
   const tls = opts.tls;
-  const peerPolicy: PeerPolicy | undefined = tls && { requireClientCert: tls.files.current.ca !== undefined, allowedCallers: tls.allowedCallers ?? [] };
-  const onPeerRefused = (v: { reason: string }, peer: string) => log.warn({ peer, reason: v.reason }, 'caller refused before any decision');
-  const authorizer: Authorizer = new MeteredAuthorizer({
-    policies,
-    trustedIdentityHeader: opts.trustedIdentityHeader,
-    checkDeadlineMs: opts.checkDeadlineMs,
-    sink: (entry, decision) => {
-      if (entry.policy_error !== undefined) log.error(entry, 'decision');
-      else log.info(entry, 'decision');
-      metrics.observeDecision(decision, policies.current);
-      opts.onDecision?.(entry, decision);
+  const peerPolicy: PeerPolicy | undefined = tls && {
+    requireClientCert: tls.files.current.ca !== undefined,
+    allowedCallers: tls.allowedCallers ?? [],
+  };
+  const onPeerRefused = (v: { reason: string }, peer: string) =>
+    log.warn({ peer, reason: v.reason }, 'caller refused before any decision');
+  const authorizer: Authorizer = new MeteredAuthorizer(
+    {
+      policies,
+      trustedIdentityHeader: opts.trustedIdentityHeader,
+      checkDeadlineMs: opts.checkDeadlineMs,
+      sink: (entry, decision) => {
+        if (entry.policy_error !== undefined) log.error(entry, 'decision');
+        else log.info(entry, 'decision');
+        metrics.observeDecision(decision, policies.current);
+        opts.onDecision?.(entry, decision);
+      },
+      shadow: shadow?.observe,
     },
-    shadow: shadow?.observe,
-  }, metrics);
+    metrics,
+  );
   const routes = { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) };
   const sideband = routes['POST /v1/sideband'];
   if (sideband) routes['POST /v1/sideband'] = timedRoute(sideband, (s) => metrics.observeSidebandSeconds(s));
@@ -118,10 +132,18 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   });
   configureSidebandServer(httpServer);
   // New handshakes on the HTTPS listener use rotated certificates; established connections keep theirs.
-  const unsubscribe = tls?.files.subscribe(() => (httpServer as unknown as TlsServer).setSecureContext(httpsServerOptions(tls.files)));
+  const unsubscribe = tls?.files.subscribe(() =>
+    (httpServer as unknown as TlsServer).setSecureContext(httpsServerOptions(tls.files)),
+  );
   const grpcPort = await bindGrpcServer(grpcServer, opts.grpcAddr, tls ? grpcServerCredentials(tls.files) : undefined);
-  const readiness = () => ({ ready: isReady(), detail: { policy_revision: policies.current?.revision ?? '', ...opts.readyDetail?.() } });
-  const healthServer = opts.healthAddr === undefined ? undefined : createHttpServer({ ready: readiness, routes: { 'GET /metrics': routes['GET /metrics']! } });
+  const readiness = () => ({
+    ready: isReady(),
+    detail: { policy_revision: policies.current?.revision ?? '', ...opts.readyDetail?.() },
+  });
+  const healthServer =
+    opts.healthAddr === undefined
+      ? undefined
+      : createHttpServer({ ready: readiness, routes: { 'GET /metrics': routes['GET /metrics']! } });
   let httpPort: number;
   let healthPort: number | undefined;
   try {

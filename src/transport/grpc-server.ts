@@ -74,7 +74,11 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
   return server;
 }
 
-export function bindGrpcServer(server: grpc.Server, addr: string, creds = grpc.ServerCredentials.createInsecure()): Promise<number> {
+export function bindGrpcServer(
+  server: grpc.Server,
+  addr: string,
+  creds = grpc.ServerCredentials.createInsecure(),
+): Promise<number> {
   return new Promise((resolve, reject) => {
     server.bindAsync(addr, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });

@@ -42,7 +42,8 @@ export function createHttpServer(opts: HttpServerOptions): http.Server {
     const route = routes[`${req.method} ${path}`];
     if (route) return route(req, res);
     if (req.method === 'GET' || req.method === 'HEAD') {
-      if (path === '/healthz') return json(res, opts.live?.() === false ? 503 : 200, { status: opts.live?.() === false ? 'down' : 'ok' });
+      if (path === '/healthz')
+        return json(res, opts.live?.() === false ? 503 : 200, { status: opts.live?.() === false ? 'down' : 'ok' });
       if (path === '/readyz') {
         const r = opts.ready();
         return json(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', ...r.detail });

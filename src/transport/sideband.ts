@@ -20,7 +20,9 @@ export interface SidebandAuthorizer {
 }
 
 /** The route table entry the HTTP listener mounts. */
-export function sidebandRoutes(authorizer: SidebandAuthorizer): Record<string, (req: IncomingMessage, res: ServerResponse) => void> {
+export function sidebandRoutes(
+  authorizer: SidebandAuthorizer,
+): Record<string, (req: IncomingMessage, res: ServerResponse) => void> {
   return { [`POST ${SIDEBAND_PATH}`]: (req, res) => handleSideband(req, res, authorizer) };
 }
 
@@ -46,7 +48,12 @@ const OPTIONAL_HEADERS = {
  * Answers one sideband request. Never throws: every path ends in an answer with X-Egress-Decision, and
  * anything this code cannot vouch for is a deny.
  */
-export function handleSideband(req: IncomingMessage, res: ServerResponse, authorizer: SidebandAuthorizer, onAnswer?: (a: SidebandAnswer) => void): void {
+export function handleSideband(
+  req: IncomingMessage,
+  res: ServerResponse,
+  authorizer: SidebandAuthorizer,
+  onAnswer?: (a: SidebandAnswer) => void,
+): void {
   const respond = (a: SidebandAnswer, close = false): void => {
     onAnswer?.(a);
     writeAnswer(res, a, close);
@@ -98,7 +105,12 @@ export function handleSideband(req: IncomingMessage, res: ServerResponse, author
   });
 }
 
-function decideBody(body: Buffer, req: IncomingMessage, optional: Optional, authorizer: SidebandAuthorizer): SidebandAnswer {
+function decideBody(
+  body: Buffer,
+  req: IncomingMessage,
+  optional: Optional,
+  authorizer: SidebandAuthorizer,
+): SidebandAnswer {
   if (body.length === 0) return malformed('empty body: send the client certificate as PEM');
   const pem = body.toString('latin1');
   // PEM is ASCII; a body with other bytes is not what an iRule sends.
@@ -178,7 +190,8 @@ function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): vo
 export function rawDenyAnswer(status: number, reason: string): string {
   const text = oneLine(reason);
   const body = `deny: ${text}\n`;
-  const phrase = status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
+  const phrase =
+    status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
   return (
     `HTTP/1.1 ${status} ${phrase}\r\n` +
     `X-Egress-Decision: deny\r\nX-Egress-Snat-Pool: \r\nX-Egress-Decision-Id: ${randomUUID()}\r\n` +
@@ -216,7 +229,12 @@ export function configureSidebandServer(server: Server, limits: SidebandServerLi
       return;
     }
     const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const reason = status === 408 ? 'request not received in time' : status === 431 ? 'request headers too large' : `malformed HTTP request (${err.code ?? 'parse error'})`;
+    const reason =
+      status === 408
+        ? 'request not received in time'
+        : status === 431
+          ? 'request headers too large'
+          : `malformed HTTP request (${err.code ?? 'parse error'})`;
     socket.end(rawDenyAnswer(status, reason));
   });
 }

@@ -56,7 +56,8 @@ export function callerAllowed(id: SpiffeId, patterns: readonly CallerPattern[]):
 }
 
 /** What a listener does with a TLS peer: serve it, or refuse it before any decision. */
-export type PeerVerdict = { ok: true; spiffeId?: string } | { ok: false; refusal: 'unauthenticated' | 'forbidden'; reason: string };
+export type PeerVerdict =
+  { ok: true; spiffeId?: string } | { ok: false; refusal: 'unauthenticated' | 'forbidden'; reason: string };
 
 export interface PeerPolicy {
   /** a client certificate verified against the client CA is required */
@@ -69,7 +70,12 @@ export interface PeerPolicy {
  * Judges a TLS peer from what the TLS stack verified: whether the handshake authorized the client
  * certificate, and the leaf's DER. Reasons are fixed texts plus, for a refused caller, its SPIFFE ID.
  */
-export function judgePeer(policy: PeerPolicy, authorized: boolean, leafDer: Buffer | undefined, now = new Date()): PeerVerdict {
+export function judgePeer(
+  policy: PeerPolicy,
+  authorized: boolean,
+  leafDer: Buffer | undefined,
+  now = new Date(),
+): PeerVerdict {
   if (!policy.requireClientCert) return { ok: true };
   if (!authorized || leafDer === undefined || leafDer.length === 0) {
     return { ok: false, refusal: 'unauthenticated', reason: 'no verified client certificate' };
@@ -79,9 +85,11 @@ export function judgePeer(policy: PeerPolicy, authorized: boolean, leafDer: Buff
   // on every call over its connection.
   const pem = `-----BEGIN CERTIFICATE-----\n${leafDer.toString('base64')}\n-----END CERTIFICATE-----\n`;
   const svid = parseX509SvidPem(pem, now);
-  if (!svid.ok) return { ok: false, refusal: 'unauthenticated', reason: `client certificate is not an X.509-SVID: ${svid.reason}` };
+  if (!svid.ok)
+    return { ok: false, refusal: 'unauthenticated', reason: `client certificate is not an X.509-SVID: ${svid.reason}` };
   const id = svid.value.spiffeId;
-  if (!callerAllowed(id, policy.allowedCallers)) return { ok: false, refusal: 'forbidden', reason: `caller ${id.uri} is not allowed` };
+  if (!callerAllowed(id, policy.allowedCallers))
+    return { ok: false, refusal: 'forbidden', reason: `caller ${id.uri} is not allowed` };
   return { ok: true, spiffeId: id.uri };
 }
 
@@ -188,7 +196,13 @@ export class CertificateFiles {
 // ------------------------------------------------------------------------------ listener credentials
 
 /** node:https / node:tls server options for the HTTP listener (material from `files.current`). */
-export function httpsServerOptions(files: CertificateFiles): { cert: Buffer; key: Buffer; ca?: Buffer; requestCert: boolean; rejectUnauthorized: boolean } {
+export function httpsServerOptions(files: CertificateFiles): {
+  cert: Buffer;
+  key: Buffer;
+  ca?: Buffer;
+  requestCert: boolean;
+  rejectUnauthorized: boolean;
+} {
   const m = files.current;
   const mutual = m.ca !== undefined;
   return { cert: m.cert, key: m.key, ...(mutual ? { ca: m.ca } : {}), requestCert: mutual, rejectUnauthorized: mutual };

@@ -23,10 +23,23 @@ describe('bench/results/latest.json', () => {
 });
 
 describe('bench report', () => {
-  const run = (system: string, path: string, rps: number, p99: number, extra = {}) => ({ system, path, rps, p50_ms: p99 / 2, p99_ms: p99, errors: 0, rss_mb: 100, ...extra });
+  const run = (system: string, path: string, rps: number, p99: number, extra = {}) => ({
+    system,
+    path,
+    rps,
+    p50_ms: p99 / 2,
+    p99_ms: p99,
+    errors: 0,
+    rss_mb: 100,
+    ...extra,
+  });
 
   it('judges the throughput goals from the figures', () => {
-    const verdict = goals([run('egress-authz', 'grpc', 2000, 5), run('opa-envoy-plugin', 'grpc', 1000, 6), run('noop', 'grpc', 4000, 2)]);
+    const verdict = goals([
+      run('egress-authz', 'grpc', 2000, 5),
+      run('opa-envoy-plugin', 'grpc', 1000, 6),
+      run('noop', 'grpc', 4000, 2),
+    ]);
     expect(verdict.find((g: { goal: string }) => g.goal.includes('2×')).status).toBe('met');
     expect(verdict.find((g: { goal: string }) => g.goal.includes('70 %')).status).toBe('NOT met');
     expect(verdict.find((g: { goal: string }) => g.goal.startsWith('envoy at')).status).toBe('not measured');

@@ -31,7 +31,11 @@ describe('egress-authz eval', () => {
     const r = await cli('eval', '--spiffe-id', 'spiffe://cluster.local/ns/bookinfo/sa/default');
     expect(r.code).toBe(0);
     const d = JSON.parse(r.stdout);
-    expect(d).toMatchObject({ allow: true, snat_pool: 'bookinfo_snat', spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/default' });
+    expect(d).toMatchObject({
+      allow: true,
+      snat_pool: 'bookinfo_snat',
+      spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/default',
+    });
     expect(d.decision_id).toBeTruthy();
   });
 
@@ -47,7 +51,10 @@ describe('egress-authz eval', () => {
     const ca2 = await workloadSvid(ca, 'spiffe://cluster.local/ns/bookinfo/sa/productpage', { ca: true });
     writeFileSync(join(dir, 'good.pem'), good.certPem);
     writeFileSync(join(dir, 'ca.pem'), ca2.certPem);
-    expect(JSON.parse((await cli('eval', '--cert', join(dir, 'good.pem'))).stdout)).toMatchObject({ allow: true, snat_pool: 'bookinfo_snat' });
+    expect(JSON.parse((await cli('eval', '--cert', join(dir, 'good.pem'))).stdout)).toMatchObject({
+      allow: true,
+      snat_pool: 'bookinfo_snat',
+    });
     const bad = JSON.parse((await cli('eval', '--cert', join(dir, 'ca.pem'))).stdout);
     expect(bad.allow).toBe(false);
     expect(bad.reason).toMatch(/CA/i);
@@ -55,12 +62,23 @@ describe('egress-authz eval', () => {
 
   it('recomputes identity from an input document (--input)', async () => {
     const input = {
-      attributes: { source: { principal: 'spiffe://cluster.local/ns/bookinfo/sa/ratings' }, request: { http: { host: 'www.example.com:443' } } },
+      attributes: {
+        source: { principal: 'spiffe://cluster.local/ns/bookinfo/sa/ratings' },
+        request: { http: { host: 'www.example.com:443' } },
+      },
       identity: { spiffe_id: 'forged', namespace: 'bookinfo' },
     };
     writeFileSync(join(dir, 'input.json'), JSON.stringify(input));
-    expect(JSON.parse((await cli('eval', '--input', join(dir, 'input.json'))).stdout)).toMatchObject({ allow: true, spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/ratings' });
-    writeFileSync(join(dir, 'forged.json'), JSON.stringify({ identity: { spiffe_id: BOOKINFO_FORGED, namespace: 'bookinfo', trust_domain: 'cluster.local' } }));
+    expect(JSON.parse((await cli('eval', '--input', join(dir, 'input.json'))).stdout)).toMatchObject({
+      allow: true,
+      spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/ratings',
+    });
+    writeFileSync(
+      join(dir, 'forged.json'),
+      JSON.stringify({
+        identity: { spiffe_id: BOOKINFO_FORGED, namespace: 'bookinfo', trust_domain: 'cluster.local' },
+      }),
+    );
     expect(JSON.parse((await cli('eval', '--input', join(dir, 'forged.json'))).stdout).allow).toBe(false);
   });
 

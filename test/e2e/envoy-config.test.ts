@@ -47,12 +47,18 @@ describe('generated egress-gateway config', () => {
 
   it('requires a client certificate from the organisation CA', () => {
     expect(chain.transport_socket.typed_config.require_client_certificate).toBe(true);
-    expect(chain.transport_socket.typed_config.common_tls_context.validation_context.trusted_ca.filename).toBe(options.tls.clientCaFile);
+    expect(chain.transport_socket.typed_config.common_tls_context.validation_context.trusted_ca.filename).toBe(
+      options.tls.clientCaFile,
+    );
   });
 
   it('strips a client-sent SNAT pool header before ext_authz and routes every request by the answer', () => {
     const names = filters.map((f) => f.name);
-    expect(names).toEqual(['envoy.filters.http.header_mutation', 'envoy.filters.http.ext_authz', 'envoy.filters.http.router']);
+    expect(names).toEqual([
+      'envoy.filters.http.header_mutation',
+      'envoy.filters.http.ext_authz',
+      'envoy.filters.http.router',
+    ]);
     expect(filters[0]!.typed_config.mutations.request_mutations).toContainEqual({ remove: SNAT_POOL_HEADER });
     const routes: Json[] = hcm.route_config.virtual_hosts.flatMap((v: Json) => v.routes);
     expect(routes.length).toBeGreaterThan(0);
@@ -66,7 +72,9 @@ describe('generated egress-gateway config', () => {
     for (const pool of options.snatPools) {
       const cluster = clusters.find((c) => c.name === pool.name)!;
       expect(cluster.upstream_bind_config.source_address.address).toBe(pool.sourceAddress);
-      expect(cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(options.forwardProxy.port);
+      expect(cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(
+        options.forwardProxy.port,
+      );
     }
     expect(clusters.map((c) => c.name).sort()).toEqual(['bookinfo_snat', 'egress_authz', 'other_snat']);
   });
@@ -76,9 +84,21 @@ describe('generated egress-gateway config', () => {
     dirs.push(dir);
     const ca = await createCa();
     writeFileSync(join(dir, 'ca.crt'), ca.certPem);
-    const server = writeCert(dir, 'server', await issue({ issuer: ca, subject: 'CN=bigip-proxy-svc', dns: ['bigip-proxy-svc'] }));
+    const server = writeCert(
+      dir,
+      'server',
+      await issue({ issuer: ca, subject: 'CN=bigip-proxy-svc', dns: ['bigip-proxy-svc'] }),
+    );
     const file = join(dir, 'envoy.json');
-    writeFileSync(file, JSON.stringify(egressGatewayConfig({ ...options, tls: { certFile: server.cert, keyFile: server.key, clientCaFile: join(dir, 'ca.crt') } })));
+    writeFileSync(
+      file,
+      JSON.stringify(
+        egressGatewayConfig({
+          ...options,
+          tls: { certFile: server.cert, keyFile: server.key, clientCaFile: join(dir, 'ca.crt') },
+        }),
+      ),
+    );
     const result = await validateEnvoyConfig(file);
     expect(result.output).toMatch(/OK/);
     expect(result.ok).toBe(true);

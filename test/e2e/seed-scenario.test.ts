@@ -55,7 +55,9 @@ function tcpOpen(port: number): Promise<boolean> {
 
 /** Sum of the egress listener's TLS counter `listener.<addr>.ssl.<name>` from Envoy's admin stats. */
 async function listenerTlsCounter(name: string): Promise<number> {
-  const text = await (await fetch(`${adminUrl}/stats?filter=${encodeURIComponent(`^listener\\..*\\.ssl\\.${name}$`)}`)).text();
+  const text = await (
+    await fetch(`${adminUrl}/stats?filter=${encodeURIComponent(`^listener\\..*\\.ssl\\.${name}$`)}`)
+  ).text();
   return text
     .split('\n')
     .map((l) => /: (\d+)$/.exec(l)?.[1])
@@ -108,10 +110,24 @@ beforeAll(async () => {
   const caFile = join(dir, 'ca.crt');
   writeFileSync(caFile, ca.certPem);
   const proxyHost = 'bigip-proxy-svc';
-  const server = writeCert(dir, 'bigip-proxy-svc', await issue({ issuer: ca, subject: 'CN=bigip-proxy-svc', dns: [proxyHost, 'bigip-proxy-svc.bookinfo.svc.cluster.local'] }));
+  const server = writeCert(
+    dir,
+    'bigip-proxy-svc',
+    await issue({
+      issuer: ca,
+      subject: 'CN=bigip-proxy-svc',
+      dns: [proxyHost, 'bigip-proxy-svc.bookinfo.svc.cluster.local'],
+    }),
+  );
   const otherCa = await createCa('Somebody Else CA');
 
-  const [listenPort, adminPort, grpcPort, httpPort, targetPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const [listenPort, adminPort, grpcPort, httpPort, targetPort] = await Promise.all([
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+  ]);
   tinyproxyPort = await freePort();
   const client = { proxyHost, proxyPort: listenPort, proxyCaFile: caFile };
   bookinfo = { ...client, svid: writeCert(dir, 'productpage', await workloadSvid(ca, BOOKINFO)) };
@@ -128,11 +144,30 @@ beforeAll(async () => {
   targetUrl = `https://127.0.0.1:${targetPort}/`;
 
   tinyproxyLog = join(dir, 'tinyproxy.log');
-  writeTinyproxyConfig(join(dir, 'tinyproxy.conf'), { port: tinyproxyPort, allow: [BOOKINFO_SNAT], logFile: tinyproxyLog, pidFile: join(dir, 'tinyproxy.pid') });
+  writeTinyproxyConfig(join(dir, 'tinyproxy.conf'), {
+    port: tinyproxyPort,
+    allow: [BOOKINFO_SNAT],
+    logFile: tinyproxyLog,
+    pidFile: join(dir, 'tinyproxy.pid'),
+  });
   const tinyproxy = start('tinyproxy', 'tinyproxy', ['-d', '-c', join(dir, 'tinyproxy.conf')]);
   procs.push(tinyproxy);
 
-  authz = start('egress-authz', process.execPath, [CLI, 'serve', '--grpc-addr', `127.0.0.1:${grpcPort}`, '--http-addr', `127.0.0.1:${httpPort}`, '--policy', join(repoRoot, 'policies')], { cwd: repoRoot });
+  authz = start(
+    'egress-authz',
+    process.execPath,
+    [
+      CLI,
+      'serve',
+      '--grpc-addr',
+      `127.0.0.1:${grpcPort}`,
+      '--http-addr',
+      `127.0.0.1:${httpPort}`,
+      '--policy',
+      join(repoRoot, 'policies'),
+    ],
+    { cwd: repoRoot },
+  );
   procs.push(authz);
 
   accessLog = join(dir, 'envoy-access.log');
@@ -157,7 +192,17 @@ beforeAll(async () => {
     ),
   );
   adminUrl = `http://127.0.0.1:${adminPort}`;
-  const envoy = start('envoy', envoyBin, ['-c', envoyConfig, '--disable-hot-restart', '--concurrency', '1', '--log-level', 'warning', '--file-flush-interval-msec', '100']);
+  const envoy = start('envoy', envoyBin, [
+    '-c',
+    envoyConfig,
+    '--disable-hot-restart',
+    '--concurrency',
+    '1',
+    '--log-level',
+    'warning',
+    '--file-flush-interval-msec',
+    '100',
+  ]);
   procs.push(envoy);
 
   await Promise.all([
@@ -217,14 +262,23 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
     expect(decision).toMatchObject({ allow: false, snat_pool: '', spiffe_id: NETTOOLS });
     expect(r.stdout.toLowerCase()).toContain(`x-egress-decision-id: ${decision.decision_id}`);
     const logged = await accessLogEntry(requestId);
-    expect(logged).toMatchObject({ response_code: 403, denied_decision_id: decision.decision_id, response_flags: 'UAEX' });
+    expect(logged).toMatchObject({
+      response_code: 403,
+      denied_decision_id: decision.decision_id,
+      response_flags: 'UAEX',
+    });
     expect(readText(tinyproxyLog)).toBe(before);
   });
 
   it('does not let a denied pod pick the SNAT pool itself', async () => {
     const requestId = randomUUID();
     const before = readText(tinyproxyLog);
-    const r = await curl([...viaEgressProxy(nettools, { requestId, proxyHeaders: ['x-egress-snat-pool: bookinfo_snat'] }), '--include', '--insecure', targetUrl]);
+    const r = await curl([
+      ...viaEgressProxy(nettools, { requestId, proxyHeaders: ['x-egress-snat-pool: bookinfo_snat'] }),
+      '--include',
+      '--insecure',
+      targetUrl,
+    ]);
     expect(r.stdout).toMatch(/^HTTP\/1\.1 403 /m);
     expect(await decisionFor(requestId)).toMatchObject({ allow: false });
     expect(readText(tinyproxyLog)).toBe(before);
@@ -233,7 +287,10 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
   it('fails the TLS handshake without a client certificate, or with one from another CA', async () => {
     const count = decisions().length;
     const before = readText(tinyproxyLog);
-    for (const [client, counter] of [[noCert, 'fail_verify_no_cert'], [stranger, 'fail_verify_error']] as const) {
+    for (const [client, counter] of [
+      [noCert, 'fail_verify_no_cert'],
+      [stranger, 'fail_verify_error'],
+    ] as const) {
       const failed = await listenerTlsCounter(counter);
       const r = await curl([...viaEgressProxy(client), '--include', '--insecure', targetUrl]);
       // With TLS 1.3 curl learns of the refusal only when it writes: 35 (handshake), 55/56 (send/recv).
@@ -246,7 +303,16 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
   });
 
   it('has a real firewall: tinyproxy refuses any source address but bookinfo_snat', async () => {
-    const direct = (source: string) => curl(['--interface', source, '--proxy', `http://127.0.0.1:${tinyproxyPort}`, '--include', '--insecure', targetUrl]);
+    const direct = (source: string) =>
+      curl([
+        '--interface',
+        source,
+        '--proxy',
+        `http://127.0.0.1:${tinyproxyPort}`,
+        '--include',
+        '--insecure',
+        targetUrl,
+      ]);
     expect((await direct(BOOKINFO_SNAT)).stdout).toContain('legacy billing system');
     for (const source of [OTHER_SNAT, '127.0.0.1']) {
       const r = await direct(source);

@@ -22,7 +22,10 @@ let certs: IssuedCert[];
 
 beforeAll(async () => {
   const ca = await createCa();
-  certs = [await workloadSvid(ca, CERT_ID), await workloadSvid(ca, 'spiffe://cluster.local/ns/bookinfo-evil/sa/details')];
+  certs = [
+    await workloadSvid(ca, CERT_ID),
+    await workloadSvid(ca, 'spiffe://cluster.local/ns/bookinfo-evil/sa/details'),
+  ];
   authorizer = new Authorizer({ policies: new MutablePolicySource(await loadDefaultPolicy()), sink: () => {} });
 });
 
@@ -44,7 +47,11 @@ function expectSafe(d: Decision, evidence: unknown[]): void {
   expect(d.identity!.spiffe_id.startsWith('spiffe://cluster.local/ns/bookinfo/sa/')).toBe(true);
   expect(d.snat_pool).toBe('bookinfo_snat');
   // The identity is one the request's own evidence carried, not something the input made up.
-  const named = evidence.some((e) => typeof e === 'string' && (e === d.identity!.spiffe_id || (d.identity!.spiffe_id === CERT_ID && e.includes('BEGIN'))));
+  const named = evidence.some(
+    (e) =>
+      typeof e === 'string' &&
+      (e === d.identity!.spiffe_id || (d.identity!.spiffe_id === CERT_ID && e.includes('BEGIN'))),
+  );
   expect(named).toBe(true);
 }
 
@@ -58,7 +65,14 @@ const weird = fc.oneof(
   fc.string({ maxLength: 20 }),
 );
 const principal = fc.oneof(
-  fc.constantFrom(BOOKINFO, 'spiffe://cluster.local/ns/bookinfo-evil/sa/x', 'spiffe://cluster.local/ns/bookinfo', 'spiffe://other/ns/bookinfo/sa/x', 'CN=bookinfo', ''),
+  fc.constantFrom(
+    BOOKINFO,
+    'spiffe://cluster.local/ns/bookinfo-evil/sa/x',
+    'spiffe://cluster.local/ns/bookinfo',
+    'spiffe://other/ns/bookinfo/sa/x',
+    'CN=bookinfo',
+    '',
+  ),
   fc.string(),
   weird,
 );
@@ -67,14 +81,46 @@ const certificate = fc.oneof(
   fc.constantFrom(0, 1).map((i) => ({ pick: i, encode: false })),
   weird,
 );
-const hostish = fc.oneof(fc.constantFrom('www.example.com:443', '[::1]:8443', 'A.EXAMPLE', ':::', '[x', 'h:99999', ''), fc.string(), weird);
-const headers = fc.oneof(
-  fc.dictionary(fc.oneof(fc.constantFrom(':authority', 'x-request-id', 'content-type', 'content-length', 'x-forwarded-client-cert', 'x-spiffe-id'), fc.string({ maxLength: 8 })), fc.oneof(fc.string(), weird), {
-    maxKeys: 4,
-  }),
+const hostish = fc.oneof(
+  fc.constantFrom('www.example.com:443', '[::1]:8443', 'A.EXAMPLE', ':::', '[x', 'h:99999', ''),
+  fc.string(),
   weird,
 );
-const headerMap = fc.oneof(fc.record({ headers: fc.oneof(fc.array(fc.record({ key: fc.oneof(fc.string(), weird), value: fc.oneof(fc.string(), weird) }, { requiredKeys: [] }), { maxLength: 3 }), weird) }, { requiredKeys: [] }), weird);
+const headers = fc.oneof(
+  fc.dictionary(
+    fc.oneof(
+      fc.constantFrom(
+        ':authority',
+        'x-request-id',
+        'content-type',
+        'content-length',
+        'x-forwarded-client-cert',
+        'x-spiffe-id',
+      ),
+      fc.string({ maxLength: 8 }),
+    ),
+    fc.oneof(fc.string(), weird),
+    {
+      maxKeys: 4,
+    },
+  ),
+  weird,
+);
+const headerMap = fc.oneof(
+  fc.record(
+    {
+      headers: fc.oneof(
+        fc.array(
+          fc.record({ key: fc.oneof(fc.string(), weird), value: fc.oneof(fc.string(), weird) }, { requiredKeys: [] }),
+          { maxLength: 3 },
+        ),
+        weird,
+      ),
+    },
+    { requiredKeys: [] },
+  ),
+  weird,
+);
 const http = fc.oneof(
   fc.record(
     {
@@ -84,7 +130,10 @@ const http = fc.oneof(
       headers,
       headerMap,
       body: fc.oneof(fc.constantFrom('{"a":1}', '{'), fc.string(), weird),
-      rawBody: fc.oneof(fc.uint8Array({ maxLength: 8 }).map((b) => Buffer.from(b)), weird),
+      rawBody: fc.oneof(
+        fc.uint8Array({ maxLength: 8 }).map((b) => Buffer.from(b)),
+        weird,
+      ),
     },
     { requiredKeys: [] },
   ),
@@ -93,20 +142,50 @@ const http = fc.oneof(
 const request = fc.oneof(
   fc.record(
     {
-      time: fc.oneof(fc.record({ seconds: fc.oneof(fc.string(), weird), nanos: fc.oneof(fc.integer(), weird) }, { requiredKeys: [] }), weird),
+      time: fc.oneof(
+        fc.record(
+          { seconds: fc.oneof(fc.string(), weird), nanos: fc.oneof(fc.integer(), weird) },
+          { requiredKeys: [] },
+        ),
+        weird,
+      ),
       http,
     },
     { requiredKeys: [] },
   ),
   weird,
 );
-const metadata = fc.oneof(fc.record({ filterMetadata: fc.oneof(fc.dictionary(fc.string({ maxLength: 4 }), fc.oneof(fc.record({ fields: fc.oneof(fc.dictionary(fc.string({ maxLength: 4 }), fc.anything({ maxDepth: 2 })), weird) }), weird), { maxKeys: 2 }), weird) }, { requiredKeys: [] }), weird, fc.anything({ maxDepth: 2 }));
+const metadata = fc.oneof(
+  fc.record(
+    {
+      filterMetadata: fc.oneof(
+        fc.dictionary(
+          fc.string({ maxLength: 4 }),
+          fc.oneof(
+            fc.record({
+              fields: fc.oneof(fc.dictionary(fc.string({ maxLength: 4 }), fc.anything({ maxDepth: 2 })), weird),
+            }),
+            weird,
+          ),
+          { maxKeys: 2 },
+        ),
+        weird,
+      ),
+    },
+    { requiredKeys: [] },
+  ),
+  weird,
+  fc.anything({ maxDepth: 2 }),
+);
 const checkRequestArb = fc.record(
   {
     attributes: fc.oneof(
       fc.record(
         {
-          source: fc.oneof(fc.record({ principal, certificate, address: fc.anything({ maxDepth: 2 }) }, { requiredKeys: [] }), weird),
+          source: fc.oneof(
+            fc.record({ principal, certificate, address: fc.anything({ maxDepth: 2 }) }, { requiredKeys: [] }),
+            weird,
+          ),
           destination: fc.oneof(fc.record({ principal }, { requiredKeys: [] }), weird),
           request,
           contextExtensions: fc.oneof(fc.dictionary(fc.string({ maxLength: 4 }), fc.string({ maxLength: 4 })), weird),
@@ -155,13 +234,24 @@ describe('fuzz: the pipeline with random CheckRequests', () => {
 
   it('checkCli --input (arbitrary JSON documents) never throws and never allows without such an identity', () => {
     fc.assert(
-      fc.property(checkRequestArb, fc.dictionary(fc.constantFrom('identity', 'caller', 'destination', 'source_principal', 'extra'), fc.anything({ maxDepth: 2 }), { maxKeys: 3 }), fc.option(hostish), (raw, extra, destination) => {
-        const { req, evidence } = materialise(raw as Record<string, any>);
-        const input = JSON.parse(JSON.stringify({ ...extra, ...req })) as Record<string, unknown>;
-        let d: Decision | undefined;
-        expect(() => (d = authorizer.checkCli({ input, ...(typeof destination === 'string' ? { destination } : {}) }))).not.toThrow();
-        expectSafe(d!, evidence);
-      }),
+      fc.property(
+        checkRequestArb,
+        fc.dictionary(
+          fc.constantFrom('identity', 'caller', 'destination', 'source_principal', 'extra'),
+          fc.anything({ maxDepth: 2 }),
+          { maxKeys: 3 },
+        ),
+        fc.option(hostish),
+        (raw, extra, destination) => {
+          const { req, evidence } = materialise(raw as Record<string, any>);
+          const input = JSON.parse(JSON.stringify({ ...extra, ...req })) as Record<string, unknown>;
+          let d: Decision | undefined;
+          expect(
+            () => (d = authorizer.checkCli({ input, ...(typeof destination === 'string' ? { destination } : {}) })),
+          ).not.toThrow();
+          expectSafe(d!, evidence);
+        },
+      ),
       { numRuns: FUZZ_RUNS * 2 },
     );
   });
@@ -172,7 +262,9 @@ describe('fuzz: the pipeline with random CheckRequests', () => {
         const { evidence, req } = materialise({ attributes: { source: { principal: id, certificate: cert } } });
         const src = (req.attributes as any).source;
         let d: Decision | undefined;
-        expect(() => (d = authorizer.checkCli({ spiffeId: src.principal, certificatePem: src.certificate }))).not.toThrow();
+        expect(
+          () => (d = authorizer.checkCli({ spiffeId: src.principal, certificatePem: src.certificate })),
+        ).not.toThrow();
         expectSafe(d!, evidence);
       }),
       { numRuns: FUZZ_RUNS * 2 },

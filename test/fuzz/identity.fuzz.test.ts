@@ -23,7 +23,29 @@ function isValidSpiffeId(text: string): boolean {
 
 /** Edits that keep an ID looking like the original: the shapes of real confusion attacks. */
 const mutation = fc.oneof(
-  fc.record({ kind: fc.constant('insert' as const), at: fc.nat(), text: fc.constantFrom('/', '-evil', '.', '..', '%2F', '%2f', ' ', '\u0000', 'é', '/./', '//', ':443', '@', '?x', '#x', 'B', '\u0430') }),
+  fc.record({
+    kind: fc.constant('insert' as const),
+    at: fc.nat(),
+    text: fc.constantFrom(
+      '/',
+      '-evil',
+      '.',
+      '..',
+      '%2F',
+      '%2f',
+      ' ',
+      '\u0000',
+      'é',
+      '/./',
+      '//',
+      ':443',
+      '@',
+      '?x',
+      '#x',
+      'B',
+      '\u0430',
+    ),
+  }),
   fc.record({ kind: fc.constant('delete' as const), at: fc.nat(), count: fc.integer({ min: 1, max: 4 }) }),
   fc.record({ kind: fc.constant('replace' as const), at: fc.nat(), text: fc.string({ minLength: 1, maxLength: 2 }) }),
   fc.record({ kind: fc.constant('upper' as const), at: fc.nat(), count: fc.integer({ min: 1, max: 8 }) }),
@@ -42,8 +64,15 @@ function mutate(text: string, edits: Mutation[]): string {
   return s;
 }
 
-const seedIds = fc.constantFrom(BOOKINFO, 'spiffe://cluster.local/ns/bookinfo/sa/default', 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools', 'spiffe://cluster.local');
-const mutatedId = fc.tuple(seedIds, fc.array(mutation, { minLength: 1, maxLength: 3 })).map(([id, edits]) => mutate(id, edits));
+const seedIds = fc.constantFrom(
+  BOOKINFO,
+  'spiffe://cluster.local/ns/bookinfo/sa/default',
+  'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools',
+  'spiffe://cluster.local',
+);
+const mutatedId = fc
+  .tuple(seedIds, fc.array(mutation, { minLength: 1, maxLength: 3 }))
+  .map(([id, edits]) => mutate(id, edits));
 
 describe('fuzz: SPIFFE IDs near valid ones', () => {
   it('a mutated ID is accepted only when it is valid, and then names exactly itself and its Istio parts', () => {
@@ -79,8 +108,14 @@ describe('fuzz: X.509-SVIDs near valid ones', () => {
 
   // Same-length rewrites keep the DER well-formed, so the parser reaches the SAN checks every time.
   const sameLengthUri = fc.oneof(
-    fc.string({ unit: fc.constantFrom('a', 'b', '/', '.', '-', '_', ':', 'S', '%', '\u0000', '\u00ff'), minLength: BOOKINFO.length, maxLength: BOOKINFO.length }),
-    fc.tuple(fc.array(mutation, { minLength: 1, maxLength: 3 })).map(([edits]) => mutate(BOOKINFO, edits).padEnd(BOOKINFO.length, 'x').slice(0, BOOKINFO.length)),
+    fc.string({
+      unit: fc.constantFrom('a', 'b', '/', '.', '-', '_', ':', 'S', '%', '\u0000', '\u00ff'),
+      minLength: BOOKINFO.length,
+      maxLength: BOOKINFO.length,
+    }),
+    fc
+      .tuple(fc.array(mutation, { minLength: 1, maxLength: 3 }))
+      .map(([edits]) => mutate(BOOKINFO, edits).padEnd(BOOKINFO.length, 'x').slice(0, BOOKINFO.length)),
   );
 
   it('an SVID whose URI SAN is rewritten in place yields exactly that URI, and only when it is a valid SPIFFE ID', () => {

@@ -61,12 +61,20 @@ describe('fuzz: raw bytes on the HTTP listener', () => {
   it('survives noise and mutated sideband requests; allows only when the certificate sent names a bookinfo ID', async () => {
     const input = fc.oneof(
       fc.uint8Array({ maxLength: 512 }).map((b) => Buffer.from(b)),
-      fc.tuple(fc.constantFrom('1.0', '1.1'), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), rareCut).map(([v, edits, cut]) =>
-        mutateBytes(Buffer.from(sidebandRequest(bookinfo.certPem, v), 'latin1'), edits, cut),
-      ),
-      fc.tuple(fc.constantFrom('GET', 'POST', 'PUT', 'CONNECT', 'G\u0000T'), fc.constantFrom('/healthz', '/readyz', '/v1/sideband', '*', '/../../etc', '/v1/sideband?x=1'), fc.string({ maxLength: 64 })).map(([m, p, h]) =>
-        Buffer.from(`${m} ${p} HTTP/1.1\r\n${h}\r\n\r\n`, 'latin1'),
-      ),
+      fc
+        .tuple(
+          fc.constantFrom('1.0', '1.1'),
+          fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }),
+          rareCut,
+        )
+        .map(([v, edits, cut]) => mutateBytes(Buffer.from(sidebandRequest(bookinfo.certPem, v), 'latin1'), edits, cut)),
+      fc
+        .tuple(
+          fc.constantFrom('GET', 'POST', 'PUT', 'CONNECT', 'G\u0000T'),
+          fc.constantFrom('/healthz', '/readyz', '/v1/sideband', '*', '/../../etc', '/v1/sideband?x=1'),
+          fc.string({ maxLength: 64 }),
+        )
+        .map(([m, p, h]) => Buffer.from(`${m} ${p} HTTP/1.1\r\n${h}\r\n\r\n`, 'latin1')),
     );
     let allowed = 0;
     await fc.assert(
@@ -76,7 +84,10 @@ describe('fuzz: raw bytes on the HTTP listener', () => {
           // Signatures are the TLS terminator's job (the BIG-IP verified the client), so a damaged byte
           // in a signature may still be allowed; the URI SAN the DER carries must still be bookinfo's.
           const sent = bytes.toString('latin1');
-          const der = Buffer.from(squash(sent.slice(sent.indexOf('\r\n\r\n') + 4).replace(/-----[A-Z ]+-----/g, '')), 'base64');
+          const der = Buffer.from(
+            squash(sent.slice(sent.indexOf('\r\n\r\n') + 4).replace(/-----[A-Z ]+-----/g, '')),
+            'base64',
+          );
           expect(der.includes(Buffer.from('spiffe://cluster.local/ns/bookinfo/sa/'))).toBe(true);
           allowed++;
         }
@@ -101,7 +112,12 @@ describe('fuzz: raw ext_authz messages over HTTP/2', () => {
         const frame = Buffer.alloc(5 + message.length);
         frame.writeUInt32BE(message.length, 1);
         message.copy(frame, 5);
-        const stream = session.request({ ':method': 'POST', ':path': '/envoy.service.auth.v3.Authorization/Check', 'content-type': 'application/grpc', te: 'trailers' });
+        const stream = session.request({
+          ':method': 'POST',
+          ':path': '/envoy.service.auth.v3.Authorization/Check',
+          'content-type': 'application/grpc',
+          te: 'trailers',
+        });
         let status: string | undefined;
         stream.on('response', (h) => void (status ??= h['grpc-status'] as string | undefined));
         stream.on('trailers', (t) => void (status = t['grpc-status'] as string | undefined));
@@ -112,7 +128,9 @@ describe('fuzz: raw ext_authz messages over HTTP/2', () => {
       });
     const message = fc.oneof(
       fc.uint8Array({ maxLength: 256 }).map((b) => Buffer.from(b)),
-      fc.tuple(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), rareCut).map(([edits, cut]) => mutateBytes(valid, edits, cut)),
+      fc
+        .tuple(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), rareCut)
+        .map(([edits, cut]) => mutateBytes(valid, edits, cut)),
     );
     const before = svc.decisions.length;
     await fc.assert(

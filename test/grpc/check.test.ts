@@ -5,7 +5,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadPolicy } from '../../src/policy/policy.js';
 import { createCa, workloadSvid, type CertAuthority } from '../support/pki.js';
-import { check, checkClient, checkRequest, startTestService, type CheckClient, type TestService } from '../support/service.js';
+import {
+  check,
+  checkClient,
+  checkRequest,
+  startTestService,
+  type CheckClient,
+  type TestService,
+} from '../support/service.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
 const NETTOOLS = 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools';
@@ -42,7 +49,14 @@ describe('ext_authz v3 Check', () => {
     expect(fields.decision_id.stringValue).toBe(id);
     expect(fields.spiffe_id.stringValue).toBe(BOOKINFO);
     const entry = svc.decisions.find((d) => d.decision_id === id);
-    expect(entry).toMatchObject({ allow: true, snat_pool: 'bookinfo_snat', spiffe_id: BOOKINFO, namespace: 'bookinfo', x_request_id: 'req-1', caller: 'envoy' });
+    expect(entry).toMatchObject({
+      allow: true,
+      snat_pool: 'bookinfo_snat',
+      spiffe_id: BOOKINFO,
+      namespace: 'bookinfo',
+      x_request_id: 'req-1',
+      caller: 'envoy',
+    });
   });
 
   it('denies sm-apigw-a with PERMISSION_DENIED, 403, a reason body and the decision id', async () => {
@@ -54,7 +68,11 @@ describe('ext_authz v3 Check', () => {
     const id = header(res, 'x-egress-decision-id');
     expect(id).toBeTruthy();
     expect(header(res, 'x-egress-snat-pool')).toBeUndefined();
-    expect(svc.decisions.find((d) => d.decision_id === id)).toMatchObject({ allow: false, snat_pool: '', namespace: 'sm-apigw-a' });
+    expect(svc.decisions.find((d) => d.decision_id === id)).toMatchObject({
+      allow: false,
+      snat_pool: '',
+      namespace: 'sm-apigw-a',
+    });
   });
 
   it('takes the identity from the peer certificate Envoy forwards', async () => {
@@ -157,7 +175,10 @@ describe('policy failures fail closed', () => {
   });
 
   it('an undefined policy result denies', async () => {
-    writeFileSync(join(dir, 'broken.rego'), `package egress.authz\n\ndecision := {"allow": true, "snat_pool": "p", "reason": "r"} if input.never\n`);
+    writeFileSync(
+      join(dir, 'broken.rego'),
+      `package egress.authz\n\ndecision := {"allow": true, "snat_pool": "p", "reason": "r"} if input.never\n`,
+    );
     const svc = await startTestService({ policy: await loadPolicy(dir) });
     const client = checkClient(svc.grpcPort);
     try {
@@ -179,7 +200,9 @@ describe('health endpoints', () => {
       expect(live.status).toBe(200);
       const ready = await fetch(`http://127.0.0.1:${svc.httpPort}/readyz`);
       expect(ready.status).toBe(200);
-      expect(((await ready.json()) as { policy_revision: string }).policy_revision).toBe(svc.policies.current!.revision);
+      expect(((await ready.json()) as { policy_revision: string }).policy_revision).toBe(
+        svc.policies.current!.revision,
+      );
       svc.policies.current = undefined;
       expect((await fetch(`http://127.0.0.1:${svc.httpPort}/readyz`)).status).toBe(503);
     } finally {
@@ -187,4 +210,3 @@ describe('health endpoints', () => {
     }
   });
 });
-

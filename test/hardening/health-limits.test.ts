@@ -5,7 +5,14 @@ import { service as healthService } from 'grpc-health-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { LoadedPolicy } from '../../src/policy/policy.js';
 import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
-import { check, checkClient, checkRequest, loadDefaultPolicy, startTestService, type TestService } from '../support/service.js';
+import {
+  check,
+  checkClient,
+  checkRequest,
+  loadDefaultPolicy,
+  startTestService,
+  type TestService,
+} from '../support/service.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
 
@@ -20,15 +27,19 @@ function healthClient(port: number): HealthClient {
 }
 
 function healthCheck(c: HealthClient, service: string): Promise<string> {
-  return new Promise((resolve, reject) => c.check({ service }, (err, res) => (err ? reject(err) : resolve(res.status))));
+  return new Promise((resolve, reject) =>
+    c.check({ service }, (err, res) => (err ? reject(err) : resolve(res.status))),
+  );
 }
 
 function readyz(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: '/readyz', agent: false }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path: '/readyz', agent: false }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      })
+      .on('error', reject);
   });
 }
 
@@ -106,7 +117,11 @@ describe('limits', () => {
     const res = await check(c, checkRequest({ principal: BOOKINFO }));
     expect(res.status.code).toBe(grpc.status.PERMISSION_DENIED);
     expect(res.deniedResponse.body).toMatch(/deadline of 10ms/);
-    expect(svc.decisions.at(-1)).toMatchObject({ allow: false, snat_pool: '', policy_error: 'check exceeded its deadline of 10ms' });
+    expect(svc.decisions.at(-1)).toMatchObject({
+      allow: false,
+      snat_pool: '',
+      policy_error: 'check exceeded its deadline of 10ms',
+    });
     c.close();
   });
 

@@ -5,9 +5,22 @@ import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseSpiffeId } from '../../src/identity/spiffe-id.js';
-import { callerAllowed, CertificateFiles, parseAllowedCaller, readTlsMaterial, type CallerPattern } from '../../src/transport/tls.js';
+import {
+  callerAllowed,
+  CertificateFiles,
+  parseAllowedCaller,
+  readTlsMaterial,
+  type CallerPattern,
+} from '../../src/transport/tls.js';
 import { workloadSvid } from '../support/pki.js';
-import { check, checkClient, checkRequest, startTestService, type CheckClient, type TestService } from '../support/service.js';
+import {
+  check,
+  checkClient,
+  checkRequest,
+  startTestService,
+  type CheckClient,
+  type TestService,
+} from '../support/service.js';
 import { ALLOWED_CALLERS, grpcTls, httpsRequest, makeMtlsPki, type MtlsPki } from './support.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
@@ -31,7 +44,9 @@ describe('--allowed-caller patterns', () => {
   it('match exact IDs and subtrees on segment boundaries only', () => {
     expect(allowed('spiffe://cluster.local/ns/bookinfo', ['spiffe://cluster.local/ns/bookinfo/*'])).toBe(true);
     expect(allowed('spiffe://cluster.local/ns/bookinfo/sa/x', ['spiffe://cluster.local/ns/bookinfo/*'])).toBe(true);
-    expect(allowed('spiffe://cluster.local/ns/bookinfo-evil/sa/x', ['spiffe://cluster.local/ns/bookinfo/*'])).toBe(false);
+    expect(allowed('spiffe://cluster.local/ns/bookinfo-evil/sa/x', ['spiffe://cluster.local/ns/bookinfo/*'])).toBe(
+      false,
+    );
     expect(allowed('spiffe://cluster.local/ns/bookinfo-evil', ['spiffe://cluster.local/ns/bookinfo/*'])).toBe(false);
     expect(allowed('spiffe://cluster.local/ns/bookinfo/sa/x', ['spiffe://cluster.local/ns/bookinfo'])).toBe(false);
     expect(allowed('spiffe://cluster.local/ns/bookinfo', ['spiffe://cluster.local/ns/bookinfo'])).toBe(true);
@@ -41,13 +56,23 @@ describe('--allowed-caller patterns', () => {
   });
 
   it('refuse entries that are not SPIFFE IDs (no wildcards inside, no trailing slash, canonical form)', () => {
-    for (const bad of ['*', 'spiffe://cluster.local/ns/*/sa/x', 'spiffe://cluster.local/ns/', 'SPIFFE://cluster.local/ns/a', 'spiffe://cluster.local/ns/bookinfo*', 'ns/bookinfo', '']) {
+    for (const bad of [
+      '*',
+      'spiffe://cluster.local/ns/*/sa/x',
+      'spiffe://cluster.local/ns/',
+      'SPIFFE://cluster.local/ns/a',
+      'spiffe://cluster.local/ns/bookinfo*',
+      'ns/bookinfo',
+      '',
+    ]) {
       expect(parseAllowedCaller(bad).ok, bad).toBe(false);
     }
   });
 
   it('property: a subtree pattern matches exactly the IDs whose segments start with its segments', () => {
-    const segment = fc.string({ unit: fc.constantFrom('a', 'b', '-', '.', '_'), minLength: 1, maxLength: 3 }).filter((s) => s !== '.' && s !== '..');
+    const segment = fc
+      .string({ unit: fc.constantFrom('a', 'b', '-', '.', '_'), minLength: 1, maxLength: 3 })
+      .filter((s) => s !== '.' && s !== '..');
     const path = fc.array(segment, { maxLength: 4 });
     fc.assert(
       fc.property(path, path, fc.boolean(), (base, candidate, subtree) => {
@@ -105,7 +130,10 @@ describe('mTLS on both listeners', () => {
       { certFile: pki.files.cert, keyFile: pki.files.key, clientCaFile: pki.files.clientCa },
       { pollMs: 250, onReload: () => reloads.push(Date.now()) },
     );
-    svc = await startTestService({ tls: { files, allowedCallers: patterns(ALLOWED_CALLERS) }, healthAddr: '127.0.0.1:0' });
+    svc = await startTestService({
+      tls: { files, allowedCallers: patterns(ALLOWED_CALLERS) },
+      healthAddr: '127.0.0.1:0',
+    });
     workload = (await workloadSvid(pki.ca, BOOKINFO)).certPem;
   });
   afterAll(async () => {
@@ -119,7 +147,9 @@ describe('mTLS on both listeners', () => {
     return checkClient(svc.grpcPort, creds, options);
   }
 
-  async function grpcOutcome(client: MtlsPki['gateway'] | undefined): Promise<{ decided: boolean; code?: number; details?: string }> {
+  async function grpcOutcome(
+    client: MtlsPki['gateway'] | undefined,
+  ): Promise<{ decided: boolean; code?: number; details?: string }> {
     const c = grpcClient(client);
     try {
       const res = await check(c, checkRequest({ principal: BOOKINFO }));
@@ -140,7 +170,11 @@ describe('mTLS on both listeners', () => {
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
     expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/egress_authz_checks_total/);
     const before = svc.decisions.length;
-    const sideband = await fetch(`${base}/v1/sideband`, { method: 'POST', body: workload, headers: { 'content-type': 'application/x-pem-file' } });
+    const sideband = await fetch(`${base}/v1/sideband`, {
+      method: 'POST',
+      body: workload,
+      headers: { 'content-type': 'application/x-pem-file' },
+    });
     expect(sideband.status).toBe(404);
     expect(svc.decisions.length).toBe(before);
   });
@@ -175,7 +209,9 @@ describe('mTLS on both listeners', () => {
 
   it('gRPC: a plain-text client gets no answer', async () => {
     const c = checkClient(svc.grpcPort);
-    await expect(check(c, checkRequest({ principal: BOOKINFO }))).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+    await expect(check(c, checkRequest({ principal: BOOKINFO }))).rejects.toMatchObject({
+      code: grpc.status.UNAVAILABLE,
+    });
     c.close();
   });
 

@@ -16,10 +16,19 @@ const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
  * A Check whose request message is only partly sent: the server has accepted the stream but cannot
  * decide until `finish()` sends the rest (an empty CheckRequest: a 5-byte frame of length 0).
  */
-function partialCheck(port: number): { finish(): void; answer: Promise<{ grpcStatus?: string; bytes: number; reset?: string }>; close(): void } {
+function partialCheck(port: number): {
+  finish(): void;
+  answer: Promise<{ grpcStatus?: string; bytes: number; reset?: string }>;
+  close(): void;
+} {
   const session = http2.connect(`http://127.0.0.1:${port}`);
   session.on('error', () => {});
-  const stream = session.request({ ':method': 'POST', ':path': CHECK_PATH, 'content-type': 'application/grpc', te: 'trailers' });
+  const stream = session.request({
+    ':method': 'POST',
+    ':path': CHECK_PATH,
+    'content-type': 'application/grpc',
+    te: 'trailers',
+  });
   stream.write(Buffer.from([0, 0, 0]));
   let bytes = 0;
   const answer = new Promise<{ grpcStatus?: string; bytes: number; reset?: string }>((resolve) => {
@@ -27,7 +36,9 @@ function partialCheck(port: number): { finish(): void; answer: Promise<{ grpcSta
     stream.on('data', (c: Buffer) => void (bytes += c.length));
     stream.on('response', (h) => void (status ??= h['grpc-status'] as string | undefined));
     stream.on('trailers', (t) => void (status = t['grpc-status'] as string | undefined));
-    stream.on('close', () => resolve({ grpcStatus: status, bytes, reset: stream.rstCode ? String(stream.rstCode) : undefined }));
+    stream.on('close', () =>
+      resolve({ grpcStatus: status, bytes, reset: stream.rstCode ? String(stream.rstCode) : undefined }),
+    );
     stream.on('error', () => {});
   });
   return { finish: () => stream.end(Buffer.from([0, 0])), answer, close: () => session.destroy() };
@@ -45,7 +56,10 @@ describe('graceful shutdown', () => {
   it('SIGTERM under load: every accepted check is answered and logged, the process exits in time', async () => {
     serve = await spawnServe(['--shutdown-grace', '3s']);
     const clients: CheckClient[] = [];
-    for (let i = 0; i < 4; i++) clients.push(checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': i } as grpc.ClientOptions));
+    for (let i = 0; i < 4; i++)
+      clients.push(
+        checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': i } as grpc.ClientOptions),
+      );
     const codes = new Map<number, number>();
     let answered = 0;
     const count = (code: number) => codes.set(code, (codes.get(code) ?? 0) + 1);
@@ -77,14 +91,24 @@ describe('graceful shutdown', () => {
       (async () => {
         for (;;) {
           const ok = await new Promise<boolean>((resolve) => {
-            const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/sideband', agent, headers: { 'content-type': 'application/x-pem-file' } }, (res) => {
-              res.resume();
-              res.on('end', () => {
-                if (res.headers['x-egress-decision'] === 'allow') sidebandAnswered++;
-                else sidebandErrors.add(`status ${res.statusCode}`);
-                resolve(res.headers['x-egress-decision'] === 'allow');
-              });
-            });
+            const req = http.request(
+              {
+                host: '127.0.0.1',
+                port,
+                method: 'POST',
+                path: '/v1/sideband',
+                agent,
+                headers: { 'content-type': 'application/x-pem-file' },
+              },
+              (res) => {
+                res.resume();
+                res.on('end', () => {
+                  if (res.headers['x-egress-decision'] === 'allow') sidebandAnswered++;
+                  else sidebandErrors.add(`status ${res.statusCode}`);
+                  resolve(res.headers['x-egress-decision'] === 'allow');
+                });
+              },
+            );
             req.on('error', (err: NodeJS.ErrnoException) => {
               sidebandErrors.add(err.code ?? err.message);
               resolve(false);
@@ -119,7 +143,9 @@ describe('graceful shutdown', () => {
     const logged = serve.lines.filter((l) => l.msg === 'decision').length;
     expect(sidebandAnswered).toBeGreaterThan(10);
     // Sideband calls end in an answer, or in a refused/closed connection for requests never read.
-    expect([...sidebandErrors].filter((e) => !['ECONNREFUSED', 'ECONNRESET', 'socket hang up', 'EPIPE'].includes(e))).toEqual([]);
+    expect(
+      [...sidebandErrors].filter((e) => !['ECONNREFUSED', 'ECONNRESET', 'socket hang up', 'EPIPE'].includes(e)),
+    ).toEqual([]);
     expect(logged).toBe(answered + sidebandAnswered + 1);
     expect(exit.code).toBe(0);
     expect(exit.at - signalledAt).toBeLessThan(3000 + 1500);

@@ -37,7 +37,12 @@ export async function makeMtlsPki(): Promise<MtlsPki> {
   const ca = await createCa('Mesh CA');
   const otherCa = await createCa('Other CA');
   const dir = mkdtempSync(join(tmpdir(), 'egress-authz-mtls-'));
-  const files = { cert: join(dir, 'tls.crt'), key: join(dir, 'tls.key'), clientCa: join(dir, 'client-ca.crt'), ca: join(dir, 'ca.crt') };
+  const files = {
+    cert: join(dir, 'tls.crt'),
+    key: join(dir, 'tls.key'),
+    clientCa: join(dir, 'client-ca.crt'),
+    ca: join(dir, 'ca.crt'),
+  };
   const serverCert = () => workloadSvid(ca, SERVER_ID, { dns: [SERVER_NAME] });
   const writeServer = (c: IssuedCert) => {
     // key first, then the certificate: a reader between the two writes sees a mismatch and keeps the old pair
@@ -68,13 +73,22 @@ export async function makeMtlsPki(): Promise<MtlsPki> {
 }
 
 /** gRPC channel credentials; `seen` collects the SHA-256 fingerprint of every server certificate handshaken with. */
-export function grpcTls(pki: MtlsPki, client: IssuedCert | undefined, seen: string[] = []): { creds: grpc.ChannelCredentials; options: grpc.ClientOptions } {
-  const creds = grpc.credentials.createSsl(Buffer.from(pki.ca.certPem), client ? Buffer.from(client.keyPem) : null, client ? Buffer.from(client.certPem) : null, {
-    checkServerIdentity: (_host, cert) => {
-      seen.push(cert.fingerprint256);
-      return undefined;
+export function grpcTls(
+  pki: MtlsPki,
+  client: IssuedCert | undefined,
+  seen: string[] = [],
+): { creds: grpc.ChannelCredentials; options: grpc.ClientOptions } {
+  const creds = grpc.credentials.createSsl(
+    Buffer.from(pki.ca.certPem),
+    client ? Buffer.from(client.keyPem) : null,
+    client ? Buffer.from(client.certPem) : null,
+    {
+      checkServerIdentity: (_host, cert) => {
+        seen.push(cert.fingerprint256);
+        return undefined;
+      },
     },
-  });
+  );
   return { creds, options: { 'grpc.ssl_target_name_override': SERVER_NAME, 'grpc.default_authority': SERVER_NAME } };
 }
 
@@ -86,7 +100,12 @@ export interface HttpsAnswer {
 }
 
 /** One HTTPS request on a fresh connection. Rejects on a TLS failure. */
-export function httpsRequest(port: number, pki: MtlsPki, client: IssuedCert | undefined, opts: { method?: string; path: string; body?: string }): Promise<HttpsAnswer> {
+export function httpsRequest(
+  port: number,
+  pki: MtlsPki,
+  client: IssuedCert | undefined,
+  opts: { method?: string; path: string; body?: string },
+): Promise<HttpsAnswer> {
   return new Promise((resolve, reject) => {
     const req = https.request(
       {
@@ -98,13 +117,23 @@ export function httpsRequest(port: number, pki: MtlsPki, client: IssuedCert | un
         ca: pki.ca.certPem,
         ...(client ? { cert: client.certPem, key: client.keyPem } : {}),
         agent: false,
-        headers: opts.body !== undefined ? { 'content-type': 'application/x-pem-file', 'content-length': Buffer.byteLength(opts.body) } : {},
+        headers:
+          opts.body !== undefined
+            ? { 'content-type': 'application/x-pem-file', 'content-length': Buffer.byteLength(opts.body) }
+            : {},
       },
       (res) => {
         const chunks: Buffer[] = [];
         const fingerprint = (res.socket as import('node:tls').TLSSocket).getPeerCertificate().fingerprint256;
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString(), serverFingerprint: fingerprint }));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: Buffer.concat(chunks).toString(),
+            serverFingerprint: fingerprint,
+          }),
+        );
         res.on('error', reject);
       },
     );
@@ -125,14 +154,30 @@ export interface ServeProcess {
 
 /** `node dist/cli.js serve` on ephemeral loopback ports (run `npm run build` first; npm test's pretest does). */
 export async function spawnServe(extraArgs: string[] = []): Promise<ServeProcess> {
-  const proc = spawn(process.execPath, [join(ROOT, 'dist', 'cli.js'), 'serve', '--grpc-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0', '--policy', join(ROOT, 'policies'), ...extraArgs], {
-    cwd: ROOT,
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const proc = spawn(
+    process.execPath,
+    [
+      join(ROOT, 'dist', 'cli.js'),
+      'serve',
+      '--grpc-addr',
+      '127.0.0.1:0',
+      '--http-addr',
+      '127.0.0.1:0',
+      '--policy',
+      join(ROOT, 'policies'),
+      ...extraArgs,
+    ],
+    {
+      cwd: ROOT,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
   const lines: Record<string, any>[] = [];
   let buffered = '';
   let stderr = '';
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal, at: Date.now() })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
+    proc.on('exit', (code, signal) => resolve({ code, signal, at: Date.now() })),
+  );
   const serving = new Promise<Record<string, any>>((resolve, reject) => {
     proc.stdout.on('data', (chunk: Buffer) => {
       buffered += chunk.toString();
@@ -150,7 +195,9 @@ export async function spawnServe(extraArgs: string[] = []): Promise<ServeProcess
       }
     });
     proc.stderr.on('data', (c: Buffer) => void (stderr += c.toString()));
-    void exited.then(({ code }) => reject(new Error(`serve exited (${code}) before serving: ${stderr}${JSON.stringify(lines)}`)));
+    void exited.then(({ code }) =>
+      reject(new Error(`serve exited (${code}) before serving: ${stderr}${JSON.stringify(lines)}`)),
+    );
   });
   const first = await serving;
   return {

@@ -50,7 +50,12 @@ describe('resolveIdentity', () => {
     const result = resolveIdentity({ principal: 'spiffe://partner.example.org/billing/exporter' });
     expect(result).toEqual({
       ok: true,
-      value: { spiffe_id: 'spiffe://partner.example.org/billing/exporter', trust_domain: 'partner.example.org', path: '/billing/exporter', source: 'principal' },
+      value: {
+        spiffe_id: 'spiffe://partner.example.org/billing/exporter',
+        trust_domain: 'partner.example.org',
+        path: '/billing/exporter',
+        source: 'principal',
+      },
     });
   });
 
@@ -60,11 +65,26 @@ describe('resolveIdentity', () => {
   });
 
   it('uses a trusted header only when given, and only when it agrees', () => {
-    expect(resolveIdentity({ headerSpiffeId: BOOKINFO })).toMatchObject({ ok: true, value: { spiffe_id: BOOKINFO, source: 'header' } });
-    expect(resolveIdentity({ principal: BOOKINFO, headerSpiffeId: BOOKINFO })).toMatchObject({ ok: true, value: { source: 'principal' } });
-    expect(resolveIdentity({ principal: BOOKINFO, headerSpiffeId: OTHER })).toEqual({ ok: false, reason: 'source principal and header SPIFFE ID differ' });
-    expect(resolveIdentity({ certificatePem: svid.certPem, headerSpiffeId: OTHER })).toEqual({ ok: false, reason: 'certificate SPIFFE ID and header SPIFFE ID differ' });
-    expect(resolveIdentity({ headerSpiffeId: 'bookinfo' })).toEqual({ ok: false, reason: 'header SPIFFE ID is not a SPIFFE ID' });
+    expect(resolveIdentity({ headerSpiffeId: BOOKINFO })).toMatchObject({
+      ok: true,
+      value: { spiffe_id: BOOKINFO, source: 'header' },
+    });
+    expect(resolveIdentity({ principal: BOOKINFO, headerSpiffeId: BOOKINFO })).toMatchObject({
+      ok: true,
+      value: { source: 'principal' },
+    });
+    expect(resolveIdentity({ principal: BOOKINFO, headerSpiffeId: OTHER })).toEqual({
+      ok: false,
+      reason: 'source principal and header SPIFFE ID differ',
+    });
+    expect(resolveIdentity({ certificatePem: svid.certPem, headerSpiffeId: OTHER })).toEqual({
+      ok: false,
+      reason: 'certificate SPIFFE ID and header SPIFFE ID differ',
+    });
+    expect(resolveIdentity({ headerSpiffeId: 'bookinfo' })).toEqual({
+      ok: false,
+      reason: 'header SPIFFE ID is not a SPIFFE ID',
+    });
   });
 
   const denied: Array<[string, Parameters<typeof resolveIdentity>[0], string]> = [
@@ -76,9 +96,21 @@ describe('resolveIdentity', () => {
       { principal: 'spiffe://Cluster.local/ns/bookinfo/sa/default' },
       'source principal: invalid SPIFFE ID: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores',
     ],
-    ['a port', { principal: 'spiffe://cluster.local:443/ns/bookinfo/sa/default' }, 'source principal: invalid SPIFFE ID: trust domain cannot contain a port'],
-    ['a dot segment', { principal: 'spiffe://cluster.local/ns/evil/../bookinfo/sa/x' }, 'source principal: invalid SPIFFE ID: path cannot contain dot segments'],
-    ['SPIFFE:// scheme', { principal: 'SPIFFE://cluster.local/ns/bookinfo/sa/default' }, 'source principal is not a SPIFFE ID'],
+    [
+      'a port',
+      { principal: 'spiffe://cluster.local:443/ns/bookinfo/sa/default' },
+      'source principal: invalid SPIFFE ID: trust domain cannot contain a port',
+    ],
+    [
+      'a dot segment',
+      { principal: 'spiffe://cluster.local/ns/evil/../bookinfo/sa/x' },
+      'source principal: invalid SPIFFE ID: path cannot contain dot segments',
+    ],
+    [
+      'SPIFFE:// scheme',
+      { principal: 'SPIFFE://cluster.local/ns/bookinfo/sa/default' },
+      'source principal is not a SPIFFE ID',
+    ],
     ['garbage certificate', { certificatePem: 'garbage' }, 'certificate PEM has text outside PEM blocks'],
   ];
   it.each(denied)('denies %s', (_name, evidence, reason) => {
@@ -86,12 +118,18 @@ describe('resolveIdentity', () => {
   });
 
   it('denies when certificate and principal name different IDs', () => {
-    expect(resolveIdentity({ certificatePem: svid.certPem, principal: OTHER })).toEqual({ ok: false, reason: 'certificate SPIFFE ID and source principal differ' });
+    expect(resolveIdentity({ certificatePem: svid.certPem, principal: OTHER })).toEqual({
+      ok: false,
+      reason: 'certificate SPIFFE ID and source principal differ',
+    });
   });
 
   it('denies a bad certificate even when the principal is a good SPIFFE ID', async () => {
     const noUri = await issue({ issuer: ca, subject: 'CN=bookinfo' });
-    expect(resolveIdentity({ certificatePem: noUri.certPem, principal: BOOKINFO })).toEqual({ ok: false, reason: 'leaf certificate has no URI SAN' });
+    expect(resolveIdentity({ certificatePem: noUri.certPem, principal: BOOKINFO })).toEqual({
+      ok: false,
+      reason: 'leaf certificate has no URI SAN',
+    });
   });
 
   it('denies evidence that is not a string (JSON input documents can carry anything)', () => {
@@ -102,7 +140,10 @@ describe('resolveIdentity', () => {
   });
 
   it('denies a good certificate with a principal that is no SPIFFE ID', () => {
-    expect(resolveIdentity({ certificatePem: svid.certPem, principal: 'CN=bookinfo' })).toEqual({ ok: false, reason: 'source principal is not a SPIFFE ID' });
+    expect(resolveIdentity({ certificatePem: svid.certPem, principal: 'CN=bookinfo' })).toEqual({
+      ok: false,
+      reason: 'source principal is not a SPIFFE ID',
+    });
   });
 });
 
@@ -117,7 +158,10 @@ describe('toIdentity: namespace and service account only for exactly /ns/<ns>/sa
     ['', {}],
   ];
   it.each(cases)('%j', (path, expected) => {
-    const identity = toIdentity({ uri: `spiffe://cluster.local${path}`, trustDomain: 'cluster.local', path }, 'principal');
+    const identity = toIdentity(
+      { uri: `spiffe://cluster.local${path}`, trustDomain: 'cluster.local', path },
+      'principal',
+    );
     expect({ namespace: identity.namespace, service_account: identity.service_account }).toEqual({
       namespace: expected.namespace,
       service_account: expected.service_account,
@@ -134,14 +178,20 @@ describe('certificate cache', () => {
     const after = new Date(notAfter.getTime() + 60_000);
     expect(resolveIdentity({ certificatePem: cert.certPem }, before).ok).toBe(true);
     expect(x509SvidCacheSize()).toBe(1);
-    expect(resolveIdentity({ certificatePem: cert.certPem }, after)).toEqual({ ok: false, reason: 'certificate has expired' });
+    expect(resolveIdentity({ certificatePem: cert.certPem }, after)).toEqual({
+      ok: false,
+      reason: 'certificate has expired',
+    });
     expect(x509SvidCacheSize()).toBe(1);
   });
 
   it('accepts a not-yet-valid certificate once its time has come, though it was cached while early', async () => {
     const notBefore = new Date(Date.now() + DAY);
     const cert = await workloadSvid(ca, BOOKINFO, { notBefore, notAfter: new Date(notBefore.getTime() + DAY) });
-    expect(resolveIdentity({ certificatePem: cert.certPem })).toEqual({ ok: false, reason: 'certificate is not yet valid' });
+    expect(resolveIdentity({ certificatePem: cert.certPem })).toEqual({
+      ok: false,
+      reason: 'certificate is not yet valid',
+    });
     expect(resolveIdentity({ certificatePem: cert.certPem }, new Date(notBefore.getTime() + 1000)).ok).toBe(true);
   });
 
@@ -152,12 +202,21 @@ describe('certificate cache', () => {
     if (!first.ok) throw new Error(first.reason);
     first.value.notAfter.setTime(Date.now() + 365 * DAY);
     expect(() => Object.assign(first.value.spiffeId, { path: '/ns/admin' })).toThrow();
-    expect(parseX509SvidPem(cert.certPem, new Date(notAfter.getTime() + 1000))).toEqual({ ok: false, reason: 'certificate has expired' });
+    expect(parseX509SvidPem(cert.certPem, new Date(notAfter.getTime() + 1000))).toEqual({
+      ok: false,
+      reason: 'certificate has expired',
+    });
   });
 
   it('remembers structural failures with their reason', () => {
-    expect(resolveIdentity({ certificatePem: 'garbage' })).toEqual({ ok: false, reason: 'certificate PEM has text outside PEM blocks' });
-    expect(resolveIdentity({ certificatePem: 'garbage' })).toEqual({ ok: false, reason: 'certificate PEM has text outside PEM blocks' });
+    expect(resolveIdentity({ certificatePem: 'garbage' })).toEqual({
+      ok: false,
+      reason: 'certificate PEM has text outside PEM blocks',
+    });
+    expect(resolveIdentity({ certificatePem: 'garbage' })).toEqual({
+      ok: false,
+      reason: 'certificate PEM has text outside PEM blocks',
+    });
     expect(x509SvidCacheSize()).toBe(1);
   });
 

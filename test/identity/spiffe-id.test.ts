@@ -2,15 +2,25 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MAX_SPIFFE_ID_BYTES, MAX_TRUST_DOMAIN_BYTES, parseSpiffeId } from '../../src/identity/spiffe-id.js';
 
-const TD_CHARSET = 'invalid SPIFFE ID: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores';
-const PATH_CHARSET = 'invalid SPIFFE ID: path segment characters are limited to letters, numbers, dots, dashes, and underscores';
+const TD_CHARSET =
+  'invalid SPIFFE ID: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores';
+const PATH_CHARSET =
+  'invalid SPIFFE ID: path segment characters are limited to letters, numbers, dots, dashes, and underscores';
 
 describe('parseSpiffeId: valid IDs', () => {
   const valid: Array<[string, string, string]> = [
     ['spiffe://cluster.local/ns/bookinfo/sa/default', 'cluster.local', '/ns/bookinfo/sa/default'],
     ['spiffe://cluster.local', 'cluster.local', ''],
-    ['spiffe://example.org/9eebccd2-12bf-40a6-b262-65fe0487d453', 'example.org', '/9eebccd2-12bf-40a6-b262-65fe0487d453'],
-    ['spiffe://trust_domain-name.example.com/Payments/Web_FE.v2', 'trust_domain-name.example.com', '/Payments/Web_FE.v2'],
+    [
+      'spiffe://example.org/9eebccd2-12bf-40a6-b262-65fe0487d453',
+      'example.org',
+      '/9eebccd2-12bf-40a6-b262-65fe0487d453',
+    ],
+    [
+      'spiffe://trust_domain-name.example.com/Payments/Web_FE.v2',
+      'trust_domain-name.example.com',
+      '/Payments/Web_FE.v2',
+    ],
     ['spiffe://192.168.0.1/workload', '192.168.0.1', '/workload'],
     // Syntactically fine look-alike: whether "bookinfo-evil" is welcome is the policy's call.
     ['spiffe://cluster.local/ns/bookinfo-evil/sa/x', 'cluster.local', '/ns/bookinfo-evil/sa/x'],
@@ -32,7 +42,10 @@ describe('parseSpiffeId: valid IDs', () => {
   it('accepts a 255-byte trust domain and refuses a 256-byte one', () => {
     const td = 'a'.repeat(MAX_TRUST_DOMAIN_BYTES);
     expect(parseSpiffeId(`spiffe://${td}/x`).ok).toBe(true);
-    expect(parseSpiffeId(`spiffe://${td}a/x`)).toEqual({ ok: false, reason: 'invalid SPIFFE ID: trust domain is longer than 255 bytes' });
+    expect(parseSpiffeId(`spiffe://${td}a/x`)).toEqual({
+      ok: false,
+      reason: 'invalid SPIFFE ID: trust domain is longer than 255 bytes',
+    });
   });
 });
 
@@ -54,10 +67,16 @@ describe('parseSpiffeId: invalid IDs, each with its precise reason', () => {
     ['spiffe://cluster.local:443/ns/bookinfo/sa/default', 'invalid SPIFFE ID: trust domain cannot contain a port'],
     ['spiffe://cluster.local:/ns/bookinfo', 'invalid SPIFFE ID: trust domain cannot contain a port'],
     ['spiffe://user@cluster.local/ns/bookinfo/sa/default', 'invalid SPIFFE ID: trust domain cannot contain userinfo'],
-    ['spiffe://cluster%2elocal/ns/bookinfo', 'invalid SPIFFE ID: trust domain cannot contain percent-encoded characters'],
+    [
+      'spiffe://cluster%2elocal/ns/bookinfo',
+      'invalid SPIFFE ID: trust domain cannot contain percent-encoded characters',
+    ],
     ['spiffe://cluster.local?ns=bookinfo', 'invalid SPIFFE ID: query is not allowed'],
     ['spiffe://cluster.local#bookinfo', 'invalid SPIFFE ID: fragment is not allowed'],
-    ['spiffe://cluster.local/ns%2Fbookinfo/sa/default', 'invalid SPIFFE ID: path cannot contain percent-encoded characters'],
+    [
+      'spiffe://cluster.local/ns%2Fbookinfo/sa/default',
+      'invalid SPIFFE ID: path cannot contain percent-encoded characters',
+    ],
     ['spiffe://cluster.local/ns/bookinfo/sa/default?x=1', 'invalid SPIFFE ID: query is not allowed'],
     ['spiffe://cluster.local/ns/bookinfo/sa/default#x', 'invalid SPIFFE ID: fragment is not allowed'],
     ['spiffe://cluster.local/ns/bookinfo/../evil/sa/x', 'invalid SPIFFE ID: path cannot contain dot segments'],
@@ -98,8 +117,32 @@ describe('parseSpiffeId: properties', () => {
     return !(m[2] ?? '').split('/').some((segment) => segment === '.' || segment === '..');
   }
 
-  const alphabet = fc.constantFrom('a', 'z', 'Q', '0', '9', '.', '-', '_', '/', '/', ':', '@', '%', '?', '#', ' ', 'é', '\n');
-  const idLike = fc.tuple(fc.constantFrom('spiffe://', 'spiffe://', 'spiffe:/', 'SPIFFE://', ''), fc.string({ unit: alphabet, maxLength: 40 })).map(([a, b]) => a + b);
+  const alphabet = fc.constantFrom(
+    'a',
+    'z',
+    'Q',
+    '0',
+    '9',
+    '.',
+    '-',
+    '_',
+    '/',
+    '/',
+    ':',
+    '@',
+    '%',
+    '?',
+    '#',
+    ' ',
+    'é',
+    '\n',
+  );
+  const idLike = fc
+    .tuple(
+      fc.constantFrom('spiffe://', 'spiffe://', 'spiffe:/', 'SPIFFE://', ''),
+      fc.string({ unit: alphabet, maxLength: 40 }),
+    )
+    .map(([a, b]) => a + b);
 
   it('never throws, and accepts exactly the strings the grammar describes', () => {
     fc.assert(

@@ -60,7 +60,11 @@ describe('parseX509SvidPem: the leaf SVID', () => {
   });
 
   const refused: Array<[string, () => Promise<IssuedCert>, string]> = [
-    ['two URI SANs', () => issue({ issuer: ca, uris: [BOOKINFO, 'spiffe://cluster.local/ns/other/sa/x'] }), 'leaf certificate has more than one URI SAN'],
+    [
+      'two URI SANs',
+      () => issue({ issuer: ca, uris: [BOOKINFO, 'spiffe://cluster.local/ns/other/sa/x'] }),
+      'leaf certificate has more than one URI SAN',
+    ],
     ['no SAN at all', () => issue({ issuer: ca, subject: 'CN=bookinfo' }), 'leaf certificate has no URI SAN'],
     ['only a DNS SAN', () => issue({ issuer: ca, dns: ['bookinfo.example.com'] }), 'leaf certificate has no URI SAN'],
     ['a CA leaf', () => workloadSvid(ca, BOOKINFO, { ca: true }), 'leaf certificate must not have CA flag set to true'],
@@ -69,32 +73,66 @@ describe('parseX509SvidPem: the leaf SVID', () => {
       () => workloadSvid(ca, BOOKINFO, { keyUsage: KeyUsage.digitalSignature | KeyUsage.keyCertSign }),
       "leaf certificate must not have 'keyCertSign' set as key usage",
     ],
-    ['cRLSign', () => workloadSvid(ca, BOOKINFO, { keyUsage: KeyUsage.digitalSignature | KeyUsage.cRLSign }), "leaf certificate must not have 'cRLSign' set as key usage"],
-    ['no digitalSignature', () => workloadSvid(ca, BOOKINFO, { keyUsage: KeyUsage.keyEncipherment }), "leaf certificate must have 'digitalSignature' set as key usage"],
-    ['no key usage extension', () => workloadSvid(ca, BOOKINFO, { keyUsage: null }), 'leaf certificate has no key usage extension'],
-    ['a non-critical key usage', () => workloadSvid(ca, BOOKINFO, { keyUsageCritical: false }), 'leaf certificate key usage extension must be critical'],
+    [
+      'cRLSign',
+      () => workloadSvid(ca, BOOKINFO, { keyUsage: KeyUsage.digitalSignature | KeyUsage.cRLSign }),
+      "leaf certificate must not have 'cRLSign' set as key usage",
+    ],
+    [
+      'no digitalSignature',
+      () => workloadSvid(ca, BOOKINFO, { keyUsage: KeyUsage.keyEncipherment }),
+      "leaf certificate must have 'digitalSignature' set as key usage",
+    ],
+    [
+      'no key usage extension',
+      () => workloadSvid(ca, BOOKINFO, { keyUsage: null }),
+      'leaf certificate has no key usage extension',
+    ],
+    [
+      'a non-critical key usage',
+      () => workloadSvid(ca, BOOKINFO, { keyUsageCritical: false }),
+      'leaf certificate key usage extension must be critical',
+    ],
     [
       'extended key usage without clientAuth',
       () => workloadSvid(ca, BOOKINFO, { extKeyUsage: [EKU.serverAuth] }),
       "leaf certificate extended key usage must include 'serverAuth' and 'clientAuth'",
     ],
-    ['a root SPIFFE ID', () => workloadSvid(ca, 'spiffe://cluster.local'), 'leaf certificate SPIFFE ID must have a non-root path'],
-    ['an https URI SAN', () => workloadSvid(ca, 'https://cluster.local/ns/bookinfo/sa/default'), 'leaf certificate URI SAN: invalid SPIFFE ID: scheme is missing or invalid'],
+    [
+      'a root SPIFFE ID',
+      () => workloadSvid(ca, 'spiffe://cluster.local'),
+      'leaf certificate SPIFFE ID must have a non-root path',
+    ],
+    [
+      'an https URI SAN',
+      () => workloadSvid(ca, 'https://cluster.local/ns/bookinfo/sa/default'),
+      'leaf certificate URI SAN: invalid SPIFFE ID: scheme is missing or invalid',
+    ],
     [
       'an uppercase trust domain',
       () => workloadSvid(ca, 'spiffe://Cluster.local/ns/bookinfo/sa/default'),
       'leaf certificate URI SAN: invalid SPIFFE ID: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores',
     ],
-    ['a dot segment', () => workloadSvid(ca, 'spiffe://cluster.local/ns/bookinfo/../x'), 'leaf certificate URI SAN: invalid SPIFFE ID: path cannot contain dot segments'],
+    [
+      'a dot segment',
+      () => workloadSvid(ca, 'spiffe://cluster.local/ns/bookinfo/../x'),
+      'leaf certificate URI SAN: invalid SPIFFE ID: path cannot contain dot segments',
+    ],
     [
       'an empty subject with a non-critical SAN',
       () => workloadSvid(ca, BOOKINFO, { sanCritical: false }),
       'leaf certificate with an empty subject must mark the SAN extension critical',
     ],
-    ['an expired certificate', () => workloadSvid(ca, BOOKINFO, { notBefore: new Date(Date.now() - 2 * DAY), notAfter: new Date(Date.now() - DAY) }), 'certificate has expired'],
+    [
+      'an expired certificate',
+      () =>
+        workloadSvid(ca, BOOKINFO, { notBefore: new Date(Date.now() - 2 * DAY), notAfter: new Date(Date.now() - DAY) }),
+      'certificate has expired',
+    ],
     [
       'a not yet valid certificate',
-      () => workloadSvid(ca, BOOKINFO, { notBefore: new Date(Date.now() + DAY), notAfter: new Date(Date.now() + 2 * DAY) }),
+      () =>
+        workloadSvid(ca, BOOKINFO, { notBefore: new Date(Date.now() + DAY), notAfter: new Date(Date.now() + 2 * DAY) }),
       'certificate is not yet valid',
     ],
   ];
@@ -117,7 +155,10 @@ describe('parseX509SvidPem: the leaf SVID', () => {
 describe('parseX509Svid: the chain after the leaf', () => {
   it('refuses a non-CA certificate in the signing position', async () => {
     const other = await workloadSvid(ca, 'spiffe://cluster.local/ns/other/sa/x');
-    expect(parseX509Svid([good.der, other.der], new Date())).toEqual({ ok: false, reason: 'signing certificate must have CA flag set to true' });
+    expect(parseX509Svid([good.der, other.der], new Date())).toEqual({
+      ok: false,
+      reason: 'signing certificate must have CA flag set to true',
+    });
   });
 
   it('accepts leaf, intermediate and root', async () => {
@@ -130,9 +171,18 @@ describe('parseX509Svid: the chain after the leaf', () => {
 
   it('refuses an empty chain and undecodable DER', () => {
     expect(parseX509Svid([], new Date())).toEqual({ ok: false, reason: 'no certificates found' });
-    expect(parseX509Svid([new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01])], new Date())).toEqual({ ok: false, reason: 'leaf certificate is not valid DER' });
-    expect(parseX509Svid([good.der.subarray(0, good.der.length - 10)], new Date())).toEqual({ ok: false, reason: 'leaf certificate is not valid DER' });
-    expect(parseX509Svid([good.der, new Uint8Array([1, 2, 3])], new Date())).toEqual({ ok: false, reason: 'signing certificate is not valid DER' });
+    expect(parseX509Svid([new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01])], new Date())).toEqual({
+      ok: false,
+      reason: 'leaf certificate is not valid DER',
+    });
+    expect(parseX509Svid([good.der.subarray(0, good.der.length - 10)], new Date())).toEqual({
+      ok: false,
+      reason: 'leaf certificate is not valid DER',
+    });
+    expect(parseX509Svid([good.der, new Uint8Array([1, 2, 3])], new Date())).toEqual({
+      ok: false,
+      reason: 'signing certificate is not valid DER',
+    });
   });
 
   it('refuses trailing bytes after the certificate', () => {
@@ -155,9 +205,17 @@ describe('parsePemBlocks', () => {
   });
 
   it('refuses a private key without ever echoing it', () => {
-    for (const text of [good.keyPem, good.certPem + good.keyPem, block('RSA PRIVATE KEY', 'AAAA'), block('ENCRYPTED PRIVATE KEY', 'AAAA')]) {
+    for (const text of [
+      good.keyPem,
+      good.certPem + good.keyPem,
+      block('RSA PRIVATE KEY', 'AAAA'),
+      block('ENCRYPTED PRIVATE KEY', 'AAAA'),
+    ]) {
       const result = parsePemBlocks(text);
-      expect(result).toEqual({ ok: false, reason: 'certificate PEM contains a private key; only CERTIFICATE blocks are accepted' });
+      expect(result).toEqual({
+        ok: false,
+        reason: 'certificate PEM contains a private key; only CERTIFICATE blocks are accepted',
+      });
     }
     const body = good.keyPem.split('\n')[1] ?? '';
     expect(body.length).toBeGreaterThan(20);
@@ -170,12 +228,28 @@ describe('parsePemBlocks', () => {
     ['garbage', 'hello, I am a certificate', 'certificate PEM has text outside PEM blocks'],
     ['a public key', block('PUBLIC KEY', 'AAAA'), 'certificate PEM contains a non-CERTIFICATE block'],
     ['a CSR', block('CERTIFICATE REQUEST', 'AAAA'), 'certificate PEM contains a non-CERTIFICATE block'],
-    ['an unterminated block', '-----BEGIN CERTIFICATE-----\nAAAA\n', 'certificate PEM has an unterminated CERTIFICATE block'],
-    ['a mismatched END', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END X509 CRL-----\n', 'certificate PEM has an unterminated CERTIFICATE block'],
-    ['a malformed BEGIN line', '-----BEGIN certificate-----\nAAAA\n-----END certificate-----\n', 'certificate PEM has a malformed BEGIN line'],
+    [
+      'an unterminated block',
+      '-----BEGIN CERTIFICATE-----\nAAAA\n',
+      'certificate PEM has an unterminated CERTIFICATE block',
+    ],
+    [
+      'a mismatched END',
+      '-----BEGIN CERTIFICATE-----\nAAAA\n-----END X509 CRL-----\n',
+      'certificate PEM has an unterminated CERTIFICATE block',
+    ],
+    [
+      'a malformed BEGIN line',
+      '-----BEGIN certificate-----\nAAAA\n-----END certificate-----\n',
+      'certificate PEM has a malformed BEGIN line',
+    ],
     ['bad base64', block('CERTIFICATE', 'not*base64!'), 'certificate PEM has a CERTIFICATE block with invalid base64'],
     ['an empty block', block('CERTIFICATE', ''), 'certificate PEM has a CERTIFICATE block with invalid base64'],
-    ['PEM headers', block('CERTIFICATE', `Proc-Type: 4,ENCRYPTED\n\n${b64('abc')}`), 'certificate PEM has a CERTIFICATE block with invalid base64'],
+    [
+      'PEM headers',
+      block('CERTIFICATE', `Proc-Type: 4,ENCRYPTED\n\n${b64('abc')}`),
+      'certificate PEM has a CERTIFICATE block with invalid base64',
+    ],
     ['broken URL encoding', '-----BEGIN%20CERTIFICATE%ZZ', 'certificate PEM has invalid URL encoding'],
     ['over-long input', ' '.repeat(64 * 1024) + 'x', 'certificate PEM is longer than 65536 characters'],
   ];
@@ -184,13 +258,22 @@ describe('parsePemBlocks', () => {
   });
 
   it('refuses text between or after blocks', () => {
-    expect(parsePemBlocks(`${good.certPem}subject=CN=x\n${ca.certPem}`)).toEqual({ ok: false, reason: 'certificate PEM has text outside PEM blocks' });
-    expect(parsePemBlocks(`${good.certPem}trailing`)).toEqual({ ok: false, reason: 'certificate PEM has text outside PEM blocks' });
+    expect(parsePemBlocks(`${good.certPem}subject=CN=x\n${ca.certPem}`)).toEqual({
+      ok: false,
+      reason: 'certificate PEM has text outside PEM blocks',
+    });
+    expect(parsePemBlocks(`${good.certPem}trailing`)).toEqual({
+      ok: false,
+      reason: 'certificate PEM has text outside PEM blocks',
+    });
   });
 
   it('refuses more than 10 certificates', () => {
     expect(parsePemBlocks(good.certPem.repeat(10)).ok).toBe(true);
-    expect(parsePemBlocks(good.certPem.repeat(11))).toEqual({ ok: false, reason: 'certificate PEM has more than 10 certificates' });
+    expect(parsePemBlocks(good.certPem.repeat(11))).toEqual({
+      ok: false,
+      reason: 'certificate PEM has more than 10 certificates',
+    });
   });
 
   it('turns a well-formed block of garbage DER into a reason', () => {
@@ -201,23 +284,33 @@ describe('parsePemBlocks', () => {
 describe('hostile input', () => {
   it('never throws on damaged DER: every outcome is a Result', () => {
     fc.assert(
-      fc.property(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), fc.nat(), (flips, cut) => {
-        const der = new Uint8Array(good.der);
-        for (const [at, byte] of flips) der[at % der.length] = byte;
-        const damaged = cut % 5 === 0 ? der.subarray(0, cut % der.length) : der;
-        const result = parseX509Svid([damaged], new Date());
-        expect(typeof result.ok).toBe('boolean');
-        if (!result.ok) expect(result.reason).toMatch(/^[\x20-\x7e]+$/);
-      }),
+      fc.property(
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }),
+        fc.nat(),
+        (flips, cut) => {
+          const der = new Uint8Array(good.der);
+          for (const [at, byte] of flips) der[at % der.length] = byte;
+          const damaged = cut % 5 === 0 ? der.subarray(0, cut % der.length) : der;
+          const result = parseX509Svid([damaged], new Date());
+          expect(typeof result.ok).toBe('boolean');
+          if (!result.ok) expect(result.reason).toMatch(/^[\x20-\x7e]+$/);
+        },
+      ),
       { numRuns: 1500 },
     );
   });
 
   it('never throws on arbitrary text', () => {
     fc.assert(
-      fc.property(fc.oneof(fc.string(), fc.string({ unit: fc.constantFrom('-', 'BEGIN ', 'END ', 'CERTIFICATE', '\n', 'A', '=', '%', '%41') })), (text) => {
-        expect(typeof parseX509SvidPem(text, new Date()).ok).toBe('boolean');
-      }),
+      fc.property(
+        fc.oneof(
+          fc.string(),
+          fc.string({ unit: fc.constantFrom('-', 'BEGIN ', 'END ', 'CERTIFICATE', '\n', 'A', '=', '%', '%41') }),
+        ),
+        (text) => {
+          expect(typeof parseX509SvidPem(text, new Date()).ok).toBe('boolean');
+        },
+      ),
       { numRuns: 1500 },
     );
   });

@@ -22,8 +22,27 @@ interface HarnessRun {
   wallMs: number;
 }
 
-function runHarness(opts: { irule?: string; pem: string; hash: string; target: string; connections?: number; handshakes?: number; verify?: number; sets?: Record<string, string> }): Promise<HarnessRun> {
-  const args = [HARNESS, '-irule', opts.irule ?? IRULE, '-pem', opts.pem, '-hash', opts.hash, '-vs', `${VS}=${opts.target}`];
+function runHarness(opts: {
+  irule?: string;
+  pem: string;
+  hash: string;
+  target: string;
+  connections?: number;
+  handshakes?: number;
+  verify?: number;
+  sets?: Record<string, string>;
+}): Promise<HarnessRun> {
+  const args = [
+    HARNESS,
+    '-irule',
+    opts.irule ?? IRULE,
+    '-pem',
+    opts.pem,
+    '-hash',
+    opts.hash,
+    '-vs',
+    `${VS}=${opts.target}`,
+  ];
   if (opts.connections) args.push('-connections', String(opts.connections));
   if (opts.handshakes) args.push('-handshakes', String(opts.handshakes));
   if (opts.verify !== undefined) args.push('-verify', String(opts.verify));
@@ -33,7 +52,8 @@ function runHarness(opts: { irule?: string; pem: string; hash: string; target: s
     execFile('tclsh', args, { timeout: 20_000 }, (err, stdout, stderr) => {
       if (err) return reject(new Error(`tclsh failed: ${err.message}\n${stderr}\n${stdout}`));
       const lines = stdout.trim().split('\n');
-      const rest = (prefix: string) => lines.filter((l) => l.startsWith(prefix)).map((l) => l.slice(prefix.length).replace(/^\d+ /, ''));
+      const rest = (prefix: string) =>
+        lines.filter((l) => l.startsWith(prefix)).map((l) => l.slice(prefix.length).replace(/^\d+ /, ''));
       resolve({
         lines,
         actions: rest('ACTION '),
@@ -57,7 +77,11 @@ function listenOn(handler: (s: Socket) => void): Promise<{ server: Server; port:
     s.on('error', () => {});
     handler(s);
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, port: (server.address() as { port: number }).port, sockets })));
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () =>
+      resolve({ server, port: (server.address() as { port: number }).port, sockets }),
+    ),
+  );
 }
 
 function stop(s: { server: Server; sockets: Set<Socket> }): Promise<void> {
@@ -119,7 +143,13 @@ describe('the shipped iRule against the live service', () => {
     const id = /id=(\S+)/.exec(log)![1];
     const requestId = /request_id=(\S+)/.exec(log)![1];
     const entry = service.decisions.find((d) => d.decision_id === id);
-    expect(entry).toMatchObject({ caller: 'sideband', allow: true, snat_pool: 'bookinfo_snat', x_request_id: requestId, spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/default' });
+    expect(entry).toMatchObject({
+      caller: 'sideband',
+      allow: true,
+      snat_pool: 'bookinfo_snat',
+      x_request_id: requestId,
+      spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/default',
+    });
     // the SPIFFE ID is the service's business; the BIG-IP log carries only the certificate hash
     expect(log).not.toContain('spiffe://');
   });
@@ -131,7 +161,7 @@ describe('the shipped iRule against the live service', () => {
     expect(run.logs[0]).toMatch(/decision=deny id=[0-9a-f-]{36} .*status=403 /);
   });
 
-  it('DNS SAN before the URI SAN → still allowed (the seed\'s findstr rule would deny it)', async () => {
+  it("DNS SAN before the URI SAN → still allowed (the seed's findstr rule would deny it)", async () => {
     const f = certs.files.dnsFirst!;
     expectAllowed(await runHarness({ pem: f.path, hash: f.md5, target }), 'bookinfo_snat');
   });
@@ -157,7 +187,13 @@ describe('the shipped iRule against the live service', () => {
 
   it('renegotiation reuses the keep-alive sideband connection: one connect, three requests', async () => {
     const f = certs.files.bookinfo!;
-    const run = await runHarness({ pem: f.path, hash: f.md5, target, handshakes: 3, sets: { egress_authz_cache_s: '0' } });
+    const run = await runHarness({
+      pem: f.path,
+      hash: f.md5,
+      target,
+      handshakes: 3,
+      sets: { egress_authz_cache_s: '0' },
+    });
     expect(run.errors).toEqual([]);
     expect(run.lines.filter((l) => / connect connected /.test(l))).toHaveLength(1);
     expect(run.lines.filter((l) => / send sent /.test(l))).toHaveLength(3);
@@ -167,7 +203,13 @@ describe('the shipped iRule against the live service', () => {
   it('cache off: every connection asks the service', async () => {
     const f = certs.files.apigw!;
     const before = service.decisions.length;
-    const run = await runHarness({ pem: f.path, hash: f.md5, target, connections: 2, sets: { egress_authz_cache_s: '0' } });
+    const run = await runHarness({
+      pem: f.path,
+      hash: f.md5,
+      target,
+      connections: 2,
+      sets: { egress_authz_cache_s: '0' },
+    });
     expect(run.connections.map((c) => c.verdict)).toEqual(['reject', 'reject']);
     expect(service.decisions.length - before).toBe(2);
   });
@@ -184,7 +226,12 @@ describe('the shipped iRule fails closed', () => {
 
   it('service accepts but never answers → reject after the answer timeout', async () => {
     const f = certs.files.bookinfo!;
-    const run = await runHarness({ pem: f.path, hash: f.md5, target: `127.0.0.1:${slow.port}`, sets: { egress_authz_answer_timeout_ms: '400' } });
+    const run = await runHarness({
+      pem: f.path,
+      hash: f.md5,
+      target: `127.0.0.1:${slow.port}`,
+      sets: { egress_authz_answer_timeout_ms: '400' },
+    });
     expectRejected(run);
     expect(run.connections[0]!.ms).toBeGreaterThanOrEqual(390);
     expect(run.connections[0]!.ms).toBeLessThan(400 + 300);
@@ -209,7 +256,10 @@ describe('the shipped iRule fails closed', () => {
   it('the harness catches an iRule changed to fail open', async () => {
     // Mutant: on any sideband failure, carry on as if allowed.
     const source = readFileSync(IRULE, 'utf8');
-    const mutated = source.replace(/if \{ \$failure ne "" \} \{\n(\s+)set decision "deny"/, 'if { $failure ne "" } {\n$1set decision "allow"');
+    const mutated = source.replace(
+      /if \{ \$failure ne "" \} \{\n(\s+)set decision "deny"/,
+      'if { $failure ne "" } {\n$1set decision "allow"',
+    );
     expect(mutated).not.toBe(source);
     const path = join(certs.dir, 'fail-open.irule.tcl');
     writeFileSync(path, mutated);

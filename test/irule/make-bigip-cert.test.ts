@@ -13,7 +13,9 @@ let dir: string;
 
 function run(cmd: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) =>
-    execFile(cmd, args, (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })),
+    execFile(cmd, args, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    ),
   );
 }
 
@@ -28,7 +30,21 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe('make-bigip-cert.sh', () => {
   it('makes an X.509-SVID for the service account that openssl and the service both accept', async () => {
     const out = join(dir, 'out');
-    const r = await run('bash', [SCRIPT, '--ca-cert', join(dir, 'ca.pem'), '--ca-key', join(dir, 'ca-key.pem'), '--trust-domain', 'cluster.local', '--namespace', 'bookinfo', '--service-account', 'bigip-proxy', '--out-dir', out]);
+    const r = await run('bash', [
+      SCRIPT,
+      '--ca-cert',
+      join(dir, 'ca.pem'),
+      '--ca-key',
+      join(dir, 'ca-key.pem'),
+      '--trust-domain',
+      'cluster.local',
+      '--namespace',
+      'bookinfo',
+      '--service-account',
+      'bigip-proxy',
+      '--out-dir',
+      out,
+    ]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy');
@@ -39,14 +55,21 @@ describe('make-bigip-cert.sh', () => {
     const verify = await run('openssl', ['verify', '-CAfile', join(dir, 'ca.pem'), '-purpose', 'sslserver', crt]);
     expect(verify.stdout).toContain(': OK');
     const text = (await run('openssl', ['x509', '-in', crt, '-noout', '-text'])).stdout;
-    expect(text).toMatch(/Subject Alternative Name: critical\s+URI:spiffe:\/\/cluster\.local\/ns\/bookinfo\/sa\/bigip-proxy\s/);
+    expect(text).toMatch(
+      /Subject Alternative Name: critical\s+URI:spiffe:\/\/cluster\.local\/ns\/bookinfo\/sa\/bigip-proxy\s/,
+    );
     expect(text).toMatch(/Key Usage: critical\s+Digital Signature, Key Encipherment/);
     expect(text).toMatch(/TLS Web Server Authentication, TLS Web Client Authentication/);
     expect(text).toMatch(/CA:FALSE/);
     expect(text).toMatch(/Subject: *\n/);
 
     const report = inspectCertificate(readFileSync(crt, 'utf8'));
-    expect(report).toMatchObject({ valid: true, spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy', uri_sans: ['spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy'], subject: '' });
+    expect(report).toMatchObject({
+      valid: true,
+      spiffe_id: 'spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy',
+      uri_sans: ['spiffe://cluster.local/ns/bookinfo/sa/bigip-proxy'],
+      subject: '',
+    });
     // the same through the built CLI, as the script's "next steps" tell the operator (npm test builds first)
     const cli = await run('node', [join(import.meta.dirname, '..', '..', 'dist', 'cli.js'), 'inspect', crt]);
     expect(cli.code).toBe(0);
@@ -58,7 +81,17 @@ describe('make-bigip-cert.sh', () => {
   });
 
   it('refuses a path segment that is not a SPIFFE ID segment', async () => {
-    const r = await run('bash', [SCRIPT, '--ca-cert', join(dir, 'ca.pem'), '--ca-key', join(dir, 'ca-key.pem'), '--namespace', '..', '--out-dir', join(dir, 'bad')]);
+    const r = await run('bash', [
+      SCRIPT,
+      '--ca-cert',
+      join(dir, 'ca.pem'),
+      '--ca-key',
+      join(dir, 'ca-key.pem'),
+      '--namespace',
+      '..',
+      '--out-dir',
+      join(dir, 'bad'),
+    ]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('invalid path segment');
   });
@@ -68,7 +101,10 @@ describe('inspectCertificate', () => {
   it('shows why a certificate is not an X.509-SVID, with its facts', async () => {
     const { issue } = await import('../support/pki.js');
     const ca = await createCa();
-    const two = await issue({ issuer: ca, uris: ['spiffe://cluster.local/ns/a/sa/x', 'spiffe://cluster.local/ns/b/sa/y'] });
+    const two = await issue({
+      issuer: ca,
+      uris: ['spiffe://cluster.local/ns/a/sa/x', 'spiffe://cluster.local/ns/b/sa/y'],
+    });
     const r = inspectCertificate(two.certPem);
     expect(r.valid).toBe(false);
     expect(r.spiffe_id).toBeUndefined();
@@ -80,6 +116,9 @@ describe('inspectCertificate', () => {
     writeFileSync(path, two.certPem);
     const cli = await run('node', [join(import.meta.dirname, '..', '..', 'dist', 'cli.js'), 'inspect', '--json', path]);
     expect(cli.code).toBe(1);
-    expect(JSON.parse(cli.stdout)).toMatchObject({ valid: false, uri_sans: ['spiffe://cluster.local/ns/a/sa/x', 'spiffe://cluster.local/ns/b/sa/y'] });
+    expect(JSON.parse(cli.stdout)).toMatchObject({
+      valid: false,
+      uri_sans: ['spiffe://cluster.local/ns/a/sa/x', 'spiffe://cluster.local/ns/b/sa/y'],
+    });
   });
 });

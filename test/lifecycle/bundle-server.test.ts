@@ -9,7 +9,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { check, checkClient, checkRequest, type CheckClient } from '../support/service.js';
-import { BOOKINFO, metricsText, nextReload, sample, snatPool, startStoreService, variantBundle, waitFor, type StoreService } from './support.js';
+import {
+  BOOKINFO,
+  metricsText,
+  nextReload,
+  sample,
+  snatPool,
+  startStoreService,
+  variantBundle,
+  waitFor,
+  type StoreService,
+} from './support.js';
 
 interface Served {
   status: number;
@@ -46,7 +56,9 @@ describe('OPA bundle server source', () => {
         res.writeHead(304, { etag: served.etag }).end();
       } else {
         log.push({ ifNoneMatch: inm, status: 200 });
-        res.writeHead(200, { 'content-type': 'application/gzip', ...(served.etag ? { etag: served.etag } : {}) }).end(served.bytes);
+        res
+          .writeHead(200, { 'content-type': 'application/gzip', ...(served.etag ? { etag: served.etag } : {}) })
+          .end(served.bytes);
       }
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -65,7 +77,8 @@ describe('OPA bundle server source', () => {
     const res = await check(client, checkRequest({ principal: BOOKINFO }));
     return res.status.code === 0 ? snatPool(res) : undefined;
   };
-  const reloads = async (result: string) => sample(await metricsText(s.svc.httpPort), 'egress_authz_policy_reloads_total', `policy="live",result="${result}"`);
+  const reloads = async (result: string) =>
+    sample(await metricsText(s.svc.httpPort), 'egress_authz_policy_reloads_total', `policy="live",result="${result}"`);
 
   it('serves the bundle it downloaded; polls with If-None-Match and a 304 changes nothing', async () => {
     expect(s.store.current!.revision).toBe('srv-a');

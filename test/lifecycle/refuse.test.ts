@@ -7,7 +7,19 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { check, checkClient, checkRequest, type CheckClient } from '../support/service.js';
-import { BOOKINFO, metricsText, nextReload, policyVariant, replaceFile, sample, snatPool, startStoreService, variantBundle, writeData, type StoreService } from './support.js';
+import {
+  BOOKINFO,
+  metricsText,
+  nextReload,
+  policyVariant,
+  replaceFile,
+  sample,
+  snatPool,
+  startStoreService,
+  variantBundle,
+  writeData,
+  type StoreService,
+} from './support.js';
 
 let root: string;
 beforeAll(() => {
@@ -26,7 +38,11 @@ async function readyz(port: number): Promise<{ status: number; body: Record<stri
 }
 
 async function failures(s: StoreService): Promise<number | undefined> {
-  return sample(await metricsText(s.svc.httpPort), 'egress_authz_policy_reloads_total', 'policy="live",result="failure"');
+  return sample(
+    await metricsText(s.svc.httpPort),
+    'egress_authz_policy_reloads_total',
+    'policy="live",result="failure"',
+  );
 }
 
 describe('a refused bundle file', () => {
@@ -52,20 +68,31 @@ describe('a refused bundle file', () => {
     ['random bytes', () => Buffer.from('this is not a gzip file at all'), /not a gzip/],
     ['a truncated bundle', () => good.subarray(0, Math.floor(good.length / 2)), /gzip|truncated|end-of-archive/],
     ['a gzip of garbage', () => gzipSync(Buffer.alloc(2048, 7)), /tar|checksum/],
-  ])('%s: refused, old decision keeps coming back, failure counted, /readyz still ready', async (_name, bytes, message) => {
-    const before = (await failures(s)) ?? 0;
-    const reloaded = nextReload(s.store);
-    replaceFile(path, bytes(), 'bad');
-    const outcome = await reloaded;
-    expect(outcome.result).toBe('failure');
-    expect(outcome.error).toMatch(message);
-    expect(await poolOf(client)).toBe('pool_good');
-    expect(await failures(s)).toBe(before + 1);
-    const ready = await readyz(s.svc.httpPort);
-    expect(ready.status).toBe(200);
-    expect(ready.body).toMatchObject({ status: 'ready', policy_revision: 'good-1', policy_last_reload: { result: 'failure' } });
-    expect(s.storeLog.some((l) => l['msg'] === 'policy refused; the last good policy keeps serving' && l['policy_revision'] === 'good-1')).toBe(true);
-  });
+  ])(
+    '%s: refused, old decision keeps coming back, failure counted, /readyz still ready',
+    async (_name, bytes, message) => {
+      const before = (await failures(s)) ?? 0;
+      const reloaded = nextReload(s.store);
+      replaceFile(path, bytes(), 'bad');
+      const outcome = await reloaded;
+      expect(outcome.result).toBe('failure');
+      expect(outcome.error).toMatch(message);
+      expect(await poolOf(client)).toBe('pool_good');
+      expect(await failures(s)).toBe(before + 1);
+      const ready = await readyz(s.svc.httpPort);
+      expect(ready.status).toBe(200);
+      expect(ready.body).toMatchObject({
+        status: 'ready',
+        policy_revision: 'good-1',
+        policy_last_reload: { result: 'failure' },
+      });
+      expect(
+        s.storeLog.some(
+          (l) => l['msg'] === 'policy refused; the last good policy keeps serving' && l['policy_revision'] === 'good-1',
+        ),
+      ).toBe(true);
+    },
+  );
 
   it('a good bundle after refused ones is taken', async () => {
     const next = await variantBundle(root, 'good2', { pool: 'pool_good_2', revision: 'good-2' });

@@ -6,7 +6,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MutablePolicySource } from '../../src/service/service.js';
 import { loadPolicy } from '../../src/policy/policy.js';
-import { check, checkClient, checkRequest, startTestService, type CheckClient, type TestService } from '../support/service.js';
+import {
+  check,
+  checkClient,
+  checkRequest,
+  startTestService,
+  type CheckClient,
+  type TestService,
+} from '../support/service.js';
 import { BOOKINFO, metricsText, policyVariant, sample, snatPool, waitFor } from './support.js';
 
 const APIGW = 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools';
@@ -21,7 +28,11 @@ describe('shadow policy', () => {
   beforeAll(async () => {
     root = mkdtempSync(join(tmpdir(), 'egress-authz-shadow-'));
     // The candidate moves bookinfo to a new pool and opens egress for sm-apigw-a.
-    shadow = new MutablePolicySource(await loadPolicy(policyVariant(root, 'candidate', { pool: 'bookinfo_snat_v2', tenants: { 'sm-apigw-a': 'apigw_snat' } })));
+    shadow = new MutablePolicySource(
+      await loadPolicy(
+        policyVariant(root, 'candidate', { pool: 'bookinfo_snat_v2', tenants: { 'sm-apigw-a': 'apigw_snat' } }),
+      ),
+    );
     svc = await startTestService({ shadowPolicies: shadow });
     client = checkClient(svc.grpcPort);
   });
@@ -55,7 +66,12 @@ describe('shadow policy', () => {
       shadow: { allow: true, snat_pool: 'bookinfo_snat_v2', policy_revision: shadow.current!.revision },
     });
     expect(lines[0]!['decision_id']).toBe(svc.decisions[0]!.decision_id);
-    expect(lines[1]).toMatchObject({ spiffe_id: APIGW, disagreement: 'deny_to_allow', live: { allow: false, snat_pool: '' }, shadow: { allow: true, snat_pool: 'apigw_snat' } });
+    expect(lines[1]).toMatchObject({
+      spiffe_id: APIGW,
+      disagreement: 'deny_to_allow',
+      live: { allow: false, snat_pool: '' },
+      shadow: { allow: true, snat_pool: 'apigw_snat' },
+    });
 
     const text = await metricsText(svc.httpPort);
     expect(sample(text, 'egress_authz_shadow_disagreements_total', 'kind="pool_changed"')).toBe(1);
@@ -72,13 +88,17 @@ describe('shadow policy', () => {
     expect(res.status.code).toBe(7);
     await new Promise((r) => setTimeout(r, 20));
     expect(disagreements().length).toBe(before);
-    expect(sample(await metricsText(svc.httpPort), 'egress_authz_shadow_evaluations_total', 'result="compared"')).toBe(3);
+    expect(sample(await metricsText(svc.httpPort), 'egress_authz_shadow_evaluations_total', 'result="compared"')).toBe(
+      3,
+    );
   });
 
   it('a stricter candidate: allow_to_deny', async () => {
     shadow.current = await loadPolicy(policyVariant(root, 'strict', { pool: '' })); // bookinfo loses its pool: denied
     await check(client, checkRequest({ principal: BOOKINFO }));
     await waitFor(() => disagreements().some((l) => l['disagreement'] === 'allow_to_deny'), 2000, 'allow_to_deny');
-    expect(disagreements().at(-1)).toMatchObject({ shadow: { allow: false, reason: 'tenant bookinfo has no SNAT pool configured' } });
+    expect(disagreements().at(-1)).toMatchObject({
+      shadow: { allow: false, reason: 'tenant bookinfo has no SNAT pool configured' },
+    });
   });
 });

@@ -7,7 +7,14 @@ import { openBundleSource, type BundleSourceOptions } from '../../src/lifecycle/
 import { ServiceMetrics } from '../../src/service/metrics.js';
 import { buildWasmBundle } from '../../src/policy/opa-cli.js';
 import { PolicyStore, reloadStatus, type ReloadOutcome } from '../../src/lifecycle/policy-store.js';
-import { check, checkClient, checkRequest, POLICY_DIR, startTestService, type TestService } from '../support/service.js';
+import {
+  check,
+  checkClient,
+  checkRequest,
+  POLICY_DIR,
+  startTestService,
+  type TestService,
+} from '../support/service.js';
 
 export const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
 
@@ -41,7 +48,11 @@ export function writeData(dir: string, opts: VariantOptions): void {
 }
 
 /** An OPA Wasm bundle of a variant, with a manifest revision. */
-export async function variantBundle(root: string, name: string, opts: VariantOptions & { revision: string }): Promise<Buffer> {
+export async function variantBundle(
+  root: string,
+  name: string,
+  opts: VariantOptions & { revision: string },
+): Promise<Buffer> {
   const dir = policyVariant(root, `${name}-src`, opts);
   const out = join(root, `${name}.tar.gz`);
   await buildWasmBundle(dir, out, undefined, { revision: opts.revision });
@@ -90,12 +101,27 @@ export interface StoreService {
 }
 
 /** The service with its live policy from a watched PolicyStore, as `serve --policy` wires it. */
-export async function startStoreService(location: string, sourceOpts: BundleSourceOptions = {}, casesPath?: string): Promise<StoreService> {
+export async function startStoreService(
+  location: string,
+  sourceOpts: BundleSourceOptions = {},
+  casesPath?: string,
+): Promise<StoreService> {
   const metrics = new ServiceMetrics();
   const storeLog: Record<string, unknown>[] = [];
-  const log = pino({ level: 'info' }, { write: (line: string) => void storeLog.push(JSON.parse(line) as Record<string, unknown>) });
-  const store = await PolicyStore.open(await openBundleSource(location, { debounceMs: 20, pollMs: 250, ...sourceOpts }), { log, metrics, casesPath });
-  const svc = await startTestService({ policy: store.current!, policies: store, metrics, readyDetail: () => reloadStatus(store) });
+  const log = pino(
+    { level: 'info' },
+    { write: (line: string) => void storeLog.push(JSON.parse(line) as Record<string, unknown>) },
+  );
+  const store = await PolicyStore.open(
+    await openBundleSource(location, { debounceMs: 20, pollMs: 250, ...sourceOpts }),
+    { log, metrics, casesPath },
+  );
+  const svc = await startTestService({
+    policy: store.current!,
+    policies: store,
+    metrics,
+    readyDetail: () => reloadStatus(store),
+  });
   store.start();
   return {
     svc,
@@ -165,7 +191,11 @@ export function checkLoop(port: number, workers = 4) {
       const sentAt = performance.now();
       try {
         const res = await check(client, req);
-        results.push({ sentAt, receivedAt: performance.now(), pool: res.status.code === 0 ? snatPool(res) : undefined });
+        results.push({
+          sentAt,
+          receivedAt: performance.now(),
+          pool: res.status.code === 0 ? snatPool(res) : undefined,
+        });
       } catch (err) {
         results.push({ sentAt, receivedAt: performance.now(), pool: undefined, error: (err as Error).message });
       }

@@ -5,7 +5,15 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkLoop, ConfigMapDir, replaceFile, startStoreService, variantBundle, waitFor, type LoopResult } from './support.js';
+import {
+  checkLoop,
+  ConfigMapDir,
+  replaceFile,
+  startStoreService,
+  variantBundle,
+  waitFor,
+  type LoopResult,
+} from './support.js';
 
 const POOL = { a: 'tenant_pool_a', b: 'tenant_pool_b' } as const;
 /** generous for a loaded 2-core CI machine; the measured figure is printed */
@@ -39,7 +47,11 @@ interface SwapReport {
 }
 
 /** Runs the load loop while `swap(version)` is called `count` times, alternating b, a, b, … */
-async function swapUnderLoad(port: number, count: number, swap: (v: 'a' | 'b', i: number) => void): Promise<SwapReport> {
+async function swapUnderLoad(
+  port: number,
+  count: number,
+  swap: (v: 'a' | 'b', i: number) => void,
+): Promise<SwapReport> {
   const loop = checkLoop(port);
   const swaps: Swap[] = [];
   try {
@@ -49,8 +61,14 @@ async function swapUnderLoad(port: number, count: number, swap: (v: 'a' | 'b', i
       const next: 'a' | 'b' = current === 'a' ? 'b' : 'a';
       const t0 = performance.now();
       swap(next, i);
-      await waitFor(() => loop.results.some((r) => r.receivedAt >= t0 && r.pool === POOL[next]), SWAP_BOUND_MS, `swap ${i + 1} to ${next}`);
-      const wonAt = Math.min(...loop.results.filter((r) => r.receivedAt >= t0 && r.pool === POOL[next]).map((r) => r.receivedAt));
+      await waitFor(
+        () => loop.results.some((r) => r.receivedAt >= t0 && r.pool === POOL[next]),
+        SWAP_BOUND_MS,
+        `swap ${i + 1} to ${next}`,
+      );
+      const wonAt = Math.min(
+        ...loop.results.filter((r) => r.receivedAt >= t0 && r.pool === POOL[next]).map((r) => r.receivedAt),
+      );
       swaps.push({ pool: POOL[next], startedAt: t0, wonAt });
       // Let some checks run on the new version before the next swap.
       const seen = loop.results.length;
@@ -95,7 +113,9 @@ describe('hot reload under load', () => {
       // The revision in each decision log line is the revision of the policy that decided it.
       for (const d of s.svc.decisions) expect(d.snat_pool).toBe(d.policy_revision === 'rev-a' ? POOL.a : POOL.b);
       expect(s.store.current!.revision).toBe('rev-a'); // 22 swaps from a: back to a
-      const reloads = (await s.metrics.registry.getSingleMetricAsString('egress_authz_policy_reloads_total')).split('\n');
+      const reloads = (await s.metrics.registry.getSingleMetricAsString('egress_authz_policy_reloads_total')).split(
+        '\n',
+      );
       expect(reloads).toContain('egress_authz_policy_reloads_total{policy="live",result="success"} 22');
       expect(reloads).toContain('egress_authz_policy_reloads_total{policy="live",result="failure"} 0');
     } finally {

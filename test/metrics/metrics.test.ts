@@ -4,9 +4,24 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Decision } from '../../src/decision/decision.js';
-import { identityRejectionClass, IDENTITY_REJECTION_CLASSES, NO_NAMESPACE_LABEL, OTHER_LABEL, reasonClass, ServiceMetrics } from '../../src/service/metrics.js';
+import {
+  identityRejectionClass,
+  IDENTITY_REJECTION_CLASSES,
+  NO_NAMESPACE_LABEL,
+  OTHER_LABEL,
+  reasonClass,
+  ServiceMetrics,
+} from '../../src/service/metrics.js';
 import { createCa, workloadSvid } from '../support/pki.js';
-import { check, checkClient, checkRequest, loadDefaultPolicy, startTestService, type CheckClient, type TestService } from '../support/service.js';
+import {
+  check,
+  checkClient,
+  checkRequest,
+  loadDefaultPolicy,
+  startTestService,
+  type CheckClient,
+  type TestService,
+} from '../support/service.js';
 import { metricsText, sample } from '../lifecycle/support.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
@@ -20,16 +35,24 @@ describe('GET /metrics after real checks', () => {
     svc = await startTestService();
     client = checkClient(svc.grpcPort);
     const ca = await createCa();
-    const expired = await workloadSvid(ca, BOOKINFO, { notAfter: new Date(Date.now() - 60_000), notBefore: new Date(Date.now() - 3_600_000) });
+    const expired = await workloadSvid(ca, BOOKINFO, {
+      notAfter: new Date(Date.now() - 60_000),
+      notBefore: new Date(Date.now() - 3_600_000),
+    });
     for (let i = 0; i < 3; i++) await check(client, checkRequest({ principal: BOOKINFO }));
     await check(client, checkRequest({ principal: 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools' }));
-    for (let i = 0; i < 5; i++) await check(client, checkRequest({ principal: `spiffe://cluster.local/ns/made-up-${i}/sa/x` }));
+    for (let i = 0; i < 5; i++)
+      await check(client, checkRequest({ principal: `spiffe://cluster.local/ns/made-up-${i}/sa/x` }));
     await check(client, checkRequest({}));
     await check(client, checkRequest({ principal: 'CN=legacy-client' }));
     await check(client, checkRequest({ certificatePem: expired.certPem }));
     await check(client, checkRequest({ certificatePem: 'not a certificate' }));
     const svid = await workloadSvid(ca, BOOKINFO);
-    const res = await fetch(`http://127.0.0.1:${svc.httpPort}/v1/sideband`, { method: 'POST', body: svid.certPem, headers: { 'content-type': 'application/x-pem-file' } });
+    const res = await fetch(`http://127.0.0.1:${svc.httpPort}/v1/sideband`, {
+      method: 'POST',
+      body: svid.certPem,
+      headers: { 'content-type': 'application/x-pem-file' },
+    });
     expect(res.status).toBe(200);
     text = await metricsText(svc.httpPort);
   });
@@ -63,7 +86,13 @@ describe('GET /metrics after real checks', () => {
 
   it('times every gRPC Check and sideband request; policy evaluation per decision', () => {
     expect(sample(text, 'egress_authz_sideband_request_duration_seconds_sum')).toBeGreaterThan(0);
-    expect(sample(text, 'grpc_server_handling_seconds_count', 'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"')).toBe(13);
+    expect(
+      sample(
+        text,
+        'grpc_server_handling_seconds_count',
+        'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"',
+      ),
+    ).toBe(13);
     expect(sample(text, 'egress_authz_sideband_request_duration_seconds_count')).toBe(1);
     expect(sample(text, 'egress_authz_policy_eval_seconds_count', 'policy="live"')).toBe(10); // identity failures never reach the policy
   });
@@ -77,7 +106,13 @@ describe('GET /metrics after real checks', () => {
   });
 
   it('exposes the serving policy revision and zero reloads', async () => {
-    expect(sample(text, 'egress_authz_policy_revision_info', `policy="live",revision="${(await loadDefaultPolicy()).revision}"`)).toBe(1);
+    expect(
+      sample(
+        text,
+        'egress_authz_policy_revision_info',
+        `policy="live",revision="${(await loadDefaultPolicy()).revision}"`,
+      ),
+    ).toBe(1);
     expect(sample(text, 'egress_authz_policy_reloads_total', 'policy="live",result="failure"')).toBe(0);
   });
 });
@@ -94,8 +129,16 @@ describe('a check that fails inside the pipeline', () => {
       const res = await check(client, checkRequest({ principal: BOOKINFO }));
       expect(res.status.code).toBe(7);
       const text = await metricsText(svc.httpPort);
-      expect(sample(text, 'egress_authz_checks_total', 'caller="envoy",decision="deny",reason_class="internal"')).toBe(1);
-      expect(sample(text, 'grpc_server_handling_seconds_count', 'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"')).toBe(1);
+      expect(sample(text, 'egress_authz_checks_total', 'caller="envoy",decision="deny",reason_class="internal"')).toBe(
+        1,
+      );
+      expect(
+        sample(
+          text,
+          'grpc_server_handling_seconds_count',
+          'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"',
+        ),
+      ).toBe(1);
     } finally {
       client.close();
       await svc.close(1000);
@@ -105,9 +148,24 @@ describe('a check that fails inside the pipeline', () => {
 
 describe('reason classes', () => {
   const base: Decision = {
-    decision_id: 'x', caller: 'envoy', allow: false, snat_pool: '', reason: 'r', http_status: 403, headers: {}, body: '',
-    identity: { spiffe_id: BOOKINFO, trust_domain: 'cluster.local', path: '/ns/bookinfo/sa/productpage', namespace: 'bookinfo', source: 'principal' },
-    destination: '', policy_revision: 'r1', eval_ms: 0.1,
+    decision_id: 'x',
+    caller: 'envoy',
+    allow: false,
+    snat_pool: '',
+    reason: 'r',
+    http_status: 403,
+    headers: {},
+    body: '',
+    identity: {
+      spiffe_id: BOOKINFO,
+      trust_domain: 'cluster.local',
+      path: '/ns/bookinfo/sa/productpage',
+      namespace: 'bookinfo',
+      source: 'principal',
+    },
+    destination: '',
+    policy_revision: 'r1',
+    eval_ms: 0.1,
   };
 
   it('classifies decisions into the fixed set', () => {
@@ -142,23 +200,37 @@ describe('reason classes', () => {
     const metrics = new ServiceMetrics({ maxTenantSeries: 3 });
     for (let i = 0; i < 50; i++) {
       const ns = `allowed-${i}`;
-      metrics.observeDecision({ ...base, allow: true, snat_pool: `pool_${i}`, identity: { ...base.identity!, namespace: ns } }, undefined);
+      metrics.observeDecision(
+        { ...base, allow: true, snat_pool: `pool_${i}`, identity: { ...base.identity!, namespace: ns } },
+        undefined,
+      );
     }
     const text = await metrics.registry.getSingleMetricAsString('egress_authz_decisions_by_tenant_total');
     const series = text.split('\n').filter((l) => l.startsWith('egress_authz_decisions_by_tenant_total{'));
     expect(series).toHaveLength(4);
-    expect(sample(text, 'egress_authz_decisions_by_tenant_total', `namespace="${OTHER_LABEL}",snat_pool="${OTHER_LABEL}",decision="allow"`)).toBe(47);
+    expect(
+      sample(
+        text,
+        'egress_authz_decisions_by_tenant_total',
+        `namespace="${OTHER_LABEL}",snat_pool="${OTHER_LABEL}",decision="allow"`,
+      ),
+    ).toBe(47);
   });
 });
 
 describe('Grafana dashboard', () => {
-  const dashboard = JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'deploy', 'grafana', 'egress-authz-dashboard.json'), 'utf8'));
+  const dashboard = JSON.parse(
+    readFileSync(join(import.meta.dirname, '..', '..', 'deploy', 'grafana', 'egress-authz-dashboard.json'), 'utf8'),
+  );
   const panels: { title: string; targets?: { expr: string }[] }[] = dashboard.panels;
 
   it('queries only metrics the service exports', async () => {
     const exported = new Set((await new ServiceMetrics().registry.getMetricsAsJSON()).map((m) => m.name));
     const used = new Set<string>();
-    for (const p of panels) for (const t of p.targets ?? []) for (const m of t.expr.matchAll(/\b(egress_authz_\w+|grpc_server_\w+)/g)) used.add(m[1]!.replace(/_(bucket|count|sum)$/, ''));
+    for (const p of panels)
+      for (const t of p.targets ?? [])
+        for (const m of t.expr.matchAll(/\b(egress_authz_\w+|grpc_server_\w+)/g))
+          used.add(m[1]!.replace(/_(bucket|count|sum)$/, ''));
     expect(used.size).toBeGreaterThanOrEqual(8);
     for (const name of used) expect(exported, `dashboard uses ${name}`).toContain(name);
   });

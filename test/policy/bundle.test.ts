@@ -52,7 +52,10 @@ describe('readBundle', () => {
 
   test('reads what opa build writes: wasm, data and manifest', async () => {
     const b = await readBundle(built);
-    expect(b.manifest).toMatchObject({ revision: 'r1', wasm: [{ entrypoint: 'egress/authz/decision', module: '/policy.wasm' }] });
+    expect(b.manifest).toMatchObject({
+      revision: 'r1',
+      wasm: [{ entrypoint: 'egress/authz/decision', module: '/policy.wasm' }],
+    });
     expect(b.data).toEqual(JSON.parse(readFileSync('policies/data.json', 'utf8')));
     expect(Buffer.from(b.wasm.subarray(0, 4)).toString('latin1')).toBe('\0asm');
   });
@@ -67,12 +70,19 @@ describe('readBundle', () => {
         { name: '/policy.wasm', body: wasm },
       ]),
     );
-    expect(b.data).toEqual({ egress: { trust_domain: 'cluster.local', tenants: { bookinfo: { snat_pool: 'p' }, extra: [1, 2] } } });
+    expect(b.data).toEqual({
+      egress: { trust_domain: 'cluster.local', tenants: { bookinfo: { snat_pool: 'p' }, extra: [1, 2] } },
+    });
     expect(b.manifest).toBeUndefined();
   });
 
   test('a __proto__ key is data, not a prototype change', async () => {
-    const b = await readBundle(bundle([{ name: 'data.json', body: '{"__proto__":{"polluted":true}}' }, { name: 'policy.wasm', body: wasm }]));
+    const b = await readBundle(
+      bundle([
+        { name: 'data.json', body: '{"__proto__":{"polluted":true}}' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+    );
     expect(Object.getPrototypeOf(b.data)).toBe(Object.prototype);
     expect(({} as Record<string, unknown>)['polluted']).toBeUndefined();
     expect(Object.keys(b.data)).toEqual(['__proto__']);
@@ -82,13 +92,53 @@ describe('readBundle', () => {
     ['not gzip', Buffer.from('hello'), /not a gzip-compressed tar file/],
     ['gzip of garbage', gzipSync(Buffer.alloc(2048, 7)), /bad checksum/],
     ['no policy.wasm', bundle([{ name: 'data.json', body: '{}' }]), /no policy\.wasm/],
-    ['path traversal', bundle([{ name: '../../etc/data.json', body: '{}' }, { name: 'policy.wasm', body: wasm }]), /unsafe path/],
+    [
+      'path traversal',
+      bundle([
+        { name: '../../etc/data.json', body: '{}' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+      /unsafe path/,
+    ],
     ['a symlink', bundle([{ name: 'policy.wasm', type: '2' }]), /not a regular file/],
-    ['a truncated entry', gzipSync(tar([{ name: 'policy.wasm', body: wasm, size: 4096 }]).subarray(0, 1024)), /truncated/],
-    ['conflicting data', bundle([{ name: 'data.json', body: '{"a":1}' }, { name: 'a/data.json', body: '{"b":1}' }, { name: 'policy.wasm', body: wasm }]), /conflicts/],
-    ['data that is not JSON', bundle([{ name: 'data.json', body: '{' }, { name: 'policy.wasm', body: wasm }]), /data\.json is not valid JSON/],
-    ['root data that is not an object', bundle([{ name: 'data.json', body: '[]' }, { name: 'policy.wasm', body: wasm }]), /root data must be a JSON object/],
-    ['a bad manifest', bundle([{ name: '.manifest', body: '"x"' }, { name: 'policy.wasm', body: wasm }]), /\.manifest is not a JSON object/],
+    [
+      'a truncated entry',
+      gzipSync(tar([{ name: 'policy.wasm', body: wasm, size: 4096 }]).subarray(0, 1024)),
+      /truncated/,
+    ],
+    [
+      'conflicting data',
+      bundle([
+        { name: 'data.json', body: '{"a":1}' },
+        { name: 'a/data.json', body: '{"b":1}' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+      /conflicts/,
+    ],
+    [
+      'data that is not JSON',
+      bundle([
+        { name: 'data.json', body: '{' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+      /data\.json is not valid JSON/,
+    ],
+    [
+      'root data that is not an object',
+      bundle([
+        { name: 'data.json', body: '[]' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+      /root data must be a JSON object/,
+    ],
+    [
+      'a bad manifest',
+      bundle([
+        { name: '.manifest', body: '"x"' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+      /\.manifest is not a JSON object/,
+    ],
   ])('refuses %s', async (_name, bytes, message) => {
     await expect(readBundle(bytes)).rejects.toThrow(message);
   });

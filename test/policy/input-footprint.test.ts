@@ -37,7 +37,9 @@ describe('inputFootprint', () => {
 
   it('is not fooled by strings, comments, or names that merely contain "input"', () => {
     const f = inputFootprint([
-      mod('# x := input\nmsg := "input is \\"whatever\\" the caller sent"\nraw := `input[0]`\nmy_input := 1\ninput_x := 2\nz := data.input.y\nw if input.caller'),
+      mod(
+        '# x := input\nmsg := "input is \\"whatever\\" the caller sent"\nraw := `input[0]`\nmy_input := 1\ninput_x := 2\nz := data.input.y\nw if input.caller',
+      ),
     ]);
     expect(f.keys).toEqual(['caller']);
   });
@@ -47,7 +49,14 @@ describe('inputFootprint', () => {
   });
 
   it('marks policies that use the clock, randomness, the network or the runtime as not deterministic', () => {
-    for (const call of ['time.now_ns()', 'rand.intn("x", 10)', 'uuid.rfc4122("x")', 'http.send({})', 'opa.runtime()', 'print(input.caller)']) {
+    for (const call of [
+      'time.now_ns()',
+      'rand.intn("x", 10)',
+      'uuid.rfc4122("x")',
+      'http.send({})',
+      'opa.runtime()',
+      'print(input.caller)',
+    ]) {
       const f = inputFootprint([mod(`x := ${call}\ny if input.caller`)]);
       expect(f.deterministic, call).toBe(false);
       expect(f.why).toMatch(/calls /);
@@ -70,7 +79,14 @@ describe('projected and remembered evaluation', () => {
     writeFileSync(join(d, 'policy.rego'), rego);
     return d;
   };
-  const identity = (ns: string) => ({ spiffe_id: `spiffe://cluster.local/ns/${ns}/sa/a`, trust_domain: 'cluster.local', path: `/ns/${ns}/sa/a`, namespace: ns, service_account: 'a', source: 'principal' });
+  const identity = (ns: string) => ({
+    spiffe_id: `spiffe://cluster.local/ns/${ns}/sa/a`,
+    trust_domain: 'cluster.local',
+    path: `/ns/${ns}/sa/a`,
+    namespace: ns,
+    service_account: 'a',
+    source: 'principal',
+  });
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'footprint-'));
@@ -78,13 +94,27 @@ describe('projected and remembered evaluation', () => {
     // the build-time scan of the folder can know.
     const header = folder(
       'header',
-      mod('default decision := {"allow": false, "snat_pool": "", "reason": "no"}\n\ndecision := {"allow": true, "snat_pool": input.attributes.request.http.headers["x-pool"], "reason": "header"} if input.identity.namespace == "bookinfo"'),
+      mod(
+        'default decision := {"allow": false, "snat_pool": "", "reason": "no"}\n\ndecision := {"allow": true, "snat_pool": input.attributes.request.http.headers["x-pool"], "reason": "header"} if input.identity.namespace == "bookinfo"',
+      ),
     );
-    const whole = folder('whole', mod('default decision := {"allow": false, "snat_pool": "", "reason": "no"}\n\ndecision := {"allow": true, "snat_pool": "p", "reason": "whole"} if object.get(input, "flag", false)'));
-    const clock = folder('clock', mod('default decision := {"allow": false, "snat_pool": "", "reason": "no"}\n\ndecision := {"allow": true, "snat_pool": "p", "reason": "clock"} if { time.now_ns() > 0; input.identity }'));
+    const whole = folder(
+      'whole',
+      mod(
+        'default decision := {"allow": false, "snat_pool": "", "reason": "no"}\n\ndecision := {"allow": true, "snat_pool": "p", "reason": "whole"} if object.get(input, "flag", false)',
+      ),
+    );
+    const clock = folder(
+      'clock',
+      mod(
+        'default decision := {"allow": false, "snat_pool": "", "reason": "no"}\n\ndecision := {"allow": true, "snat_pool": "p", "reason": "clock"} if { time.now_ns() > 0; input.identity }',
+      ),
+    );
     // A bundle from plain `opa build`, without our manifest metadata.
     const plainBundle = join(dir, 'plain.tar.gz');
-    execFileSync(locateOpa(), ['build', '-t', 'wasm', '-e', 'egress/authz/decision', '-o', plainBundle, '.'], { cwd: header });
+    execFileSync(locateOpa(), ['build', '-t', 'wasm', '-e', 'egress/authz/decision', '-o', plainBundle, '.'], {
+      cwd: header,
+    });
     Object.assign(policies, {
       memo: await loadPolicy('policies'),
       plain: await loadPolicy('policies', { memoize: false }),
@@ -99,30 +129,50 @@ describe('projected and remembered evaluation', () => {
   it('egress-authz build stamps the footprint into the manifest; OPA bundles without it get the whole input', async () => {
     const files = await readBundleFiles(readFileSync('dist/policy/bundle.tar.gz'));
     const manifest = JSON.parse(Buffer.from(files.get('.manifest')!).toString('utf8'));
-    expect(manifest.metadata.egress_authz_input).toEqual({ keys: ['destination', 'identity', 'identity_error'], deterministic: true, why: '' });
+    expect(manifest.metadata.egress_authz_input).toEqual({
+      keys: ['destination', 'identity', 'identity_error'],
+      deterministic: true,
+      why: '',
+    });
     expect(manifest.wasm[0].module).toBe('/policy.wasm');
     expect(policies.headerPlainBundle!.inputFootprint).toBeUndefined();
   });
 
   it('the default policy is projected and remembered; turning it off gives the very same answers', () => {
-    expect(policies.memo!.inputFootprint).toMatchObject({ keys: ['destination', 'identity', 'identity_error'], deterministic: true });
+    expect(policies.memo!.inputFootprint).toMatchObject({
+      keys: ['destination', 'identity', 'identity_error'],
+      deterministic: true,
+    });
     expect(policies.plain!.inputFootprint).toBeUndefined();
     const inputs = [
-      { caller: 'envoy', identity: identity('bookinfo'), destination: { host: 'a.example', port: 443 }, attributes: { x: 1 } },
+      {
+        caller: 'envoy',
+        identity: identity('bookinfo'),
+        destination: { host: 'a.example', port: 443 },
+        attributes: { x: 1 },
+      },
       { caller: 'sideband', identity: identity('bookinfo'), destination: { host: '' } },
       { caller: 'envoy', identity: identity('sm-apigw-a'), destination: { host: 'a.example' } },
       { caller: 'envoy', identity: identity('bookinfo-evil'), destination: { host: 'a.example' } },
-      { caller: 'envoy', identity: { ...identity('bookinfo'), trust_domain: 'evil.local' }, destination: { host: 'a.example' } },
+      {
+        caller: 'envoy',
+        identity: { ...identity('bookinfo'), trust_domain: 'evil.local' },
+        destination: { host: 'a.example' },
+      },
       { caller: 'envoy', identity: null, identity_error: 'certificate has expired', destination: { host: '' } },
     ];
     for (let round = 0; round < 3; round++) {
-      for (const input of inputs) expect(policies.memo!.evaluate(input), JSON.stringify(input)).toEqual(policies.plain!.evaluate(input));
+      for (const input of inputs)
+        expect(policies.memo!.evaluate(input), JSON.stringify(input)).toEqual(policies.plain!.evaluate(input));
     }
   });
 
   it('a field only the entrypoint rule reads is still seen, and remembered per value', () => {
     for (const p of [policies.header!, policies.headerPlainBundle!]) {
-      const at = (pool: string) => ({ identity: identity('bookinfo'), attributes: { request: { http: { headers: { 'x-pool': pool } } } } });
+      const at = (pool: string) => ({
+        identity: identity('bookinfo'),
+        attributes: { request: { http: { headers: { 'x-pool': pool } } } },
+      });
       expect(p.evaluate(at('one'))).toMatchObject({ ok: true, value: { snat_pool: 'one' } });
       expect(p.evaluate(at('two'))).toMatchObject({ ok: true, value: { snat_pool: 'two' } });
       expect(p.evaluate(at('one'))).toMatchObject({ ok: true, value: { snat_pool: 'one' } });
@@ -137,7 +187,11 @@ describe('projected and remembered evaluation', () => {
   });
 
   it('a policy that reads the clock is projected but never remembered', () => {
-    expect(policies.clock!.inputFootprint).toMatchObject({ keys: ['identity'], deterministic: false, why: 'calls time.now_ns' });
+    expect(policies.clock!.inputFootprint).toMatchObject({
+      keys: ['identity'],
+      deterministic: false,
+      why: 'calls time.now_ns',
+    });
     // (the Wasm SDK may not provide time.now_ns: then the answer is a failure, never a throw)
     expect(typeof policies.clock!.evaluate({ identity: identity('bookinfo') }).ok).toBe('boolean');
   });
@@ -145,7 +199,9 @@ describe('projected and remembered evaluation', () => {
   it('a data overlay starts with nothing remembered', async () => {
     const input = { identity: identity('payments'), destination: { host: 'a.example' } };
     expect(policies.memo!.evaluate(input)).toMatchObject({ ok: true, value: { allow: false } });
-    const overlaid = await policies.memo!.withDataOverlay!({ egress: { tenants: { payments: { snat_pool: 'payments_snat' } } } });
+    const overlaid = await policies.memo!.withDataOverlay!({
+      egress: { tenants: { payments: { snat_pool: 'payments_snat' } } },
+    });
     expect(overlaid.evaluate(input)).toMatchObject({ ok: true, value: { allow: true, snat_pool: 'payments_snat' } });
     expect(policies.memo!.evaluate(input)).toMatchObject({ ok: true, value: { allow: false } });
   });

@@ -48,7 +48,9 @@ describe('opa CLI', () => {
   });
 
   test('build of a missing folder says so', async () => {
-    await expect(buildWasmBundle(join(tmp, 'missing'), join(tmp, 'x.tar.gz'))).rejects.toThrow(/missing does not exist/);
+    await expect(buildWasmBundle(join(tmp, 'missing'), join(tmp, 'x.tar.gz'))).rejects.toThrow(
+      /missing does not exist/,
+    );
   });
 
   test('EGRESS_AUTHZ_OPA wins, and a bad value is an error', () => {

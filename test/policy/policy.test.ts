@@ -12,7 +12,13 @@ function identity(spiffeId: string) {
   const [, , trustDomain = '', ...rest] = spiffeId.split('/');
   const path = '/' + rest.join('/');
   const m = /^\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(path);
-  return { spiffe_id: spiffeId, trust_domain: trustDomain, path, ...(m ? { namespace: m[1], service_account: m[2] } : {}), source: 'principal' };
+  return {
+    spiffe_id: spiffeId,
+    trust_domain: trustDomain,
+    path,
+    ...(m ? { namespace: m[1], service_account: m[2] } : {}),
+    source: 'principal',
+  };
 }
 
 function inputFor(spiffeId: string, destination = { host: 'httpbin.org', port: 443 }) {
@@ -71,12 +77,24 @@ describe('default policy', () => {
   });
 
   test('a failed identity step is denied with its error as the reason', () => {
-    const r = fromFolder.evaluate({ caller: 'envoy', identity: null, identity_error: 'certificate has 2 URI SANs', destination: { host: '' } });
+    const r = fromFolder.evaluate({
+      caller: 'envoy',
+      identity: null,
+      identity_error: 'certificate has 2 URI SANs',
+      destination: { host: '' },
+    });
     expect(r).toEqual({ ok: true, value: { allow: false, snat_pool: '', reason: 'certificate has 2 URI SANs' } });
   });
 
   test('the decision is defined for any input shape', () => {
-    for (const input of [undefined, null, {}, 'bookinfo', [1, 2], { identity: 'spiffe://cluster.local/ns/bookinfo/sa/x' }]) {
+    for (const input of [
+      undefined,
+      null,
+      {},
+      'bookinfo',
+      [1, 2],
+      { identity: 'spiffe://cluster.local/ns/bookinfo/sa/x' },
+    ]) {
       const r = fromFolder.evaluate(input);
       expect(r, JSON.stringify(input)).toMatchObject({ ok: true, value: { allow: false, snat_pool: '' } });
     }
@@ -91,10 +109,20 @@ describe('default policy', () => {
   });
 
   test('a data overlay adds a tenant without touching the original', async () => {
-    const billing = inputFor('spiffe://cluster.local/ns/billing-batch/sa/runner', { host: 'billing.legacy.example.com', port: 443 });
-    const overlaid = await fromBundle.withDataOverlay!({ egress: { tenants: { 'billing-batch': { snat_pool: 'billing_snat', destinations: ['billing.legacy.example.com:443'] } } } });
+    const billing = inputFor('spiffe://cluster.local/ns/billing-batch/sa/runner', {
+      host: 'billing.legacy.example.com',
+      port: 443,
+    });
+    const overlaid = await fromBundle.withDataOverlay!({
+      egress: {
+        tenants: { 'billing-batch': { snat_pool: 'billing_snat', destinations: ['billing.legacy.example.com:443'] } },
+      },
+    });
     expect(overlaid.evaluate(billing)).toMatchObject({ ok: true, value: { allow: true, snat_pool: 'billing_snat' } });
-    expect(overlaid.evaluate(inputFor('spiffe://cluster.local/ns/bookinfo/sa/x'))).toMatchObject({ ok: true, value: { allow: true, snat_pool: 'bookinfo_snat' } });
+    expect(overlaid.evaluate(inputFor('spiffe://cluster.local/ns/bookinfo/sa/x'))).toMatchObject({
+      ok: true,
+      value: { allow: true, snat_pool: 'bookinfo_snat' },
+    });
     expect(overlaid.revision).toMatch(new RegExp(`^${fromBundle.revision}\\+data:[0-9a-f]{12}$`));
     expect(fromBundle.evaluate(billing)).toMatchObject({ ok: true, value: { allow: false } });
   });
@@ -119,13 +147,31 @@ slow := count([x | some x in numbers.range(1, input.n)])
   });
 
   test('boolean results (opa-envoy-plugin)', () => {
-    expect(policy.evaluate({ result: true })).toEqual({ ok: true, value: { allow: true, snat_pool: '', reason: 'allowed by policy' } });
-    expect(policy.evaluate({ result: false })).toEqual({ ok: true, value: { allow: false, snat_pool: '', reason: 'denied by policy' } });
+    expect(policy.evaluate({ result: true })).toEqual({
+      ok: true,
+      value: { allow: true, snat_pool: '', reason: 'allowed by policy' },
+    });
+    expect(policy.evaluate({ result: false })).toEqual({
+      ok: true,
+      value: { allow: false, snat_pool: '', reason: 'denied by policy' },
+    });
   });
 
   test('the "allowed" object form (opa-envoy-plugin)', () => {
-    const r = policy.evaluate({ result: { allowed: false, http_status: 451, headers: { 'x-a': 'b', 'x-list': ['1', '2'] }, body: 'no' } });
-    expect(r).toEqual({ ok: true, value: { allow: false, snat_pool: '', reason: 'denied by policy', http_status: 451, headers: { 'x-a': 'b', 'x-list': '1, 2' }, body: 'no' } });
+    const r = policy.evaluate({
+      result: { allowed: false, http_status: 451, headers: { 'x-a': 'b', 'x-list': ['1', '2'] }, body: 'no' },
+    });
+    expect(r).toEqual({
+      ok: true,
+      value: {
+        allow: false,
+        snat_pool: '',
+        reason: 'denied by policy',
+        http_status: 451,
+        headers: { 'x-a': 'b', 'x-list': '1, 2' },
+        body: 'no',
+      },
+    });
   });
 
   test('an error at evaluation is a failure, and the next evaluation works', () => {
@@ -157,7 +203,10 @@ slow := count([x | some x in numbers.range(1, input.n)])
 
   test('an evaluation over budget is a failure', async () => {
     const slow = await loadPolicy(policyFolder('echo', echo), { entrypoint: 'egress/authz/slow', evalBudgetMs: 5 });
-    expect(slow.evaluate({ n: 10 })).toEqual({ ok: false, reason: 'policy result must be an object or a boolean, got number' });
+    expect(slow.evaluate({ n: 10 })).toEqual({
+      ok: false,
+      reason: 'policy result must be an object or a boolean, got number',
+    });
     const r = slow.evaluate({ n: 300_000 });
     expect(!r.ok && r.reason).toMatch(/^policy evaluation exceeded 5ms \(took [\d.]+ms\)$/);
   });
@@ -165,12 +214,21 @@ slow := count([x | some x in numbers.range(1, input.n)])
 
 describe('normalisePolicyResult', () => {
   test('our object form keeps the pool on allow and drops it on deny', () => {
-    expect(normalisePolicyResult({ allow: true, snat_pool: 'p', reason: 'ok' })).toEqual({ ok: true, value: { allow: true, snat_pool: 'p', reason: 'ok' } });
-    expect(normalisePolicyResult({ allow: false, snat_pool: 'p', reason: 'no' })).toEqual({ ok: true, value: { allow: false, snat_pool: '', reason: 'no' } });
+    expect(normalisePolicyResult({ allow: true, snat_pool: 'p', reason: 'ok' })).toEqual({
+      ok: true,
+      value: { allow: true, snat_pool: 'p', reason: 'ok' },
+    });
+    expect(normalisePolicyResult({ allow: false, snat_pool: 'p', reason: 'no' })).toEqual({
+      ok: true,
+      value: { allow: false, snat_pool: '', reason: 'no' },
+    });
   });
 
   test('an allow without a pool is an allow with pool ""', () => {
-    expect(normalisePolicyResult({ allow: true })).toEqual({ ok: true, value: { allow: true, snat_pool: '', reason: 'allowed by policy' } });
+    expect(normalisePolicyResult({ allow: true })).toEqual({
+      ok: true,
+      value: { allow: true, snat_pool: '', reason: 'allowed by policy' },
+    });
   });
 });
 
@@ -178,7 +236,9 @@ describe('loading errors', () => {
   test('a corrupt bundle is refused with a clear message', async () => {
     const file = join(tmp, 'corrupt.tar.gz');
     writeFileSync(file, 'not a bundle at all');
-    await expect(loadPolicy(file)).rejects.toThrow(/^policy .*corrupt\.tar\.gz: bundle is not a gzip-compressed tar file/);
+    await expect(loadPolicy(file)).rejects.toThrow(
+      /^policy .*corrupt\.tar\.gz: bundle is not a gzip-compressed tar file/,
+    );
   });
 
   test('Rego that does not compile is refused with the compiler message', async () => {

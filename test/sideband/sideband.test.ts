@@ -68,7 +68,15 @@ class AnswerReader {
   }
 }
 
-function request(pem: string, opts: { version?: '1.0' | '1.1'; keepAlive?: boolean; headers?: Record<string, string>; contentType?: string | null } = {}): string {
+function request(
+  pem: string,
+  opts: {
+    version?: '1.0' | '1.1';
+    keepAlive?: boolean;
+    headers?: Record<string, string>;
+    contentType?: string | null;
+  } = {},
+): string {
   const lines = [`POST /v1/sideband HTTP/${opts.version ?? '1.1'}`, 'Host: egress-authz'];
   if (opts.contentType !== null) lines.push(`Content-Type: ${opts.contentType ?? 'application/x-pem-file'}`);
   lines.push(`Content-Length: ${Buffer.byteLength(pem)}`);
@@ -99,14 +107,29 @@ const expectDeny = (a: RawAnswer, status: number) => {
 
 describe('POST /v1/sideband', () => {
   it('HTTP/1.0 as an iRule sends it: allow, the SNAT pool, a decision id, then the connection closes', async () => {
-    const a = await once(request(certs.files.bookinfo!.pem, { version: '1.0', headers: { 'X-Request-Id': 'bigip-0001', 'X-Egress-Virtual-Server': '/Common/vs_x', 'X-Egress-Client-Address': '10.1.1.10', 'X-Egress-Destination': 'proxy.example:3128' } }));
+    const a = await once(
+      request(certs.files.bookinfo!.pem, {
+        version: '1.0',
+        headers: {
+          'X-Request-Id': 'bigip-0001',
+          'X-Egress-Virtual-Server': '/Common/vs_x',
+          'X-Egress-Client-Address': '10.1.1.10',
+          'X-Egress-Destination': 'proxy.example:3128',
+        },
+      }),
+    );
     expect(a.status).toBe(200);
     expect(a.headers).toMatchObject({ 'x-egress-decision': 'allow', 'x-egress-snat-pool': 'bookinfo_snat' });
     expect(a.headers['content-length']).toBe(String(Buffer.byteLength(a.body)));
     expect(a.body).toBe('allow bookinfo_snat\n');
     expect(a.closedAfter).toBe(true);
     const entry = service.decisions.find((d) => d.decision_id === a.headers['x-egress-decision-id']);
-    expect(entry).toMatchObject({ caller: 'sideband', x_request_id: 'bigip-0001', destination: 'proxy.example:3128', allow: true });
+    expect(entry).toMatchObject({
+      caller: 'sideband',
+      x_request_id: 'bigip-0001',
+      destination: 'proxy.example:3128',
+      allow: true,
+    });
   });
 
   it('HTTP/1.1 keep-alive: three requests on one connection, each with its own decision', async () => {
@@ -151,7 +174,9 @@ describe('POST /v1/sideband', () => {
 
   it('no content type and text/plain are accepted', async () => {
     expect((await once(request(certs.files.bookinfo!.pem, { contentType: null }))).status).toBe(200);
-    expect((await once(request(certs.files.bookinfo!.pem, { contentType: 'text/plain; charset=us-ascii' }))).status).toBe(200);
+    expect(
+      (await once(request(certs.files.bookinfo!.pem, { contentType: 'text/plain; charset=us-ascii' }))).status,
+    ).toBe(200);
   });
 
   it('malformed PEM → 400 deny, still in the decision log', async () => {
@@ -172,12 +197,17 @@ describe('POST /v1/sideband', () => {
     expectDeny(declared, 400);
     expect(declared.headers['x-egress-reason']).toContain('too large');
     const chunk = big.length.toString(16);
-    const chunked = await once(`POST /v1/sideband HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunk}\r\n${big}\r\n0\r\n\r\n`);
+    const chunked = await once(
+      `POST /v1/sideband HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunk}\r\n${big}\r\n0\r\n\r\n`,
+    );
     expectDeny(chunked, 400);
   });
 
   it('an oversized optional header → 400 deny', async () => {
-    expectDeny(await once(request(certs.files.bookinfo!.pem, { headers: { 'X-Egress-Destination': 'a'.repeat(300) } })), 400);
+    expectDeny(
+      await once(request(certs.files.bookinfo!.pem, { headers: { 'X-Egress-Destination': 'a'.repeat(300) } })),
+      400,
+    );
   });
 
   it('garbage request line → 400 deny, then the connection closes', async () => {

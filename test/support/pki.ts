@@ -53,7 +53,10 @@ async function keyPem(key: CryptoKey): Promise<string> {
   return x509.PemConverter.encode(pkcs8, 'PRIVATE KEY');
 }
 
-export async function createCa(name = 'Example Org Intermediate CA', opts: { notAfter?: Date; issuer?: CertAuthority } = {}): Promise<CertAuthority> {
+export async function createCa(
+  name = 'Example Org Intermediate CA',
+  opts: { notAfter?: Date; issuer?: CertAuthority } = {},
+): Promise<CertAuthority> {
   const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
   const now = Date.now();
   const params = {
@@ -94,11 +97,15 @@ export async function issue(opts: CertOptions = {}): Promise<IssuedCert> {
   if (opts.dnsAfterUris) names.push(...uris, ...dns);
   else names.push(...dns, ...uris);
   const extensions: x509.Extension[] = [new x509.BasicConstraintsExtension(opts.ca ?? false, undefined, true)];
-  const ku = opts.keyUsage === undefined ? x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment : opts.keyUsage;
+  const ku =
+    opts.keyUsage === undefined
+      ? x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment
+      : opts.keyUsage;
   if (ku !== null) extensions.push(new x509.KeyUsagesExtension(ku, opts.keyUsageCritical ?? true));
   const eku = opts.extKeyUsage === undefined ? [EKU.serverAuth, EKU.clientAuth] : opts.extKeyUsage;
   if (eku !== null) extensions.push(new x509.ExtendedKeyUsageExtension(eku, false));
-  if (names.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(names, opts.sanCritical ?? (opts.subject ?? '') === ''));
+  if (names.length > 0)
+    extensions.push(new x509.SubjectAlternativeNameExtension(names, opts.sanCritical ?? (opts.subject ?? '') === ''));
   const subject = opts.subject ?? '';
   const common = {
     serialNumber: randomSerial(),
@@ -120,7 +127,11 @@ export async function issue(opts: CertOptions = {}): Promise<IssuedCert> {
 }
 
 /** A workload SVID as Istio issues it: empty subject, one URI SAN, signed by the given CA. */
-export function workloadSvid(ca: CertAuthority, spiffeId: string, extra: Omit<CertOptions, 'issuer' | 'uris'> = {}): Promise<IssuedCert> {
+export function workloadSvid(
+  ca: CertAuthority,
+  spiffeId: string,
+  extra: Omit<CertOptions, 'issuer' | 'uris'> = {},
+): Promise<IssuedCert> {
   return issue({ issuer: ca, uris: [spiffeId], ...extra });
 }
 
@@ -136,6 +147,6 @@ export function writeCert(dir: string, name: string, cert: IssuedCert): { cert: 
 
 function randomSerial(): string {
   const bytes = webcrypto.getRandomValues(new Uint8Array(12));
-  bytes[0] = (bytes[0] ?? 0) & 0x7f | 0x01;
+  bytes[0] = ((bytes[0] ?? 0) & 0x7f) | 0x01;
   return Buffer.from(bytes).toString('hex');
 }

@@ -23,7 +23,10 @@ export interface TestService extends RunningService {
 export async function startTestService(extra: Partial<ServiceOptions> = {}): Promise<TestService> {
   const decisions: DecisionLogEntry[] = [];
   const logLines: Record<string, unknown>[] = [];
-  const logger = pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line) as Record<string, unknown>) });
+  const logger = pino(
+    { level: 'info' },
+    { write: (line: string) => void logLines.push(JSON.parse(line) as Record<string, unknown>) },
+  );
   const service = await startService({
     grpcAddr: '127.0.0.1:0',
     httpAddr: '127.0.0.1:0',
@@ -42,7 +45,11 @@ export type CheckClient = grpc.Client & {
   Check(req: unknown, cb: (err: grpc.ServiceError | null, res: Record<string, any>) => void): void;
 };
 
-export function checkClient(port: number, creds = grpc.credentials.createInsecure(), options: grpc.ClientOptions = {}): CheckClient {
+export function checkClient(
+  port: number,
+  creds = grpc.credentials.createInsecure(),
+  options: grpc.ClientOptions = {},
+): CheckClient {
   const Client = authorizationClient();
   return new Client(`127.0.0.1:${port}`, creds, options) as unknown as CheckClient;
 }
@@ -52,14 +59,26 @@ export function check(client: CheckClient, req: unknown): Promise<Record<string,
 }
 
 /** A CheckRequest as Envoy sends it through the ext_authz filter (camelCase, as proto-loader takes it). */
-export function checkRequest(opts: { principal?: string; certificatePem?: string; host?: string; headers?: Record<string, string>; path?: string; method?: string } = {}) {
+export function checkRequest(
+  opts: {
+    principal?: string;
+    certificatePem?: string;
+    host?: string;
+    headers?: Record<string, string>;
+    path?: string;
+    method?: string;
+  } = {},
+) {
   const source: Record<string, unknown> = { address: { socketAddress: { address: '10.1.2.3', portValue: 43210 } } };
   if (opts.principal !== undefined) source.principal = opts.principal;
   if (opts.certificatePem !== undefined) source.certificate = encodeURIComponent(opts.certificatePem);
   return {
     attributes: {
       source,
-      destination: { address: { socketAddress: { address: '127.0.0.1', portValue: 3128 } }, principal: 'spiffe://cluster.local/ns/egress/sa/gateway' },
+      destination: {
+        address: { socketAddress: { address: '127.0.0.1', portValue: 3128 } },
+        principal: 'spiffe://cluster.local/ns/egress/sa/gateway',
+      },
       request: {
         time: { seconds: '1764151200', nanos: 5000000 },
         http: {
@@ -68,7 +87,11 @@ export function checkRequest(opts: { principal?: string; certificatePem?: string
           host: opts.host ?? 'www.example.com:443',
           path: opts.path ?? '',
           protocol: 'HTTP/1.1',
-          headers: { ':authority': opts.host ?? 'www.example.com:443', 'x-request-id': 'req-1', ...(opts.headers ?? {}) },
+          headers: {
+            ':authority': opts.host ?? 'www.example.com:443',
+            'x-request-id': 'req-1',
+            ...(opts.headers ?? {}),
+          },
         },
       },
     },

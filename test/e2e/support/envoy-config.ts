@@ -55,7 +55,10 @@ function staticCluster(name: string, address: string, port: number, extra: Recor
     name,
     type: 'STATIC',
     connect_timeout: '1s',
-    load_assignment: { cluster_name: name, endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(address, port) } }] }] },
+    load_assignment: {
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(address, port) } }] }],
+    },
     ...extra,
   };
 }
@@ -81,7 +84,9 @@ export function egressGatewayConfig(o: EgressGatewayOptions): Record<string, unk
                   '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
                   require_client_certificate: true,
                   common_tls_context: {
-                    tls_certificates: [{ certificate_chain: { filename: o.tls.certFile }, private_key: { filename: o.tls.keyFile } }],
+                    tls_certificates: [
+                      { certificate_chain: { filename: o.tls.certFile }, private_key: { filename: o.tls.keyFile } },
+                    ],
                     validation_context: { trusted_ca: { filename: o.tls.clientCaFile } },
                   },
                 },
@@ -90,7 +95,8 @@ export function egressGatewayConfig(o: EgressGatewayOptions): Record<string, unk
                 {
                   name: 'envoy.filters.network.http_connection_manager',
                   typed_config: {
-                    '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+                    '@type':
+                      'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
                     stat_prefix: 'egress',
                     // The client's (sidecar's) request id is the correlation key through to the decision log.
                     preserve_external_request_id: true,
@@ -110,8 +116,11 @@ export function egressGatewayConfig(o: EgressGatewayOptions): Record<string, unk
                         // A client must not choose its own SNAT pool: drop what it sent before asking.
                         name: 'envoy.filters.http.header_mutation',
                         typed_config: {
-                          '@type': 'type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation',
-                          mutations: { request_mutations: [{ remove: SNAT_POOL_HEADER }, { remove: DECISION_ID_HEADER }] },
+                          '@type':
+                            'type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation',
+                          mutations: {
+                            request_mutations: [{ remove: SNAT_POOL_HEADER }, { remove: DECISION_ID_HEADER }],
+                          },
                         },
                       },
                       {
@@ -119,14 +128,20 @@ export function egressGatewayConfig(o: EgressGatewayOptions): Record<string, unk
                         typed_config: {
                           '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
                           transport_api_version: 'V3',
-                          grpc_service: { envoy_grpc: { cluster_name: 'egress_authz' }, timeout: `${(o.authz.timeoutMs ?? 1000) / 1000}s` },
+                          grpc_service: {
+                            envoy_grpc: { cluster_name: 'egress_authz' },
+                            timeout: `${(o.authz.timeoutMs ?? 1000) / 1000}s`,
+                          },
                           include_peer_certificate: true,
                           failure_mode_allow: false,
                           clear_route_cache: true,
                           status_on_error: { code: 'Forbidden' },
                         },
                       },
-                      { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+                      {
+                        name: 'envoy.filters.http.router',
+                        typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' },
+                      },
                     ],
                     route_config: {
                       name: 'egress',

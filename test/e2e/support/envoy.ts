@@ -15,8 +15,13 @@ export function envoyBinary(): string {
 /** Runs `envoy --mode validate -c <file>`: Envoy loads the whole config (TLS files included) but serves nothing. */
 export function validateEnvoyConfig(configFile: string): Promise<{ ok: boolean; output: string }> {
   return new Promise((done) => {
-    execFile(envoyBinary(), ['--mode', 'validate', '-c', configFile, '--log-level', 'error', '--disable-hot-restart'], { timeout: 30_000 }, (error, stdout, stderr) => {
-      done({ ok: !error, output: `${stdout}${stderr}` });
-    });
+    execFile(
+      envoyBinary(),
+      ['--mode', 'validate', '-c', configFile, '--log-level', 'error', '--disable-hot-restart'],
+      { timeout: 30_000 },
+      (error, stdout, stderr) => {
+        done({ ok: !error, output: `${stdout}${stderr}` });
+      },
+    );
   });
 }
