@@ -71,6 +71,12 @@ export interface PolicyStoreOptions {
   load?: LoadPolicyOptions;
   /** cases every candidate must pass; default: the policy folder's own `cases/` */
   casesPath?: string;
+  /**
+   * Awaited with each accepted candidate after the swap, before the reload is reported (logged, counted,
+   * resolved): `serve --workers` hands it to every worker here, so "policy reloaded" means every process
+   * serves it. Not called for the first version (`open`): there is nobody to hand it to yet.
+   */
+  onAccepted?: (policy: LoadedPolicy) => Promise<void>;
 }
 
 export class PolicyStore implements PolicySource {
@@ -188,6 +194,9 @@ export class PolicyStore implements PolicySource {
     }
     this.current = candidate; // the swap: one assignment, seen by every Check that starts after it
     this.opts.metrics?.policyRevision(this.role, candidate.revision);
+    await this.opts.onAccepted?.(candidate).catch((err: unknown) =>
+      log.error({ policy: this.role, policy_revision: candidate.revision, err: (err as Error).message }, 'policy accepted but not handed on everywhere'),
+    );
     const o = outcome('success');
     log.info(
       {

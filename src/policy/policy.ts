@@ -54,6 +54,8 @@ export interface LoadedPolicy {
    * replace); used by case files that carry their own data. Revision gets a `+data:<hash>` suffix.
    */
   withDataOverlay?(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
+  /** the bundle bytes it was loaded from, when loaded with `keepBundle` (to hand to other processes) */
+  readonly bundle?: Uint8Array;
 }
 
 export interface LoadPolicyOptions {
@@ -62,6 +64,8 @@ export interface LoadPolicyOptions {
   evalBudgetMs?: number;
   /** false: always hand the policy the whole input and never remember answers (input-footprint.ts) */
   memoize?: boolean;
+  /** keep the bundle bytes on the policy (`bundle`): the primary of `serve --workers` sends them on */
+  keepBundle?: boolean;
 }
 
 /**
@@ -119,6 +123,7 @@ export async function loadPolicyBundle(
     entrypoint,
     evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
     footprint: opts.memoize === false ? undefined : footprintFromManifest(bundle.manifest),
+    ...(opts.keepBundle ? { bundle: bytes } : {}),
   });
 }
 
@@ -143,6 +148,7 @@ interface WasmPolicyMeta {
   entrypoint: string;
   evalBudgetMs: number;
   footprint: InputFootprint | undefined;
+  bundle?: Uint8Array;
 }
 
 /** Remembered answers per policy instance: a new revision or data overlay starts empty. */
@@ -161,6 +167,7 @@ class WasmPolicy implements LoadedPolicy {
   private entrypointId: number;
   private poisoned = false;
   readonly inputFootprint: InputFootprint | undefined;
+  readonly bundle: Uint8Array | undefined;
   private readonly memo: Map<string, Result<PolicyResult>> | undefined;
 
   private constructor(
@@ -176,6 +183,7 @@ class WasmPolicy implements LoadedPolicy {
     this.instance = instance;
     this.entrypointId = entrypointId;
     this.inputFootprint = meta.footprint;
+    this.bundle = meta.bundle;
     this.memo = meta.footprint?.keys && meta.footprint.deterministic ? new Map() : undefined;
   }
 

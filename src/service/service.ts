@@ -54,6 +54,10 @@ export interface ServiceOptions {
    * decision, so it needs no caller check.
    */
   healthAddr?: string;
+  /** more to readiness than a policy: a worker of `serve --workers` is ready when the whole service is */
+  ready?: () => boolean;
+  /** the startup log line's message (workers say "worker serving"; the primary says the usual) */
+  servingMessage?: string;
 }
 
 export interface RunningService {
@@ -66,6 +70,8 @@ export interface RunningService {
   httpServer: http.Server;
   /** the probe listener's port when `healthAddr` was given */
   healthPort?: number;
+  /** re-reads readiness for grpc.health.v1 now (its Watch streams hear of a change at once) */
+  refreshHealth(): void;
   /** stop accepting, let in-flight checks finish (bounded), close both listeners */
   close(graceMs?: number): Promise<void>;
 }
@@ -85,7 +91,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const shadow =
     opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
   let stopping = false;
-  const isReady = () => !stopping && policies.current !== undefined;
+  const isReady = () => !stopping && policies.current !== undefined && (opts.ready?.() ?? true);
   const tls = opts.tls;
   const peerPolicy: PeerPolicy | undefined = tls && {
     requireClientCert: tls.files.current.ca !== undefined,
@@ -166,7 +172,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
       allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
     },
-    'egress-authz serving',
+    opts.servingMessage ?? 'egress-authz serving',
   );
 
   return {
@@ -178,6 +184,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     grpcServer,
     httpServer,
     ...(healthPort !== undefined ? { healthPort } : {}),
+    refreshHealth: () => health.refresh(),
     async close(graceMs = 5000) {
       // Not ready first (health NOT_SERVING, /readyz 503, Watch streams ended), then stop accepting and
       // let what was accepted finish; whatever is still open when the grace period ends is cut.
