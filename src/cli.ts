@@ -7,15 +7,19 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pino from 'pino';
 import { Authorizer, caseDecision, decideCase } from './decision/authorizer.js';
 import type { Decision } from './decision/decision.js';
-import { MutablePolicySource, startService } from './service/service.js';
-import { loadPolicy } from './policy/policy.js';
+import cluster from 'node:cluster';
+import { MutablePolicySource, startService, type RunningService, type ServiceOptions } from './service/service.js';
+import { loadPolicy, type LoadedPolicy } from './policy/policy.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
 import { CertificateFiles } from './transport/tls.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
-import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.js';
+import { optionsUsage, parseServeConfig, SERVE_OPTIONS, type ServeConfig } from './service/config.js';
+import { availableCpus } from './service/workers.js';
+import { runPrimary, WorkerPool } from './service/cluster-primary.js';
+import { runWorker } from './service/cluster-worker.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
@@ -91,7 +95,7 @@ async function serve(argv: string[]): Promise<number> {
   const logger = pino(
     {
       level: config.logLevel,
-      base: { service: 'egress-authz' },
+      base: { service: 'egress-authz', ...(cluster.isWorker ? { worker: cluster.worker!.id } : {}) },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
     destination,
@@ -103,23 +107,56 @@ async function serve(argv: string[]): Promise<number> {
       // stdout gone (EPIPE, closed): nothing left to flush to
     }
   };
+  const { graceMs } = config;
+  const load = { entrypoint: config.entrypoint, memoize: config.memoize };
+  if (cluster.isWorker) {
+    // Forked by the primary below (same argv): its policies come from the primary, not from a source.
+    return runWorker({
+      log: logger,
+      flush,
+      dropped: () => dropped,
+      load,
+      graceMs,
+      shadow: config.shadowPolicy !== undefined,
+      start: (parts) =>
+        startListeners(config, logger, {
+          policies: parts.policies,
+          ...(parts.shadowPolicies ? { shadowPolicies: parts.shadowPolicies } : {}),
+          metrics: parts.metrics,
+          ready: parts.ready,
+          readyDetail: parts.readyDetail,
+          routes: () => ({ 'GET /metrics': parts.metricsRoute }),
+          servingMessage: 'worker serving',
+        }),
+    });
+  }
+  const workers = config.workers ?? availableCpus();
   const location = config.policy ?? defaultPolicyLocation();
-  const { pollMs, graceMs, allowedCallers } = config;
-  const tlsFlags = config.tls;
   const metrics = new ServiceMetrics({ defaultMetrics: true });
+  let live: PolicyStore | undefined;
+  let shadow: PolicyStore | undefined;
+  const pool =
+    workers > 1
+      ? new WorkerPool({
+          workers,
+          log: logger,
+          sink: destination,
+          metrics,
+          readyDetail: () => (live ? reloadStatus(live, shadow) : {}),
+        })
+      : undefined;
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
-    const source = await openBundleSource(where, { pollMs });
+    const source = await openBundleSource(where, { pollMs: config.pollMs });
     return PolicyStore.open(source, {
       role,
       log: logger,
       metrics,
-      load: { entrypoint: config.entrypoint, memoize: config.memoize },
+      load: { ...load, keepBundle: pool !== undefined },
       casesPath,
       waitForFirst: source.kind === 'url',
+      ...(pool ? { onAccepted: (policy: LoadedPolicy) => pool.offer(role, policy) } : {}),
     });
   };
-  let live: PolicyStore;
-  let shadow: PolicyStore | undefined;
   let loading = location;
   try {
     live = await openStore(location, 'live', config.policyCases);
@@ -130,44 +167,34 @@ async function serve(argv: string[]): Promise<number> {
     flush();
     return 1;
   }
-  let certificates: CertificateFiles | undefined;
+  if (pool) {
+    const code = await runPrimary({ pool, live, shadow, log: logger, flush, dropped: () => dropped, graceMs, workers });
+    setTimeout(() => process.exit(code), 200).unref();
+    return code;
+  }
+  const liveStore = live;
+  let running: { service: RunningService; close(): void };
   try {
-    certificates =
-      tlsFlags &&
-      new CertificateFiles(tlsFlags, {
-        onReload: () => logger.info({ tls_cert: tlsFlags.certFile }, 'TLS certificate files reloaded'),
-        onError: (reason) =>
-          logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
-      });
+    running = await startListeners(config, logger, {
+      ...(live.current ? { policy: live.current } : {}),
+      policies: live,
+      shadowPolicies: shadow,
+      metrics,
+      readyDetail: () => reloadStatus(liveStore, shadow),
+    });
   } catch (err) {
-    logger.fatal({ err: errorMessage(err) }, 'TLS files not usable; not serving');
+    if (!(err instanceof TlsFilesError)) throw err;
+    logger.fatal({ err: err.message }, 'TLS files not usable; not serving');
     flush();
     return 1;
   }
-  const service = await startService({
-    grpcAddr: config.grpcAddr,
-    httpAddr: config.httpAddr,
-    ...(config.healthAddr !== undefined ? { healthAddr: config.healthAddr } : {}),
-    ...(live.current ? { policy: live.current } : {}),
-    policies: live,
-    shadowPolicies: shadow,
-    metrics,
-    readyDetail: () => reloadStatus(live, shadow),
-    logger,
-    trustedIdentityHeader: config.trustedIdentityHeader,
-    tls: certificates && { files: certificates, allowedCallers },
-    maxReceiveMessageBytes: config.maxReceiveMessageBytes,
-    checkDeadlineMs: config.checkDeadlineMs,
-  });
+  const { service } = running;
   live.start();
   shadow?.start();
   process.on('SIGHUP', () => {
-    void live.reload('SIGHUP', { force: true });
+    void liveStore.reload('SIGHUP', { force: true });
     void shadow?.reload('SIGHUP', { force: true });
   });
-  if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
-    logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
-  }
   const code = await new Promise<number>((resolveStop) => {
     let stopping = false;
     const stop = (signal: string) => {
@@ -187,10 +214,10 @@ async function serve(argv: string[]): Promise<number> {
         flush();
         process.exit(1);
       }, graceMs + 2000).unref();
-      live.stop();
+      liveStore.stop();
       shadow?.stop();
       void service.close(graceMs).then(() => {
-        certificates?.close();
+        running.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
         flush();
         resolveStop(0);
@@ -203,6 +230,49 @@ async function serve(argv: string[]): Promise<number> {
   // keep a stopped service alive.
   setTimeout(() => process.exit(code), 200).unref();
   return code;
+}
+
+class TlsFilesError extends Error {}
+
+/**
+ * The listeners around a policy source, as one process or one worker runs them: TLS files (watched)
+ * and the service with every flag that shapes it. Throws TlsFilesError when the TLS files are unusable.
+ */
+async function startListeners(
+  config: ServeConfig,
+  logger: pino.Logger,
+  parts: Pick<ServiceOptions, 'policies' | 'metrics' | 'readyDetail'> &
+    Partial<Pick<ServiceOptions, 'policy' | 'shadowPolicies' | 'ready' | 'routes' | 'servingMessage'>>,
+): Promise<{ service: RunningService; close(): void }> {
+  const tlsFlags = config.tls;
+  const { allowedCallers } = config;
+  let certificates: CertificateFiles | undefined;
+  try {
+    certificates =
+      tlsFlags &&
+      new CertificateFiles(tlsFlags, {
+        onReload: () => logger.info({ tls_cert: tlsFlags.certFile }, 'TLS certificate files reloaded'),
+        onError: (reason) =>
+          logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
+      });
+  } catch (err) {
+    throw new TlsFilesError(errorMessage(err));
+  }
+  const service = await startService({
+    grpcAddr: config.grpcAddr,
+    httpAddr: config.httpAddr,
+    ...(config.healthAddr !== undefined ? { healthAddr: config.healthAddr } : {}),
+    ...parts,
+    logger,
+    trustedIdentityHeader: config.trustedIdentityHeader,
+    tls: certificates && { files: certificates, allowedCallers },
+    maxReceiveMessageBytes: config.maxReceiveMessageBytes,
+    checkDeadlineMs: config.checkDeadlineMs,
+  });
+  if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
+    logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
+  }
+  return { service, close: () => certificates?.close() };
 }
 
 async function evaluate(argv: string[]): Promise<number> {

@@ -194,9 +194,14 @@ export class PolicyStore implements PolicySource {
     }
     this.current = candidate; // the swap: one assignment, seen by every Check that starts after it
     this.opts.metrics?.policyRevision(this.role, candidate.revision);
-    await this.opts.onAccepted?.(candidate).catch((err: unknown) =>
-      log.error({ policy: this.role, policy_revision: candidate.revision, err: (err as Error).message }, 'policy accepted but not handed on everywhere'),
-    );
+    await this.opts
+      .onAccepted?.(candidate)
+      .catch((err: unknown) =>
+        log.error(
+          { policy: this.role, policy_revision: candidate.revision, err: (err as Error).message },
+          'policy accepted but not handed on everywhere',
+        ),
+      );
     const o = outcome('success');
     log.info(
       {

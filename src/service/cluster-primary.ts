@@ -14,6 +14,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, Gauge, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import type { PolicyStore } from '../lifecycle/policy-store.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import { forwardLines, type LineSink } from './log-lines.js';
 import type { PolicyRole, ServiceMetrics } from './metrics.js';
@@ -130,8 +131,18 @@ export class WorkerPool {
     return true;
   }
 
+  /** Tells the workers how the whole stands now (after a reload outcome the workers show in /readyz). */
+  refresh(): void {
+    this.publish();
+  }
+
+  /** Kills every worker at once (the primary's last resort when a drain overruns its bound). */
+  kill(): void {
+    for (const m of this.members.values()) m.worker.process.kill('SIGKILL');
+  }
+
   /** Drains every worker (each finishes its accepted Checks and flushes its log); resolves when all are gone. */
-  async stop(graceMs: number): Promise<{ codes: (number | null)[] }> {
+  async stop(): Promise<{ codes: (number | null)[] }> {
     this.stopping = true;
     this.publish();
     const members = [...this.members.values()];
@@ -141,7 +152,6 @@ export class WorkerPool {
       this.send(m.worker, { ea: 'stop' });
     }
     await Promise.all(members.map((m) => Promise.all([m.exited, m.output])));
-    void graceMs;
     return { codes };
   }
 
@@ -170,7 +180,10 @@ export class WorkerPool {
             const id = ++this.metricsId;
             const timer = setTimeout(() => {
               this.pendingMetrics.delete(id);
-              this.opts.log.warn({ worker: m.worker.id, timeout_ms: timeoutMs }, 'worker left out of /metrics: no answer');
+              this.opts.log.warn(
+                { worker: m.worker.id, timeout_ms: timeoutMs },
+                'worker left out of /metrics: no answer',
+              );
               resolve(undefined);
             }, timeoutMs);
             this.pendingMetrics.set(id, (metrics) => {
@@ -186,7 +199,14 @@ export class WorkerPool {
 
   private bundleMessage(role: PolicyRole, policy: LoadedPolicy): BundleMessage {
     if (!policy.bundle) throw new Error(`policy ${policy.source}: loaded without its bundle bytes (keepBundle)`);
-    return { ea: 'bundle', role, seq: ++this.seq, revision: policy.revision, source: policy.source, bytes: policy.bundle };
+    return {
+      ea: 'bundle',
+      role,
+      seq: ++this.seq,
+      revision: policy.revision,
+      source: policy.source,
+      bytes: policy.bundle,
+    };
   }
 
   private fork(): Promise<ListeningPorts> {
@@ -338,4 +358,84 @@ export class WorkerPool {
       check();
     });
   }
+}
+
+export interface PrimaryOptions {
+  pool: WorkerPool;
+  live: PolicyStore;
+  shadow?: PolicyStore;
+  log: Logger;
+  flush: () => void;
+  dropped: () => number;
+  graceMs: number;
+  workers: number;
+}
+
+/** The primary's life: start the workers, watch the policy, and on SIGTERM drain them all. Resolves with the exit code. */
+export async function runPrimary(opts: PrimaryOptions): Promise<number> {
+  const { pool, live, shadow, log, flush } = opts;
+  pool.setInitial('live', live.current);
+  pool.setInitial('shadow', shadow?.current);
+  live.onReload(() => pool.refresh());
+  shadow?.onReload(() => pool.refresh());
+  let ports: ListeningPorts;
+  try {
+    ports = await pool.start();
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, 'a worker failed to start; not serving');
+    await pool.exitNow();
+    flush();
+    return 1;
+  }
+  log.info(
+    {
+      grpc_port: ports.grpcPort,
+      http_port: ports.httpPort,
+      ...(ports.healthPort !== undefined ? { health_port: ports.healthPort } : {}),
+      workers: opts.workers,
+      policy_revision: live.current?.revision ?? '',
+      policy_source: live.source.location,
+    },
+    'egress-authz serving',
+  );
+  live.start();
+  shadow?.start();
+  process.on('SIGHUP', () => {
+    void live.reload('SIGHUP', { force: true });
+    void shadow?.reload('SIGHUP', { force: true });
+  });
+  return new Promise<number>((resolveStop) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal; exiting at once');
+        void pool.exitNow().then(() => {
+          flush();
+          process.exit(130);
+        });
+        return;
+      }
+      stopping = true;
+      log.info(
+        { signal, grace_ms: opts.graceMs, workers: opts.workers },
+        'shutting down: not ready, no new connections, finishing accepted checks',
+      );
+      // Each worker bounds its drain by the grace period; this bounds the whole (a stuck worker).
+      setTimeout(() => {
+        log.error('workers did not stop in time; killing them');
+        pool.kill();
+        flush();
+        process.exit(1);
+      }, opts.graceMs + 3000).unref();
+      live.stop();
+      shadow?.stop();
+      void pool.stop().then(({ codes }) => {
+        log.info({ dropped_log_lines: opts.dropped(), worker_exit_codes: codes }, 'stopped');
+        flush();
+        resolveStop(codes.every((c) => c === 0) ? 0 : 1);
+      });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
 }

@@ -38,8 +38,9 @@ const METRICS_TIMEOUT_MS = 10_000;
 
 export async function runWorker(opts: WorkerOptions): Promise<number> {
   const { log } = opts;
+  // With a callback, a send to a primary that is gone is an error we ignore, not an 'error' event that kills.
   const send = (m: ToPrimary) => {
-    if (process.connected) process.send?.(m);
+    if (process.connected) process.send?.(m, undefined, {}, () => {});
   };
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   const live = new MutablePolicySource(undefined);
@@ -153,14 +154,21 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
   send({ ea: 'hello' });
   await gotState; // the primary sends the policies it has, then the state
   await loading;
-  running = await opts.start({
-    policies: live,
-    ...(shadow ? { shadowPolicies: shadow } : {}),
-    metrics,
-    ready: () => state.ready,
-    readyDetail: () => state.detail,
-    metricsRoute,
-  });
+  try {
+    running = await opts.start({
+      policies: live,
+      ...(shadow ? { shadowPolicies: shadow } : {}),
+      metrics,
+      ready: () => state.ready,
+      readyDetail: () => state.detail,
+      metricsRoute,
+    });
+  } catch (err) {
+    // The primary sees the exit before "listening" and fails its start (a port in use, bad TLS files).
+    log.fatal({ err: (err as Error).message }, 'worker could not start its listeners');
+    exit(1);
+    throw err;
+  }
   const { service } = running;
   send({
     ea: 'listening',

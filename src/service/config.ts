@@ -8,6 +8,7 @@ import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
+import { parseWorkers } from './workers.js';
 
 /** One command-line option. Every option takes a string value; `multiple` ones may repeat. */
 export interface OptionRow {
@@ -52,6 +53,10 @@ export const SERVE_OPTIONS = {
     default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES),
     help: 'largest CheckRequest accepted',
   },
+  workers: {
+    arg: 'N',
+    help: 'processes answering Checks on the shared ports (default: the CPUs available, cgroup-aware; 1: one process)',
+  },
 } satisfies Record<string, OptionRow>;
 
 type OptionName = keyof typeof SERVE_OPTIONS;
@@ -83,6 +88,8 @@ export interface ServeConfig {
   graceMs: number;
   checkDeadlineMs: number;
   maxReceiveMessageBytes: number;
+  /** undefined: one per CPU available (workers.ts availableCpus, which reads the cgroup: not done here) */
+  workers?: number;
 }
 
 /** The usage lines of a table's options: `--flag ARG  help (default: D)`, aligned. */
@@ -142,6 +149,9 @@ function normalise(v: Values): ServeConfig {
     return p.value;
   });
   const tls = tlsFiles(v, allowedCallers);
+  const workers = v.workers === undefined ? undefined : parseWorkers(v.workers);
+  if (v.workers !== undefined && workers === undefined)
+    throw new ConfigError(`--workers "${v.workers}": expected a count from 1 to 256`);
   return {
     grpcAddr: v['grpc-addr']!,
     httpAddr: v['http-addr']!,
@@ -159,6 +169,7 @@ function normalise(v: Values): ServeConfig {
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
+    ...defined('workers', workers),
   };
 }
 

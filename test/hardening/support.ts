@@ -148,6 +148,8 @@ export interface ServeProcess {
   httpPort: number;
   /** every JSON log line so far */
   lines: Record<string, any>[];
+  /** stdout lines that were not JSON (none, unless log lines were cut or interleaved) */
+  unparsed: string[];
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
   stop(): Promise<void>;
 }
@@ -173,6 +175,7 @@ export async function spawnServe(extraArgs: string[] = []): Promise<ServeProcess
     },
   );
   const lines: Record<string, any>[] = [];
+  const unparsed: string[] = [];
   let buffered = '';
   let stderr = '';
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
@@ -190,7 +193,7 @@ export async function spawnServe(extraArgs: string[] = []): Promise<ServeProcess
           lines.push(parsed);
           if (parsed.msg === 'egress-authz serving') resolve(parsed);
         } catch {
-          // not a log line
+          unparsed.push(line);
         }
       }
     });
@@ -205,6 +208,7 @@ export async function spawnServe(extraArgs: string[] = []): Promise<ServeProcess
     grpcPort: first.grpc_port as number,
     httpPort: first.http_port as number,
     lines,
+    unparsed,
     exited,
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) {
