@@ -52,9 +52,10 @@ afterEach(async () => {
   serve = undefined;
 });
 
-describe('graceful shutdown', () => {
+// One process, and `--workers 2` (the primary drains every worker; their log lines reach stdout first).
+describe.each(['1', '2'])('graceful shutdown (--workers %s)', (workers) => {
   it('SIGTERM under load: every accepted check is answered and logged, the process exits in time', async () => {
-    serve = await spawnServe(['--shutdown-grace', '3s']);
+    serve = await spawnServe(['--shutdown-grace', '3s', '--workers', workers]);
     const clients: CheckClient[] = [];
     for (let i = 0; i < 4; i++)
       clients.push(
@@ -119,7 +120,8 @@ describe('graceful shutdown', () => {
         }
       })(),
     );
-    await delay(400);
+    // Load under way before the signal (a freshly started worker on a busy machine can take a moment).
+    for (let waited = 0; (answered <= 50 || sidebandAnswered <= 10) && waited < 15_000; waited += 50) await delay(50);
     const inFlight = partialCheck(serve.grpcPort);
     await delay(100);
     const answeredBeforeSignal = answered;
@@ -150,10 +152,12 @@ describe('graceful shutdown', () => {
     expect(exit.code).toBe(0);
     expect(exit.at - signalledAt).toBeLessThan(3000 + 1500);
     expect(serve.lines.some((l) => l.msg === 'stopped')).toBe(true);
+    expect(serve.lines.filter((l) => l.msg === 'worker stopped')).toHaveLength(workers === '1' ? 0 : 2);
+    expect(serve.unparsed).toEqual([]);
   });
 
   it('the grace period bounds the wait for a check that never completes', async () => {
-    serve = await spawnServe(['--shutdown-grace', '1s']);
+    serve = await spawnServe(['--shutdown-grace', '1s', '--workers', workers]);
     const stuck = partialCheck(serve.grpcPort);
     await delay(100);
     const signalledAt = Date.now();
@@ -166,7 +170,7 @@ describe('graceful shutdown', () => {
   });
 
   it('a second signal exits at once', async () => {
-    serve = await spawnServe(['--shutdown-grace', '30s']);
+    serve = await spawnServe(['--shutdown-grace', '30s', '--workers', workers]);
     const stuck = partialCheck(serve.grpcPort);
     await delay(100);
     serve.proc.kill('SIGTERM');

@@ -52,6 +52,7 @@ describe('serve --workers 2', () => {
   let v2: Buffer;
   let clients: CheckClient[] = [];
   let answered = 0;
+  let allowed = 0;
 
   /** One Check on each of many connections (so both workers get some); returns the answers. */
   async function spread(principal: string, opts: { host?: string; tag?: string } = {}) {
@@ -68,6 +69,7 @@ describe('serve --workers 2', () => {
       ),
     );
     answered += answers.length;
+    allowed += answers.filter((a) => a.status.code === 0).length;
     return answers;
   }
   const decisions = () => serve.lines.filter((l) => l.msg === 'decision');
@@ -116,6 +118,9 @@ describe('serve --workers 2', () => {
       serve.grpcPort,
       serve.grpcPort,
     ]);
+    // Warm-up: a worker's first evaluations run cold code, and on a busy machine may overrun the
+    // evaluation budget (a deny, as it must be); what is asserted comes after.
+    for (let round = 0; round < 3; round++) await spread(BOOKINFO);
     for (let round = 0; round < 3; round++) {
       for (const res of await spread(BOOKINFO)) {
         expect(res.status.code).toBe(0);
@@ -141,7 +146,7 @@ describe('serve --workers 2', () => {
       expect(total(body, 'egress_authz_checks_total')).toBe(answered);
       expect(total(body, 'grpc_server_handling_seconds_count')).toBe(answered);
       expect(total(body, 'egress_authz_checks_total{caller="envoy",decision="allow",reason_class="allowed"}')).toBe(
-        answered / 2,
+        allowed,
       );
       expect(series(body, 'egress_authz_policy_revision_info')).toEqual([
         'egress_authz_policy_revision_info{policy="live",revision="w-v1"} 1',
