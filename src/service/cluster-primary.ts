@@ -47,6 +47,8 @@ interface Member {
   ports?: ListeningPorts;
   /** the seq of the bundle each role serves (0: none) */
   serving: Record<PolicyRole, number>;
+  /** it said hello: it waits for its first policies */
+  greeted?: boolean;
   /** its stdout fully forwarded */
   output: Promise<void>;
   exited: Promise<void>;
@@ -72,6 +74,8 @@ export class WorkerPool {
   private metricsId = 0;
   private readonly workersGauge: Gauge<'state'>;
   private started = false;
+  private provided = false;
+  private launched: Promise<ListeningPorts> | undefined;
 
   constructor(private readonly opts: WorkerPoolOptions) {
     this.workersGauge = new Gauge({
@@ -86,18 +90,26 @@ export class WorkerPool {
     cluster.setupPrimary({ serialization: 'advanced', stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
   }
 
-  /** The policy a new worker starts with, before it is forked (PolicyStore.open's first version). */
-  setInitial(role: PolicyRole, policy: LoadedPolicy | undefined): void {
-    if (policy) this.latest[role] = this.bundleMessage(role, policy);
+  /**
+   * Forks every worker now, before the primary has its policies: Node's start and the module loading
+   * of N processes then overlap the primary's validation of the first version. Each worker waits for
+   * `provide()`. Resolves when all listen; a worker that dies before listening fails the start.
+   */
+  launch(): Promise<ListeningPorts> {
+    this.launched ??= Promise.all(Array.from({ length: this.opts.workers }, () => this.fork())).then((ports) => {
+      this.started = true;
+      this.publish();
+      return ports[0]!;
+    });
+    return this.launched;
   }
 
-  /** Forks every worker; resolves when all listen. A worker that dies before listening fails the start. */
-  async start(): Promise<ListeningPorts> {
-    const firsts = Array.from({ length: this.opts.workers }, () => this.fork());
-    const ports = await Promise.all(firsts);
-    this.started = true;
-    this.publish();
-    return ports[0]!;
+  /** The policies the workers start with (PolicyStore.open's first versions); answers the waiting workers. */
+  provide(live: LoadedPolicy | undefined, shadow: LoadedPolicy | undefined): void {
+    if (live) this.latest.live = this.bundleMessage('live', live);
+    if (shadow) this.latest.shadow = this.bundleMessage('shadow', shadow);
+    this.provided = true;
+    for (const m of this.members.values()) if (m.greeted) this.greet(m);
   }
 
   /** PolicyStore's onAccepted: every worker loads the accepted version; resolves when all serve it. */
@@ -253,12 +265,8 @@ export class WorkerPool {
   private onMessage(member: Member, message: ToPrimary, listening: (p: ListeningPorts) => void): void {
     switch (message.ea) {
       case 'hello':
-        // Its first policies, then what the whole looks like.
-        for (const role of ['live', 'shadow'] as const) {
-          const b = this.latest[role];
-          if (b) this.send(member.worker, b);
-        }
-        this.send(member.worker, this.state());
+        member.greeted = true;
+        if (this.provided) this.greet(member);
         return;
       case 'listening': {
         member.ports = {
@@ -297,6 +305,15 @@ export class WorkerPool {
         );
         return;
     }
+  }
+
+  /** A new worker's first policies, then what the whole looks like (the state is what it waits for). */
+  private greet(member: Member): void {
+    for (const role of ['live', 'shadow'] as const) {
+      const b = this.latest[role];
+      if (b) this.send(member.worker, b);
+    }
+    this.send(member.worker, this.state());
   }
 
   private state(): StateMessage {
@@ -374,13 +391,12 @@ export interface PrimaryOptions {
 /** The primary's life: start the workers, watch the policy, and on SIGTERM drain them all. Resolves with the exit code. */
 export async function runPrimary(opts: PrimaryOptions): Promise<number> {
   const { pool, live, shadow, log, flush } = opts;
-  pool.setInitial('live', live.current);
-  pool.setInitial('shadow', shadow?.current);
+  pool.provide(live.current, shadow?.current);
   live.onReload(() => pool.refresh());
   shadow?.onReload(() => pool.refresh());
   let ports: ListeningPorts;
   try {
-    ports = await pool.start();
+    ports = await pool.launch();
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'a worker failed to start; not serving');
     await pool.exitNow();

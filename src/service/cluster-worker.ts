@@ -131,7 +131,8 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
         void stop();
         return;
       case 'exit-now':
-        log.warn('second signal; worker exiting at once');
+        // The second signal, or the primary giving up before we served (its policy failed to load).
+        if (running) log.warn('second signal; worker exiting at once');
         exit(130);
     }
   });
