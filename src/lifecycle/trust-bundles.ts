@@ -37,8 +37,9 @@ export interface TrustBundleEndpoint {
   trustDomain: string;
   url: string;
   profile: EndpointProfile;
-  /** https_spiffe: the SPIFFE ID the endpoint server must present */
+  /** https_spiffe: the SPIFFE ID the endpoint server must present, and its trust domain */
   endpointId?: string;
+  endpointTrustDomain?: string;
 }
 
 /** Federation §4.1: without a refresh hint, poll every five minutes. */
@@ -91,6 +92,7 @@ export function parseTrustBundleUrlFlag(text: string): Result<TrustBundleEndpoin
     if (!id.ok) return fail(`--trust-bundle-url ${td.value}: spiffe=${value}: ${id.reason}`);
     endpoint.profile = 'https_spiffe';
     endpoint.endpointId = id.value.uri;
+    endpoint.endpointTrustDomain = id.value.trustDomain;
   }
   return ok(endpoint);
 }
