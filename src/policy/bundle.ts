@@ -90,10 +90,12 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
 
   let manifest: BundleManifest | undefined;
   const manifestBytes = files.get('.manifest');
+  if (manifestBytes && manifestBytes.byteLength > MAX_MANIFEST_BYTES)
+    throw new Error(`bundle .manifest is larger than ${MAX_MANIFEST_BYTES} bytes`);
   if (manifestBytes) {
     const parsed = parseJson(manifestBytes, '.manifest');
     if (!isObject(parsed)) throw new Error('bundle .manifest is not a JSON object');
-    manifest = parsed as BundleManifest;
+    manifest = checkManifest(parsed);
   }
 
   const data: Record<string, unknown> = {};
@@ -106,13 +108,60 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
     mergeAt(data, segments, parseJson(body, path), path);
   }
 
-  const modulePath = wasmModulePath(manifest, opts.entrypoint);
+  const modulePath = bundleModulePath(manifest, opts.entrypoint);
   const wasm = files.get(modulePath);
   if (!wasm) throw new Error(`bundle has no ${modulePath} (build it with: opa build -t wasm)`);
   return manifest ? { wasm, data, manifest } : { wasm, data };
 }
 
-function wasmModulePath(manifest: BundleManifest | undefined, entrypoint: string | undefined): string {
+/** Longest revision accepted: it goes into every CheckResponse, decision log line and metric label. */
+export const MAX_REVISION_CHARS = 256;
+/** Longest manifest string that can reach an error message or a log line (roots, Wasm paths). */
+const MAX_MANIFEST_STRING_CHARS = 256;
+const MAX_MANIFEST_LIST = 256;
+const MAX_MANIFEST_BYTES = 1024 * 1024;
+
+/**
+ * A string safe to copy into responses, headers, metrics and logs: bounded, and printable (no control,
+ * format or line-separator characters that would split a log line or a header). Returns why not.
+ */
+export function unprintable(value: string, max: number): string | undefined {
+  if (value.length > max) return `is ${value.length} characters long (at most ${max})`;
+  if (/[\p{C}\p{Zl}\p{Zp}]/u.test(value)) return 'has control or unprintable characters';
+  return undefined;
+}
+
+/**
+ * The manifest fields that travel further than this file (revision, roots, Wasm entrypoints and paths)
+ * must be strings of bounded, printable text: a 70 kB revision in every CheckResponse's metadata made
+ * every Check fail while the reload said success.
+ */
+function checkManifest(manifest: Record<string, unknown>): BundleManifest {
+  const bad = (field: string, why: string) => new Error(`bundle .manifest ${field} ${why}`);
+  const text = (field: string, v: unknown, max = MAX_MANIFEST_STRING_CHARS) => {
+    if (typeof v !== 'string') throw bad(field, `must be a string, got ${v === null ? 'null' : typeof v}`);
+    const why = unprintable(v, max);
+    if (why) throw bad(field, why);
+  };
+  const list = (field: string, v: unknown): unknown[] => {
+    if (!Array.isArray(v)) throw bad(field, 'must be a list');
+    if (v.length > MAX_MANIFEST_LIST) throw bad(field, `has ${v.length} entries (at most ${MAX_MANIFEST_LIST})`);
+    return v;
+  };
+  if (manifest.revision !== undefined) text('revision', manifest.revision, MAX_REVISION_CHARS);
+  if (manifest.roots !== undefined) list('roots', manifest.roots).forEach((r, i) => text(`roots[${i}]`, r));
+  if (manifest.wasm !== undefined) {
+    list('wasm', manifest.wasm).forEach((w, i) => {
+      if (!isObject(w)) throw bad(`wasm[${i}]`, 'must be an object');
+      text(`wasm[${i}].entrypoint`, w.entrypoint);
+      text(`wasm[${i}].module`, w.module);
+    });
+  }
+  return manifest as BundleManifest;
+}
+
+/** Which file of the bundle is the Wasm module for `entrypoint` (the manifest's choice, else policy.wasm). */
+export function bundleModulePath(manifest: BundleManifest | undefined, entrypoint: string | undefined): string {
   const modules = Array.isArray(manifest?.wasm) ? manifest.wasm : [];
   const chosen =
     modules.find((m) => isObject(m) && m.entrypoint === entrypoint) ?? (modules.length === 1 ? modules[0] : undefined);

@@ -118,7 +118,7 @@ export async function loadPolicyBundle(
     source: opts.source,
     entrypoint,
     evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
-    footprint: opts.memoize === false ? undefined : footprintFromManifest(bundle.manifest),
+    footprint: opts.memoize === false ? undefined : footprintFromManifest(bundle.manifest, bundle.wasm),
   });
 }
 
