@@ -68,7 +68,7 @@ describe('a PAX size record cannot hide a file from standard tools (issue 14, fi
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
   test('GNU tar and the service list the same files', async () => {
-    const listed = execFileSync('tar', ['-tzf', file], { encoding: 'utf8' })
+    const listed = execFileSync('tar', ['-tzf', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
       .split('\n')
       .filter(Boolean)
       .map((n) => n.replace(/^\/+/, ''));
