@@ -47,7 +47,7 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
     const value = evidenceOf(evidence, source);
     // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
     if (value !== undefined && value !== null && typeof value !== 'string')
-      return fail(`${source} evidence is not a string`);
+      return fail(`${source} evidence is not a string`, 'malformed');
   }
 
   if (present(evidence.certificatePem)) {
@@ -63,16 +63,18 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
       // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
       return fail(
         text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
+        'spiffe_id',
       );
     }
     claims.push({ source, id: id.value });
   }
 
   const [first, ...others] = claims;
-  if (first === undefined) return fail('no client identity');
+  if (first === undefined) return fail('no client identity', 'missing');
   // Both sides were parsed strictly (canonical lowercase form), so byte equality is identity equality.
   const disagreeing = others.find((claim) => claim.id.uri !== first.id.uri);
-  if (disagreeing !== undefined) return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`);
+  if (disagreeing !== undefined)
+    return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`, 'mismatch');
   return ok(toIdentity(first.id, first.source));
 }
 
