@@ -23,6 +23,9 @@ import { runWorker } from './service/cluster-worker.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
+import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { ChainVerifier } from './identity/chain-verify.js';
+import { X509BundleSet } from './identity/x509-bundle.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -186,8 +189,8 @@ async function serve(argv: string[]): Promise<number> {
       readyDetail: () => reloadStatus(liveStore, shadow),
     });
   } catch (err) {
-    if (!(err instanceof TlsFilesError)) throw err;
-    logger.fatal({ err: err.message }, 'TLS files not usable; not serving');
+    if (!(err instanceof StartError)) throw err;
+    logger.fatal({ err: err.message }, err.what);
     flush();
     return 1;
   }
@@ -235,11 +238,20 @@ async function serve(argv: string[]): Promise<number> {
   return code;
 }
 
-class TlsFilesError extends Error {}
+/** TLS files or trust bundles not usable: nothing listens, the message says which. */
+class StartError extends Error {
+  constructor(
+    /** what was not usable: the fatal log line's message */
+    readonly what: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 /**
  * The listeners around a policy source, as one process or one worker runs them: TLS files (watched)
- * and the service with every flag that shapes it. Throws TlsFilesError when the TLS files are unusable.
+ * and trust bundles, and the service with every flag that shapes it. Throws StartError when either is unusable.
  */
 async function startListeners(
   config: ServeConfig,
@@ -259,23 +271,49 @@ async function startListeners(
           logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
       });
   } catch (err) {
-    throw new TlsFilesError(errorMessage(err));
+    throw new StartError('TLS files not usable; not serving', errorMessage(err));
   }
+  // Per process (one, or each worker), as the TLS files: the bundles verify chains on the Check path.
+  let trust: TrustBundles | undefined;
+  let chainVerifier: ChainVerifier | undefined;
+  if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
+    const bundles = new X509BundleSet();
+    try {
+      trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
+        log: logger,
+        ...(config.pollMs !== undefined ? { filePollMs: config.pollMs } : {}),
+      });
+    } catch (err) {
+      certificates?.close();
+      throw new StartError('trust bundle not usable; not serving', errorMessage(err));
+    }
+    chainVerifier = new ChainVerifier(bundles);
+  }
+  const readyDetail = parts.readyDetail;
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
     ...(config.healthAddr !== undefined ? { healthAddr: config.healthAddr } : {}),
     ...parts,
+    readyDetail: () => ({ ...readyDetail?.(), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
     tls: certificates && { files: certificates, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,
+    ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
+  trust?.start();
   if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
   }
-  return { service, close: () => certificates?.close() };
+  return {
+    service,
+    close: () => {
+      trust?.stop();
+      certificates?.close();
+    },
+  };
 }
 
 async function evaluate(argv: string[]): Promise<number> {

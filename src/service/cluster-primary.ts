@@ -75,6 +75,8 @@ export class WorkerPool {
   private readonly workersGauge: Gauge<'state'>;
   private started = false;
   private provided = false;
+  /** every worker's stdout still being forwarded, including workers already gone */
+  private readonly outputs = new Set<Promise<void>>();
   private launched: Promise<ListeningPorts> | undefined;
 
   constructor(private readonly opts: WorkerPoolOptions) {
@@ -163,7 +165,8 @@ export class WorkerPool {
       m.worker.process.once('exit', (code) => codes.push(code));
       this.send(m.worker, { ea: 'stop' });
     }
-    await Promise.all(members.map((m) => Promise.all([m.exited, m.output])));
+    await Promise.all(members.map((m) => m.exited));
+    await Promise.all(this.outputs);
     return { codes };
   }
 
@@ -173,8 +176,9 @@ export class WorkerPool {
     const members = [...this.members.values()];
     for (const m of members) this.send(m.worker, { ea: 'exit-now' });
     const timer = setTimeout(() => members.forEach((m) => m.worker.process.kill('SIGKILL')), waitMs);
-    await Promise.all(members.map((m) => Promise.all([m.exited, m.output])));
+    await Promise.all(members.map((m) => m.exited));
     clearTimeout(timer);
+    await Promise.all(this.outputs);
   }
 
   /** The whole service's metrics: every worker's registry and ours, added up by prom-client's aggregator. */
@@ -232,6 +236,8 @@ export class WorkerPool {
       exited: new Promise<void>((r) => (exitedResolve = r)),
     };
     this.members.set(worker.id, member);
+    this.outputs.add(member.output);
+    void member.output.then(() => this.outputs.delete(member.output));
     return new Promise<ListeningPorts>((resolveListening, rejectListening) => {
       worker.on('message', (message: unknown) => {
         if (!isMessage<ToPrimary>(message)) return;

@@ -166,7 +166,10 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
     });
   } catch (err) {
     // The primary sees the exit before "listening" and fails its start (a port in use, bad TLS files).
-    log.fatal({ err: (err as Error).message }, 'worker could not start its listeners');
+    log.fatal(
+      { err: (err as Error).message },
+      (err as { what?: string }).what ?? 'worker could not start its listeners',
+    );
     exit(1);
     throw err;
   }
