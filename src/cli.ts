@@ -148,8 +148,6 @@ async function serve(argv: string[]): Promise<number> {
           readyDetail: () => (live ? reloadStatus(live, shadow) : {}),
         })
       : undefined;
-  // The workers start (Node, modules) while the primary validates the first policy; they wait for it.
-  void pool?.launch().catch(() => {});
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
     const source = await openBundleSource(where, { pollMs: config.pollMs });
     return PolicyStore.open(source, {
@@ -169,7 +167,6 @@ async function serve(argv: string[]): Promise<number> {
     if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
     logger.fatal({ policy_source: loading, err: errorMessage(err) }, 'policy failed to load; not serving');
-    await pool?.exitNow();
     flush();
     return 1;
   }

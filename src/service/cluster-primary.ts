@@ -93,9 +93,10 @@ export class WorkerPool {
   }
 
   /**
-   * Forks every worker now, before the primary has its policies: Node's start and the module loading
-   * of N processes then overlap the primary's validation of the first version. Each worker waits for
-   * `provide()`. Resolves when all listen; a worker that dies before listening fails the start.
+   * Forks every worker; each waits for `provide()` (it may come first). Resolves when all listen; a
+   * worker that dies before listening fails the start. Not forked before the primary has validated its
+   * first policy: N processes starting at once would compete with that validation, whose case
+   * evaluations run under the policy's evaluation budget (50 ms) and fail it on a crowded machine.
    */
   launch(): Promise<ListeningPorts> {
     this.launched ??= Promise.all(Array.from({ length: this.opts.workers }, () => this.fork())).then((ports) => {

@@ -55,7 +55,9 @@ afterEach(async () => {
 // One process, and `--workers 2` (the primary drains every worker; their log lines reach stdout first).
 describe.each(['1', '2'])('graceful shutdown (--workers %s)', (workers) => {
   it('SIGTERM under load: every accepted check is answered and logged, the process exits in time', async () => {
-    serve = await spawnServe(['--shutdown-grace', '3s', '--workers', workers]);
+    // The drain is under test, not the check deadline: on a crowded machine (three processes for two
+    // workers) a 200 ms deadline would turn some answers into fail-closed denies.
+    serve = await spawnServe(['--shutdown-grace', '3s', '--check-deadline', '5s', '--workers', workers]);
     const clients: CheckClient[] = [];
     for (let i = 0; i < 4; i++)
       clients.push(
