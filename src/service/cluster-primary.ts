@@ -190,7 +190,8 @@ export class WorkerPool {
     );
     const timeoutMs = this.opts.metricsTimeoutMs ?? DEFAULT_METRICS_TIMEOUT_MS;
     const fromWorkers = [...this.members.values()]
-      .filter((m) => m.worker.isConnected())
+      // A worker still starting has no registry to speak of (and may not listen to us yet).
+      .filter((m) => m.greeted && m.worker.isConnected())
       .map(
         (m) =>
           new Promise<MetricObjectWithValues<MetricValue<string>>[] | undefined>((resolve) => {
