@@ -157,7 +157,7 @@ async function serve(argv: string[]): Promise<number> {
       load: { ...load, keepBundle: pool !== undefined },
       casesPath,
       waitForFirst: source.kind === 'url',
-      ...(pool ? { onAccepted: (policy: LoadedPolicy) => pool.offer(role, policy) } : {}),
+      ...(pool ? { distribute: (policy: LoadedPolicy) => pool.offer(role, policy) } : {}),
     });
   };
   let loading = location;

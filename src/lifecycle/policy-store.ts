@@ -76,7 +76,7 @@ export interface PolicyStoreOptions {
    * resolved): `serve --workers` hands it to every worker here, so "policy reloaded" means every process
    * serves it. Not called for the first version (`open`): there is nobody to hand it to yet.
    */
-  onAccepted?: (policy: LoadedPolicy) => Promise<void>;
+  distribute?: (policy: LoadedPolicy) => Promise<void>;
 }
 
 export class PolicyStore implements PolicySource {
@@ -195,7 +195,7 @@ export class PolicyStore implements PolicySource {
     this.current = candidate; // the swap: one assignment, seen by every Check that starts after it
     this.opts.metrics?.policyRevision(this.role, candidate.revision);
     await this.opts
-      .onAccepted?.(candidate)
+      .distribute?.(candidate)
       .catch((err: unknown) =>
         log.error(
           { policy: this.role, policy_revision: candidate.revision, err: (err as Error).message },

@@ -115,7 +115,7 @@ export class WorkerPool {
     for (const m of this.members.values()) if (m.greeted) this.greet(m);
   }
 
-  /** PolicyStore's onAccepted: every worker loads the accepted version; resolves when all serve it. */
+  /** PolicyStore's `distribute`: every worker loads the accepted version; resolves when all serve it. */
   async offer(role: PolicyRole, policy: LoadedPolicy): Promise<void> {
     const message = this.bundleMessage(role, policy);
     this.latest[role] = message;
