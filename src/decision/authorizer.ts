@@ -1,6 +1,7 @@
 // The pipeline every caller runs: evidence → identity → input → policy → decision → log entry.
 // Transports only translate their wire format to and from these calls.
 import { decide, type Decision, type PolicySource } from './decision.js';
+import { correlationOf } from './correlation.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type PeerEvidence } from '../identity/identity.js';
 import type { LoadedPolicy } from '../policy/policy.js';
@@ -109,10 +110,7 @@ export class Authorizer {
     let correlation: Correlation = {};
     try {
       const p = prepare();
-      correlation = {
-        request_id: stringOrUndefined(p.correlation.request_id),
-        traceparent: stringOrUndefined(p.correlation.traceparent),
-      };
+      correlation = correlationOf(p.correlation.request_id, p.correlation.traceparent);
       const identity = resolveIdentity(p.evidence, this.now());
       input = identity.ok ? p.build(identity.value, undefined) : p.build(null, identity.reason);
     } catch {
@@ -138,11 +136,8 @@ export class Authorizer {
 interface Prepared {
   evidence: PeerEvidence;
   build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput;
-  correlation: Correlation;
-}
-
-function stringOrUndefined(v: unknown): string | undefined {
-  return typeof v === 'string' ? v : undefined;
+  /** raw values as the transport found them: correlationOf() bounds and checks them */
+  correlation: { request_id?: unknown; traceparent?: unknown };
 }
 
 function lateDeny(d: Decision, deadlineMs: number): Decision {

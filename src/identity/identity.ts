@@ -65,6 +65,8 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
         text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
       );
     }
+    // A trust domain's root ID names no workload; a certificate with one never gets here (x509-svid.ts).
+    if (id.value.path === '') return fail(`${LABEL[source]} is a trust domain ID, not a workload identity`);
     claims.push({ source, id: id.value });
   }
 
