@@ -4,6 +4,7 @@ import { decide, type Decision, type PolicySource } from './decision.js';
 import { correlationOf } from './correlation.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type PeerEvidence } from '../identity/identity.js';
+import { trustedHeaderEvidence } from '../identity/trusted-header.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import type { CaseDecision, CaseRequest } from '../lifecycle/policy-cases.js';
 import {
@@ -28,6 +29,8 @@ export interface AuthorizerOptions {
    * and sanitises it). Off by default: a client can set any header.
    */
   trustedIdentityHeader?: string;
+  /** with XFCC: the element must carry `By=` naming one of these proxies (their own SPIFFE IDs) */
+  trustedProxies?: readonly string[];
   now?: () => Date;
   /**
    * Time one check may take from evidence to decision. An answer later than this is a deny, whatever
@@ -54,7 +57,8 @@ export class Authorizer {
       const evidence = peerEvidence(req.attributes?.source);
       if (this.trustedHeader) {
         const value = headers[this.trustedHeader];
-        if (value !== undefined) evidence.headerSpiffeId = headerSpiffeId(this.trustedHeader, value);
+        if (value !== undefined)
+          Object.assign(evidence, trustedHeaderEvidence(this.trustedHeader, value, this.opts.trustedProxies));
       }
       return {
         evidence,
@@ -162,26 +166,6 @@ function peerEvidence(source: Peer | undefined): PeerEvidence {
   if (source?.principal) evidence.principal = source.principal;
   if (source?.certificate) evidence.certificatePem = source.certificate;
   return evidence;
-}
-
-/**
- * Envoy's x-forwarded-client-cert lists one element per hop, comma-separated, the last added by the
- * proxy closest to us; its URI= field is the client's URI SAN. Any other trusted header carries the
- * SPIFFE ID itself.
- */
-function headerSpiffeId(name: string, value: string): string {
-  if (name !== 'x-forwarded-client-cert') return value.trim();
-  const elements = value.split(',');
-  const last = elements[elements.length - 1] ?? '';
-  for (const pair of last.split(';')) {
-    const eq = pair.indexOf('=');
-    if (eq > 0 && pair.slice(0, eq).trim().toLowerCase() === 'uri')
-      return pair
-        .slice(eq + 1)
-        .trim()
-        .replace(/^"|"$/g, '');
-  }
-  return '';
 }
 
 /** A policy case (policies/cases) through the same pipeline as a Check: `egress-authz test` and reload checks. */

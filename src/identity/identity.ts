@@ -26,6 +26,10 @@ export interface PeerEvidence {
   principal?: string;
   /** an identity header; the transport passes it only when the operator chose to trust such headers */
   headerSpiffeId?: string;
+  /** the client certificate a trusted header carried (XFCC `Cert=`): validated like `certificatePem` */
+  headerCertificatePem?: string;
+  /** why the trusted header could not be read: a deny, whatever else the evidence says */
+  headerError?: string;
 }
 
 interface Claim {
@@ -50,6 +54,10 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
       return fail(`${source} evidence is not a string`);
   }
 
+  if (evidence.headerError !== undefined) return fail(String(evidence.headerError));
+  if (evidence.headerCertificatePem !== undefined && typeof evidence.headerCertificatePem !== 'string')
+    return fail('header evidence is not a string');
+
   if (present(evidence.certificatePem)) {
     const svid = parseX509SvidPem(evidence.certificatePem, now);
     if (!svid.ok) return svid;
@@ -68,6 +76,16 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
     // A trust domain's root ID names no workload; a certificate with one never gets here (x509-svid.ts).
     if (id.value.path === '') return fail(`${LABEL[source]} is a trust domain ID, not a workload identity`);
     claims.push({ source, id: id.value });
+  }
+
+  if (present(evidence.headerCertificatePem)) {
+    const svid = parseX509SvidPem(evidence.headerCertificatePem, now);
+    if (!svid.ok) return fail(`header certificate: ${svid.reason}`);
+    const headerId = claims.find((c) => c.source === 'header');
+    // The header's URI is what its proxy read off this very certificate: anything else is a forgery.
+    if (headerId !== undefined && headerId.id.uri !== svid.value.spiffeId.uri)
+      return fail('header SPIFFE ID does not match the header certificate');
+    if (headerId === undefined) claims.push({ source: 'header', id: svid.value.spiffeId });
   }
 
   const [first, ...others] = claims;
