@@ -155,6 +155,7 @@ async function serve(argv: string[]): Promise<number> {
     readyDetail: () => reloadStatus(live, shadow),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
+    trustedProxies: config.trustedProxies,
     tls: certificates && { files: certificates, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,

@@ -7,6 +7,8 @@ import { errorMessage } from '../common/errors.js';
 import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
+import { parseSpiffeId } from '../identity/spiffe-id.js';
+import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
 
 /** One command-line option. Every option takes a string value; `multiple` ones may repeat. */
@@ -36,6 +38,11 @@ export const SERVE_OPTIONS = {
   'policy-memo': { arg: 'on|off', default: 'on', help: "remember a deterministic policy's answers" },
   'shadow-policy': { arg: 'PATH|URL', help: 'a candidate evaluated beside the live policy, never answering' },
   'trusted-identity-header': { arg: 'NAME', help: 'a header a verifier in front of us sets (off by default)' },
+  'trusted-proxy-id': {
+    arg: 'ID',
+    multiple: true,
+    help: 'with x-forwarded-client-cert: its By= must be one of these proxy SPIFFE IDs (repeatable)',
+  },
   'log-level': { arg: 'LEVEL', default: 'info', help: 'pino level: trace, debug, info, warn, error, fatal' },
   'tls-cert': { arg: 'FILE', help: "the service's own certificate (both listeners; re-read on change)" },
   'tls-key': { arg: 'FILE', help: 'its private key' },
@@ -77,6 +84,7 @@ export interface ServeConfig {
   memoize: boolean;
   shadowPolicy?: string;
   trustedIdentityHeader?: string;
+  trustedProxies: string[];
   logLevel: string;
   tls?: TlsFiles;
   allowedCallers: CallerPattern[];
@@ -153,6 +161,7 @@ function normalise(v: Values): ServeConfig {
     memoize: memo === 'on',
     ...defined('shadowPolicy', v['shadow-policy']),
     ...defined('trustedIdentityHeader', v['trusted-identity-header']),
+    trustedProxies: trustedProxies(v),
     logLevel: v['log-level']!,
     ...defined('tls', tls),
     allowedCallers,
@@ -160,6 +169,17 @@ function normalise(v: Values): ServeConfig {
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
   };
+}
+
+function trustedProxies(v: Values): string[] {
+  const ids = v['trusted-proxy-id'] ?? [];
+  for (const id of ids) {
+    const parsed = parseSpiffeId(id);
+    if (!parsed.ok) throw new ConfigError(`--trusted-proxy-id: ${parsed.reason}`);
+  }
+  if (ids.length > 0 && v['trusted-identity-header']?.toLowerCase() !== XFCC_HEADER)
+    throw new ConfigError(`--trusted-proxy-id needs --trusted-identity-header ${XFCC_HEADER}`);
+  return ids;
 }
 
 function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefined {

@@ -31,6 +31,8 @@ export interface ServiceOptions {
   policy?: LoadedPolicy;
   logger: Logger;
   trustedIdentityHeader?: string;
+  /** see AuthorizerOptions.trustedProxies */
+  trustedProxies?: readonly string[];
   /** extra HTTP routes, besides the BIG-IP sideband (`POST /v1/sideband`) that every service has */
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
@@ -98,6 +100,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     {
       policies,
       trustedIdentityHeader: opts.trustedIdentityHeader,
+      trustedProxies: opts.trustedProxies,
       checkDeadlineMs: opts.checkDeadlineMs,
       sink: (entry, decision) => {
         if (entry.policy_error !== undefined) log.error(entry, 'decision');
