@@ -1,6 +1,7 @@
 // The pipeline every caller runs: evidence → identity → input → policy → decision → log entry.
 // Transports only translate their wire format to and from these calls.
-import { decide, type Decision, type PolicySource } from './decision.js';
+import type { FailureCode } from '../common/result.js';
+import { decide, policyFailure, type Decision, type PolicySource } from './decision.js';
 import { correlationOf } from './correlation.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type ChainCheck, type PeerEvidence } from '../identity/identity.js';
@@ -130,13 +131,19 @@ export class Authorizer {
   private run(caller: Caller, prepare: () => Prepared): Decision {
     const started = performance.now();
     let input: PolicyInput;
+    let identityFailure: FailureCode | undefined;
     let correlation: Correlation = {};
     try {
       const p = prepare();
       correlation = correlationOf(p.correlation.request_id, p.correlation.traceparent);
       const verifier = p.verifyChain ? this.opts.chainVerifier : undefined;
       const identity = resolveIdentity(p.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
-      input = identity.ok ? p.build(identity.value, undefined) : p.build(null, identity.reason);
+      if (identity.ok) {
+        input = p.build(identity.value, undefined);
+      } else {
+        input = p.build(null, identity.reason);
+        identityFailure = identity.code;
+      }
     } catch {
       // Decoded protos cannot get here; JSON documents (`eval --input`) with values of the wrong type
       // can. No identity, so decide() denies without asking the policy.
@@ -146,8 +153,9 @@ export class Authorizer {
         identity_error: 'malformed request: a field has the wrong type',
         destination: { host: '' },
       };
+      identityFailure = 'malformed';
     }
-    let decision = decide(input, this.opts.policies.current);
+    let decision = decide(input, this.opts.policies.current, identityFailure);
     const deadline = this.opts.checkDeadlineMs;
     if (deadline !== undefined && performance.now() - started > deadline) decision = lateDeny(decision, deadline);
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
@@ -168,14 +176,7 @@ interface Prepared {
 
 function lateDeny(d: Decision, deadlineMs: number): Decision {
   const reason = `check exceeded its deadline of ${deadlineMs}ms`;
-  d.allow = false;
-  d.snat_pool = '';
-  d.reason = reason;
-  d.http_status = 403;
-  d.headers = {};
-  d.body = reason;
-  d.policy_error = reason;
-  return d;
+  return policyFailure(d, reason, reason);
 }
 
 /**

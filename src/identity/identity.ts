@@ -1,7 +1,7 @@
 // The caller's identity, from the evidence a transport collected about its peer. Syntax and shape
 // only: which trust domains and namespaces are welcome is the policy's decision, so every valid
 // identity of any trust domain is returned, and anything not provably valid is a reason to deny.
-import { fail, ok, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 import { parseX509SvidPem } from './x509-svid.js';
 
@@ -29,7 +29,7 @@ export interface PeerEvidence {
   /** the client certificate a trusted header carried (XFCC `Cert=`): validated like `certificatePem` */
   headerCertificatePem?: string;
   /** why the trusted header could not be read: a deny, whatever else the evidence says */
-  headerError?: string;
+  headerError?: Failure;
 }
 
 interface Claim {
@@ -69,19 +69,19 @@ export function resolveIdentity(
     const value = evidenceOf(evidence, source);
     // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
     if (value !== undefined && value !== null && typeof value !== 'string')
-      return fail(`${source} evidence is not a string`);
+      return fail(`${source} evidence is not a string`, 'malformed');
   }
 
-  if (evidence.headerError !== undefined) return fail(String(evidence.headerError));
+  if (evidence.headerError !== undefined) return evidence.headerError;
   if (evidence.headerCertificatePem !== undefined && typeof evidence.headerCertificatePem !== 'string')
-    return fail('header evidence is not a string');
+    return fail('header evidence is not a string', 'malformed');
 
   if (present(evidence.certificatePem)) {
     const svid = parseX509SvidPem(evidence.certificatePem, now);
     if (!svid.ok) return svid;
     if (opts.verifyChain) {
       const chain = opts.verifyChain.verifyPem(evidence.certificatePem, svid.value.spiffeId.trustDomain, now);
-      if (!chain.ok) return chain;
+      if (!chain.ok) return withCode(chain, 'chain');
     }
     claims.push({ source: 'certificate', id: svid.value.spiffeId });
   }
@@ -93,30 +93,33 @@ export function resolveIdentity(
       // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
       return fail(
         text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
+        'spiffe_id',
       );
     }
     // A trust domain's root ID names no workload; a certificate with one never gets here (x509-svid.ts).
-    if (id.value.path === '') return fail(`${LABEL[source]} is a trust domain ID, not a workload identity`);
+    if (id.value.path === '')
+      return fail(`${LABEL[source]} is a trust domain ID, not a workload identity`, 'spiffe_id');
     claims.push({ source, id: id.value });
   }
 
   if (present(evidence.headerCertificatePem)) {
     const svid = parseX509SvidPem(evidence.headerCertificatePem, now);
-    if (!svid.ok) return fail(`header certificate: ${svid.reason}`);
+    if (!svid.ok) return fail(`header certificate: ${svid.reason}`, svid.code);
     const headerId = claims.find((c) => c.source === 'header');
     // The header's URI is what its proxy read off this very certificate: anything else is a forgery.
     if (headerId !== undefined && headerId.id.uri !== svid.value.spiffeId.uri)
-      return fail('header SPIFFE ID does not match the header certificate');
+      return fail('header SPIFFE ID does not match the header certificate', 'mismatch');
     if (headerId === undefined) claims.push({ source: 'header', id: svid.value.spiffeId });
   }
 
   if (opts.verifyChain && !present(evidence.certificatePem))
-    return fail('certificate chain not verified: no peer certificate was sent');
+    return fail('certificate chain not verified: no peer certificate was sent', 'chain');
   const [first, ...others] = claims;
-  if (first === undefined) return fail('no client identity');
+  if (first === undefined) return fail('no client identity', 'missing');
   // Both sides were parsed strictly (canonical lowercase form), so byte equality is identity equality.
   const disagreeing = others.find((claim) => claim.id.uri !== first.id.uri);
-  if (disagreeing !== undefined) return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`);
+  if (disagreeing !== undefined)
+    return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`, 'mismatch');
   return ok(toIdentity(first.id, first.source));
 }
 

@@ -11,10 +11,11 @@ export function trustedHeaderEvidence(
   value: unknown,
   trustedProxies?: readonly string[],
 ): HeaderEvidence {
-  if (typeof value !== 'string') return { headerError: 'header evidence is not a string' };
+  if (typeof value !== 'string')
+    return { headerError: { ok: false, reason: 'header evidence is not a string', code: 'malformed' } };
   if (name !== XFCC_HEADER) return { headerSpiffeId: value.trim() };
   const xfcc = xfccEvidence(value, { trustedProxies });
-  if (!xfcc.ok) return { headerError: xfcc.reason };
+  if (!xfcc.ok) return { headerError: xfcc };
   const evidence: HeaderEvidence = {};
   if (xfcc.value.uri !== undefined) evidence.headerSpiffeId = xfcc.value.uri;
   if (xfcc.value.certificatePem !== undefined) evidence.headerCertificatePem = xfcc.value.certificatePem;

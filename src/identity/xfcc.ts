@@ -32,9 +32,9 @@ const KEY = /^[A-Za-z][A-Za-z0-9_-]*$/;
 
 /** Splits a header into its elements and pairs, unquoting values; anything off-grammar is refused. */
 export function parseXfcc(header: string): Result<XfccElement[]> {
-  if (typeof header !== 'string') return fail('x-forwarded-client-cert is not a string');
+  if (typeof header !== 'string') return fail('x-forwarded-client-cert is not a string', 'malformed');
   if (header.length > MAX_XFCC_CHARS)
-    return fail(`x-forwarded-client-cert is longer than ${MAX_XFCC_CHARS} characters`);
+    return fail(`x-forwarded-client-cert is longer than ${MAX_XFCC_CHARS} characters`, 'malformed');
   const elements: XfccElement[] = [];
   let element: XfccElement = [];
   let i = 0;
@@ -47,7 +47,8 @@ export function parseXfcc(header: string): Result<XfccElement[]> {
     const keyStart = i;
     while (i < n && header[i] !== '=' && header[i] !== ',' && header[i] !== ';' && header[i] !== '"') i++;
     const key = header.slice(keyStart, i).trim();
-    if (header[i] !== '=' || !KEY.test(key)) return fail('x-forwarded-client-cert is malformed: expected key=value');
+    if (header[i] !== '=' || !KEY.test(key))
+      return fail('x-forwarded-client-cert is malformed: expected key=value', 'malformed');
     i++; // '='
     let value = '';
     if (header[i] === '"') {
@@ -70,29 +71,30 @@ export function parseXfcc(header: string): Result<XfccElement[]> {
         value += c;
         i++;
       }
-      if (!closed) return fail('x-forwarded-client-cert is malformed: unterminated quoted value');
+      if (!closed) return fail('x-forwarded-client-cert is malformed: unterminated quoted value', 'malformed');
       skipSpace();
     } else {
       const start = i;
       while (i < n && header[i] !== ',' && header[i] !== ';') {
-        if (header[i] === '"') return fail('x-forwarded-client-cert is malformed: quote inside an unquoted value');
+        if (header[i] === '"')
+          return fail('x-forwarded-client-cert is malformed: quote inside an unquoted value', 'malformed');
         i++;
       }
       value = header.slice(start, i).replace(/[ \t]+$/, '');
     }
     element.push({ key: key.toLowerCase(), value });
     if (element.length > MAX_PAIRS)
-      return fail(`x-forwarded-client-cert has an element of more than ${MAX_PAIRS} pairs`);
+      return fail(`x-forwarded-client-cert has an element of more than ${MAX_PAIRS} pairs`, 'malformed');
     if (i >= n) break;
     const sep = header[i];
     i++;
     if (sep === ',') {
       elements.push(element);
       if (elements.length >= MAX_ELEMENTS)
-        return fail(`x-forwarded-client-cert has more than ${MAX_ELEMENTS} elements`);
+        return fail(`x-forwarded-client-cert has more than ${MAX_ELEMENTS} elements`, 'malformed');
       element = [];
     } else if (sep !== ';') {
-      return fail('x-forwarded-client-cert is malformed: text after a quoted value');
+      return fail('x-forwarded-client-cert is malformed: text after a quoted value', 'malformed');
     }
   }
   elements.push(element);
@@ -124,7 +126,10 @@ export function xfccEvidence(header: string, opts: XfccOptions = {}): Result<Xfc
   const parsed = parseXfcc(header);
   if (!parsed.ok) return parsed;
   if (parsed.value.length !== 1) {
-    return fail('x-forwarded-client-cert has more than one element; the proxy in front must replace it (SANITIZE_SET)');
+    return fail(
+      'x-forwarded-client-cert has more than one element; the proxy in front must replace it (SANITIZE_SET)',
+      'malformed',
+    );
   }
   const element = parsed.value[parsed.value.length - 1]!;
   const single = new Map<string, string>();
@@ -135,20 +140,21 @@ export function xfccEvidence(header: string, opts: XfccOptions = {}): Result<Xfc
       continue;
     }
     if (!SINGLE_KEYS.has(key)) continue;
-    if (single.has(key)) return fail(`x-forwarded-client-cert element has more than one ${key} pair`);
+    if (single.has(key)) return fail(`x-forwarded-client-cert element has more than one ${key} pair`, 'malformed');
     single.set(key, value);
   }
   // A valid X.509-SVID has exactly one URI SAN, and Envoy writes every URI SAN it sees.
-  if (uris.length > 1) return fail('x-forwarded-client-cert element has more than one URI');
+  if (uris.length > 1) return fail('x-forwarded-client-cert element has more than one URI', 'svid');
   const by = single.get('by');
   if (opts.trustedProxies && opts.trustedProxies.length > 0) {
-    if (by === undefined || by === '') return fail('x-forwarded-client-cert element has no By from a trusted proxy');
+    if (by === undefined || by === '')
+      return fail('x-forwarded-client-cert element has no By from a trusted proxy', 'mismatch');
     if (!opts.trustedProxies.includes(by))
-      return fail('x-forwarded-client-cert element was added by an untrusted proxy');
+      return fail('x-forwarded-client-cert element was added by an untrusted proxy', 'mismatch');
   }
   const certificatePem = nonEmpty(single.get('cert')) ?? nonEmpty(single.get('chain'));
   if (uris.length === 0 && certificatePem === undefined)
-    return fail('x-forwarded-client-cert element has neither a URI nor a Cert');
+    return fail('x-forwarded-client-cert element has neither a URI nor a Cert', 'missing');
   const evidence: XfccEvidence = {};
   if (uris[0] !== undefined) evidence.uri = uris[0];
   if (certificatePem !== undefined) evidence.certificatePem = certificatePem;

@@ -78,6 +78,7 @@ describe('parseXfcc', () => {
     expect(parseXfcc(`URI=${'a'.repeat(MAX_XFCC_CHARS)}`)).toEqual({
       ok: false,
       reason: `x-forwarded-client-cert is longer than ${MAX_XFCC_CHARS} characters`,
+      code: 'malformed',
     });
   });
 });
