@@ -175,6 +175,7 @@ async function serve(argv: string[]): Promise<number> {
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
     trustedProxies: config.trustedProxies,
+    sidebandCacheTtlS: config.sidebandCacheTtlS,
     tls: certificates && { files: certificates, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,

@@ -49,6 +49,11 @@ export const SERVE_OPTIONS = {
     multiple: true,
     help: 'with x-forwarded-client-cert: its By= must be one of these proxy SPIFFE IDs (repeatable)',
   },
+  'sideband-cache-ttl': {
+    arg: 'DUR',
+    default: '10s',
+    help: "longest the iRule may reuse an answer (X-Egress-Cache-Ttl; 0 when the policy isn't deterministic)",
+  },
   'log-level': { arg: 'LEVEL', default: 'info', help: 'pino level: trace, debug, info, warn, error, fatal' },
   'tls-cert': { arg: 'FILE', help: "the service's own certificate (both listeners; re-read on change)" },
   'tls-key': { arg: 'FILE', help: 'its private key' },
@@ -106,6 +111,8 @@ export interface ServeConfig {
   shadowPolicy?: string;
   trustedIdentityHeader?: string;
   trustedProxies: string[];
+  /** whole seconds; 0 turns the iRule's cache off */
+  sidebandCacheTtlS: number;
   logLevel: string;
   tls?: TlsFiles;
   allowedCallers: CallerPattern[];
@@ -188,6 +195,10 @@ function normalise(v: Values): ServeConfig {
     ...defined('shadowPolicy', v['shadow-policy']),
     ...defined('trustedIdentityHeader', v['trusted-identity-header']),
     trustedProxies: trustedProxies(v),
+    sidebandCacheTtlS:
+      v['sideband-cache-ttl'] === '0'
+        ? 0
+        : Math.floor(duration('--sideband-cache-ttl', v['sideband-cache-ttl']!) / 1000),
     logLevel: v['log-level']!,
     ...defined('tls', tls),
     allowedCallers,
