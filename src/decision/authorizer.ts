@@ -2,7 +2,7 @@
 // Transports only translate their wire format to and from these calls.
 import { decide, type Decision, type PolicySource } from './decision.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
-import { resolveIdentity, type PeerEvidence } from '../identity/identity.js';
+import { resolveIdentity, type ChainCheck, type PeerEvidence } from '../identity/identity.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import type { CaseDecision, CaseRequest } from '../lifecycle/policy-cases.js';
 import {
@@ -33,6 +33,13 @@ export interface AuthorizerOptions {
    * the policy said: a slow allow must not turn into an allow Envoy has already given up on.
    */
   checkDeadlineMs?: number;
+  /**
+   * Trust bundles to verify peer chains against (a ChainVerifier over an X509BundleSet). With it, every
+   * sideband and CLI certificate must chain to the bundle of its leaf's trust domain; Envoy's only with
+   * `verifyEnvoyChain`, since Envoy already verified the peer in its own TLS handshake.
+   */
+  chainVerifier?: ChainCheck;
+  verifyEnvoyChain?: boolean;
   /** sees each input and its live decision after the answer is made (shadow policy); must not throw */
   shadow?: (input: PolicyInput, live: Decision) => void;
 }
@@ -57,6 +64,7 @@ export class Authorizer {
       }
       return {
         evidence,
+        verifyChain: this.opts.verifyEnvoyChain === true,
         build: (id, err) => buildEnvoyInput(req, id, err),
         correlation: { request_id: headers['x-request-id'], traceparent: headers['traceparent'] },
       };
@@ -66,6 +74,7 @@ export class Authorizer {
   checkSideband(req: SidebandRequest): Decision {
     return this.run('sideband', () => ({
       evidence: { certificatePem: req.certificatePem },
+      verifyChain: true,
       build: (id, err) => buildSidebandInput(req, id, err),
       correlation: { request_id: req.requestId, traceparent: req.headers['traceparent'] },
     }));
@@ -94,12 +103,22 @@ export class Authorizer {
           if (q.destination !== undefined) input.destination = parseDestination(q.destination);
           return input;
         };
-        return { evidence: peerEvidence(check.attributes?.source), build: decisionInput, correlation: {} };
+        return {
+          evidence: peerEvidence(check.attributes?.source),
+          verifyChain: check.attributes?.source?.certificate !== undefined,
+          build: decisionInput,
+          correlation: {},
+        };
       }
       const evidence: PeerEvidence = {};
       if (q.spiffeId !== undefined) evidence.principal = q.spiffeId;
       if (q.certificatePem !== undefined) evidence.certificatePem = q.certificatePem;
-      return { evidence, build: (id, err) => buildCliInput(q.destination ?? '', id, err), correlation: {} };
+      return {
+        evidence,
+        verifyChain: q.certificatePem !== undefined,
+        build: (id, err) => buildCliInput(q.destination ?? '', id, err),
+        correlation: {},
+      };
     });
   }
 
@@ -113,7 +132,8 @@ export class Authorizer {
         request_id: stringOrUndefined(p.correlation.request_id),
         traceparent: stringOrUndefined(p.correlation.traceparent),
       };
-      const identity = resolveIdentity(p.evidence, this.now());
+      const verifier = p.verifyChain ? this.opts.chainVerifier : undefined;
+      const identity = resolveIdentity(p.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
       input = identity.ok ? p.build(identity.value, undefined) : p.build(null, identity.reason);
     } catch {
       // Decoded protos cannot get here; JSON documents (`eval --input`) with values of the wrong type
@@ -137,6 +157,8 @@ export class Authorizer {
 /** What a transport collected, and how to build its input document once the identity is known. */
 interface Prepared {
   evidence: PeerEvidence;
+  /** whether this caller's certificate must chain to a trust bundle (when bundles are configured) */
+  verifyChain: boolean;
   build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput;
   correlation: Correlation;
 }

@@ -39,7 +39,25 @@ const LABEL: Record<IdentitySource, string> = {
   header: 'header SPIFFE ID',
 };
 
-export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()): Result<Identity> {
+/** Checks a certificate chain against trust bundles (ChainVerifier); the identity step only calls it. */
+export interface ChainCheck {
+  verifyPem(pem: string, trustDomain: string, now: Date): Result<unknown>;
+}
+
+export interface ResolveOptions {
+  /**
+   * When set, the certificate evidence must be present and its chain must verify against the bundle of
+   * the leaf's trust domain; otherwise the certificate's shape is checked and its issuer is the
+   * transport's business (a TLS terminator that already verified it).
+   */
+  verifyChain?: ChainCheck;
+}
+
+export function resolveIdentity(
+  evidence: PeerEvidence,
+  now: Date = new Date(),
+  opts: ResolveOptions = {},
+): Result<Identity> {
   // Strongest first: the first claim names the identity, every other one must agree with it.
   const claims: Claim[] = [];
 
@@ -53,6 +71,10 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
   if (present(evidence.certificatePem)) {
     const svid = parseX509SvidPem(evidence.certificatePem, now);
     if (!svid.ok) return svid;
+    if (opts.verifyChain) {
+      const chain = opts.verifyChain.verifyPem(evidence.certificatePem, svid.value.spiffeId.trustDomain, now);
+      if (!chain.ok) return chain;
+    }
     claims.push({ source: 'certificate', id: svid.value.spiffeId });
   }
   for (const source of ['principal', 'header'] as const) {
@@ -68,6 +90,8 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
     claims.push({ source, id: id.value });
   }
 
+  if (opts.verifyChain && !present(evidence.certificatePem))
+    return fail('certificate chain not verified: no peer certificate was sent');
   const [first, ...others] = claims;
   if (first === undefined) return fail('no client identity');
   // Both sides were parsed strictly (canonical lowercase form), so byte equality is identity equality.
