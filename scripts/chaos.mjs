@@ -100,7 +100,8 @@ const plan = {
   rounds: QUICK ? 1 : 2,
   authz_timeout_ms: 200,
   eval_budget_ms: 50,
-  recovery_timeout_ms: QUICK ? 20_000 : 60_000,
+  // A limit for "never came back", not a performance goal: on a loaded machine a cold start takes seconds.
+  recovery_timeout_ms: 60_000,
   slow_factor: Number(flags['slow-factor']),
 };
 if (!(plan.slow_factor >= 1.5 && plan.slow_factor <= 20)) {
