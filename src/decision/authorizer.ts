@@ -1,6 +1,7 @@
 // The pipeline every caller runs: evidence → identity → input → policy → decision → log entry.
 // Transports only translate their wire format to and from these calls.
-import { decide, type Decision, type PolicySource } from './decision.js';
+import type { FailureCode } from '../common/result.js';
+import { decide, policyFailure, type Decision, type PolicySource } from './decision.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type ChainCheck, type PeerEvidence } from '../identity/identity.js';
 import type { LoadedPolicy } from '../policy/policy.js';
@@ -130,6 +131,7 @@ export class Authorizer {
   private run(caller: Caller, prepare: () => Prepared, receivedAt?: number): Decision {
     const started = receivedAt ?? performance.now();
     let input: PolicyInput;
+    let identityFailure: FailureCode | undefined;
     let correlation: Correlation = {};
     try {
       const p = prepare();
@@ -139,7 +141,12 @@ export class Authorizer {
       };
       const verifier = p.verifyChain ? this.opts.chainVerifier : undefined;
       const identity = resolveIdentity(p.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
-      input = identity.ok ? p.build(identity.value, undefined) : p.build(null, identity.reason);
+      if (identity.ok) {
+        input = p.build(identity.value, undefined);
+      } else {
+        input = p.build(null, identity.reason);
+        identityFailure = identity.code;
+      }
     } catch {
       // Decoded protos cannot get here; JSON documents (`eval --input`) with values of the wrong type
       // can. No identity, so decide() denies without asking the policy.
@@ -149,6 +156,7 @@ export class Authorizer {
         identity_error: 'malformed request: a field has the wrong type',
         destination: { host: '' },
       };
+      identityFailure = 'malformed';
     }
     const deadline = this.opts.checkDeadlineMs;
     const policy = this.opts.policies.current;
@@ -157,10 +165,10 @@ export class Authorizer {
       // Already late (it waited behind a slow evaluation): the caller has given up, so the policy is not
       // run at all. Evaluating such a backlog is what kept a slow policy's service unavailable for
       // tens of seconds after the policy was fixed (npm run chaos, slow policy).
-      decision = lateDeny(decide(input, undefined), deadline);
+      decision = lateDeny(decide(input, undefined, identityFailure), deadline);
       decision.policy_revision = policy?.revision ?? '';
     } else {
-      decision = decide(input, policy);
+      decision = decide(input, policy, identityFailure);
       if (deadline !== undefined && performance.now() - started > deadline) decision = lateDeny(decision, deadline);
     }
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
@@ -184,14 +192,7 @@ function stringOrUndefined(v: unknown): string | undefined {
 
 function lateDeny(d: Decision, deadlineMs: number): Decision {
   const reason = `check exceeded its deadline of ${deadlineMs}ms`;
-  d.allow = false;
-  d.snat_pool = '';
-  d.reason = reason;
-  d.http_status = 403;
-  d.headers = {};
-  d.body = reason;
-  d.policy_error = reason;
-  return d;
+  return policyFailure(d, reason, reason);
 }
 
 /**

@@ -1,7 +1,7 @@
 // The caller's identity, from the evidence a transport collected about its peer. Syntax and shape
 // only: which trust domains and namespaces are welcome is the policy's decision, so every valid
 // identity of any trust domain is returned, and anything not provably valid is a reason to deny.
-import { fail, ok, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 import { parseX509SvidPem } from './x509-svid.js';
 
@@ -65,7 +65,7 @@ export function resolveIdentity(
     const value = evidenceOf(evidence, source);
     // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
     if (value !== undefined && value !== null && typeof value !== 'string')
-      return fail(`${source} evidence is not a string`);
+      return fail(`${source} evidence is not a string`, 'malformed');
   }
 
   if (present(evidence.certificatePem)) {
@@ -73,7 +73,7 @@ export function resolveIdentity(
     if (!svid.ok) return svid;
     if (opts.verifyChain) {
       const chain = opts.verifyChain.verifyPem(evidence.certificatePem, svid.value.spiffeId.trustDomain, now);
-      if (!chain.ok) return chain;
+      if (!chain.ok) return withCode(chain, 'chain');
     }
     claims.push({ source: 'certificate', id: svid.value.spiffeId });
   }
@@ -85,18 +85,20 @@ export function resolveIdentity(
       // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
       return fail(
         text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
+        'spiffe_id',
       );
     }
     claims.push({ source, id: id.value });
   }
 
   if (opts.verifyChain && !present(evidence.certificatePem))
-    return fail('certificate chain not verified: no peer certificate was sent');
+    return fail('certificate chain not verified: no peer certificate was sent', 'chain');
   const [first, ...others] = claims;
-  if (first === undefined) return fail('no client identity');
+  if (first === undefined) return fail('no client identity', 'missing');
   // Both sides were parsed strictly (canonical lowercase form), so byte equality is identity equality.
   const disagreeing = others.find((claim) => claim.id.uri !== first.id.uri);
-  if (disagreeing !== undefined) return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`);
+  if (disagreeing !== undefined)
+    return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`, 'mismatch');
   return ok(toIdentity(first.id, first.source));
 }
 

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { AltName, BasicConstraints, Certificate, ExtKeyUsage, type Extension } from 'pkijs';
-import { fail, ok, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 
 export interface X509Svid {
@@ -56,6 +56,11 @@ const BASE64_BODY = /^[A-Za-z0-9+/]+={0,2}$/;
  * text, PEM headers, bad base64) is refused: the input is a peer's certificate chain and nothing more.
  */
 export function parsePemBlocks(input: string): Result<Uint8Array[]> {
+  const blocks = pemBlocks(input);
+  return blocks.ok ? blocks : withCode(blocks, 'pem');
+}
+
+function pemBlocks(input: string): Result<Uint8Array[]> {
   if (typeof input !== 'string' || input.trim() === '') return fail('certificate PEM is empty');
   if (input.length > MAX_PEM_CHARS) return fail(`certificate PEM is longer than ${MAX_PEM_CHARS} characters`);
   let text = input;
@@ -121,9 +126,9 @@ export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
 
 function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
   const t = now.getTime();
-  if (Number.isNaN(t)) return fail('decision time is invalid');
-  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid');
-  if (t > svid.notAfter.getTime()) return fail('certificate has expired');
+  if (Number.isNaN(t)) return fail('decision time is invalid', 'validity');
+  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid', 'validity');
+  if (t > svid.notAfter.getTime()) return fail('certificate has expired', 'validity');
   // The cached value is shared by every caller; Dates are mutable even when frozen, so hand out copies.
   return ok({
     spiffeId: svid.spiffeId,
@@ -138,9 +143,10 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
 function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
   // pkijs and asn1js are not written to never throw on hostile input; whatever slips through is a deny.
   try {
-    return validateChainShapeUnguarded(chainDer);
+    const shape = validateChainShapeUnguarded(chainDer);
+    return shape.ok ? shape : withCode(shape, 'svid');
   } catch {
-    return fail('certificate could not be parsed');
+    return fail('certificate could not be parsed', 'svid');
   }
 }
 
