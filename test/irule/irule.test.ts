@@ -1,6 +1,5 @@
 // Runs the shipped iRule file in tclsh (test/irule/harness.tcl stubs the BIG-IP commands) against the
 // real egress-authz service, and against servers that fail in the ways a network does.
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -9,71 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadPolicy } from '../../src/policy/policy.js';
 import { startTestService, type TestService } from '../support/service.js';
 import { makeBigipCerts, startSidebandService, type BigipCerts } from '../sideband/sideband-service.js';
-
-const ROOT = join(import.meta.dirname, '..', '..');
-const IRULE = join(ROOT, 'deploy', 'bigip', 'egress-authz.irule.tcl');
-const HARNESS = join(import.meta.dirname, 'harness.tcl');
-const VS = '/Common/vs_egress_authz_sideband';
-
-interface HarnessRun {
-  lines: string[];
-  actions: string[];
-  logs: string[];
-  errors: string[];
-  connections: { verdict: string; pool: string; ms: number }[];
-  wallMs: number;
-}
-
-function runHarness(opts: {
-  irule?: string;
-  pem: string;
-  hash: string;
-  target: string;
-  connections?: number;
-  handshakes?: number;
-  verify?: number;
-  virtuals?: string[];
-  clients?: string[];
-  sets?: Record<string, string>;
-}): Promise<HarnessRun> {
-  const args = [
-    HARNESS,
-    '-irule',
-    opts.irule ?? IRULE,
-    '-pem',
-    opts.pem,
-    '-hash',
-    opts.hash,
-    '-vs',
-    `${VS}=${opts.target}`,
-  ];
-  if (opts.connections) args.push('-connections', String(opts.connections));
-  if (opts.handshakes) args.push('-handshakes', String(opts.handshakes));
-  if (opts.verify !== undefined) args.push('-verify', String(opts.verify));
-  if (opts.virtuals) args.push('-virtuals', opts.virtuals.join(' '));
-  if (opts.clients) args.push('-clients', opts.clients.join(' '));
-  for (const [k, v] of Object.entries(opts.sets ?? {})) args.push('-set', `static::${k}`, v);
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    execFile('tclsh', args, { timeout: 20_000 }, (err, stdout, stderr) => {
-      if (err) return reject(new Error(`tclsh failed: ${err.message}\n${stderr}\n${stdout}`));
-      const lines = stdout.trim().split('\n');
-      const rest = (prefix: string) =>
-        lines.filter((l) => l.startsWith(prefix)).map((l) => l.slice(prefix.length).replace(/^\d+ /, ''));
-      resolve({
-        lines,
-        actions: rest('ACTION '),
-        logs: rest('LOG '),
-        errors: lines.filter((l) => / error /.test(l) && l.startsWith('EVENT ')),
-        connections: rest('CONNECTION ').map((l) => {
-          const m = /verdict=(\S+) pool=(\S+) ms=(\d+)/.exec(l)!;
-          return { verdict: m[1]!, pool: m[2]!, ms: Number(m[3]) };
-        }),
-        wallMs: performance.now() - started,
-      });
-    });
-  });
-}
+import { IRULE, runHarness, type HarnessRun } from './harness.js';
 
 function listenOn(handler: (s: Socket) => void): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
   const sockets = new Set<Socket>();
