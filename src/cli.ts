@@ -19,6 +19,9 @@ import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
+import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { ChainVerifier } from './identity/chain-verify.js';
+import { X509BundleSet } from './identity/x509-bundle.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -144,6 +147,22 @@ async function serve(argv: string[]): Promise<number> {
     flush();
     return 1;
   }
+  let trust: TrustBundles | undefined;
+  let chainVerifier: ChainVerifier | undefined;
+  if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
+    const bundles = new X509BundleSet();
+    try {
+      trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
+        log: logger,
+        ...(pollMs !== undefined ? { filePollMs: pollMs } : {}),
+      });
+    } catch (err) {
+      logger.fatal({ err: errorMessage(err) }, 'trust bundle not usable; not serving');
+      flush();
+      return 1;
+    }
+    chainVerifier = new ChainVerifier(bundles);
+  }
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
@@ -152,13 +171,15 @@ async function serve(argv: string[]): Promise<number> {
     policies: live,
     shadowPolicies: shadow,
     metrics,
-    readyDetail: () => reloadStatus(live, shadow),
+    readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
     tls: certificates && { files: certificates, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,
+    ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
+  trust?.start();
   live.start();
   shadow?.start();
   process.on('SIGHUP', () => {
@@ -189,6 +210,7 @@ async function serve(argv: string[]): Promise<number> {
       }, graceMs + 2000).unref();
       live.stop();
       shadow?.stop();
+      trust?.stop();
       void service.close(graceMs).then(() => {
         certificates?.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
