@@ -69,8 +69,17 @@ function cryptoKey(k: BundleSigningKey, use: 'sign' | 'verify'): KeyObject | Uin
     return k.key;
   }
   const pem = Buffer.from(k.key);
-  return use === 'sign' ? createPrivateKey(pem) : createPublicKey(pem);
+  const key = use === 'sign' ? createPrivateKey(pem) : createPublicKey(pem);
+  const type = key.asymmetricKeyType;
+  const curve = key.asymmetricKeyDetails?.namedCurve;
+  const fits = k.alg.startsWith('ES')
+    ? type === 'ec' && curve === EC_CURVES[k.alg]
+    : type === 'rsa' || (type === 'rsa-pss' && k.alg.startsWith('PS'));
+  if (!fits) throw new Error(`a ${type ?? 'unknown'}${curve ? ` ${curve}` : ''} key does not fit ${k.alg}`);
+  return key;
 }
+
+const EC_CURVES: Record<string, string> = { ES256: 'prime256v1', ES384: 'secp384r1', ES512: 'secp521r1' };
 
 /** The `.signatures.json` for these files (every file but an existing `.signatures.json`). */
 export async function signBundleFiles(
