@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
+import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { fail, ok, type Result } from '../common/result.js';
@@ -66,6 +67,8 @@ export interface LoadPolicyOptions {
   memoize?: boolean;
   /** keep the bundle bytes on the policy (`bundle`): the primary of `serve --workers` sends them on */
   keepBundle?: boolean;
+  /** set: only a bundle signed by this key is loaded (bundle-signing.ts) */
+  verification?: BundleVerification;
 }
 
 /**
@@ -102,7 +105,7 @@ export async function loadPolicyBundle(
   const where = `policy ${opts.source}`;
   let bundle;
   try {
-    bundle = await readBundle(bytes, { entrypoint });
+    bundle = await readBundle(bytes, { entrypoint, ...(opts.verification ? { verification: opts.verification } : {}) });
   } catch (e) {
     throw new Error(`${where}: ${(e as Error).message}`);
   }
