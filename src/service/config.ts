@@ -8,6 +8,7 @@ import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
+import { SPIFFE_ENDPOINT_SOCKET, workloadApiTarget } from '../spiffe/workload-api.js';
 
 /** One command-line option. Every option takes a string value; `multiple` ones may repeat. */
 export interface OptionRow {
@@ -43,8 +44,13 @@ export const SERVE_OPTIONS = {
   'allowed-caller': {
     arg: 'ID',
     multiple: true,
-    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca',
+    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca or --spiffe-socket',
   },
+  'spiffe-socket': {
+    arg: 'PATH',
+    help: `own SVID and caller CA from the SPIFFE Workload API, rotated live (or $${SPIFFE_ENDPOINT_SOCKET})`,
+  },
+  'spiffe-wait': { arg: 'DUR', default: '30s', help: 'how long serve waits at start for the first SVID' },
   'shutdown-grace': { arg: 'DUR', default: '10s', help: 'how long SIGTERM waits for accepted checks' },
   'check-deadline': { arg: 'DUR', default: '200ms', help: 'a check slower than this is a deny' },
   'grpc-max-message-bytes': {
@@ -79,6 +85,8 @@ export interface ServeConfig {
   trustedIdentityHeader?: string;
   logLevel: string;
   tls?: TlsFiles;
+  /** own SVID from the Workload API (instead of `tls`): both listeners mTLS with the SVID's bundle */
+  spiffe?: { socket: string; waitMs: number };
   allowedCallers: CallerPattern[];
   graceMs: number;
   checkDeadlineMs: number;
@@ -110,7 +118,8 @@ export function parseArgsOptions(table: Record<string, OptionRow>): NonNullable<
   return out;
 }
 
-export function parseServeConfig(argv: string[]): Result<ServeConfig> {
+/** `env`: where SPIFFE_ENDPOINT_SOCKET is read from (the CLI passes process.env). */
+export function parseServeConfig(argv: string[], env: Record<string, string | undefined> = {}): Result<ServeConfig> {
   let values: Values;
   try {
     values = parseArgs({ args: argv, options: parseArgsOptions(SERVE_OPTIONS), strict: true }).values as Values;
@@ -118,7 +127,7 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
     return fail(errorMessage(err));
   }
   try {
-    return ok(normalise(values));
+    return ok(normalise(values, env));
   } catch (err) {
     if (err instanceof ConfigError) return fail(err.message);
     throw err;
@@ -127,7 +136,7 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
 
 class ConfigError extends Error {}
 
-function normalise(v: Values): ServeConfig {
+function normalise(v: Values, env: Record<string, string | undefined>): ServeConfig {
   const memo = v['policy-memo'];
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
   const maxMessage = Number(v['grpc-max-message-bytes']);
@@ -141,7 +150,8 @@ function normalise(v: Values): ServeConfig {
     if (!p.ok) throw new ConfigError(`--allowed-caller: ${p.reason}`);
     return p.value;
   });
-  const tls = tlsFiles(v, allowedCallers);
+  const spiffe = spiffeSource(v, env);
+  const tls = spiffe ? undefined : tlsFiles(v, allowedCallers);
   return {
     grpcAddr: v['grpc-addr']!,
     httpAddr: v['http-addr']!,
@@ -155,11 +165,31 @@ function normalise(v: Values): ServeConfig {
     ...defined('trustedIdentityHeader', v['trusted-identity-header']),
     logLevel: v['log-level']!,
     ...defined('tls', tls),
+    ...defined('spiffe', spiffe),
     allowedCallers,
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
   };
+}
+
+/**
+ * The Workload API replaces the certificate files: --spiffe-socket with any of them is refused. The
+ * standard variable applies only when no TLS file flag was given: explicit files win over the
+ * environment a SPIRE node may export to every process.
+ */
+function spiffeSource(v: Values, env: Record<string, string | undefined>): ServeConfig['spiffe'] {
+  const fileFlags = (['tls-cert', 'tls-key', 'tls-client-ca'] as const).filter((f) => v[f] !== undefined);
+  const flag = v['spiffe-socket'];
+  if (flag !== undefined && fileFlags.length > 0)
+    throw new ConfigError(`--spiffe-socket replaces --${fileFlags.join(', --')}: give one or the other`);
+  const fromEnv = fileFlags.length === 0 ? env[SPIFFE_ENDPOINT_SOCKET] : undefined;
+  const address = flag ?? (fromEnv === '' ? undefined : fromEnv);
+  if (address === undefined) return undefined;
+  const source = flag !== undefined ? '--spiffe-socket' : SPIFFE_ENDPOINT_SOCKET;
+  const target = workloadApiTarget(address);
+  if (!target.ok) throw new ConfigError(`${source}: ${target.reason}`);
+  return { socket: address, waitMs: duration('--spiffe-wait', v['spiffe-wait']!) };
 }
 
 function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefined {
