@@ -1,19 +1,12 @@
-// Trust bundles per trust domain: the interface between whoever produces bundles (the Workload API
-// client here; files and bundle endpoints elsewhere) and whoever verifies chains against them. The set
-// is replaced as a whole on every update, so a reader never sees half of one bundle and half of another.
+// Trust bundles as the Workload API carries them: per trust domain, CA certificates DER encoded and
+// concatenated. A set is replaced as a whole on every update, so a reader never sees half of one
+// bundle and half of another.
 import { X509Certificate } from 'node:crypto';
 import { fail, ok, type Result } from '../common/result.js';
 import { parseSpiffeId } from '../identity/spiffe-id.js';
 
 /** The CA certificates (X.509 authorities) of every trust domain the workload trusts, by name. */
 export type X509BundleSet = ReadonlyMap<string, readonly X509Certificate[]>;
-
-export interface X509BundleSource {
-  /** the CA certificates of `trustDomain` (a name such as "cluster.local"), or undefined when unknown */
-  bundleFor(trustDomain: string): readonly X509Certificate[] | undefined;
-  /** called after every change of the set; returns the unsubscribe function */
-  subscribe(listener: () => void): () => void;
-}
 
 /** At most this many certificates in one bundle or one chain: more is refused, not parsed. */
 export const MAX_BUNDLE_CERTS = 64;

@@ -1,10 +1,11 @@
 // The workload's live X.509 identity from the Workload API, like go-spiffe's workloadapi.X509Source: the
-// default SVID and the bundle set, replaced together on every update the agent pushes. It also serves
+// default SVID and the bundle set, replaced together on every update the agent pushes. Chain
+// verification consumes the bundles through `subscribe` + `context.bundles` (trust domain → CAs). It also serves
 // the SVID as TLS material for egress-authz's own listeners (the same subscribe-and-swap contract as
 // CertificateFiles), so a rotation reaches new handshakes while open connections keep theirs.
 import { fail, ok, type Result } from '../common/result.js';
 import { sameMaterial, type TlsMaterial, type TlsMaterialSource } from '../transport/tls.js';
-import { certificatesPem, type X509BundleSource } from './x509-bundle.js';
+import { certificatesPem } from './x509-bundle.js';
 import type { WorkloadSvid, X509Context } from './x509-context.js';
 import { WorkloadApiClient, workloadApiTarget, type Backoff } from './workload-api.js';
 
@@ -16,7 +17,7 @@ export interface X509SourceOptions {
   onError?: (reason: string) => void;
 }
 
-export class X509Source implements X509BundleSource {
+export class X509Source {
   private ctx: X509Context;
   private material: TlsMaterial;
   private readonly listeners = new Set<() => void>();
@@ -74,10 +75,12 @@ export class X509Source implements X509BundleSource {
     return this.ctx.svids[0]!;
   }
 
+  /** the CA certificates of a trust domain (own or federated) from the last update, or undefined */
   bundleFor(trustDomain: string) {
     return this.ctx.bundles.get(trustDomain);
   }
 
+  /** called after every accepted update (SVID or bundles changed); read `context` for the new state */
   subscribe(listener: () => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
