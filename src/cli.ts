@@ -20,6 +20,9 @@ import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
+import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { ChainVerifier } from './identity/chain-verify.js';
+import { X509BundleSet } from './identity/x509-bundle.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -146,6 +149,23 @@ async function serve(argv: string[]): Promise<number> {
     flush();
     return 1;
   }
+  let trust: TrustBundles | undefined;
+  let chainVerifier: ChainVerifier | undefined;
+  // One bundle set for every source: files and endpoints first (they keep the trust domains they name),
+  // then the Workload API's bundles under its own origin.
+  const bundles = new X509BundleSet();
+  if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
+    try {
+      trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
+        log: logger,
+        ...(pollMs !== undefined ? { filePollMs: pollMs } : {}),
+      });
+    } catch (err) {
+      logger.fatal({ err: errorMessage(err) }, 'trust bundle not usable; not serving');
+      flush();
+      return 1;
+    }
+  }
   if (config.spiffe) {
     // Without its SVID the service cannot authenticate itself or its callers: it does not start (and a
     // supervisor restarts it) rather than serve something weaker. After the first SVID, an agent that
@@ -155,6 +175,7 @@ async function serve(argv: string[]): Promise<number> {
     const opened = await X509Source.open(socket, {
       waitMs,
       onUpdate: (ctx) => {
+        bundles.replace('workload-api', ctx.bundles.values());
         const svid = ctx.svids[0]!;
         const serial = svid.chain[0]!.serialNumber;
         if (serial === lastSvid) return;
@@ -173,6 +194,7 @@ async function serve(argv: string[]): Promise<number> {
     }
     workload = opened.value;
   }
+  if (trust || workload) chainVerifier = new ChainVerifier(bundles);
   const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
   const service = await startService({
     grpcAddr: config.grpcAddr,
@@ -182,13 +204,15 @@ async function serve(argv: string[]): Promise<number> {
     policies: live,
     shadowPolicies: shadow,
     metrics,
-    readyDetail: () => reloadStatus(live, shadow),
+    readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
     tls: listenerTls && { files: listenerTls, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,
+    ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
+  trust?.start();
   live.start();
   shadow?.start();
   process.on('SIGHUP', () => {
@@ -219,6 +243,7 @@ async function serve(argv: string[]): Promise<number> {
       }, graceMs + 2000).unref();
       live.stop();
       shadow?.stop();
+      trust?.stop();
       void service.close(graceMs).then(() => {
         certificates?.close();
         workload?.close();

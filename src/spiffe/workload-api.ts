@@ -8,11 +8,11 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fail, ok, type Result } from '../common/result.js';
-import type { X509BundleSet } from './x509-bundle.js';
 import {
   parseX509BundlesResponse,
   parseX509SvidResponse,
   type X509BundlesResponseMessage,
+  type X509BundleSet,
   type X509Context,
   type X509SvidResponseMessage,
 } from './x509-context.js';

@@ -2,10 +2,13 @@
 // keys, and the trust bundles by trust domain. A message is taken whole or not at all: if anything in it
 // is unusable (a chain that is not an SVID, a key that does not match, a malformed bundle) the update is
 // refused with a reason and the previous context stays in use.
-import { createPrivateKey, type KeyObject, type X509Certificate } from 'node:crypto';
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { fail, ok, type Result } from '../common/result.js';
-import { parseX509Svid } from '../identity/x509-svid.js';
-import { checkTrustDomainName, parseConcatenatedDer, type X509BundleSet } from './x509-bundle.js';
+import { MAX_CHAIN_CERTS, parseX509Svid } from '../identity/x509-svid.js';
+import { parseDerBundle, parseTrustDomain, splitDer, type X509Bundle } from '../identity/x509-bundle.js';
+
+/** Trust domain name → its bundle; replaced as a whole on every update. */
+export type X509BundleSet = ReadonlyMap<string, X509Bundle>;
 
 /** The wire shape of X509SVID / X509SVIDResponse / X509BundlesResponse (proto/spiffe-workload-api.proto). */
 export interface X509SvidMessage {
@@ -47,14 +50,15 @@ export function parseX509SvidResponse(msg: X509SvidResponseMessage, now = new Da
   const svidMessages = msg.svids ?? [];
   if (svidMessages.length === 0) return fail('Workload API update has no X.509-SVID');
   const svids: WorkloadSvid[] = [];
-  const bundles = new Map<string, readonly X509Certificate[]>();
+  const bundles = new Map<string, X509Bundle>();
   for (const [i, m] of svidMessages.entries()) {
     const svid = parseWorkloadSvid(m, now);
-    if (!svid.ok) return fail(`Workload API update, SVID ${i}: ${svid.reason}`);
+    if (!svid.ok) return fail(`Workload API update, SVID ${i}: ${svid.reason}`, svid.code);
     svids.push(svid.value);
-    const bundle = parseConcatenatedDer(m.bundle ?? new Uint8Array(), `the bundle of ${svid.value.trustDomain}`);
-    if (!bundle.ok) return fail(`Workload API update, SVID ${i}: ${bundle.reason}`);
-    bundles.set(svid.value.trustDomain, bundle.value);
+    const td = svid.value.trustDomain;
+    const bundle = parseDerBundle(td, m.bundle ?? new Uint8Array());
+    if (!bundle.ok) return fail(`Workload API update, SVID ${i}: the bundle of ${td}: ${bundle.reason}`, bundle.code);
+    bundles.set(td, bundle.value);
   }
   const federated = parseBundleMap(msg.federatedBundles ?? {});
   if (!federated.ok) return federated;
@@ -70,35 +74,50 @@ export function parseX509BundlesResponse(msg: X509BundlesResponseMessage): Resul
   return set;
 }
 
-function parseBundleMap(map: Record<string, Uint8Array>): Result<Map<string, readonly X509Certificate[]>> {
-  const out = new Map<string, readonly X509Certificate[]>();
+// Keys are trust domains, written bare or (as SPIRE does) as the trust domain's SPIFFE ID.
+function parseBundleMap(map: Record<string, Uint8Array>): Result<Map<string, X509Bundle>> {
+  const out = new Map<string, X509Bundle>();
   for (const [name, der] of Object.entries(map)) {
-    const td = checkTrustDomainName(name);
-    if (!td.ok) return td;
-    const certs = parseConcatenatedDer(der, `the bundle of ${td.value}`);
-    if (!certs.ok) return fail(`Workload API update: ${certs.reason}`);
-    out.set(td.value, certs.value);
+    const td = parseTrustDomain(name);
+    if (!td.ok) return fail(`Workload API update: ${td.reason}`, td.code);
+    const bundle = parseDerBundle(td.value, der);
+    if (!bundle.ok) return fail(`Workload API update: the bundle of ${td.value}: ${bundle.reason}`, bundle.code);
+    out.set(td.value, bundle.value);
   }
   return ok(out);
 }
 
+function parseChain(der: Uint8Array): Result<X509Certificate[]> {
+  const ders = splitDer(der);
+  if (!ders.ok) return fail(`the certificate chain: ${ders.reason}`, 'svid');
+  if (ders.value.length === 0) return fail('the certificate chain is empty', 'svid');
+  if (ders.value.length > MAX_CHAIN_CERTS)
+    return fail(`the certificate chain has more than ${MAX_CHAIN_CERTS} certificates`, 'svid');
+  try {
+    return ok(ders.value.map((d) => new X509Certificate(d)));
+  } catch {
+    return fail('the certificate chain holds a certificate that does not parse', 'svid');
+  }
+}
+
 function parseWorkloadSvid(m: X509SvidMessage, now: Date): Result<WorkloadSvid> {
-  const chain = parseConcatenatedDer(m.x509Svid ?? new Uint8Array(), 'the certificate chain');
+  const chain = parseChain(m.x509Svid ?? new Uint8Array());
   if (!chain.ok) return chain;
   const shape = parseX509Svid(
     chain.value.map((c) => new Uint8Array(c.raw)),
     now,
   );
   if (!shape.ok) return shape;
-  if (shape.value.spiffeId.uri !== m.spiffeId) return fail("the certificate's SPIFFE ID is not the one announced");
+  if (shape.value.spiffeId.uri !== m.spiffeId)
+    return fail("the certificate's SPIFFE ID is not the one announced", 'mismatch');
   let key: KeyObject;
   try {
     key = createPrivateKey({ key: Buffer.from(m.x509SvidKey ?? new Uint8Array()), format: 'der', type: 'pkcs8' });
   } catch {
-    return fail('the private key is not PKCS#8 DER');
+    return fail('the private key is not PKCS#8 DER', 'svid');
   }
   const leaf = chain.value[0]!;
-  if (!leaf.checkPrivateKey(key)) return fail('the private key does not match the certificate');
+  if (!leaf.checkPrivateKey(key)) return fail('the private key does not match the certificate', 'mismatch');
   return ok({
     spiffeId: shape.value.spiffeId.uri,
     trustDomain: shape.value.spiffeId.trustDomain,

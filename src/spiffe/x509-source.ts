@@ -5,7 +5,6 @@
 // CertificateFiles), so a rotation reaches new handshakes while open connections keep theirs.
 import { fail, ok, type Result } from '../common/result.js';
 import { sameMaterial, type TlsMaterial, type TlsMaterialSource } from '../transport/tls.js';
-import { certificatesPem } from './x509-bundle.js';
 import type { WorkloadSvid, X509Context } from './x509-context.js';
 import { WorkloadApiClient, workloadApiTarget, type Backoff } from './workload-api.js';
 
@@ -121,6 +120,10 @@ export class X509Source {
  */
 function tlsMaterial(ctx: X509Context): TlsMaterial {
   const svid = ctx.svids[0]!;
-  const own = ctx.bundles.get(svid.trustDomain) ?? [];
-  return { cert: Buffer.from(svid.certPem), key: Buffer.from(svid.keyPem), ca: Buffer.from(certificatesPem(own)) };
+  const own = ctx.bundles.get(svid.trustDomain)?.authorities ?? [];
+  return {
+    cert: Buffer.from(svid.certPem),
+    key: Buffer.from(svid.keyPem),
+    ca: Buffer.from(own.map((c) => c.toString()).join('')),
+  };
 }

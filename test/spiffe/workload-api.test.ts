@@ -5,7 +5,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WorkloadApiClient, workloadApiTarget } from '../../src/spiffe/workload-api.js';
 import { X509Source } from '../../src/spiffe/x509-source.js';
-import { parseConcatenatedDer } from '../../src/spiffe/x509-bundle.js';
+import { parseX509SvidResponse } from '../../src/spiffe/x509-context.js';
 import { createCa, workloadSvid, type CertAuthority } from '../support/pki.js';
 import { FakeWorkloadApi, svidMessage } from './fake-workload-api.js';
 
@@ -32,30 +32,34 @@ describe('Workload API address', () => {
   });
 });
 
-describe('concatenated DER', () => {
-  it('splits a bundle into its certificates', async () => {
-    const a = await createCa('A');
-    const b = await createCa('B');
-    const certs = parseConcatenatedDer(Buffer.concat([a.der, b.der]), 'bundle');
-    expect(certs.ok && certs.value.map((c) => c.subject)).toEqual([
-      expect.stringContaining('CN=A'),
-      expect.stringContaining('CN=B'),
-    ]);
-  });
-  it('refuses truncated, trailing and random bytes with a reason, never throws', async () => {
-    const a = await createCa('A');
-    expect(parseConcatenatedDer(a.der.subarray(0, a.der.length - 1), 'bundle').ok).toBe(false);
-    expect(parseConcatenatedDer(Buffer.concat([a.der, Buffer.from([0x30])]), 'bundle').ok).toBe(false);
-    expect(parseConcatenatedDer(new Uint8Array(), 'bundle').ok).toBe(false);
+describe('Workload API messages', () => {
+  it('property: damaged chains, keys and bundles are refused with a reason, never thrown', async () => {
+    const ca = await createCa('A');
+    const good = svidMessage(ID, await workloadSvid(ca, ID), [ca]);
     fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 600 }), fc.nat(a.der.length), (junk, cut) => {
-        const damaged = Buffer.concat([a.der.subarray(0, cut), junk]);
-        const r = parseConcatenatedDer(damaged, 'bundle');
-        expect(typeof r.ok).toBe('boolean');
-        if (!r.ok) expect(r.reason).toMatch(/^bundle /);
-      }),
-      { numRuns: 300 },
+      fc.property(
+        fc.constantFrom('x509Svid', 'x509SvidKey', 'bundle') as fc.Arbitrary<'x509Svid' | 'x509SvidKey' | 'bundle'>,
+        fc.nat(),
+        fc.uint8Array({ maxLength: 300 }),
+        (field, cutAt, junk) => {
+          const original = good[field];
+          const damaged = Buffer.concat([original.subarray(0, cutAt % original.length), junk]);
+          const r = parseX509SvidResponse({ svids: [{ ...good, [field]: damaged }] });
+          if (!r.ok) expect(r.reason).toMatch(/^Workload API update, SVID 0: /);
+        },
+      ),
+      { numRuns: 100 },
     );
+  });
+
+  it('takes federated bundles keyed by trust domain name or by its SPIFFE ID (as SPIRE sends them)', async () => {
+    const ca = await createCa('A');
+    const partner = await createCa('P');
+    const r = parseX509SvidResponse({
+      svids: [svidMessage(ID, await workloadSvid(ca, ID), [ca])],
+      federatedBundles: { 'spiffe://partner.example': partner.der, 'other.example': partner.der },
+    });
+    expect(r.ok && [...r.value.bundles.keys()].sort()).toEqual(['cluster.local', 'other.example', 'partner.example']);
   });
 });
 
@@ -91,11 +95,11 @@ describe('X509Source against a Workload Endpoint', () => {
     try {
       expect(agent.refusedCalls).toBe(0);
       expect(source.svid.spiffeId).toBe(ID);
-      expect(source.svid.chain[0]!.checkIssued(source.bundleFor('cluster.local')![0]!)).toBe(true);
-      expect(source.bundleFor('partner.example')!.map((c) => c.raw)).toEqual([Buffer.from(partnerCa.der)]);
+      expect(source.svid.chain[0]!.checkIssued(source.bundleFor('cluster.local')!.authorities[0]!)).toBe(true);
+      expect(source.bundleFor('partner.example')!.authorities.map((c) => c.raw)).toEqual([Buffer.from(partnerCa.der)]);
       expect(source.bundleFor('unknown.example')).toBeUndefined();
       // the listeners trust only the own trust domain's CA for callers
-      expect(source.tls.current.ca!.toString()).toBe(source.bundleFor('cluster.local')![0]!.toString());
+      expect(source.tls.current.ca!.toString()).toBe(source.bundleFor('cluster.local')!.authorities[0]!.toString());
       expect(source.tls.current.cert.toString()).toContain('BEGIN CERTIFICATE');
     } finally {
       source.close();
@@ -134,8 +138,8 @@ describe('X509Source against a Workload Endpoint', () => {
         "Workload API update, SVID 0: the certificate's SPIFFE ID is not the one announced",
         expect.stringMatching(/^Workload API update, SVID 0: the certificate chain/),
         'Workload API update, SVID 0: the private key is not PKCS#8 DER',
-        'invalid trust domain name in a bundle',
-        expect.stringMatching(/^Workload API update: the bundle of partner.example/),
+        expect.stringMatching(/^Workload API update: trust domain "Bad Domain": /),
+        expect.stringMatching(/^Workload API update: the bundle of partner.example: /),
       ]);
       expect(seen).toHaveLength(1);
       expect(source.svid.certPem.replace(/\s/g, '')).toBe(rotated.certPem.replace(/\s/g, ''));
