@@ -13,7 +13,8 @@ import { loadPolicy, type LoadedPolicy } from './policy/policy.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
-import { CertificateFiles } from './transport/tls.js';
+import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
+import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
 import {
@@ -106,7 +107,7 @@ export function decisionJson(d: Decision): Record<string, unknown> {
 }
 
 async function serve(argv: string[]): Promise<number> {
-  const parsed = parseServeConfig(argv);
+  const parsed = parseServeConfig(argv, process.env);
   if (!parsed.ok) throw new UsageError(parsed.reason);
   const config = parsed.value;
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
@@ -212,7 +213,7 @@ async function serve(argv: string[]): Promise<number> {
     });
   } catch (err) {
     if (!(err instanceof StartError)) throw err;
-    logger.fatal({ err: err.message }, err.what);
+    logger.fatal({ ...err.fields, err: err.message }, err.what);
     flush();
     return 1;
   }
@@ -266,6 +267,8 @@ class StartError extends Error {
     /** what was not usable: the fatal log line's message */
     readonly what: string,
     message: string,
+    /** more fields for the fatal line */
+    readonly fields: Record<string, unknown> = {},
   ) {
     super(message);
   }
@@ -297,20 +300,56 @@ async function startListeners(
   }
   // Per process (one, or each worker), as the TLS files: the bundles verify chains on the Check path.
   let trust: TrustBundles | undefined;
+  let workload: X509Source | undefined;
   let chainVerifier: ChainVerifier | undefined;
+  const closeAll = () => {
+    trust?.stop();
+    workload?.close();
+    certificates?.close();
+  };
+  // One bundle set for every source: files and endpoints first (they keep the trust domains they name),
+  // then the Workload API's bundles under its own origin.
+  const bundles = new X509BundleSet();
   if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
-    const bundles = new X509BundleSet();
     try {
       trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
         log: logger,
         ...(config.pollMs !== undefined ? { filePollMs: config.pollMs } : {}),
       });
     } catch (err) {
-      certificates?.close();
+      closeAll();
       throw new StartError('trust bundle not usable; not serving', errorMessage(err));
     }
-    chainVerifier = new ChainVerifier(bundles);
   }
+  if (config.spiffe) {
+    // Without its SVID the service cannot authenticate itself or its callers: it does not start (and a
+    // supervisor restarts it) rather than serve something weaker. After the first SVID, an agent that
+    // goes away only delays rotation; the last SVID keeps serving while the client reconnects.
+    const { socket, waitMs } = config.spiffe;
+    let lastSvid = '';
+    const opened = await X509Source.open(socket, {
+      waitMs,
+      onUpdate: (ctx) => {
+        bundles.replace('workload-api', ctx.bundles.values());
+        const svid = ctx.svids[0]!;
+        const serial = svid.chain[0]!.serialNumber;
+        if (serial === lastSvid) return;
+        logger.info(
+          { spiffe_id: svid.spiffeId, serial, not_after: svid.notAfter.toISOString(), rotated: lastSvid !== '' },
+          'own X.509-SVID from the Workload API',
+        );
+        lastSvid = serial;
+      },
+      onError: (reason) => logger.warn({ spiffe_socket: socket, reason }, 'Workload API'),
+    });
+    if (!opened.ok) {
+      closeAll();
+      throw new StartError('no SVID from the Workload API; not serving', opened.reason, { spiffe_socket: socket });
+    }
+    workload = opened.value;
+  }
+  if (trust || workload) chainVerifier = new ChainVerifier(bundles);
+  const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
   const readyDetail = parts.readyDetail;
   const service = await startService({
     grpcAddr: config.grpcAddr,
@@ -322,22 +361,16 @@ async function startListeners(
     trustedIdentityHeader: config.trustedIdentityHeader,
     trustedProxies: config.trustedProxies,
     sidebandCacheTtlS: config.sidebandCacheTtlS,
-    tls: certificates && { files: certificates, allowedCallers },
+    tls: listenerTls && { files: listenerTls, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,
     ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
   trust?.start();
-  if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
+  if (allowedCallers.length === 0 && (tlsFlags?.clientCaFile !== undefined || workload !== undefined)) {
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
   }
-  return {
-    service,
-    close: () => {
-      trust?.stop();
-      certificates?.close();
-    },
-  };
+  return { service, close: closeAll };
 }
 
 async function evaluate(argv: string[]): Promise<number> {
