@@ -39,6 +39,8 @@ export interface ListeningPorts {
   grpcPort: number;
   httpPort: number;
   healthPort?: number;
+  /** the worker's startup log line's fields */
+  fields: Record<string, unknown>;
 }
 
 interface Member {
@@ -281,6 +283,7 @@ export class WorkerPool {
           grpcPort: message.grpcPort,
           httpPort: message.httpPort,
           ...(message.healthPort !== undefined ? { healthPort: message.healthPort } : {}),
+          fields: message.fields,
         };
         listening(member.ports);
         this.publish();
@@ -411,17 +414,8 @@ export async function runPrimary(opts: PrimaryOptions): Promise<number> {
     flush();
     return 1;
   }
-  log.info(
-    {
-      grpc_port: ports.grpcPort,
-      http_port: ports.httpPort,
-      ...(ports.healthPort !== undefined ? { health_port: ports.healthPort } : {}),
-      workers: opts.workers,
-      policy_revision: live.current?.revision ?? '',
-      policy_source: live.source.location,
-    },
-    'egress-authz serving',
-  );
+  // What one process would say (a worker said it: TLS mode, allowed callers, policy footprint), and how many.
+  log.info({ ...ports.fields, workers: opts.workers }, 'egress-authz serving');
   live.start();
   shadow?.start();
   process.on('SIGHUP', () => {

@@ -180,6 +180,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
     grpcPort: service.grpcPort,
     httpPort: service.httpPort,
     ...(service.healthPort !== undefined ? { healthPort: service.healthPort } : {}),
+    fields: service.servingFields,
   });
   // Exits from stop() or exit(); until then the listeners hold the event loop.
   return new Promise<number>(() => {});

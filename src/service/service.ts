@@ -78,6 +78,8 @@ export interface RunningService {
   httpServer: http.Server;
   /** the probe listener's port when `healthAddr` was given */
   healthPort?: number;
+  /** what the startup log line said (ports, policy, TLS mode, allowed callers) */
+  servingFields: Record<string, unknown>;
   /** re-reads readiness for grpc.health.v1 now (its Watch streams hear of a change at once) */
   refreshHealth(): void;
   /** stop accepting, let in-flight checks finish (bounded), close both listeners */
@@ -173,19 +175,17 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     unsubscribe?.();
     throw err;
   }
-  log.info(
-    {
-      grpc_port: grpcPort,
-      http_port: httpPort,
-      ...(healthPort !== undefined ? { health_port: healthPort } : {}),
-      policy_revision: policies.current?.revision ?? '',
-      policy_source: policies.current?.source ?? '',
-      ...(policies.current ? footprintFields(policies.current.inputFootprint) : {}),
-      tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
-      allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
-    },
-    opts.servingMessage ?? 'egress-authz serving',
-  );
+  const servingFields = {
+    grpc_port: grpcPort,
+    http_port: httpPort,
+    ...(healthPort !== undefined ? { health_port: healthPort } : {}),
+    policy_revision: policies.current?.revision ?? '',
+    policy_source: policies.current?.source ?? '',
+    ...(policies.current ? footprintFields(policies.current.inputFootprint) : {}),
+    tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
+    allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
+  };
+  log.info(servingFields, opts.servingMessage ?? 'egress-authz serving');
 
   return {
     grpcPort,
@@ -196,6 +196,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     grpcServer,
     httpServer,
     ...(healthPort !== undefined ? { healthPort } : {}),
+    servingFields,
     refreshHealth: () => health.refresh(),
     async close(graceMs = DEFAULT_GRACE_MS) {
       // Not ready first (health NOT_SERVING, /readyz 503, Watch streams ended), then stop accepting and

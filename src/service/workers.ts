@@ -115,7 +115,15 @@ export type ToWorker =
 
 export type ToPrimary =
   | { ea: 'hello' }
-  | { ea: 'listening'; pid: number; grpcPort: number; httpPort: number; healthPort?: number }
+  | {
+      ea: 'listening';
+      pid: number;
+      grpcPort: number;
+      httpPort: number;
+      healthPort?: number;
+      /** its startup log line's fields, for the primary's own */
+      fields: Record<string, unknown>;
+    }
   | { ea: 'loaded'; role: PolicyRole; seq: number; revision: string }
   | { ea: 'load-failed'; role: PolicyRole; seq: number; error: string }
   | { ea: 'metrics-json'; id: number; metrics: MetricObjectWithValues<MetricValue<string>>[] }
