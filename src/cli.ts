@@ -59,7 +59,7 @@ function args(
 ): { values: Values; positionals: string[] } {
   try {
     const parsed = parseArgs({ args: argv, options, allowPositionals, strict: true });
-    return { values: parsed.values as Values, positionals: parsed.positionals };
+    return { values: parsed.values, positionals: parsed.positionals };
   } catch (err) {
     throw new UsageError(errorMessage(err));
   }
@@ -226,7 +226,7 @@ async function evaluate(argv: string[]): Promise<number> {
     try {
       doc = JSON.parse(readFileSync(values.input as string, 'utf8'));
     } catch (err) {
-      throw new UsageError(`--input ${values.input}: ${errorMessage(err)}`);
+      throw new UsageError(`--input ${String(values.input)}: ${errorMessage(err)}`);
     }
     if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
       throw new UsageError('--input must hold a JSON object');
@@ -236,7 +236,7 @@ async function evaluate(argv: string[]): Promise<number> {
     try {
       pem = readFileSync(values.cert as string, 'utf8');
     } catch (err) {
-      throw new UsageError(`--cert ${values.cert}: ${errorMessage(err)}`);
+      throw new UsageError(`--cert ${String(values.cert)}: ${errorMessage(err)}`);
     }
     decision = authorizer.checkCli({ certificatePem: pem, destination: values.destination as string | undefined });
   } else {
@@ -257,8 +257,8 @@ async function test(argv: string[]): Promise<number> {
   });
   const dir = values.policy as string;
   const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) =>
-    caseDecision(decideCase(c, casePolicy)),
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, (c, casePolicy) =>
+    Promise.resolve(caseDecision(decideCase(c, casePolicy))),
   );
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
@@ -286,11 +286,11 @@ async function build(argv: string[]): Promise<number> {
     values.entrypoint as string,
     revision === undefined ? {} : { revision },
   );
-  process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
+  process.stderr.write(`egress-authz: built ${String(values.out)} from ${dir}\n`);
   return 0;
 }
 
-async function inspect(argv: string[]): Promise<number> {
+function inspect(argv: string[]): Promise<number> {
   const { values, positionals } = args(argv, { json: { type: 'boolean', default: false } }, true);
   if (positionals.length !== 1) throw new UsageError('inspect takes one certificate FILE');
   const file = positionals[0]!;
@@ -302,7 +302,7 @@ async function inspect(argv: string[]): Promise<number> {
   }
   const report = inspectCertificate(pem);
   process.stdout.write(`${values.json ? JSON.stringify(report, null, 2) : formatReport(file, report)}\n`);
-  return report.valid ? 0 : 1;
+  return Promise.resolve(report.valid ? 0 : 1);
 }
 
 const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build, inspect };

@@ -92,7 +92,7 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
   if (manifestBytes) {
     const parsed = parseJson(manifestBytes, '.manifest');
     if (!isObject(parsed)) throw new Error('bundle .manifest is not a JSON object');
-    manifest = parsed as BundleManifest;
+    manifest = parsed;
   }
 
   const data: Record<string, unknown> = {};

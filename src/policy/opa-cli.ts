@@ -238,6 +238,6 @@ export async function runOpaTest(dir: string): Promise<OpaTestReport> {
 }
 
 function describeOpaError(error: unknown): string {
-  if (error && typeof error === 'object' && 'message' in error) return String((error as { message: unknown }).message);
+  if (error && typeof error === 'object' && 'message' in error) return String(error.message);
   return JSON.stringify(error);
 }
