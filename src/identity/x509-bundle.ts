@@ -255,6 +255,8 @@ export interface BundleSetChange {
 export class X509BundleSet implements X509BundleSource {
   private view: ReadonlyMap<string, X509Bundle> = new Map();
   private readonly byOrigin = new Map<string, ReadonlyMap<string, X509Bundle>>();
+  /** origins in the order they were first named; earlier ones keep a contested trust domain */
+  private readonly order: string[] = [];
   private gen = 0;
   private readonly listeners = new Set<(change: BundleSetChange) => void>();
 
@@ -278,6 +280,14 @@ export class X509BundleSet implements X509BundleSource {
   /** How many bundles the set holds. 0 means no verification is configured yet. */
   get size(): number {
     return this.view.size;
+  }
+
+  /**
+   * Ranks `origin` now, before it has bundles: an operator's configured trust domains are reserved at
+   * start so that a Workload API update arriving first does not take them.
+   */
+  reserve(origin: string): void {
+    if (!this.order.includes(origin)) this.order.push(origin);
   }
 
   /** Replaces every bundle `origin` provided before with `bundles`, in one step. */
@@ -316,9 +326,8 @@ export class X509BundleSet implements X509BundleSource {
   private commit(byOrigin: Map<string, ReadonlyMap<string, X509Bundle>>): BundleSetChange {
     const view = new Map<string, X509Bundle>();
     const conflicts: string[] = [];
-    // Map iteration is insertion order: origins seen first keep their trust domains.
-    const order = [...this.byOrigin.keys(), ...[...byOrigin.keys()].filter((o) => !this.byOrigin.has(o))];
-    for (const origin of order) {
+    for (const origin of byOrigin.keys()) this.reserve(origin);
+    for (const origin of this.order) {
       for (const [td, bundle] of byOrigin.get(origin) ?? []) {
         if (view.has(td)) conflicts.push(td);
         else view.set(td, bundle);
@@ -328,16 +337,21 @@ export class X509BundleSet implements X509BundleSource {
       .filter((td) => !sameBundle(this.view.get(td), view.get(td)))
       .sort();
     this.byOrigin.clear();
-    for (const origin of order) {
-      const m = byOrigin.get(origin);
-      if (m) this.byOrigin.set(origin, m);
-    }
+    for (const [origin, m] of byOrigin) this.byOrigin.set(origin, m);
     if (changed.length > 0) {
       this.view = view;
       this.gen++;
     }
     const change = { generation: this.gen, changed, conflicts: [...new Set(conflicts)].sort() };
-    if (changed.length > 0) for (const l of this.listeners) l(change);
+    if (changed.length > 0) {
+      for (const l of this.listeners) {
+        try {
+          l(change);
+        } catch {
+          // a listener's failure is its own; the new bundles are in place either way
+        }
+      }
+    }
     return change;
   }
 }

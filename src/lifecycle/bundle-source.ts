@@ -9,6 +9,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
+import { getBundle, type BundleServerAuth } from './bundle-http.js';
 import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
@@ -38,6 +39,8 @@ export interface BundleSourceOptions {
   debounceMs?: number;
   /** HTTP timeout for one bundle download */
   fetchTimeoutMs?: number;
+  /** bundle server credentials, trust and redirect policy (bundle-http.ts) */
+  auth?: BundleServerAuth;
 }
 
 export const DEFAULT_URL_POLL_MS = 30_000;
@@ -98,47 +101,66 @@ abstract class LocalSource implements BundleSource {
   }
 
   watch(onChange: (trigger: string) => void): () => void {
-    const { dir, relevant } = this.watched();
-    const debounceMs = this.opts.debounceMs ?? DEFAULT_DEBOUNCE_MS;
-    let timer: NodeJS.Timeout | undefined;
-    let watcher: FSWatcher | undefined;
-    let stopped = false;
-    const changed = (trigger: string) => {
-      clearTimeout(timer);
-      timer = setTimeout(() => onChange(trigger), debounceMs);
-      timer.unref();
-    };
-    const startWatch = () => {
-      try {
-        watcher = watch(dir, { persistent: false }, (_event, name) => {
-          if (name === null || relevant(name.toString())) changed('watch');
-        });
-        watcher.on('error', () => {
-          watcher?.close();
-          watcher = undefined; // the stat poll re-creates it
-        });
-      } catch {
-        watcher = undefined;
-      }
-    };
-    startWatch();
-    let last: Promise<string> = this.signature().catch(() => '');
-    const poll = setInterval(() => {
-      if (!watcher) startWatch();
-      last = last.then(async (previous) => {
-        const now = await this.signature().catch(() => '');
-        if (!stopped && now !== previous) changed('poll');
-        return now;
-      });
-    }, this.opts.pollMs ?? DEFAULT_FILE_POLL_MS);
-    poll.unref();
-    return () => {
-      stopped = true;
-      clearInterval(poll);
-      clearTimeout(timer);
-      watcher?.close();
-    };
+    return watchLocalPath({ ...this.watched(), signature: () => this.signature(), ...this.opts }, onChange);
   }
+}
+
+export interface WatchedPath {
+  /** the folder to watch */
+  dir: string;
+  /** whether an event's file name is something of ours */
+  relevant: (name: string) => boolean;
+  /** cheap fingerprint (stat data) that changes when the content may have */
+  signature: () => Promise<string>;
+  pollMs?: number;
+  debounceMs?: number;
+}
+
+/**
+ * fs.watch on the folder plus a slow stat poll (watches can be lost; a poll re-creates a lost one);
+ * events closer than debounceMs are one change. Returns the function that stops watching.
+ */
+export function watchLocalPath(w: WatchedPath, onChange: (trigger: string) => void): () => void {
+  const { dir, relevant } = w;
+  const debounceMs = w.debounceMs ?? DEFAULT_DEBOUNCE_MS;
+  let timer: NodeJS.Timeout | undefined;
+  let watcher: FSWatcher | undefined;
+  let stopped = false;
+  const changed = (trigger: string) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => onChange(trigger), debounceMs);
+    timer.unref();
+  };
+  const startWatch = () => {
+    try {
+      watcher = watch(dir, { persistent: false }, (_event, name) => {
+        if (name === null || relevant(name.toString())) changed('watch');
+      });
+      watcher.on('error', () => {
+        watcher?.close();
+        watcher = undefined; // the stat poll re-creates it
+      });
+    } catch {
+      watcher = undefined;
+    }
+  };
+  startWatch();
+  let last: Promise<string> = w.signature().catch(() => '');
+  const poll = setInterval(() => {
+    if (!watcher) startWatch();
+    last = last.then(async (previous) => {
+      const now = await w.signature().catch(() => '');
+      if (!stopped && now !== previous) changed('poll');
+      return now;
+    });
+  }, w.pollMs ?? DEFAULT_FILE_POLL_MS);
+  poll.unref();
+  return () => {
+    stopped = true;
+    clearInterval(poll);
+    clearTimeout(timer);
+    watcher?.close();
+  };
 }
 
 /** A bundle file (`bundle.tar.gz`, as `egress-authz build` / `opa build -t wasm` write it). */
@@ -159,16 +181,34 @@ class FileSource extends LocalSource {
     return { version, load: (o) => loadPolicyBundle(bytes, { ...o, source: this.location }) };
   }
 
-  protected async signature(): Promise<string> {
-    const s = await stat(this.location); // follows symlinks: a ConfigMap swap changes the target
-    return `${s.ino}:${s.size}:${s.mtimeMs}`;
+  protected signature(): Promise<string> {
+    return fileSignature(this.location);
   }
 
   protected watched() {
-    const name = basename(this.location);
-    // "..data" and friends: the ConfigMap symlink swap happens next to the file
-    return { dir: dirname(resolve(this.location)), relevant: (n: string) => n === name || n.startsWith('..') };
+    return fileWatched(this.location);
   }
+}
+
+/** stat data that changes with the file's content; follows symlinks, so a ConfigMap swap changes it */
+async function fileSignature(location: string): Promise<string> {
+  const s = await stat(location);
+  return `${s.ino}:${s.size}:${s.mtimeMs}`;
+}
+
+function fileWatched(location: string): { dir: string; relevant: (name: string) => boolean } {
+  const name = basename(location);
+  // "..data" and friends: the ConfigMap symlink swap happens next to the file
+  return { dir: dirname(resolve(location)), relevant: (n: string) => n === name || n.startsWith('..') };
+}
+
+/** Watches one file (and a ConfigMap swap next to it) for changes; returns the function that stops. */
+export function watchLocalFile(
+  location: string,
+  opts: Pick<WatchedPath, 'pollMs' | 'debounceMs'>,
+  onChange: (trigger: string) => void,
+): () => void {
+  return watchLocalPath({ ...fileWatched(location), signature: () => fileSignature(location), ...opts }, onChange);
 }
 
 /** A folder of Rego and data.json, compiled with the opa CLI on each load. */
@@ -232,21 +272,17 @@ class UrlBundleSource implements BundleSource {
   async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
     const headers: Record<string, string> = { accept: 'application/gzip, application/octet-stream;q=0.9, */*;q=0.1' };
     if (this.etag !== undefined && !opts.force) headers['if-none-match'] = this.etag;
-    const res = await fetch(this.location, {
+    const res = await getBundle(this.location, {
       headers,
-      redirect: 'follow',
-      signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS),
+      timeoutMs: this.opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS,
+      maxBytes: MAX_BUNDLE_BYTES,
+      ...(this.opts.auth ? { auth: this.opts.auth } : {}),
     });
-    if (res.status === 304) {
-      await res.body?.cancel();
-      return undefined;
-    }
-    if (res.status !== 200) {
-      await res.body?.cancel();
+    if (res.status === 304) return undefined;
+    if (res.status !== 200 || !res.body)
       throw new Error(`bundle server answered HTTP ${res.status} for ${this.location}`);
-    }
-    const bytes = await readCapped(res, MAX_BUNDLE_BYTES, this.location);
-    const etag = res.headers.get('etag') ?? undefined;
+    const bytes = res.body;
+    const etag = res.etag;
     // Remembered even if the bundle is then refused: the server is not asked for it again until it changes.
     this.etag = etag;
     const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256(bytes)}`;
@@ -261,22 +297,4 @@ class UrlBundleSource implements BundleSource {
     timer.unref();
     return () => clearInterval(timer);
   }
-}
-
-async function readCapped(res: Response, max: number, where: string): Promise<Uint8Array> {
-  const declared = Number(res.headers.get('content-length') ?? NaN);
-  if (declared > max) {
-    await res.body?.cancel();
-    throw new Error(`bundle from ${where} is larger than ${max} bytes`);
-  }
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  if (res.body) {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      total += chunk.byteLength;
-      if (total > max) throw new Error(`bundle from ${where} is larger than ${max} bytes`);
-      chunks.push(chunk);
-    }
-  }
-  return Buffer.concat(chunks);
 }

@@ -4,7 +4,7 @@ import type http from 'node:http';
 import type { Server as TlsServer } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { Authorizer } from '../decision/authorizer.js';
+import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
 import type { Decision, PolicySource } from '../decision/decision.js';
 import type { DecisionLogEntry } from '../decision/decision-log.js';
 import { addGrpcHealth } from '../transport/grpc-health.js';
@@ -31,6 +31,10 @@ export interface ServiceOptions {
   policy?: LoadedPolicy;
   logger: Logger;
   trustedIdentityHeader?: string;
+  /** upper bound of the sideband's X-Egress-Cache-Ttl, seconds (default 10; 0: the iRule never caches) */
+  sidebandCacheTtlS?: number;
+  /** see AuthorizerOptions.trustedProxies */
+  trustedProxies?: readonly string[];
   /** extra HTTP routes, besides the BIG-IP sideband (`POST /v1/sideband`) that every service has */
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
@@ -40,6 +44,9 @@ export interface ServiceOptions {
   maxReceiveMessageBytes?: number;
   /** see AuthorizerOptions.checkDeadlineMs */
   checkDeadlineMs?: number;
+  /** see AuthorizerOptions.chainVerifier / verifyEnvoyChain: trust bundles for peer chains */
+  chainVerifier?: AuthorizerOptions['chainVerifier'];
+  verifyEnvoyChain?: boolean;
   /** where the live policy is read from (a PolicyStore that hot-reloads it); default: `policy`, fixed */
   policies?: MutablePolicySource;
   /** a candidate evaluated beside the live policy, never affecting the answer */
@@ -98,7 +105,11 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     {
       policies,
       trustedIdentityHeader: opts.trustedIdentityHeader,
+      trustedProxies: opts.trustedProxies,
       checkDeadlineMs: opts.checkDeadlineMs,
+      ...(opts.chainVerifier
+        ? { chainVerifier: opts.chainVerifier, verifyEnvoyChain: opts.verifyEnvoyChain === true }
+        : {}),
       sink: (entry, decision) => {
         if (entry.policy_error !== undefined) log.error(entry, 'decision');
         else log.info(entry, 'decision');
@@ -109,7 +120,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     },
     metrics,
   );
-  const routes = { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) };
+  const routes = { ...sidebandRoutes(authorizer, { cacheTtlS: opts.sidebandCacheTtlS }), ...opts.routes?.(authorizer) };
   const sideband = routes['POST /v1/sideband'];
   if (sideband) routes['POST /v1/sideband'] = timedRoute(sideband, (s) => metrics.observeSidebandSeconds(s));
   routes['GET /metrics'] ??= metricsRoute(metrics);
