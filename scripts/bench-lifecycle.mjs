@@ -43,7 +43,6 @@ function perCheck(authorizer) {
   return { sync };
 }
 
-
 const policies = new MutablePolicySource(policy);
 const plain = new Authorizer({ policies, sink: () => {} });
 const metrics = new ServiceMetrics();
