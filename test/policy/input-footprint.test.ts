@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 // The input a policy can see, read off its source at build time; and the guarantee that makes it safe
 // to use: projecting the input and remembering answers never changes a decision.
 import { execFileSync } from 'node:child_process';
@@ -129,10 +130,13 @@ describe('projected and remembered evaluation', () => {
   it('egress-authz build stamps the footprint into the manifest; OPA bundles without it get the whole input', async () => {
     const files = await readBundleFiles(readFileSync('dist/policy/bundle.tar.gz'));
     const manifest = JSON.parse(Buffer.from(files.get('.manifest')!).toString('utf8'));
+    // The stamp names the module it describes, so a stamp copied beside another module is ignored.
+    const wasm = files.get('policy.wasm')!;
     expect(manifest.metadata.egress_authz_input).toEqual({
       keys: ['destination', 'identity', 'identity_error'],
       deterministic: true,
       why: '',
+      module_sha256: createHash('sha256').update(wasm).digest('hex'),
     });
     expect(manifest.wasm[0].module).toBe('/policy.wasm');
     expect(policies.headerPlainBundle!.inputFootprint).toBeUndefined();
