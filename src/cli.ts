@@ -19,7 +19,7 @@ import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
-import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { parseTrustBundleFlag, TrustBundles } from './lifecycle/trust-bundles.js';
 import { ChainVerifier } from './identity/chain-verify.js';
 import { X509BundleSet } from './identity/x509-bundle.js';
 
@@ -33,6 +33,7 @@ commands:
           http(s) bundle URL. DUR: 500ms, 10s, 1m.
 ${optionsUsage(SERVE_OPTIONS)}
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
+          [--trust-bundle TD=FILE]...  (--cert: verify its chain against the bundle of its trust domain)
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
   build   [--out FILE] [--revision REV] [POLICY_DIR]
@@ -227,6 +228,19 @@ async function serve(argv: string[]): Promise<number> {
   return code;
 }
 
+/** `eval --trust-bundle`: the same bundle files and chain verification as `serve`, read once. */
+async function evalChainVerifier(flags: string[]): Promise<ChainVerifier | undefined> {
+  if (flags.length === 0) return undefined;
+  const files = flags.map((text) => {
+    const f = parseTrustBundleFlag(text);
+    if (!f.ok) throw new UsageError(f.reason);
+    return f.value;
+  });
+  const bundles = new X509BundleSet();
+  await TrustBundles.open(bundles, files, [], { log: pino({ level: 'silent' }) });
+  return new ChainVerifier(bundles, { cacheEntries: 0 });
+}
+
 async function evaluate(argv: string[]): Promise<number> {
   const { values } = args(argv, {
     'spiffe-id': { type: 'string' },
@@ -235,13 +249,19 @@ async function evaluate(argv: string[]): Promise<number> {
     destination: { type: 'string' },
     policy: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+    'trust-bundle': { type: 'string', multiple: true },
   });
   const given = ['spiffe-id', 'cert', 'input'].filter((k) => values[k] !== undefined);
   if (given.length !== 1) throw new UsageError('eval needs exactly one of --spiffe-id, --cert, --input');
   const policy = await loadPolicy((values.policy as string | undefined) ?? defaultPolicyLocation(), {
     entrypoint: values.entrypoint as string,
   });
-  const authorizer = new Authorizer({ policies: new MutablePolicySource(policy), sink: () => {} });
+  const chainVerifier = await evalChainVerifier((values['trust-bundle'] as string[] | undefined) ?? []);
+  const authorizer = new Authorizer({
+    policies: new MutablePolicySource(policy),
+    sink: () => {},
+    ...(chainVerifier ? { chainVerifier } : {}),
+  });
   let decision: Decision;
   if (values.input !== undefined) {
     let doc: unknown;
