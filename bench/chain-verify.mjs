@@ -13,6 +13,7 @@ import { ChainVerifier } from '../dist/identity/chain-verify.js';
 import { parseX509Bundle, X509BundleSet } from '../dist/identity/x509-bundle.js';
 import { loadPolicy } from '../dist/policy/policy.js';
 import { defaultPolicyLocation } from '../dist/cli.js';
+import { bestOfRounds } from './rounds.mjs';
 
 x509.cryptoProvider.set(webcrypto);
 const rounds = Number(process.argv[2] ?? 5);
@@ -80,25 +81,7 @@ function measure(label, chainVerifier) {
   if (!first.allow || first.snat_pool !== 'bookinfo_snat')
     throw new Error(`${label}: expected an allow: ${first.reason}`);
   for (let i = 0; i < 2000; i++) authorizer.checkSideband(request);
-  let best = Infinity;
-  let total = 0;
-  for (let round = 0; round < rounds; round++) {
-    let n = 0;
-    const started = performance.now();
-    const end = started + 1000;
-    while (performance.now() < end) {
-      for (let i = 0; i < 50; i++) authorizer.checkSideband(request);
-      n += 50;
-    }
-    total += n;
-    best = Math.min(best, ((performance.now() - started) * 1000) / n);
-  }
-  return {
-    label,
-    checks: total,
-    best_us_per_check: Math.round(best * 100) / 100,
-    checks_per_s: Math.round(1e6 / best),
-  };
+  return { label, ...bestOfRounds(rounds, () => authorizer.checkSideband(request), 50) };
 }
 
 const results = [
