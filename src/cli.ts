@@ -15,7 +15,22 @@ import { runPolicyCases } from './lifecycle/policy-cases.js';
 import { CertificateFiles } from './transport/tls.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
-import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.js';
+import {
+  ConfigError,
+  optionsUsage,
+  parseArgsOptions,
+  parseServeConfig,
+  SERVE_OPTIONS,
+  VERIFICATION_OPTIONS,
+  verificationFlags,
+  type VerificationFlags,
+} from './service/config.js';
+import {
+  DEFAULT_SIGNING_ALG,
+  keyProblem,
+  type BundleSigningKey,
+  type BundleVerification,
+} from './policy/bundle-signing.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
@@ -33,11 +48,14 @@ commands:
           http(s) bundle URL. DUR: 500ms, 10s, 1m.
 ${optionsUsage(SERVE_OPTIONS)}
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
-          [--trust-bundle TD=FILE]...  (--cert: verify its chain against the bundle of its trust domain)
-          print the decision as JSON
-  test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
-  build   [--out FILE] [--revision REV] [POLICY_DIR]
-          compile a policy folder into an OPA Wasm bundle (.manifest revision REV)
+          [VERIFY] [--trust-bundle TD=FILE]...   print the decision as JSON; with --cert and a
+          bundle, its chain is verified against the bundle of its trust domain first
+  test    [--policy PATH] [--cases PATH] [VERIFY]
+          run the policy's cases and its Rego unit tests (opa test)
+  build   [--out FILE] [--revision REV] [--signing-key FILE [--signing-alg ALG]] [POLICY_DIR]
+          compile a policy folder into an OPA Wasm bundle (.manifest revision REV), signed
+          (.signatures.json, as opa build --signing-key) with a PEM private key or HMAC secret file
+  VERIFY: [--verification-key FILE [--verification-key-id ID] [--signing-alg ALG] [--scope S]]
   inspect [--json] FILE                    a certificate's SPIFFE ID and whether it is a valid
                                            X.509-SVID (exit 1 with the reason when not)
 
@@ -111,13 +129,17 @@ async function serve(argv: string[]): Promise<number> {
   const { pollMs, graceMs, allowedCallers } = config;
   const tlsFlags = config.tls;
   const metrics = new ServiceMetrics({ defaultMetrics: true });
+  const verification = verificationOption(config.verification);
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
-    const source = await openBundleSource(where, { pollMs });
+    const source = await openBundleSource(where, {
+      ...(pollMs !== undefined ? { pollMs } : {}),
+      ...(config.bundleServer ? { auth: config.bundleServer } : {}),
+    });
     return PolicyStore.open(source, {
       role,
       log: logger,
       metrics,
-      load: { entrypoint: config.entrypoint, memoize: config.memoize },
+      load: { entrypoint: config.entrypoint, memoize: config.memoize, ...verification },
       casesPath,
       waitForFirst: source.kind === 'url',
     });
@@ -249,12 +271,14 @@ async function evaluate(argv: string[]): Promise<number> {
     destination: { type: 'string' },
     policy: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+    ...parseArgsOptions(VERIFICATION_OPTIONS),
     'trust-bundle': { type: 'string', multiple: true },
   });
   const given = ['spiffe-id', 'cert', 'input'].filter((k) => values[k] !== undefined);
   if (given.length !== 1) throw new UsageError('eval needs exactly one of --spiffe-id, --cert, --input');
   const policy = await loadPolicy((values.policy as string | undefined) ?? defaultPolicyLocation(), {
     entrypoint: values.entrypoint as string,
+    ...verificationOption(verificationValues(values)),
   });
   const chainVerifier = await evalChainVerifier((values['trust-bundle'] as string[] | undefined) ?? []);
   const authorizer = new Authorizer({
@@ -296,9 +320,13 @@ async function test(argv: string[]): Promise<number> {
     policy: { type: 'string', default: join(packageRoot, 'policies') },
     cases: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+    ...parseArgsOptions(VERIFICATION_OPTIONS),
   });
   const dir = values.policy as string;
-  const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
+  const policy = await loadPolicy(dir, {
+    entrypoint: values.entrypoint as string,
+    ...verificationOption(verificationValues(values)),
+  });
   const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) =>
     caseDecision(decideCase(c, casePolicy)),
   );
@@ -315,21 +343,58 @@ async function build(argv: string[]): Promise<number> {
       out: { type: 'string', default: 'bundle.tar.gz' },
       entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
       revision: { type: 'string' },
+      'signing-key': { type: 'string' },
+      'signing-alg': { type: 'string', default: DEFAULT_SIGNING_ALG },
     },
     true,
   );
   if (positionals.length > 1) throw new UsageError('build takes one POLICY_DIR');
   const dir = positionals[0] ?? join(packageRoot, 'policies');
-  mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
   const revision = values.revision as string | undefined;
-  await buildWasmBundle(
-    dir,
-    values.out as string,
-    values.entrypoint as string,
-    revision === undefined ? {} : { revision },
-  );
+  const keyFile = values['signing-key'] as string | undefined;
+  const signing =
+    keyFile === undefined ? undefined : readKey('--signing-key', keyFile, values['signing-alg'] as string, 'sign');
+  mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
+  await buildWasmBundle(dir, values.out as string, values.entrypoint as string, {
+    ...(revision === undefined ? {} : { revision }),
+    ...(signing ? { signing } : {}),
+  });
   process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
   return 0;
+}
+
+/** A key file given on the command line, read and checked now: a bad key is a usage error, not a refusal later. */
+function readKey(flag: string, file: string, alg: string, use: 'sign' | 'verify'): BundleSigningKey {
+  let key: Uint8Array;
+  try {
+    key = readFileSync(file);
+  } catch (err) {
+    throw new UsageError(`${flag} ${file}: ${errorMessage(err)}`);
+  }
+  const problem = keyProblem({ key, alg }, use);
+  if (problem) throw new UsageError(`${flag} ${file}: ${problem}`);
+  return { key, alg };
+}
+
+function verificationValues(values: Values): VerificationFlags | undefined {
+  try {
+    return verificationFlags(values);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+function verificationOption(flags: VerificationFlags | undefined): { verification?: BundleVerification } {
+  if (!flags) return {};
+  const key = readKey('--verification-key', flags.keyFile, flags.alg, 'verify');
+  return {
+    verification: {
+      ...key,
+      ...(flags.keyId !== undefined ? { keyId: flags.keyId } : {}),
+      ...(flags.scope !== undefined ? { scope: flags.scope } : {}),
+    },
+  };
 }
 
 async function inspect(argv: string[]): Promise<number> {

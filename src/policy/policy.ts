@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
+import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { fail, ok, type Result } from '../common/result.js';
@@ -62,6 +63,8 @@ export interface LoadPolicyOptions {
   evalBudgetMs?: number;
   /** false: always hand the policy the whole input and never remember answers (input-footprint.ts) */
   memoize?: boolean;
+  /** set: only a bundle signed by this key is loaded (bundle-signing.ts) */
+  verification?: BundleVerification;
 }
 
 /**
@@ -98,7 +101,7 @@ export async function loadPolicyBundle(
   const where = `policy ${opts.source}`;
   let bundle;
   try {
-    bundle = await readBundle(bytes, { entrypoint });
+    bundle = await readBundle(bytes, { entrypoint, ...(opts.verification ? { verification: opts.verification } : {}) });
   } catch (e) {
     throw new Error(`${where}: ${(e as Error).message}`);
   }

@@ -4,6 +4,9 @@
 // anything listens — and a test can check every flag without starting a service.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { errorMessage } from '../common/errors.js';
+import { isBundleUrl } from '../lifecycle/bundle-source.js';
+import { REDIRECT_POLICIES, type BundleServerAuth, type RedirectPolicy } from '../lifecycle/bundle-http.js';
+import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signing.js';
 import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
@@ -22,6 +25,83 @@ export interface OptionRow {
   help: string;
   default?: string;
   multiple?: boolean;
+}
+
+/** Signed bundles: serve, eval and test take these (bundle-signing.ts). */
+export const VERIFICATION_OPTIONS = {
+  'verification-key': {
+    arg: 'FILE',
+    help: 'load only bundles signed with this key (PEM public key, or the HMAC secret for HS*)',
+  },
+  'verification-key-id': { arg: 'ID', help: 'the name of the key, as in OPA (default: default)' },
+  'signing-alg': {
+    arg: 'ALG',
+    default: DEFAULT_SIGNING_ALG,
+    help: `the key's algorithm: ${SIGNING_ALGORITHMS.join(' ')}`,
+  },
+  scope: { arg: 'S', help: 'the scope a bundle signature must carry (default: none)' },
+} satisfies Record<string, OptionRow>;
+
+/** How to reach an http(s) bundle server (bundle-http.ts), as OPA's `services` credentials. */
+export const BUNDLE_SERVER_OPTIONS = {
+  'policy-bearer-token-file': { arg: 'FILE', help: 'bundle server bearer token (re-read on every request)' },
+  'policy-client-cert': { arg: 'FILE', help: 'client certificate for a bundle server requiring client TLS' },
+  'policy-client-key': { arg: 'FILE', help: 'its private key' },
+  'policy-ca': { arg: 'FILE', help: "CA(s) the bundle server's certificate must chain to (instead of the system's)" },
+  'policy-redirects': {
+    arg: 'MODE',
+    default: 'same-origin',
+    help: 'bundle server redirects to follow: same-origin, any-host (never https to http), insecure',
+  },
+} satisfies Record<string, OptionRow>;
+
+/** The verification flags as plain data (the key file is read when the command starts). */
+export interface VerificationFlags {
+  keyFile: string;
+  alg: string;
+  keyId?: string;
+  scope?: string;
+}
+
+type FlagValues = Record<string, string | string[] | undefined>;
+
+/** The verification flags, checked; undefined without --verification-key. Throws ConfigError. */
+export function verificationFlags(v: FlagValues): VerificationFlags | undefined {
+  const keyFile = v['verification-key'] as string | undefined;
+  const alg = (v['signing-alg'] as string | undefined) ?? DEFAULT_SIGNING_ALG;
+  const keyId = v['verification-key-id'] as string | undefined;
+  const scope = v.scope as string | undefined;
+  if (!SIGNING_ALGORITHMS.includes(alg))
+    throw new ConfigError(`--signing-alg ${JSON.stringify(alg)}: one of ${SIGNING_ALGORITHMS.join(', ')}`);
+  if (keyFile === undefined) {
+    if (keyId !== undefined || scope !== undefined)
+      throw new ConfigError('--verification-key-id and --scope need --verification-key');
+    return undefined;
+  }
+  return { keyFile, alg, ...defined('keyId', keyId), ...defined('scope', scope) };
+}
+
+function bundleServerAuth(v: Values, urls: (string | undefined)[]): BundleServerAuth | undefined {
+  const redirects = v['policy-redirects'] as RedirectPolicy;
+  if (!REDIRECT_POLICIES.includes(redirects))
+    throw new ConfigError(`--policy-redirects takes ${REDIRECT_POLICIES.join(', ')}`);
+  const cert = v['policy-client-cert'];
+  const key = v['policy-client-key'];
+  if ((cert === undefined) !== (key === undefined))
+    throw new ConfigError('--policy-client-cert and --policy-client-key go together');
+  const auth: BundleServerAuth = {
+    redirects,
+    ...defined('bearerTokenFile', v['policy-bearer-token-file']),
+    ...defined('clientCertFile', cert),
+    ...defined('clientKeyFile', key),
+    ...defined('caFile', v['policy-ca']),
+  };
+  const credentials = Object.keys(auth).filter((k) => k !== 'redirects');
+  if (credentials.length > 0 && !urls.some((u) => u !== undefined && isBundleUrl(u)))
+    throw new ConfigError(
+      'bundle server credentials (--policy-bearer-token-file, --policy-client-*, --policy-ca) need an http(s) --policy or --shadow-policy',
+    );
+  return auth;
 }
 
 /**
@@ -66,6 +146,8 @@ export const SERVE_OPTIONS = {
     default: 'off',
     help: "verify Envoy's peer certificate against the bundles too (the sideband always is)",
   },
+  ...VERIFICATION_OPTIONS,
+  ...BUNDLE_SERVER_OPTIONS,
   'shutdown-grace': { arg: 'DUR', default: '10s', help: 'how long SIGTERM waits for accepted checks' },
   'check-deadline': { arg: 'DUR', default: '200ms', help: 'a check slower than this is a deny' },
   'grpc-max-message-bytes': {
@@ -105,6 +187,10 @@ export interface ServeConfig {
   trustBundleFiles: TrustBundleFile[];
   trustBundleEndpoints: TrustBundleEndpoint[];
   verifyPeerChain: boolean;
+  /** only bundles signed with this key are loaded */
+  verification?: VerificationFlags;
+  /** bundle server credentials and redirect policy */
+  bundleServer?: BundleServerAuth;
   graceMs: number;
   checkDeadlineMs: number;
   maxReceiveMessageBytes: number;
@@ -150,7 +236,7 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
   }
 }
 
-class ConfigError extends Error {}
+export class ConfigError extends Error {}
 
 function normalise(v: Values): ServeConfig {
   const memo = v['policy-memo'];
@@ -168,6 +254,8 @@ function normalise(v: Values): ServeConfig {
   });
   const tls = tlsFiles(v, allowedCallers);
   const trust = trustBundles(v);
+  const verification = verificationFlags(v);
+  const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
   return {
     grpcAddr: v['grpc-addr']!,
     httpAddr: v['http-addr']!,
@@ -183,6 +271,8 @@ function normalise(v: Values): ServeConfig {
     ...defined('tls', tls),
     allowedCallers,
     ...trust,
+    ...defined('verification', verification),
+    ...defined('bundleServer', bundleServer),
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
