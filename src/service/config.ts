@@ -10,7 +10,10 @@ import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signin
 import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
+import { parseSpiffeId } from '../identity/spiffe-id.js';
+import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
+import { SPIFFE_ENDPOINT_SOCKET, workloadApiTarget } from '../spiffe/workload-api.js';
 import {
   parseTrustBundleFlag,
   parseTrustBundleUrlFlag,
@@ -122,6 +125,16 @@ export const SERVE_OPTIONS = {
   'policy-memo': { arg: 'on|off', default: 'on', help: "remember a deterministic policy's answers" },
   'shadow-policy': { arg: 'PATH|URL', help: 'a candidate evaluated beside the live policy, never answering' },
   'trusted-identity-header': { arg: 'NAME', help: 'a header a verifier in front of us sets (off by default)' },
+  'trusted-proxy-id': {
+    arg: 'ID',
+    multiple: true,
+    help: 'with x-forwarded-client-cert: its By= must be one of these proxy SPIFFE IDs (repeatable)',
+  },
+  'sideband-cache-ttl': {
+    arg: 'DUR',
+    default: '10s',
+    help: "longest the iRule may reuse an answer (X-Egress-Cache-Ttl; 0 when the policy isn't deterministic)",
+  },
   'log-level': { arg: 'LEVEL', default: 'info', help: 'pino level: trace, debug, info, warn, error, fatal' },
   'tls-cert': { arg: 'FILE', help: "the service's own certificate (both listeners; re-read on change)" },
   'tls-key': { arg: 'FILE', help: 'its private key' },
@@ -129,8 +142,13 @@ export const SERVE_OPTIONS = {
   'allowed-caller': {
     arg: 'ID',
     multiple: true,
-    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca',
+    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca or --spiffe-socket',
   },
+  'spiffe-socket': {
+    arg: 'PATH',
+    help: `own SVID and caller CA from the SPIFFE Workload API, rotated live (or $${SPIFFE_ENDPOINT_SOCKET})`,
+  },
+  'spiffe-wait': { arg: 'DUR', default: '30s', help: 'how long serve waits at start for the first SVID' },
   'trust-bundle': {
     arg: 'TD=FILE',
     multiple: true,
@@ -180,8 +198,13 @@ export interface ServeConfig {
   memoize: boolean;
   shadowPolicy?: string;
   trustedIdentityHeader?: string;
+  trustedProxies: string[];
+  /** whole seconds; 0 turns the iRule's cache off */
+  sidebandCacheTtlS: number;
   logLevel: string;
   tls?: TlsFiles;
+  /** own SVID from the Workload API (instead of `tls`): both listeners mTLS with the SVID's bundle */
+  spiffe?: { socket: string; waitMs: number };
   allowedCallers: CallerPattern[];
   /** trust bundles: with any, sideband chains are verified against the leaf's trust domain's bundle */
   trustBundleFiles: TrustBundleFile[];
@@ -221,7 +244,8 @@ export function parseArgsOptions(table: Record<string, OptionRow>): NonNullable<
   return out;
 }
 
-export function parseServeConfig(argv: string[]): Result<ServeConfig> {
+/** `env`: where SPIFFE_ENDPOINT_SOCKET is read from (the CLI passes process.env). */
+export function parseServeConfig(argv: string[], env: Record<string, string | undefined> = {}): Result<ServeConfig> {
   let values: Values;
   try {
     values = parseArgs({ args: argv, options: parseArgsOptions(SERVE_OPTIONS), strict: true }).values as Values;
@@ -229,7 +253,7 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
     return fail(errorMessage(err));
   }
   try {
-    return ok(normalise(values));
+    return ok(normalise(values, env));
   } catch (err) {
     if (err instanceof ConfigError) return fail(err.message);
     throw err;
@@ -238,7 +262,7 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
 
 export class ConfigError extends Error {}
 
-function normalise(v: Values): ServeConfig {
+function normalise(v: Values, env: Record<string, string | undefined>): ServeConfig {
   const memo = v['policy-memo'];
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
   const maxMessage = Number(v['grpc-max-message-bytes']);
@@ -252,8 +276,9 @@ function normalise(v: Values): ServeConfig {
     if (!p.ok) throw new ConfigError(`--allowed-caller: ${p.reason}`);
     return p.value;
   });
-  const tls = tlsFiles(v, allowedCallers);
-  const trust = trustBundles(v);
+  const spiffe = spiffeSource(v, env);
+  const tls = spiffe ? undefined : tlsFiles(v, allowedCallers);
+  const trust = trustBundles(v, spiffe !== undefined);
   const verification = verificationFlags(v);
   const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
   return {
@@ -267,8 +292,14 @@ function normalise(v: Values): ServeConfig {
     memoize: memo === 'on',
     ...defined('shadowPolicy', v['shadow-policy']),
     ...defined('trustedIdentityHeader', v['trusted-identity-header']),
+    trustedProxies: trustedProxies(v),
+    sidebandCacheTtlS:
+      v['sideband-cache-ttl'] === '0'
+        ? 0
+        : Math.floor(duration('--sideband-cache-ttl', v['sideband-cache-ttl']!) / 1000),
     logLevel: v['log-level']!,
     ...defined('tls', tls),
+    ...defined('spiffe', spiffe),
     allowedCallers,
     ...trust,
     ...defined('verification', verification),
@@ -277,6 +308,36 @@ function normalise(v: Values): ServeConfig {
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
   };
+}
+
+/**
+ * The Workload API replaces the certificate files: --spiffe-socket with any of them is refused. The
+ * standard variable applies only when no TLS file flag was given: explicit files win over the
+ * environment a SPIRE node may export to every process.
+ */
+function spiffeSource(v: Values, env: Record<string, string | undefined>): ServeConfig['spiffe'] {
+  const fileFlags = (['tls-cert', 'tls-key', 'tls-client-ca'] as const).filter((f) => v[f] !== undefined);
+  const flag = v['spiffe-socket'];
+  if (flag !== undefined && fileFlags.length > 0)
+    throw new ConfigError(`--spiffe-socket replaces --${fileFlags.join(', --')}: give one or the other`);
+  const fromEnv = fileFlags.length === 0 ? env[SPIFFE_ENDPOINT_SOCKET] : undefined;
+  const address = flag ?? (fromEnv === '' ? undefined : fromEnv);
+  if (address === undefined) return undefined;
+  const source = flag !== undefined ? '--spiffe-socket' : SPIFFE_ENDPOINT_SOCKET;
+  const target = workloadApiTarget(address);
+  if (!target.ok) throw new ConfigError(`${source}: ${target.reason}`);
+  return { socket: address, waitMs: duration('--spiffe-wait', v['spiffe-wait']!) };
+}
+
+function trustedProxies(v: Values): string[] {
+  const ids = v['trusted-proxy-id'] ?? [];
+  for (const id of ids) {
+    const parsed = parseSpiffeId(id);
+    if (!parsed.ok) throw new ConfigError(`--trusted-proxy-id: ${parsed.reason}`);
+  }
+  if (ids.length > 0 && v['trusted-identity-header']?.toLowerCase() !== XFCC_HEADER)
+    throw new ConfigError(`--trusted-proxy-id needs --trusted-identity-header ${XFCC_HEADER}`);
+  return ids;
 }
 
 function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefined {
@@ -297,7 +358,11 @@ function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefi
   return { certFile: cert, keyFile: key, ...defined('clientCaFile', ca) };
 }
 
-function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
+/** `workloadApi`: bundles also come from --spiffe-socket (its own and federated trust domains). */
+function trustBundles(
+  v: Values,
+  workloadApi: boolean,
+): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
   const files = (v['trust-bundle'] ?? []).map((text) => {
     const f = parseTrustBundleFlag(text);
     if (!f.ok) throw new ConfigError(f.reason);
@@ -321,16 +386,18 @@ function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustB
   const configured = new Set([...files, ...endpoints].map((b) => b.trustDomain));
   for (const e of endpoints) {
     const serverTd = e.endpointTrustDomain;
-    if (serverTd !== undefined && !configured.has(serverTd))
+    if (serverTd !== undefined && !configured.has(serverTd) && !workloadApi)
       throw new ConfigError(
         `--trust-bundle-url ${e.trustDomain}: https_spiffe needs a bundle for ${serverTd} to authenticate ` +
-          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE)`,
+          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE, or --spiffe-socket)`,
       );
   }
   const verify = v['verify-peer-chain'];
   if (verify !== 'on' && verify !== 'off') throw new ConfigError('--verify-peer-chain takes on or off');
-  if (verify === 'on' && configured.size === 0)
-    throw new ConfigError('--verify-peer-chain on needs trust bundles: --trust-bundle or --trust-bundle-url');
+  if (verify === 'on' && configured.size === 0 && !workloadApi)
+    throw new ConfigError(
+      '--verify-peer-chain on needs trust bundles: --trust-bundle, --trust-bundle-url or --spiffe-socket',
+    );
   return { trustBundleFiles: files, trustBundleEndpoints: endpoints, verifyPeerChain: verify === 'on' };
 }
 

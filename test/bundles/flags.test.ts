@@ -64,6 +64,14 @@ describe('serve trust bundle flags (parsing)', () => {
   ])('%j is refused: %s', (argv, why) => {
     expect(reason(...argv)).toContain(why);
   });
+
+  it('with --spiffe-socket the Workload API counts as a bundle source', () => {
+    const socket = ['--spiffe-socket', 'unix:///run/spire/agent.sock'];
+    expect(reason(...socket, '--verify-peer-chain', 'on')).toBe('accepted');
+    expect(
+      reason(...socket, '--trust-bundle-url', 'partner.example=https://b/x,spiffe=spiffe://hub.example/server'),
+    ).toBe('accepted');
+  });
 });
 
 describe('serve trust bundle flags (the process)', () => {
