@@ -11,9 +11,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/.tools/bin"
 mod="$root/.tools/spire-module"
 version_of() { "$bin/$1" --version 2>&1 | head -n1 | tr -d '[:space:]'; }
+# Built from the module proxy (no VCS stamp), SPIRE reports "1.13.3-dev-unk": the release, then a suffix.
+right_version() {
+  case "$(version_of "$1")" in "${SPIRE_VERSION#v}" | "${SPIRE_VERSION#v}"-*) return 0 ;; *) return 1 ;; esac
+}
 installed() {
-  [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ] &&
-    [ "$(version_of spire-server)" = "${SPIRE_VERSION#v}" ] && [ "$(version_of spire-agent)" = "${SPIRE_VERSION#v}" ]
+  [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ] && right_version spire-server && right_version spire-agent
 }
 installed && exit 0
 command -v go >/dev/null || { echo "install-spire: Go is required to build SPIRE $SPIRE_VERSION" >&2; exit 1; }
