@@ -196,6 +196,8 @@ async function serve(argv: string[]): Promise<number> {
     readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
+    trustedProxies: config.trustedProxies,
+    sidebandCacheTtlS: config.sidebandCacheTtlS,
     tls: certificates && { files: certificates, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,

@@ -10,6 +10,8 @@ import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signin
 import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
+import { parseSpiffeId } from '../identity/spiffe-id.js';
+import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
 import {
   parseTrustBundleFlag,
@@ -122,6 +124,16 @@ export const SERVE_OPTIONS = {
   'policy-memo': { arg: 'on|off', default: 'on', help: "remember a deterministic policy's answers" },
   'shadow-policy': { arg: 'PATH|URL', help: 'a candidate evaluated beside the live policy, never answering' },
   'trusted-identity-header': { arg: 'NAME', help: 'a header a verifier in front of us sets (off by default)' },
+  'trusted-proxy-id': {
+    arg: 'ID',
+    multiple: true,
+    help: 'with x-forwarded-client-cert: its By= must be one of these proxy SPIFFE IDs (repeatable)',
+  },
+  'sideband-cache-ttl': {
+    arg: 'DUR',
+    default: '10s',
+    help: "longest the iRule may reuse an answer (X-Egress-Cache-Ttl; 0 when the policy isn't deterministic)",
+  },
   'log-level': { arg: 'LEVEL', default: 'info', help: 'pino level: trace, debug, info, warn, error, fatal' },
   'tls-cert': { arg: 'FILE', help: "the service's own certificate (both listeners; re-read on change)" },
   'tls-key': { arg: 'FILE', help: 'its private key' },
@@ -180,6 +192,9 @@ export interface ServeConfig {
   memoize: boolean;
   shadowPolicy?: string;
   trustedIdentityHeader?: string;
+  trustedProxies: string[];
+  /** whole seconds; 0 turns the iRule's cache off */
+  sidebandCacheTtlS: number;
   logLevel: string;
   tls?: TlsFiles;
   allowedCallers: CallerPattern[];
@@ -267,6 +282,11 @@ function normalise(v: Values): ServeConfig {
     memoize: memo === 'on',
     ...defined('shadowPolicy', v['shadow-policy']),
     ...defined('trustedIdentityHeader', v['trusted-identity-header']),
+    trustedProxies: trustedProxies(v),
+    sidebandCacheTtlS:
+      v['sideband-cache-ttl'] === '0'
+        ? 0
+        : Math.floor(duration('--sideband-cache-ttl', v['sideband-cache-ttl']!) / 1000),
     logLevel: v['log-level']!,
     ...defined('tls', tls),
     allowedCallers,
@@ -277,6 +297,17 @@ function normalise(v: Values): ServeConfig {
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
   };
+}
+
+function trustedProxies(v: Values): string[] {
+  const ids = v['trusted-proxy-id'] ?? [];
+  for (const id of ids) {
+    const parsed = parseSpiffeId(id);
+    if (!parsed.ok) throw new ConfigError(`--trusted-proxy-id: ${parsed.reason}`);
+  }
+  if (ids.length > 0 && v['trusted-identity-header']?.toLowerCase() !== XFCC_HEADER)
+    throw new ConfigError(`--trusted-proxy-id needs --trusted-identity-header ${XFCC_HEADER}`);
+  return ids;
 }
 
 function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefined {

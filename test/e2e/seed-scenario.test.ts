@@ -13,7 +13,7 @@ import { createCa, issue, workloadSvid, writeCert } from '../support/pki.js';
 import { curl, viaEgressProxy, type ProxyClient } from './support/curl.js';
 import { envoyBinary, repoRoot } from './support/envoy.js';
 import { egressGatewayConfig, type AccessLogEntry } from './support/envoy-config.js';
-import { freePort, httpOk, start, waitUntil, type RunningProcess } from './support/processes.js';
+import { freePort, httpOk, start, startEgressAuthz, waitUntil, type RunningProcess } from './support/processes.js';
 import { writeTinyproxyConfig } from './support/tinyproxy.js';
 
 const CLI = join(repoRoot, 'dist/cli.js');
@@ -153,21 +153,7 @@ beforeAll(async () => {
   const tinyproxy = start('tinyproxy', 'tinyproxy', ['-d', '-c', join(dir, 'tinyproxy.conf')]);
   procs.push(tinyproxy);
 
-  authz = start(
-    'egress-authz',
-    process.execPath,
-    [
-      CLI,
-      'serve',
-      '--grpc-addr',
-      `127.0.0.1:${grpcPort}`,
-      '--http-addr',
-      `127.0.0.1:${httpPort}`,
-      '--policy',
-      join(repoRoot, 'policies'),
-    ],
-    { cwd: repoRoot },
-  );
+  authz = startEgressAuthz(repoRoot, grpcPort, httpPort);
   procs.push(authz);
 
   accessLog = join(dir, 'envoy-access.log');
