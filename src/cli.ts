@@ -12,7 +12,8 @@ import { loadPolicy } from './policy/policy.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
-import { CertificateFiles } from './transport/tls.js';
+import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
+import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
 import {
@@ -101,7 +102,7 @@ export function decisionJson(d: Decision): Record<string, unknown> {
 }
 
 async function serve(argv: string[]): Promise<number> {
-  const parsed = parseServeConfig(argv);
+  const parsed = parseServeConfig(argv, process.env);
   if (!parsed.ok) throw new UsageError(parsed.reason);
   const config = parsed.value;
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
@@ -156,6 +157,7 @@ async function serve(argv: string[]): Promise<number> {
     return 1;
   }
   let certificates: CertificateFiles | undefined;
+  let workload: X509Source | undefined;
   try {
     certificates =
       tlsFlags &&
@@ -171,8 +173,10 @@ async function serve(argv: string[]): Promise<number> {
   }
   let trust: TrustBundles | undefined;
   let chainVerifier: ChainVerifier | undefined;
+  // One bundle set for every source: files and endpoints first (they keep the trust domains they name),
+  // then the Workload API's bundles under its own origin.
+  const bundles = new X509BundleSet();
   if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
-    const bundles = new X509BundleSet();
     try {
       trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
         log: logger,
@@ -183,8 +187,37 @@ async function serve(argv: string[]): Promise<number> {
       flush();
       return 1;
     }
-    chainVerifier = new ChainVerifier(bundles);
   }
+  if (config.spiffe) {
+    // Without its SVID the service cannot authenticate itself or its callers: it does not start (and a
+    // supervisor restarts it) rather than serve something weaker. After the first SVID, an agent that
+    // goes away only delays rotation; the last SVID keeps serving while the client reconnects.
+    const { socket, waitMs } = config.spiffe;
+    let lastSvid = '';
+    const opened = await X509Source.open(socket, {
+      waitMs,
+      onUpdate: (ctx) => {
+        bundles.replace('workload-api', ctx.bundles.values());
+        const svid = ctx.svids[0]!;
+        const serial = svid.chain[0]!.serialNumber;
+        if (serial === lastSvid) return;
+        logger.info(
+          { spiffe_id: svid.spiffeId, serial, not_after: svid.notAfter.toISOString(), rotated: lastSvid !== '' },
+          'own X.509-SVID from the Workload API',
+        );
+        lastSvid = serial;
+      },
+      onError: (reason) => logger.warn({ spiffe_socket: socket, reason }, 'Workload API'),
+    });
+    if (!opened.ok) {
+      logger.fatal({ spiffe_socket: socket, err: opened.reason }, 'no SVID from the Workload API; not serving');
+      flush();
+      return 1;
+    }
+    workload = opened.value;
+  }
+  if (trust || workload) chainVerifier = new ChainVerifier(bundles);
+  const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
@@ -198,7 +231,7 @@ async function serve(argv: string[]): Promise<number> {
     trustedIdentityHeader: config.trustedIdentityHeader,
     trustedProxies: config.trustedProxies,
     sidebandCacheTtlS: config.sidebandCacheTtlS,
-    tls: certificates && { files: certificates, allowedCallers },
+    tls: listenerTls && { files: listenerTls, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,
     ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
@@ -210,7 +243,7 @@ async function serve(argv: string[]): Promise<number> {
     void live.reload('SIGHUP', { force: true });
     void shadow?.reload('SIGHUP', { force: true });
   });
-  if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
+  if (allowedCallers.length === 0 && (tlsFlags?.clientCaFile !== undefined || workload !== undefined)) {
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
   }
   const code = await new Promise<number>((resolveStop) => {
@@ -237,6 +270,7 @@ async function serve(argv: string[]): Promise<number> {
       trust?.stop();
       void service.close(graceMs).then(() => {
         certificates?.close();
+        workload?.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
         flush();
         resolveStop(0);

@@ -13,6 +13,7 @@ import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseSpiffeId } from '../identity/spiffe-id.js';
 import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
+import { SPIFFE_ENDPOINT_SOCKET, workloadApiTarget } from '../spiffe/workload-api.js';
 import {
   parseTrustBundleFlag,
   parseTrustBundleUrlFlag,
@@ -141,8 +142,13 @@ export const SERVE_OPTIONS = {
   'allowed-caller': {
     arg: 'ID',
     multiple: true,
-    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca',
+    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca or --spiffe-socket',
   },
+  'spiffe-socket': {
+    arg: 'PATH',
+    help: `own SVID and caller CA from the SPIFFE Workload API, rotated live (or $${SPIFFE_ENDPOINT_SOCKET})`,
+  },
+  'spiffe-wait': { arg: 'DUR', default: '30s', help: 'how long serve waits at start for the first SVID' },
   'trust-bundle': {
     arg: 'TD=FILE',
     multiple: true,
@@ -197,6 +203,8 @@ export interface ServeConfig {
   sidebandCacheTtlS: number;
   logLevel: string;
   tls?: TlsFiles;
+  /** own SVID from the Workload API (instead of `tls`): both listeners mTLS with the SVID's bundle */
+  spiffe?: { socket: string; waitMs: number };
   allowedCallers: CallerPattern[];
   /** trust bundles: with any, sideband chains are verified against the leaf's trust domain's bundle */
   trustBundleFiles: TrustBundleFile[];
@@ -236,7 +244,8 @@ export function parseArgsOptions(table: Record<string, OptionRow>): NonNullable<
   return out;
 }
 
-export function parseServeConfig(argv: string[]): Result<ServeConfig> {
+/** `env`: where SPIFFE_ENDPOINT_SOCKET is read from (the CLI passes process.env). */
+export function parseServeConfig(argv: string[], env: Record<string, string | undefined> = {}): Result<ServeConfig> {
   let values: Values;
   try {
     values = parseArgs({ args: argv, options: parseArgsOptions(SERVE_OPTIONS), strict: true }).values as Values;
@@ -244,7 +253,7 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
     return fail(errorMessage(err));
   }
   try {
-    return ok(normalise(values));
+    return ok(normalise(values, env));
   } catch (err) {
     if (err instanceof ConfigError) return fail(err.message);
     throw err;
@@ -253,7 +262,7 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
 
 export class ConfigError extends Error {}
 
-function normalise(v: Values): ServeConfig {
+function normalise(v: Values, env: Record<string, string | undefined>): ServeConfig {
   const memo = v['policy-memo'];
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
   const maxMessage = Number(v['grpc-max-message-bytes']);
@@ -267,7 +276,8 @@ function normalise(v: Values): ServeConfig {
     if (!p.ok) throw new ConfigError(`--allowed-caller: ${p.reason}`);
     return p.value;
   });
-  const tls = tlsFiles(v, allowedCallers);
+  const spiffe = spiffeSource(v, env);
+  const tls = spiffe ? undefined : tlsFiles(v, allowedCallers);
   const trust = trustBundles(v);
   const verification = verificationFlags(v);
   const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
@@ -289,6 +299,7 @@ function normalise(v: Values): ServeConfig {
         : Math.floor(duration('--sideband-cache-ttl', v['sideband-cache-ttl']!) / 1000),
     logLevel: v['log-level']!,
     ...defined('tls', tls),
+    ...defined('spiffe', spiffe),
     allowedCallers,
     ...trust,
     ...defined('verification', verification),
@@ -297,6 +308,25 @@ function normalise(v: Values): ServeConfig {
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
   };
+}
+
+/**
+ * The Workload API replaces the certificate files: --spiffe-socket with any of them is refused. The
+ * standard variable applies only when no TLS file flag was given: explicit files win over the
+ * environment a SPIRE node may export to every process.
+ */
+function spiffeSource(v: Values, env: Record<string, string | undefined>): ServeConfig['spiffe'] {
+  const fileFlags = (['tls-cert', 'tls-key', 'tls-client-ca'] as const).filter((f) => v[f] !== undefined);
+  const flag = v['spiffe-socket'];
+  if (flag !== undefined && fileFlags.length > 0)
+    throw new ConfigError(`--spiffe-socket replaces --${fileFlags.join(', --')}: give one or the other`);
+  const fromEnv = fileFlags.length === 0 ? env[SPIFFE_ENDPOINT_SOCKET] : undefined;
+  const address = flag ?? (fromEnv === '' ? undefined : fromEnv);
+  if (address === undefined) return undefined;
+  const source = flag !== undefined ? '--spiffe-socket' : SPIFFE_ENDPOINT_SOCKET;
+  const target = workloadApiTarget(address);
+  if (!target.ok) throw new ConfigError(`${source}: ${target.reason}`);
+  return { socket: address, waitMs: duration('--spiffe-wait', v['spiffe-wait']!) };
 }
 
 function trustedProxies(v: Values): string[] {

@@ -17,7 +17,7 @@ import {
   grpcServerCredentials,
   httpsServerOptions,
   type CallerPattern,
-  type CertificateFiles,
+  type TlsMaterialSource,
   type PeerPolicy,
 } from '../transport/tls.js';
 import { configureSidebandServer, sidebandRoutes } from '../transport/sideband.js';
@@ -40,7 +40,7 @@ export interface ServiceOptions {
   /** extra observer of every decision (metrics, tests) */
   onDecision?: (entry: DecisionLogEntry, decision: Decision) => void;
   /** TLS on both listeners (plain text without it); with a client CA, mTLS and the allowed callers */
-  tls?: { files: CertificateFiles; allowedCallers?: CallerPattern[] };
+  tls?: { files: TlsMaterialSource; allowedCallers?: CallerPattern[] };
   maxReceiveMessageBytes?: number;
   /** see AuthorizerOptions.checkDeadlineMs */
   checkDeadlineMs?: number;
