@@ -16,7 +16,7 @@ export interface LruStats {
 
 export interface ByteLruOptions<V> {
   maxBytes: number;
-  /** 0 or Infinity: no entry bound beyond the bytes */
+  /** at most this many entries (default: no bound but the bytes; 0 keeps nothing) */
   maxEntries?: number;
   /** the estimated heap bytes of one entry; called again on eviction, so it must be deterministic */
   sizeOf(key: string, value: V): number;
@@ -35,7 +35,7 @@ export class ByteLru<V> {
 
   constructor(opts: ByteLruOptions<V>) {
     this.maxBytes = Math.max(0, opts.maxBytes);
-    this.maxEntries = opts.maxEntries && opts.maxEntries > 0 ? opts.maxEntries : Infinity;
+    this.maxEntries = opts.maxEntries ?? Infinity;
     this.sizeOf = opts.sizeOf;
   }
 

@@ -8,6 +8,8 @@
 // with the key usage the standard demands, inside its validity period at decision time.
 //
 // Reasons are fixed ASCII strings; no certificate or key material is ever echoed into them.
+import { hash } from 'node:crypto';
+import { ByteLru, stringBytes, type LruStats } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
 import type { SpiffeId } from './spiffe-id.js';
 import { fastChainShape, UNSURE } from './svid-der.js';
@@ -99,13 +101,21 @@ export function parseX509SvidReference(chainDer: readonly Uint8Array[], now: Dat
   return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
 }
 
-/** parsePemBlocks + parseX509Svid, memoised on the exact PEM text (see the cache below). */
+/** parsePemBlocks + parseX509Svid, memoised on a hash of the exact PEM text (see the cache below). */
 export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
-  let shape = shapeCache.get(pem);
-  if (shape === undefined) {
+  if (typeof pem !== 'string' || pem.length > MAX_PEM_CHARS || shapeCache.maxEntries === 0) {
+    const blocks = parsePemBlocks(pem);
+    return blocks.ok ? parseX509Svid(blocks.value, now) : blocks;
+  }
+  const key = hash('sha256', pem, 'binary');
+  const cached = shapeCache.get(key);
+  let shape: Result<X509Svid>;
+  if (cached === undefined) {
     const blocks = parsePemBlocks(pem);
     shape = blocks.ok ? validateChainShape(blocks.value) : blocks;
-    shapeCache.set(pem, shape);
+    shapeCache.set(key, compact(shape));
+  } else {
+    shape = expand(cached);
   }
   // The validity period depends on `now`, so it is never cached.
   return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
@@ -153,46 +163,90 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
 
 // ---------------------------------------------------------------------------------------------- cache
 
-// The Check path sees the same few workload certificates thousands of times a second, and parsing one
-// costs far more than a Map lookup. So the time-independent outcome (the SVID or the structural reason
-// it was refused) is kept per exact PEM text in a small LRU. The validity period is re-checked against
-// `now` on every call, so an expired certificate is denied even when cached. Keys are capped in size
-// so the cache stays bounded in memory (CACHE_ENTRIES × CACHE_MAX_KEY_CHARS) whatever callers send.
-const CACHE_ENTRIES = 1024;
-const CACHE_MAX_KEY_CHARS = 16 * 1024;
+// A cluster's gateway sees every workload's certificate again and again until it rotates, so the
+// time-independent outcome (the SVID, or the structural reason it was refused) is kept in an LRU keyed
+// by the SHA-256 of the exact PEM text: a fixed 32-character key whatever the certificate's size. The
+// validity period is re-checked against `now` on every call, so an expired certificate is denied even
+// when cached. The LRU is bounded in bytes; the per-entry overhead below was measured on Node 20
+// (docs/performance.md: 100,000 workload SVIDs hold about 27 MB of heap, estimated at 30 MB).
 
-class ShapeCache {
-  private readonly entries = new Map<string, Result<X509Svid>>();
-
-  get(pem: string): Result<X509Svid> | undefined {
-    const hit = this.entries.get(pem);
-    if (hit !== undefined) {
-      // Map keeps insertion order: re-inserting marks the entry most recently used.
-      this.entries.delete(pem);
-      this.entries.set(pem, hit);
-    }
-    return hit;
-  }
-
-  set(pem: string, value: Result<X509Svid>): void {
-    if (pem.length > CACHE_MAX_KEY_CHARS) return;
-    if (this.entries.size >= CACHE_ENTRIES) {
-      const oldest = this.entries.keys().next();
-      if (!oldest.done) this.entries.delete(oldest.value);
-    }
-    this.entries.set(pem, value);
-  }
-
-  clear(): void {
-    this.entries.clear();
-  }
-
-  get size(): number {
-    return this.entries.size;
-  }
+/**
+ * What the cache keeps: a refusal's reason as is, an SVID as one compact record (trust domain and path
+ * are re-cut from the URI, serial and fingerprint kept as raw bytes in one Latin-1 string, the validity
+ * period as numbers). About half the heap of the Result<X509Svid> it stands for; rebuilt on each hit.
+ */
+interface CachedSvid {
+  readonly uri: string;
+  /** where the trust domain ends in uri (the path starts there) */
+  readonly pathStart: number;
+  readonly notBefore: number;
+  readonly notAfter: number;
+  /** serial bytes then the 32 SHA-256 bytes, one character per byte */
+  readonly facts: string;
 }
 
-const shapeCache = new ShapeCache();
+type CachedShape = CachedSvid | string;
+
+function compact(shape: Result<X509Svid>): CachedShape {
+  if (!shape.ok) return shape.reason;
+  const svid = shape.value;
+  return {
+    uri: svid.spiffeId.uri,
+    pathStart: svid.spiffeId.uri.length - svid.spiffeId.path.length,
+    notBefore: svid.notBefore.getTime(),
+    notAfter: svid.notAfter.getTime(),
+    facts: Buffer.from(svid.serialNumber + svid.sha256, 'hex').toString('latin1'),
+  };
+}
+
+function expand(cached: CachedShape): Result<X509Svid> {
+  if (typeof cached === 'string') return fail(cached);
+  const facts = Buffer.from(cached.facts, 'latin1');
+  const { uri, pathStart } = cached;
+  return ok({
+    spiffeId: Object.freeze({
+      uri,
+      trustDomain: uri.slice(SPIFFE_SCHEME_LENGTH, pathStart),
+      path: uri.slice(pathStart),
+    }),
+    notBefore: new Date(cached.notBefore),
+    notAfter: new Date(cached.notAfter),
+    serialNumber: facts.toString('hex', 0, facts.length - 32),
+    sha256: facts.toString('hex', facts.length - 32),
+  });
+}
+
+const SPIFFE_SCHEME_LENGTH = 'spiffe://'.length;
+
+// Map slot, the record and its two HeapNumbers (measured with bench/cache-bytes.mjs, docs/performance.md).
+const ENTRY_OVERHEAD_BYTES = 160;
+
+function shapeBytes(key: string, shape: CachedShape): number {
+  const bytes = ENTRY_OVERHEAD_BYTES + stringBytes(key);
+  return typeof shape === 'string'
+    ? bytes + stringBytes(shape)
+    : bytes + stringBytes(shape.uri) + stringBytes(shape.facts);
+}
+
+/** Default: room for 100,000 workloads (each a URI of up to ~100 characters). */
+export const DEFAULT_SVID_CACHE_ENTRIES = 100_000;
+export const DEFAULT_SVID_CACHE_BYTES = 40 * 1024 * 1024;
+
+let shapeCache = newShapeCache(DEFAULT_SVID_CACHE_ENTRIES, DEFAULT_SVID_CACHE_BYTES);
+
+function newShapeCache(entries: number, bytes: number): ByteLru<CachedShape> {
+  return new ByteLru<CachedShape>({ maxBytes: bytes, maxEntries: entries, sizeOf: shapeBytes });
+}
+
+/**
+ * Sizes the certificate cache (serve --svid-cache-entries N; 0 turns it off). The byte bound scales
+ * with the entry count at the default's ratio. Empties the cache.
+ */
+export function configureX509SvidCache(opts: { entries: number; bytes?: number }): void {
+  const entries = Math.max(0, Math.floor(opts.entries));
+  const bytes = opts.bytes ?? Math.ceil((DEFAULT_SVID_CACHE_BYTES * Math.max(entries, 1)) / DEFAULT_SVID_CACHE_ENTRIES);
+  shapeCache = newShapeCache(entries, bytes);
+}
 
 /** Empties the parsed-certificate cache (for tests). */
 export function clearX509SvidCache(): void {
@@ -202,4 +256,9 @@ export function clearX509SvidCache(): void {
 /** Number of cached certificate outcomes (for tests and metrics). */
 export function x509SvidCacheSize(): number {
   return shapeCache.size;
+}
+
+/** Hits, misses, evictions, entries and estimated bytes of the certificate cache (for /metrics). */
+export function x509SvidCacheStats(): LruStats {
+  return shapeCache.stats();
 }
