@@ -12,30 +12,26 @@ import { loadPolicy } from './policy/policy.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
-import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from './transport/grpc-server.js';
-import { CertificateFiles, parseAllowedCaller, type CallerPattern } from './transport/tls.js';
+import { CertificateFiles } from './transport/tls.js';
+import { errorMessage } from './common/errors.js';
+import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
+import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
+import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { ChainVerifier } from './identity/chain-verify.js';
+import { X509BundleSet } from './identity/x509-bundle.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 
 const USAGE = `usage: egress-authz <command> [options]
 
 commands:
-  serve   [--grpc-addr H:P] [--http-addr H:P] [--health-addr H:P] [--policy PATH|URL] [--entrypoint E]
-          [--policy-poll-interval DURATION] [--policy-cases PATH] [--shadow-policy PATH|URL]
-          [--trusted-identity-header NAME] [--log-level LEVEL] [--policy-memo on|off]
-          [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE [--allowed-caller ID]...]]
-          [--shutdown-grace DUR] [--check-deadline DUR] [--grpc-max-message-bytes N]
-          gRPC ext_authz v3 on --grpc-addr (default 0.0.0.0:9191); health, /metrics and the
-          BIG-IP sideband on --http-addr (default 0.0.0.0:8181). The policy is reloaded when
-          its file or folder changes, on SIGHUP, and by polling an http(s) bundle URL.
-          TLS on both listeners with --tls-cert/--tls-key (re-read when the files change);
-          --tls-client-ca requires client certificates from that CA; --allowed-caller (repeatable)
-          limits callers to a SPIFFE ID, or an ID and everything below it when written ID/*
-          DUR: 500ms, 10s, 1m. Defaults: grace 10s, deadline 200ms, message 1048576 bytes
+  serve   [options]   answer Checks: gRPC ext_authz v3, the BIG-IP sideband, health, /metrics.
+          The policy is reloaded when its file or folder changes, on SIGHUP, and by polling an
+          http(s) bundle URL. DUR: 500ms, 10s, 1m.
+${optionsUsage(SERVE_OPTIONS)}
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
           print the decision as JSON
   test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
@@ -68,7 +64,7 @@ function args(
     const parsed = parseArgs({ args: argv, options, allowPositionals, strict: true });
     return { values: parsed.values as Values, positionals: parsed.positionals };
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw new UsageError(errorMessage(err));
   }
 }
 
@@ -87,35 +83,9 @@ export function decisionJson(d: Decision): Record<string, unknown> {
 }
 
 async function serve(argv: string[]): Promise<number> {
-  const { values } = args(argv, {
-    'grpc-addr': { type: 'string', default: '0.0.0.0:9191' },
-    'http-addr': { type: 'string', default: '0.0.0.0:8181' },
-    'health-addr': { type: 'string' },
-    policy: { type: 'string' },
-    entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
-    'trusted-identity-header': { type: 'string' },
-    'log-level': { type: 'string', default: 'info' },
-    'policy-poll-interval': { type: 'string' },
-    'policy-cases': { type: 'string' },
-    'shadow-policy': { type: 'string' },
-    'tls-cert': { type: 'string' },
-    'tls-key': { type: 'string' },
-    'tls-client-ca': { type: 'string' },
-    'allowed-caller': { type: 'string', multiple: true },
-    'shutdown-grace': { type: 'string', default: '10s' },
-    'check-deadline': { type: 'string', default: '200ms' },
-    'grpc-max-message-bytes': { type: 'string', default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES) },
-    'policy-memo': { type: 'string', default: 'on' },
-  });
-  const memo = values['policy-memo'];
-  if (memo !== 'on' && memo !== 'off') throw new UsageError('--policy-memo takes on or off');
-  const graceMs = duration('--shutdown-grace', values['shutdown-grace'] as string);
-  const checkDeadlineMs = duration('--check-deadline', values['check-deadline'] as string);
-  const maxMessage = Number(values['grpc-max-message-bytes']);
-  if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024)
-    throw new UsageError('--grpc-max-message-bytes must be an integer of at least 1024');
-  const allowedCallers = callerPatterns((values['allowed-caller'] as string[] | undefined) ?? []);
-  const tlsFlags = tlsOptions(values, allowedCallers);
+  const parsed = parseServeConfig(argv);
+  if (!parsed.ok) throw new UsageError(parsed.reason);
+  const config = parsed.value;
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
   // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
   const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
@@ -123,7 +93,7 @@ async function serve(argv: string[]): Promise<number> {
   destination.on('drop', () => void dropped++);
   const logger = pino(
     {
-      level: values['log-level'] as string,
+      level: config.logLevel,
       base: { service: 'egress-authz' },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
@@ -136,10 +106,9 @@ async function serve(argv: string[]): Promise<number> {
       // stdout gone (EPIPE, closed): nothing left to flush to
     }
   };
-  const location = (values.policy as string | undefined) ?? defaultPolicyLocation();
-  const interval = values['policy-poll-interval'] as string | undefined;
-  const pollMs = interval === undefined ? undefined : duration('--policy-poll-interval', interval);
-  if (pollMs !== undefined && pollMs < 100) throw new UsageError('--policy-poll-interval must be at least 100ms');
+  const location = config.policy ?? defaultPolicyLocation();
+  const { pollMs, graceMs, allowedCallers } = config;
+  const tlsFlags = config.tls;
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
     const source = await openBundleSource(where, { pollMs });
@@ -147,7 +116,7 @@ async function serve(argv: string[]): Promise<number> {
       role,
       log: logger,
       metrics,
-      load: { entrypoint: values.entrypoint as string, memoize: memo === 'on' },
+      load: { entrypoint: config.entrypoint, memoize: config.memoize },
       casesPath,
       waitForFirst: source.kind === 'url',
     });
@@ -156,11 +125,11 @@ async function serve(argv: string[]): Promise<number> {
   let shadow: PolicyStore | undefined;
   let loading = location;
   try {
-    live = await openStore(location, 'live', values['policy-cases'] as string | undefined);
-    loading = (values['shadow-policy'] as string | undefined) ?? '';
+    live = await openStore(location, 'live', config.policyCases);
+    loading = config.shadowPolicy ?? '';
     if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
-    logger.fatal({ policy_source: loading, err: (err as Error).message }, 'policy failed to load; not serving');
+    logger.fatal({ policy_source: loading, err: errorMessage(err) }, 'policy failed to load; not serving');
     flush();
     return 1;
   }
@@ -174,25 +143,43 @@ async function serve(argv: string[]): Promise<number> {
           logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
       });
   } catch (err) {
-    logger.fatal({ err: (err as Error).message }, 'TLS files not usable; not serving');
+    logger.fatal({ err: errorMessage(err) }, 'TLS files not usable; not serving');
     flush();
     return 1;
   }
+  let trust: TrustBundles | undefined;
+  let chainVerifier: ChainVerifier | undefined;
+  if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
+    const bundles = new X509BundleSet();
+    try {
+      trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
+        log: logger,
+        ...(pollMs !== undefined ? { filePollMs: pollMs } : {}),
+      });
+    } catch (err) {
+      logger.fatal({ err: errorMessage(err) }, 'trust bundle not usable; not serving');
+      flush();
+      return 1;
+    }
+    chainVerifier = new ChainVerifier(bundles);
+  }
   const service = await startService({
-    grpcAddr: values['grpc-addr'] as string,
-    httpAddr: values['http-addr'] as string,
-    ...(values['health-addr'] !== undefined ? { healthAddr: values['health-addr'] as string } : {}),
+    grpcAddr: config.grpcAddr,
+    httpAddr: config.httpAddr,
+    ...(config.healthAddr !== undefined ? { healthAddr: config.healthAddr } : {}),
     ...(live.current ? { policy: live.current } : {}),
     policies: live,
     shadowPolicies: shadow,
     metrics,
-    readyDetail: () => reloadStatus(live, shadow),
+    readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
-    trustedIdentityHeader: values['trusted-identity-header'] as string | undefined,
+    trustedIdentityHeader: config.trustedIdentityHeader,
     tls: certificates && { files: certificates, allowedCallers },
-    maxReceiveMessageBytes: maxMessage,
-    checkDeadlineMs,
+    maxReceiveMessageBytes: config.maxReceiveMessageBytes,
+    checkDeadlineMs: config.checkDeadlineMs,
+    ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
+  trust?.start();
   live.start();
   shadow?.start();
   process.on('SIGHUP', () => {
@@ -223,6 +210,7 @@ async function serve(argv: string[]): Promise<number> {
       }, graceMs + 2000).unref();
       live.stop();
       shadow?.stop();
+      trust?.stop();
       void service.close(graceMs).then(() => {
         certificates?.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
@@ -237,50 +225,6 @@ async function serve(argv: string[]): Promise<number> {
   // keep a stopped service alive.
   setTimeout(() => process.exit(code), 200).unref();
   return code;
-}
-
-/** "250ms", "10s", "1m", or a bare number of milliseconds. */
-export function parseDuration(text: string): number | undefined {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
-  if (!m) return undefined;
-  const n = Number(m[1]) * (m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1);
-  return Number.isFinite(n) ? Math.round(n) : undefined;
-}
-
-function duration(flag: string, text: string): number {
-  const ms = parseDuration(text);
-  if (ms === undefined || ms <= 0)
-    throw new UsageError(`${flag} "${text}": expected a duration such as 500ms, 10s or 1m`);
-  return ms;
-}
-
-function callerPatterns(entries: string[]): CallerPattern[] {
-  return entries.map((entry) => {
-    const p = parseAllowedCaller(entry);
-    if (!p.ok) throw new UsageError(`--allowed-caller: ${p.reason}`);
-    return p.value;
-  });
-}
-
-function tlsOptions(
-  values: Values,
-  allowedCallers: CallerPattern[],
-): { certFile: string; keyFile: string; clientCaFile?: string } | undefined {
-  const cert = values['tls-cert'] as string | undefined;
-  const key = values['tls-key'] as string | undefined;
-  const ca = values['tls-client-ca'] as string | undefined;
-  if ((cert === undefined) !== (key === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
-  if (cert === undefined || key === undefined) {
-    if (ca !== undefined) throw new UsageError('--tls-client-ca needs --tls-cert and --tls-key');
-    if (allowedCallers.length > 0)
-      throw new UsageError('--allowed-caller needs mTLS: --tls-cert, --tls-key and --tls-client-ca');
-    return undefined;
-  }
-  if (ca === undefined && allowedCallers.length > 0)
-    throw new UsageError(
-      '--allowed-caller needs --tls-client-ca: without client certificates no caller has an identity',
-    );
-  return { certFile: cert, keyFile: key, ...(ca !== undefined ? { clientCaFile: ca } : {}) };
 }
 
 async function evaluate(argv: string[]): Promise<number> {
@@ -304,7 +248,7 @@ async function evaluate(argv: string[]): Promise<number> {
     try {
       doc = JSON.parse(readFileSync(values.input as string, 'utf8'));
     } catch (err) {
-      throw new UsageError(`--input ${values.input}: ${(err as Error).message}`);
+      throw new UsageError(`--input ${values.input}: ${errorMessage(err)}`);
     }
     if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
       throw new UsageError('--input must hold a JSON object');
@@ -314,7 +258,7 @@ async function evaluate(argv: string[]): Promise<number> {
     try {
       pem = readFileSync(values.cert as string, 'utf8');
     } catch (err) {
-      throw new UsageError(`--cert ${values.cert}: ${(err as Error).message}`);
+      throw new UsageError(`--cert ${values.cert}: ${errorMessage(err)}`);
     }
     decision = authorizer.checkCli({ certificatePem: pem, destination: values.destination as string | undefined });
   } else {
@@ -376,7 +320,7 @@ async function inspect(argv: string[]): Promise<number> {
   try {
     pem = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`${file}: ${(err as Error).message}`);
+    throw new UsageError(`${file}: ${errorMessage(err)}`);
   }
   const report = inspectCertificate(pem);
   process.stdout.write(`${values.json ? JSON.stringify(report, null, 2) : formatReport(file, report)}\n`);
@@ -403,7 +347,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`egress-authz ${name}: ${err.message}\n`);
       return 2;
     }
-    process.stderr.write(`egress-authz ${name}: ${(err as Error).message}\n`);
+    process.stderr.write(`egress-authz ${name}: ${errorMessage(err)}\n`);
     return 1;
   }
 }

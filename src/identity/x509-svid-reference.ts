@@ -145,6 +145,57 @@ function validateSigningCertificate({ extensions }: DecodedCertificate): Result<
   return ok(true);
 }
 
+export interface SigningCertificateFacts {
+  /** basicConstraints pathLenConstraint, when set */
+  pathLen?: number;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+/** Extensions a verifier understands; any other one marked critical makes the certificate unusable (RFC 5280 §4.2). */
+const UNDERSTOOD_EXTENSIONS = new Set<string>([
+  OID.keyUsage,
+  OID.subjectAltName,
+  OID.basicConstraints,
+  OID.extKeyUsage,
+  '2.5.29.14', // subjectKeyIdentifier
+  '2.5.29.35', // authorityKeyIdentifier
+  '2.5.29.32', // certificatePolicies
+]);
+const NAME_CONSTRAINTS = '2.5.29.30';
+
+/**
+ * What a chain verifier must know about an intermediate or root besides its signature: it is a CA with
+ * keyCertSign (as for every signing certificate of an SVID chain), its path length limit, its validity
+ * period, and that it has no critical extension we would ignore. Name constraints are refused rather than
+ * ignored: a verifier that skips them would accept what the CA was forbidden to issue.
+ */
+export function signingCertificateFacts(der: Uint8Array): Result<SigningCertificateFacts> {
+  try {
+    const decoded = decodeCertificate(der);
+    if (!decoded.ok) return decoded;
+    const checked = validateSigningCertificate(decoded.value);
+    if (!checked.ok) return checked;
+    for (const [oid, ext] of decoded.value.extensions) {
+      if (oid === NAME_CONSTRAINTS) return fail('signing certificate has name constraints, which are not supported');
+      if (ext.critical && !UNDERSTOOD_EXTENSIONS.has(oid))
+        return fail('signing certificate has an unsupported critical extension');
+    }
+    const basic = parsedExtension(decoded.value.extensions.get(OID.basicConstraints)!, BasicConstraints);
+    const pathLen = basic?.pathLenConstraint;
+    const { cert } = decoded.value;
+    const facts: SigningCertificateFacts = { notBefore: cert.notBefore.value, notAfter: cert.notAfter.value };
+    if (pathLen !== undefined) {
+      const n = typeof pathLen === 'number' ? pathLen : pathLen.valueBlock.valueDec;
+      if (!Number.isSafeInteger(n) || n < 0) return fail('signing certificate has a malformed path length constraint');
+      facts.pathLen = n;
+    }
+    return ok(facts);
+  } catch {
+    return fail('signing certificate could not be parsed');
+  }
+}
+
 /** The basicConstraints cA flag; an absent extension means "not a CA". */
 function basicConstraints(extensions: Map<string, Extension>): Result<boolean> {
   const ext = extensions.get(OID.basicConstraints);

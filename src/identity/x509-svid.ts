@@ -10,10 +10,12 @@
 // Reasons are fixed ASCII strings; no certificate or key material is ever echoed into them.
 import { hash } from 'node:crypto';
 import { ByteLru, stringBytes, type LruStats } from '../common/lru.js';
-import { fail, ok, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
 import type { SpiffeId } from './spiffe-id.js';
 import { fastChainShape, UNSURE } from './svid-der.js';
 import { referenceChainShape } from './x509-svid-reference.js';
+
+export { signingCertificateFacts, type SigningCertificateFacts } from './x509-svid-reference.js';
 
 export interface X509Svid {
   spiffeId: SpiffeId;
@@ -41,6 +43,11 @@ const BASE64_BODY = /^[A-Za-z0-9+/]+={0,2}$/;
  * text, PEM headers, bad base64) is refused: the input is a peer's certificate chain and nothing more.
  */
 export function parsePemBlocks(input: string): Result<Uint8Array[]> {
+  const blocks = pemBlocks(input);
+  return blocks.ok ? blocks : withCode(blocks, 'pem');
+}
+
+function pemBlocks(input: string): Result<Uint8Array[]> {
   if (typeof input !== 'string' || input.trim() === '') return fail('certificate PEM is empty');
   if (input.length > MAX_PEM_CHARS) return fail(`certificate PEM is longer than ${MAX_PEM_CHARS} characters`);
   let text = input;
@@ -98,7 +105,7 @@ export function parseX509Svid(chainDer: readonly Uint8Array[], now: Date): Resul
  */
 export function parseX509SvidReference(chainDer: readonly Uint8Array[], now: Date): Result<X509Svid> {
   const shape = chainCountProblem(chainDer) ?? referenceChainShape(chainDer);
-  return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
+  return shape.ok ? checkValidityPeriod(shape.value, now) : withCode(shape, 'svid');
 }
 
 /** parsePemBlocks + parseX509Svid, memoised on a hash of the exact PEM text (see the cache below). */
@@ -129,15 +136,18 @@ function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
   if (problem) return problem;
   // The fast reader decides every chain it can read exactly as the reference would; the rest (damaged
   // or unusual encodings, which a TLS terminator rarely lets through) take the careful path.
-  const fast = fastChainShape(chainDer);
-  if (fast !== UNSURE) return fast;
-  referenceFallbacks++;
-  return referenceChainShape(chainDer);
+  let shape = fastChainShape(chainDer);
+  if (shape === UNSURE) {
+    referenceFallbacks++;
+    shape = referenceChainShape(chainDer);
+  }
+  return shape.ok ? shape : withCode(shape, 'svid');
 }
 
 function chainCountProblem(chainDer: readonly Uint8Array[]): Result<never> | undefined {
-  if (chainDer.length === 0) return fail('no certificates found');
-  if (chainDer.length > MAX_CHAIN_CERTS) return fail(`certificate chain has more than ${MAX_CHAIN_CERTS} certificates`);
+  if (chainDer.length === 0) return fail('no certificates found', 'svid');
+  if (chainDer.length > MAX_CHAIN_CERTS)
+    return fail(`certificate chain has more than ${MAX_CHAIN_CERTS} certificates`, 'svid');
   return undefined;
 }
 
@@ -148,9 +158,9 @@ export function x509SvidReferenceFallbacks(): number {
 
 function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
   const t = now.getTime();
-  if (Number.isNaN(t)) return fail('decision time is invalid');
-  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid');
-  if (t > svid.notAfter.getTime()) return fail('certificate has expired');
+  if (Number.isNaN(t)) return fail('decision time is invalid', 'validity');
+  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid', 'validity');
+  if (t > svid.notAfter.getTime()) return fail('certificate has expired', 'validity');
   // The cached value is shared by every caller; Dates are mutable even when frozen, so hand out copies.
   return ok({
     spiffeId: svid.spiffeId,
@@ -171,7 +181,7 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
 // (docs/performance.md: 100,000 workload SVIDs hold about 27 MB of heap, estimated at 30 MB).
 
 /**
- * What the cache keeps: a refusal's reason as is, an SVID as one compact record (trust domain and path
+ * What the cache keeps: a refusal as is, an SVID as one compact record (trust domain and path
  * are re-cut from the URI, serial and fingerprint kept as raw bytes in one Latin-1 string, the validity
  * period as numbers). About half the heap of the Result<X509Svid> it stands for; rebuilt on each hit.
  */
@@ -185,10 +195,10 @@ interface CachedSvid {
   readonly facts: string;
 }
 
-type CachedShape = CachedSvid | string;
+type CachedShape = CachedSvid | Failure;
 
 function compact(shape: Result<X509Svid>): CachedShape {
-  if (!shape.ok) return shape.reason;
+  if (!shape.ok) return shape;
   const svid = shape.value;
   return {
     uri: svid.spiffeId.uri,
@@ -200,7 +210,7 @@ function compact(shape: Result<X509Svid>): CachedShape {
 }
 
 function expand(cached: CachedShape): Result<X509Svid> {
-  if (typeof cached === 'string') return fail(cached);
+  if ('reason' in cached) return cached;
   const facts = Buffer.from(cached.facts, 'latin1');
   const { uri, pathStart } = cached;
   return ok({
@@ -223,8 +233,8 @@ const ENTRY_OVERHEAD_BYTES = 160;
 
 function shapeBytes(key: string, shape: CachedShape): number {
   const bytes = ENTRY_OVERHEAD_BYTES + stringBytes(key);
-  return typeof shape === 'string'
-    ? bytes + stringBytes(shape)
+  return 'reason' in shape
+    ? bytes + stringBytes(shape.reason)
     : bytes + stringBytes(shape.uri) + stringBytes(shape.facts);
 }
 

@@ -4,7 +4,7 @@ import type http from 'node:http';
 import type { Server as TlsServer } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { Authorizer } from '../decision/authorizer.js';
+import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
 import type { Decision, PolicySource } from '../decision/decision.js';
 import type { DecisionLogEntry } from '../decision/decision-log.js';
 import { addGrpcHealth } from '../transport/grpc-health.js';
@@ -22,6 +22,7 @@ import {
 } from '../transport/tls.js';
 import { configureSidebandServer, sidebandRoutes } from '../transport/sideband.js';
 import { ShadowEvaluator, type ShadowEvaluatorOptions } from '../lifecycle/shadow-policy.js';
+import { DEFAULT_GRACE_MS } from './config.js';
 
 export interface ServiceOptions {
   grpcAddr: string;
@@ -39,6 +40,9 @@ export interface ServiceOptions {
   maxReceiveMessageBytes?: number;
   /** see AuthorizerOptions.checkDeadlineMs */
   checkDeadlineMs?: number;
+  /** see AuthorizerOptions.chainVerifier / verifyEnvoyChain: trust bundles for peer chains */
+  chainVerifier?: AuthorizerOptions['chainVerifier'];
+  verifyEnvoyChain?: boolean;
   /** where the live policy is read from (a PolicyStore that hot-reloads it); default: `policy`, fixed */
   policies?: MutablePolicySource;
   /** a candidate evaluated beside the live policy, never affecting the answer */
@@ -98,6 +102,9 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       policies,
       trustedIdentityHeader: opts.trustedIdentityHeader,
       checkDeadlineMs: opts.checkDeadlineMs,
+      ...(opts.chainVerifier
+        ? { chainVerifier: opts.chainVerifier, verifyEnvoyChain: opts.verifyEnvoyChain === true }
+        : {}),
       sink: (entry, decision) => {
         if (entry.policy_error !== undefined) log.error(entry, 'decision');
         else log.info(entry, 'decision');
@@ -178,47 +185,42 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     grpcServer,
     httpServer,
     ...(healthPort !== undefined ? { healthPort } : {}),
-    async close(graceMs = 5000) {
+    async close(graceMs = DEFAULT_GRACE_MS) {
       // Not ready first (health NOT_SERVING, /readyz 503, Watch streams ended), then stop accepting and
       // let what was accepted finish; whatever is still open when the grace period ends is cut.
       stopping = true;
       health.shutdown();
       unsubscribe?.();
-      const grpcDone = new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          grpcServer.forceShutdown();
-          resolve();
-        }, graceMs);
-        grpcServer.tryShutdown(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-      const httpDone = new Promise<void>((resolve) => {
-        // Keep-alive clients (the BIG-IP keeps its sideband connection) are told to reconnect elsewhere.
-        httpServer.prependListener('request', (_req, res) => res.setHeader('connection', 'close'));
-        const timer = setTimeout(() => {
-          httpServer.closeAllConnections();
-          resolve();
-        }, graceMs);
-        timer.unref();
-        httpServer.close(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-        httpServer.closeIdleConnections();
-      });
-      // The probe listener goes last-but-together: it keeps saying "not ready" while the others drain.
-      const healthDone = new Promise<void>((resolve) => {
-        if (!healthServer) return resolve();
-        healthServer.close(() => resolve());
-        healthServer.closeIdleConnections();
-        setTimeout(() => {
-          healthServer.closeAllConnections();
-          resolve();
-        }, graceMs).unref();
-      });
-      await Promise.all([grpcDone, httpDone, healthDone]);
+      // Keep-alive clients (the BIG-IP keeps its sideband connection) are told to reconnect elsewhere.
+      httpServer.prependListener('request', (_req, res) => res.setHeader('connection', 'close'));
+      // The probe listener drains together with the others: it keeps saying "not ready" meanwhile.
+      await Promise.all([
+        drain(grpcServer, graceMs),
+        drain(httpServer, graceMs),
+        healthServer && drain(healthServer, graceMs),
+      ]);
     },
   };
+}
+
+/** Stop accepting, let what was accepted finish, and cut whatever is still open after `graceMs`. */
+function drain(server: grpc.Server | http.Server, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const cut = setTimeout(() => {
+      if (server instanceof grpc.Server) server.forceShutdown();
+      else server.closeAllConnections();
+      resolve();
+    }, graceMs);
+    cut.unref();
+    const finished = () => {
+      clearTimeout(cut);
+      resolve();
+    };
+    if (server instanceof grpc.Server) {
+      server.tryShutdown(finished);
+    } else {
+      server.close(finished);
+      server.closeIdleConnections();
+    }
+  });
 }

@@ -2,7 +2,7 @@
 // anywhere below turns into a PERMISSION_DENIED answer, never a gRPC error Envoy would have to interpret.
 import * as grpc from '@grpc/grpc-js';
 import type { Authorizer } from '../decision/authorizer.js';
-import type { Decision } from '../decision/decision.js';
+import { internalErrorDecision, type Decision } from '../decision/decision.js';
 import { loadAuthorizationService } from './envoy-protos.js';
 import { toCheckResponse } from './envoy-response.js';
 import type { CheckRequest } from '../decision/input.js';
@@ -24,23 +24,6 @@ export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
 /** Streams one client connection may have open at once; more are refused (REFUSED_STREAM), not queued. */
 export const MAX_CONCURRENT_STREAMS = 1024;
 
-export function internalErrorDecision(): Decision {
-  return {
-    decision_id: '',
-    caller: 'envoy',
-    allow: false,
-    snat_pool: '',
-    reason: 'internal error',
-    http_status: 403,
-    headers: {},
-    body: 'internal error',
-    identity: null,
-    destination: '',
-    policy_revision: '',
-    eval_ms: 0,
-  };
-}
-
 export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
   return (call, callback) => {
     if (opts.peerPolicy) {
@@ -58,7 +41,7 @@ export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<Chec
       decision = opts.authorizer.checkEnvoy(call.request);
     } catch (err) {
       opts.onInternalError?.(err);
-      decision = internalErrorDecision();
+      decision = internalErrorDecision('envoy');
     }
     callback(null, toCheckResponse(decision));
   };

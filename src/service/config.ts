@@ -1,0 +1,268 @@
+// `serve`'s configuration: one table of options (flag, default, help) from which both the parser and
+// the usage text are made, and one normaliser that turns the parsed strings into a checked ServeConfig.
+// Parsing is pure (no files opened, nothing started), so every wrong value is a usage error before
+// anything listens — and a test can check every flag without starting a service.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { errorMessage } from '../common/errors.js';
+import { fail, ok, type Result } from '../common/result.js';
+import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
+import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
+import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
+import {
+  parseTrustBundleFlag,
+  parseTrustBundleUrlFlag,
+  type TrustBundleEndpoint,
+  type TrustBundleFile,
+} from '../lifecycle/trust-bundles.js';
+
+/** One command-line option. Every option takes a string value; `multiple` ones may repeat. */
+export interface OptionRow {
+  /** the value's placeholder in the usage text */
+  arg: string;
+  help: string;
+  default?: string;
+  multiple?: boolean;
+}
+
+/**
+ * Every `serve` option. To add one: a row here, a field in ServeConfig, one line in normalise().
+ * The usage text lists them in this order.
+ */
+export const SERVE_OPTIONS = {
+  'grpc-addr': { arg: 'H:P', default: '0.0.0.0:9191', help: 'gRPC ext_authz v3 listener' },
+  'http-addr': { arg: 'H:P', default: '0.0.0.0:8181', help: 'HTTP listener: BIG-IP sideband, health, /metrics' },
+  'health-addr': { arg: 'H:P', help: 'plain-HTTP probe listener (/healthz, /readyz, /metrics; no decisions)' },
+  policy: {
+    arg: 'PATH|URL',
+    help: 'bundle (.tar.gz), policy folder, or http(s) bundle server URL (default: the embedded policy)',
+  },
+  entrypoint: { arg: 'E', default: DEFAULT_ENTRYPOINT, help: 'the policy rule that decides' },
+  'policy-poll-interval': { arg: 'DUR', help: 'how often to poll the bundle URL (or stat the file) for a change' },
+  'policy-cases': { arg: 'PATH', help: 'case file or folder every new policy version must pass' },
+  'policy-memo': { arg: 'on|off', default: 'on', help: "remember a deterministic policy's answers" },
+  'shadow-policy': { arg: 'PATH|URL', help: 'a candidate evaluated beside the live policy, never answering' },
+  'trusted-identity-header': { arg: 'NAME', help: 'a header a verifier in front of us sets (off by default)' },
+  'log-level': { arg: 'LEVEL', default: 'info', help: 'pino level: trace, debug, info, warn, error, fatal' },
+  'tls-cert': { arg: 'FILE', help: "the service's own certificate (both listeners; re-read on change)" },
+  'tls-key': { arg: 'FILE', help: 'its private key' },
+  'tls-client-ca': { arg: 'FILE', help: 'require client certificates from this CA (mTLS)' },
+  'allowed-caller': {
+    arg: 'ID',
+    multiple: true,
+    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca',
+  },
+  'trust-bundle': {
+    arg: 'TD=FILE',
+    multiple: true,
+    help: "a trust domain's X.509 bundle, PEM or SPIFFE bundle JSON (repeatable; re-read on change)",
+  },
+  'trust-bundle-url': {
+    arg: 'TD=URL[,spiffe=ID]',
+    multiple: true,
+    help: 'its SPIFFE bundle endpoint: https_web, or https_spiffe with the server ID (repeatable)',
+  },
+  'verify-peer-chain': {
+    arg: 'on|off',
+    default: 'off',
+    help: "verify Envoy's peer certificate against the bundles too (the sideband always is)",
+  },
+  'shutdown-grace': { arg: 'DUR', default: '10s', help: 'how long SIGTERM waits for accepted checks' },
+  'check-deadline': { arg: 'DUR', default: '200ms', help: 'a check slower than this is a deny' },
+  'grpc-max-message-bytes': {
+    arg: 'N',
+    default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES),
+    help: 'largest CheckRequest accepted',
+  },
+} satisfies Record<string, OptionRow>;
+
+type OptionName = keyof typeof SERVE_OPTIONS;
+type Values = {
+  [K in OptionName]: (typeof SERVE_OPTIONS)[K] extends { multiple: true } ? string[] : string | undefined;
+};
+
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+  clientCaFile?: string;
+}
+
+export interface ServeConfig {
+  grpcAddr: string;
+  httpAddr: string;
+  healthAddr?: string;
+  /** undefined: the embedded default policy */
+  policy?: string;
+  entrypoint: string;
+  pollMs?: number;
+  policyCases?: string;
+  memoize: boolean;
+  shadowPolicy?: string;
+  trustedIdentityHeader?: string;
+  logLevel: string;
+  tls?: TlsFiles;
+  allowedCallers: CallerPattern[];
+  /** trust bundles: with any, sideband chains are verified against the leaf's trust domain's bundle */
+  trustBundleFiles: TrustBundleFile[];
+  trustBundleEndpoints: TrustBundleEndpoint[];
+  verifyPeerChain: boolean;
+  graceMs: number;
+  checkDeadlineMs: number;
+  maxReceiveMessageBytes: number;
+}
+
+/** The usage lines of a table's options: `--flag ARG  help (default: D)`, aligned. */
+export function optionsUsage(table: Record<string, OptionRow>, indent = '          '): string {
+  const heads = Object.entries(table).map(([name, row]) => `--${name} ${row.arg}${row.multiple ? '...' : ''}`);
+  const width = Math.max(...heads.map((h) => h.length)) + 2;
+  return Object.values(table)
+    .map((row, i) => {
+      const help = row.default === undefined ? row.help : `${row.help} (default: ${row.default})`;
+      return `${indent}${heads[i]!.padEnd(width)}${help}`;
+    })
+    .join('\n');
+}
+
+/** parseArgs' option table from ours. */
+export function parseArgsOptions(table: Record<string, OptionRow>): NonNullable<ParseArgsConfig['options']> {
+  const out: NonNullable<ParseArgsConfig['options']> = {};
+  for (const [name, row] of Object.entries(table)) {
+    out[name] = {
+      type: 'string',
+      ...(row.multiple ? { multiple: true } : {}),
+      ...(row.default !== undefined ? { default: row.default } : {}),
+    };
+  }
+  return out;
+}
+
+export function parseServeConfig(argv: string[]): Result<ServeConfig> {
+  let values: Values;
+  try {
+    values = parseArgs({ args: argv, options: parseArgsOptions(SERVE_OPTIONS), strict: true }).values as Values;
+  } catch (err) {
+    return fail(errorMessage(err));
+  }
+  try {
+    return ok(normalise(values));
+  } catch (err) {
+    if (err instanceof ConfigError) return fail(err.message);
+    throw err;
+  }
+}
+
+class ConfigError extends Error {}
+
+function normalise(v: Values): ServeConfig {
+  const memo = v['policy-memo'];
+  if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
+  const maxMessage = Number(v['grpc-max-message-bytes']);
+  if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024)
+    throw new ConfigError('--grpc-max-message-bytes must be an integer of at least 1024');
+  const interval = v['policy-poll-interval'];
+  const pollMs = interval === undefined ? undefined : duration('--policy-poll-interval', interval);
+  if (pollMs !== undefined && pollMs < 100) throw new ConfigError('--policy-poll-interval must be at least 100ms');
+  const allowedCallers = (v['allowed-caller'] ?? []).map((entry) => {
+    const p = parseAllowedCaller(entry);
+    if (!p.ok) throw new ConfigError(`--allowed-caller: ${p.reason}`);
+    return p.value;
+  });
+  const tls = tlsFiles(v, allowedCallers);
+  const trust = trustBundles(v);
+  return {
+    grpcAddr: v['grpc-addr']!,
+    httpAddr: v['http-addr']!,
+    ...defined('healthAddr', v['health-addr']),
+    ...defined('policy', v.policy),
+    entrypoint: v.entrypoint!,
+    ...defined('pollMs', pollMs),
+    ...defined('policyCases', v['policy-cases']),
+    memoize: memo === 'on',
+    ...defined('shadowPolicy', v['shadow-policy']),
+    ...defined('trustedIdentityHeader', v['trusted-identity-header']),
+    logLevel: v['log-level']!,
+    ...defined('tls', tls),
+    allowedCallers,
+    ...trust,
+    graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
+    checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
+    maxReceiveMessageBytes: maxMessage,
+  };
+}
+
+function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefined {
+  const cert = v['tls-cert'];
+  const key = v['tls-key'];
+  const ca = v['tls-client-ca'];
+  if ((cert === undefined) !== (key === undefined)) throw new ConfigError('--tls-cert and --tls-key go together');
+  if (cert === undefined || key === undefined) {
+    if (ca !== undefined) throw new ConfigError('--tls-client-ca needs --tls-cert and --tls-key');
+    if (allowedCallers.length > 0)
+      throw new ConfigError('--allowed-caller needs mTLS: --tls-cert, --tls-key and --tls-client-ca');
+    return undefined;
+  }
+  if (ca === undefined && allowedCallers.length > 0)
+    throw new ConfigError(
+      '--allowed-caller needs --tls-client-ca: without client certificates no caller has an identity',
+    );
+  return { certFile: cert, keyFile: key, ...defined('clientCaFile', ca) };
+}
+
+function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
+  const files = (v['trust-bundle'] ?? []).map((text) => {
+    const f = parseTrustBundleFlag(text);
+    if (!f.ok) throw new ConfigError(f.reason);
+    return f.value;
+  });
+  const endpoints = (v['trust-bundle-url'] ?? []).map((text) => {
+    const e = parseTrustBundleUrlFlag(text);
+    if (!e.ok) throw new ConfigError(e.reason);
+    return e.value;
+  });
+  for (const [flag, list] of [
+    ['--trust-bundle', files],
+    ['--trust-bundle-url', endpoints],
+  ] as const) {
+    const seen = new Set<string>();
+    for (const { trustDomain } of list) {
+      if (seen.has(trustDomain)) throw new ConfigError(`${flag}: trust domain ${trustDomain} given twice`);
+      seen.add(trustDomain);
+    }
+  }
+  const configured = new Set([...files, ...endpoints].map((b) => b.trustDomain));
+  for (const e of endpoints) {
+    const serverTd = e.endpointTrustDomain;
+    if (serverTd !== undefined && !configured.has(serverTd))
+      throw new ConfigError(
+        `--trust-bundle-url ${e.trustDomain}: https_spiffe needs a bundle for ${serverTd} to authenticate ` +
+          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE)`,
+      );
+  }
+  const verify = v['verify-peer-chain'];
+  if (verify !== 'on' && verify !== 'off') throw new ConfigError('--verify-peer-chain takes on or off');
+  if (verify === 'on' && configured.size === 0)
+    throw new ConfigError('--verify-peer-chain on needs trust bundles: --trust-bundle or --trust-bundle-url');
+  return { trustBundleFiles: files, trustBundleEndpoints: endpoints, verifyPeerChain: verify === 'on' };
+}
+
+/** `{ [key]: value }` when the value is there, `{}` otherwise (exactOptionalPropertyTypes-friendly). */
+function defined<K extends string, T>(key: K, value: T | undefined): { [P in K]?: T } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: T };
+}
+
+/** "250ms", "10s", "1m", or a bare number of milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]) * (m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1);
+  return Number.isFinite(n) ? Math.round(n) : undefined;
+}
+
+function duration(flag: string, text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0)
+    throw new ConfigError(`${flag} "${text}": expected a duration such as 500ms, 10s or 1m`);
+  return ms;
+}
+
+/** SIGTERM's default grace period, for callers of the service that do not pass one. */
+export const DEFAULT_GRACE_MS = parseDuration(SERVE_OPTIONS['shutdown-grace'].default)!;
