@@ -15,6 +15,7 @@ import { runPolicyCases } from './lifecycle/policy-cases.js';
 import { CertificateFiles } from './transport/tls.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
+import { configureX509SvidCache } from './identity/x509-svid.js';
 import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
@@ -86,6 +87,7 @@ async function serve(argv: string[]): Promise<number> {
   const parsed = parseServeConfig(argv);
   if (!parsed.ok) throw new UsageError(parsed.reason);
   const config = parsed.value;
+  configureX509SvidCache({ entries: config.svidCacheEntries });
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
   // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
   const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
