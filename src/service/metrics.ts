@@ -338,10 +338,10 @@ export class MeteredAuthorizer extends Authorizer {
     super(opts);
   }
 
-  override checkEnvoy(req: CheckRequest): Decision {
-    const started = performance.now();
+  override checkEnvoy(req: CheckRequest, receivedAt?: number): Decision {
+    const started = receivedAt ?? performance.now();
     try {
-      return super.checkEnvoy(req);
+      return super.checkEnvoy(req, receivedAt);
     } catch (err) {
       this.metrics.observeInternalError('envoy');
       throw err;

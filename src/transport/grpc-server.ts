@@ -26,25 +26,40 @@ export const MAX_CONCURRENT_STREAMS = 1024;
 
 export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
   return (call, callback) => {
-    if (opts.peerPolicy) {
-      const auth = call.getAuthContext();
-      const verdict = judgePeer(opts.peerPolicy, auth.transportSecurityType === 'ssl', auth.sslPeerCertificate?.raw);
-      if (!verdict.ok) {
-        opts.onPeerRefused?.(verdict, call.getPeer());
-        const code = verdict.refusal === 'forbidden' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
-        callback({ code, details: verdict.reason });
-        return;
-      }
-    }
-    let decision: Decision;
-    try {
-      decision = opts.authorizer.checkEnvoy(call.request);
-    } catch (err) {
-      opts.onInternalError?.(err);
-      decision = internalErrorDecision('envoy');
-    }
-    callback(null, toCheckResponse(decision));
+    // Timed from when it was read, decided on the next turn of the event loop: checks read together
+    // (a backlog behind a slow evaluation) each keep their own arrival time, and by then the reset of a
+    // call Envoy gave up on has been read too. Such a call gets no evaluation and no answer.
+    const receivedAt = performance.now();
+    setImmediate(() => {
+      if (!call.cancelled) answerCheck(opts, call, callback, receivedAt);
+    });
   };
+}
+
+function answerCheck(
+  opts: GrpcServerOptions,
+  call: grpc.ServerUnaryCall<CheckRequest, Record<string, unknown>>,
+  callback: grpc.sendUnaryData<Record<string, unknown>>,
+  receivedAt: number,
+): void {
+  if (opts.peerPolicy) {
+    const auth = call.getAuthContext();
+    const verdict = judgePeer(opts.peerPolicy, auth.transportSecurityType === 'ssl', auth.sslPeerCertificate?.raw);
+    if (!verdict.ok) {
+      opts.onPeerRefused?.(verdict, call.getPeer());
+      const code = verdict.refusal === 'forbidden' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
+      callback({ code, details: verdict.reason });
+      return;
+    }
+  }
+  let decision: Decision;
+  try {
+    decision = opts.authorizer.checkEnvoy(call.request, receivedAt);
+  } catch (err) {
+    opts.onInternalError?.(err);
+    decision = internalErrorDecision('envoy');
+  }
+  callback(null, toCheckResponse(decision));
 }
 
 export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
