@@ -178,7 +178,7 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
 // by the SHA-256 of the exact PEM text: a fixed 32-character key whatever the certificate's size. The
 // validity period is re-checked against `now` on every call, so an expired certificate is denied even
 // when cached. The LRU is bounded in bytes; the per-entry overhead below was measured on Node 20
-// (docs/performance.md: 100,000 workload SVIDs hold about 27 MB of heap, estimated at 30 MB).
+// (docs/performance.md: a workload SVID's entry holds 320-340 bytes of heap, estimated at ~365).
 
 /**
  * What the cache keeps: a refusal as is, an SVID as one compact record (trust domain and path
@@ -229,7 +229,7 @@ function expand(cached: CachedShape): Result<X509Svid> {
 const SPIFFE_SCHEME_LENGTH = 'spiffe://'.length;
 
 // Map slot, the record and its two HeapNumbers (measured with bench/cache-bytes.mjs, docs/performance.md).
-const ENTRY_OVERHEAD_BYTES = 160;
+const ENTRY_OVERHEAD_BYTES = 180;
 
 function shapeBytes(key: string, shape: CachedShape): number {
   const bytes = ENTRY_OVERHEAD_BYTES + stringBytes(key);
@@ -238,7 +238,7 @@ function shapeBytes(key: string, shape: CachedShape): number {
     : bytes + stringBytes(shape.uri) + stringBytes(shape.facts);
 }
 
-/** Default: room for 100,000 workloads (each a URI of up to ~100 characters). */
+/** Default: room for 100,000 workloads (~36 MB estimated with ~50-character SPIFFE IDs). */
 export const DEFAULT_SVID_CACHE_ENTRIES = 100_000;
 export const DEFAULT_SVID_CACHE_BYTES = 40 * 1024 * 1024;
 
