@@ -133,6 +133,8 @@ describe('projected and remembered evaluation', () => {
       keys: ['destination', 'identity', 'identity_error'],
       deterministic: true,
       why: '',
+      // the stamp names the module it describes (input-footprint.ts)
+      module_sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
     });
     expect(manifest.wasm[0].module).toBe('/policy.wasm');
     expect(policies.headerPlainBundle!.inputFootprint).toBeUndefined();
