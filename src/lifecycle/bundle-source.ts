@@ -9,6 +9,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
+import { getBundle, type BundleServerAuth } from './bundle-http.js';
 import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
@@ -38,6 +39,8 @@ export interface BundleSourceOptions {
   debounceMs?: number;
   /** HTTP timeout for one bundle download */
   fetchTimeoutMs?: number;
+  /** bundle server credentials, trust and redirect policy (bundle-http.ts) */
+  auth?: BundleServerAuth;
 }
 
 export const DEFAULT_URL_POLL_MS = 30_000;
@@ -269,21 +272,17 @@ class UrlBundleSource implements BundleSource {
   async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
     const headers: Record<string, string> = { accept: 'application/gzip, application/octet-stream;q=0.9, */*;q=0.1' };
     if (this.etag !== undefined && !opts.force) headers['if-none-match'] = this.etag;
-    const res = await fetch(this.location, {
+    const res = await getBundle(this.location, {
       headers,
-      redirect: 'follow',
-      signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS),
+      timeoutMs: this.opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS,
+      maxBytes: MAX_BUNDLE_BYTES,
+      ...(this.opts.auth ? { auth: this.opts.auth } : {}),
     });
-    if (res.status === 304) {
-      await res.body?.cancel();
-      return undefined;
-    }
-    if (res.status !== 200) {
-      await res.body?.cancel();
+    if (res.status === 304) return undefined;
+    if (res.status !== 200 || !res.body)
       throw new Error(`bundle server answered HTTP ${res.status} for ${this.location}`);
-    }
-    const bytes = await readCapped(res, MAX_BUNDLE_BYTES, this.location);
-    const etag = res.headers.get('etag') ?? undefined;
+    const bytes = res.body;
+    const etag = res.etag;
     // Remembered even if the bundle is then refused: the server is not asked for it again until it changes.
     this.etag = etag;
     const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256(bytes)}`;
@@ -298,22 +297,4 @@ class UrlBundleSource implements BundleSource {
     timer.unref();
     return () => clearInterval(timer);
   }
-}
-
-async function readCapped(res: Response, max: number, where: string): Promise<Uint8Array> {
-  const declared = Number(res.headers.get('content-length') ?? NaN);
-  if (declared > max) {
-    await res.body?.cancel();
-    throw new Error(`bundle from ${where} is larger than ${max} bytes`);
-  }
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  if (res.body) {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      total += chunk.byteLength;
-      if (total > max) throw new Error(`bundle from ${where} is larger than ${max} bytes`);
-      chunks.push(chunk);
-    }
-  }
-  return Buffer.concat(chunks);
 }

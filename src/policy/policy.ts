@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
+import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
@@ -65,6 +66,8 @@ export interface LoadPolicyOptions {
   memoize?: boolean;
   /** the byte bound of the remembered answers (default DEFAULT_MEMO_BYTES) */
   memoBytes?: number;
+  /** set: only a bundle signed by this key is loaded (bundle-signing.ts) */
+  verification?: BundleVerification;
 }
 
 /**
@@ -101,7 +104,7 @@ export async function loadPolicyBundle(
   const where = `policy ${opts.source}`;
   let bundle;
   try {
-    bundle = await readBundle(bytes, { entrypoint });
+    bundle = await readBundle(bytes, { entrypoint, ...(opts.verification ? { verification: opts.verification } : {}) });
   } catch (e) {
     throw new Error(`${where}: ${(e as Error).message}`);
   }
