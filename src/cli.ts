@@ -16,6 +16,7 @@ import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
 import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
+import { configureX509SvidCache } from './identity/x509-svid.js';
 import {
   ConfigError,
   optionsUsage,
@@ -106,6 +107,7 @@ async function serve(argv: string[]): Promise<number> {
   const parsed = parseServeConfig(argv, process.env);
   if (!parsed.ok) throw new UsageError(parsed.reason);
   const config = parsed.value;
+  configureX509SvidCache({ entries: config.svidCacheEntries });
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
   // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
   const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
