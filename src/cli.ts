@@ -16,6 +16,7 @@ import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
 import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
+import { configureX509SvidCache } from './identity/x509-svid.js';
 import {
   ConfigError,
   optionsUsage,
@@ -35,7 +36,7 @@ import {
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
-import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { parseTrustBundleFlag, TrustBundles } from './lifecycle/trust-bundles.js';
 import { ChainVerifier } from './identity/chain-verify.js';
 import { X509BundleSet } from './identity/x509-bundle.js';
 
@@ -49,7 +50,8 @@ commands:
           http(s) bundle URL. DUR: 500ms, 10s, 1m.
 ${optionsUsage(SERVE_OPTIONS)}
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
-          [VERIFY]   print the decision as JSON
+          [VERIFY] [--trust-bundle TD=FILE]...   print the decision as JSON; with --cert and a
+          bundle, its chain is verified against the bundle of its trust domain first
   test    [--policy PATH] [--cases PATH] [VERIFY]
           run the policy's cases and its Rego unit tests (opa test)
   build   [--out FILE] [--revision REV] [--signing-key FILE [--signing-alg ALG]] [POLICY_DIR]
@@ -105,6 +107,7 @@ async function serve(argv: string[]): Promise<number> {
   const parsed = parseServeConfig(argv, process.env);
   if (!parsed.ok) throw new UsageError(parsed.reason);
   const config = parsed.value;
+  configureX509SvidCache({ entries: config.svidCacheEntries });
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
   // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
   const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
@@ -285,6 +288,19 @@ async function serve(argv: string[]): Promise<number> {
   return code;
 }
 
+/** `eval --trust-bundle`: the same bundle files and chain verification as `serve`, read once. */
+async function evalChainVerifier(flags: string[]): Promise<ChainVerifier | undefined> {
+  if (flags.length === 0) return undefined;
+  const files = flags.map((text) => {
+    const f = parseTrustBundleFlag(text);
+    if (!f.ok) throw new UsageError(f.reason);
+    return f.value;
+  });
+  const bundles = new X509BundleSet();
+  await TrustBundles.open(bundles, files, [], { log: pino({ level: 'silent' }) });
+  return new ChainVerifier(bundles, { cacheEntries: 0 });
+}
+
 async function evaluate(argv: string[]): Promise<number> {
   const { values } = args(argv, {
     'spiffe-id': { type: 'string' },
@@ -294,6 +310,7 @@ async function evaluate(argv: string[]): Promise<number> {
     policy: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
     ...parseArgsOptions(VERIFICATION_OPTIONS),
+    'trust-bundle': { type: 'string', multiple: true },
   });
   const given = ['spiffe-id', 'cert', 'input'].filter((k) => values[k] !== undefined);
   if (given.length !== 1) throw new UsageError('eval needs exactly one of --spiffe-id, --cert, --input');
@@ -301,7 +318,12 @@ async function evaluate(argv: string[]): Promise<number> {
     entrypoint: values.entrypoint as string,
     ...verificationOption(verificationValues(values)),
   });
-  const authorizer = new Authorizer({ policies: new MutablePolicySource(policy), sink: () => {} });
+  const chainVerifier = await evalChainVerifier((values['trust-bundle'] as string[] | undefined) ?? []);
+  const authorizer = new Authorizer({
+    policies: new MutablePolicySource(policy),
+    sink: () => {},
+    ...(chainVerifier ? { chainVerifier } : {}),
+  });
   let decision: Decision;
   if (values.input !== undefined) {
     let doc: unknown;
