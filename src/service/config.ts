@@ -8,6 +8,7 @@ import { isBundleUrl } from '../lifecycle/bundle-source.js';
 import { REDIRECT_POLICIES, type BundleServerAuth, type RedirectPolicy } from '../lifecycle/bundle-http.js';
 import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signing.js';
 import { fail, ok, type Result } from '../common/result.js';
+import { DEFAULT_SVID_CACHE_ENTRIES } from '../identity/x509-svid.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseSpiffeId } from '../identity/spiffe-id.js';
@@ -178,6 +179,11 @@ export const SERVE_OPTIONS = {
     arg: 'N',
     help: 'processes answering Checks on the shared ports (default: the CPUs available, cgroup-aware; 1: one process)',
   },
+  'svid-cache-entries': {
+    arg: 'N',
+    default: String(DEFAULT_SVID_CACHE_ENTRIES),
+    help: 'certificate outcomes remembered, byte-bounded (0: parse every certificate)',
+  },
 } satisfies Record<string, OptionRow>;
 
 type OptionName = keyof typeof SERVE_OPTIONS;
@@ -224,6 +230,7 @@ export interface ServeConfig {
   maxReceiveMessageBytes: number;
   /** undefined: one per CPU available (workers.ts availableCpus, which reads the cgroup: not done here) */
   workers?: number;
+  svidCacheEntries: number;
 }
 
 /** The usage lines of a table's options: `--flag ARG  help (default: D)`, aligned. */
@@ -272,6 +279,9 @@ export class ConfigError extends Error {}
 function normalise(v: Values, env: Record<string, string | undefined>): ServeConfig {
   const memo = v['policy-memo'];
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
+  const svidCacheEntries = Number(v['svid-cache-entries']);
+  if (!Number.isSafeInteger(svidCacheEntries) || svidCacheEntries < 0 || svidCacheEntries > 10_000_000)
+    throw new ConfigError('--svid-cache-entries must be an integer from 0 to 10000000');
   const maxMessage = Number(v['grpc-max-message-bytes']);
   if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024)
     throw new ConfigError('--grpc-max-message-bytes must be an integer of at least 1024');
@@ -288,7 +298,7 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
   const workers = v.workers === undefined ? undefined : parseWorkers(v.workers);
   if (v.workers !== undefined && workers === undefined)
     throw new ConfigError(`--workers "${v.workers}": expected a count from 1 to 256`);
-  const trust = trustBundles(v);
+  const trust = trustBundles(v, spiffe !== undefined);
   const verification = verificationFlags(v);
   const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
   return {
@@ -318,6 +328,7 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
     ...defined('workers', workers),
+    svidCacheEntries,
   };
 }
 
@@ -369,7 +380,11 @@ function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefi
   return { certFile: cert, keyFile: key, ...defined('clientCaFile', ca) };
 }
 
-function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
+/** `workloadApi`: bundles also come from --spiffe-socket (its own and federated trust domains). */
+function trustBundles(
+  v: Values,
+  workloadApi: boolean,
+): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
   const files = (v['trust-bundle'] ?? []).map((text) => {
     const f = parseTrustBundleFlag(text);
     if (!f.ok) throw new ConfigError(f.reason);
@@ -393,16 +408,18 @@ function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustB
   const configured = new Set([...files, ...endpoints].map((b) => b.trustDomain));
   for (const e of endpoints) {
     const serverTd = e.endpointTrustDomain;
-    if (serverTd !== undefined && !configured.has(serverTd))
+    if (serverTd !== undefined && !configured.has(serverTd) && !workloadApi)
       throw new ConfigError(
         `--trust-bundle-url ${e.trustDomain}: https_spiffe needs a bundle for ${serverTd} to authenticate ` +
-          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE)`,
+          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE, or --spiffe-socket)`,
       );
   }
   const verify = v['verify-peer-chain'];
   if (verify !== 'on' && verify !== 'off') throw new ConfigError('--verify-peer-chain takes on or off');
-  if (verify === 'on' && configured.size === 0)
-    throw new ConfigError('--verify-peer-chain on needs trust bundles: --trust-bundle or --trust-bundle-url');
+  if (verify === 'on' && configured.size === 0 && !workloadApi)
+    throw new ConfigError(
+      '--verify-peer-chain on needs trust bundles: --trust-bundle, --trust-bundle-url or --spiffe-socket',
+    );
   return { trustBundleFiles: files, trustBundleEndpoints: endpoints, verifyPeerChain: verify === 'on' };
 }
 
