@@ -73,7 +73,7 @@ describe('serve --workers 2', () => {
     return answers;
   }
   const decisions = () => serve.lines.filter((l) => l.msg === 'decision');
-  const readyz = async () => {
+  const readyz = async (): Promise<Record<string, any> & { code: number }> => {
     const r = await get(serve.httpPort, '/readyz');
     return { ...(JSON.parse(r.body) as Record<string, any>), code: r.status };
   };
