@@ -19,6 +19,7 @@ import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
+import { ShadowThread } from './lifecycle/shadow-thread.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -108,28 +109,43 @@ async function serve(argv: string[]): Promise<number> {
   const tlsFlags = config.tls;
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
-    const source = await openBundleSource(where, { pollMs });
+    const source = await openBundleSource(where, { pollMs, entrypoint: config.entrypoint });
     return PolicyStore.open(source, {
       role,
       log: logger,
       metrics,
       load: { entrypoint: config.entrypoint, memoize: config.memoize },
+      sandbox: config.sandbox,
       casesPath,
-      waitForFirst: source.kind === 'url',
+      // The shadow never answers: a shadow that cannot be loaded is logged and retried, never fatal.
+      waitForFirst: source.kind === 'url' || role === 'shadow',
     });
   };
   let live: PolicyStore;
   let shadow: PolicyStore | undefined;
-  let loading = location;
   try {
     live = await openStore(location, 'live', config.policyCases);
-    loading = config.shadowPolicy ?? '';
-    if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
-    logger.fatal({ policy_source: loading, err: errorMessage(err) }, 'policy failed to load; not serving');
+    logger.fatal({ policy_source: location, err: errorMessage(err) }, 'policy failed to load; not serving');
     flush();
     return 1;
   }
+  if (config.shadowPolicy !== undefined) {
+    shadow = await openStore(config.shadowPolicy, 'shadow').catch((err: unknown) => {
+      logger.error(
+        { policy: 'shadow', policy_source: config.shadowPolicy, err: errorMessage(err) },
+        'shadow policy unavailable; serving without it',
+      );
+      return undefined;
+    });
+  }
+  const shadowThread =
+    shadow &&
+    ShadowThread.following(shadow, {
+      load: { entrypoint: config.entrypoint, memoize: config.memoize },
+      heapMb: config.sandbox.heapMb,
+      onProblem: (message) => logger.error({ policy: 'shadow' }, message),
+    });
   let certificates: CertificateFiles | undefined;
   try {
     certificates =
@@ -151,6 +167,7 @@ async function serve(argv: string[]): Promise<number> {
     ...(live.current ? { policy: live.current } : {}),
     policies: live,
     shadowPolicies: shadow,
+    ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
     metrics,
     readyDetail: () => reloadStatus(live, shadow),
     logger,
@@ -190,6 +207,7 @@ async function serve(argv: string[]): Promise<number> {
       live.stop();
       shadow?.stop();
       void service.close(graceMs).then(() => {
+        shadowThread?.close();
         certificates?.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
         flush();

@@ -9,7 +9,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
-import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
+import { readPolicyBytes } from '../policy/policy.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
 
@@ -17,7 +17,8 @@ export type BundleSourceKind = 'file' | 'folder' | 'url';
 export interface BundleVersion {
   /** content hash, or the bundle server's ETag */
   version: string;
-  load(opts: LoadPolicyOptions): Promise<LoadedPolicy>;
+  /** the bundle (`bundle.tar.gz`); a folder is compiled into one. Loading it is the sandbox's job. */
+  bytes(): Promise<Uint8Array>;
 }
 
 export interface BundleSource {
@@ -38,6 +39,8 @@ export interface BundleSourceOptions {
   debounceMs?: number;
   /** HTTP timeout for one bundle download */
   fetchTimeoutMs?: number;
+  /** the entrypoint a policy folder is compiled for */
+  entrypoint?: string;
 }
 
 export const DEFAULT_URL_POLL_MS = 30_000;
@@ -156,7 +159,7 @@ class FileSource extends LocalSource {
     const bytes = await readFile(this.location);
     const version = `sha256:${sha256(bytes)}`;
     if (this.unchanged(version, opts.force)) return undefined;
-    return { version, load: (o) => loadPolicyBundle(bytes, { ...o, source: this.location }) };
+    return { version, bytes: async () => bytes };
   }
 
   protected async signature(): Promise<string> {
@@ -185,7 +188,7 @@ class FolderSource extends LocalSource {
     }
     const version = `sha256:${hash.digest('hex')}`;
     if (this.unchanged(version, opts.force)) return undefined;
-    return { version, load: (o) => loadPolicy(this.location, o) };
+    return { version, bytes: () => readPolicyBytes(this.location, this.opts.entrypoint) };
   }
 
   protected async signature(): Promise<string> {
@@ -253,7 +256,7 @@ class UrlBundleSource implements BundleSource {
     const same = version === this.lastVersion;
     this.lastVersion = version;
     if (same && !opts.force) return undefined;
-    return { version, load: (o) => loadPolicyBundle(bytes, { ...o, source: this.location }) };
+    return { version, bytes: async () => bytes };
   }
 
   watch(onChange: (trigger: string) => void): () => void {
