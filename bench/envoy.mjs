@@ -34,6 +34,22 @@ const hcm = (statPrefix, routeConfig, filters) => ({
   }),
 });
 
+/** A listener's TLS that requires a client certificate from the mesh CA (the gateway side of the mTLS hop). */
+export function mtlsListenerSocket(pki) {
+  return {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: typed('envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext', {
+      require_client_certificate: true,
+      common_tls_context: {
+        tls_certificates: [
+          { certificate_chain: { filename: pki.server.certFile }, private_key: { filename: pki.server.keyFile } },
+        ],
+        validation_context: { trusted_ca: { filename: pki.caFile } },
+      },
+    }),
+  };
+}
+
 /** Envoy bootstrap; authzAddr null means no ext_authz filter (the envoy-only baseline). */
 export function envoyBootstrap({ adminAddr, sidecarAddr, gatewayAddr, authzAddr, pki }) {
   const tlsCert = (c) => [{ certificate_chain: { filename: c.certFile }, private_key: { filename: c.keyFile } }];
@@ -105,16 +121,7 @@ export function envoyBootstrap({ adminAddr, sidecarAddr, gatewayAddr, authzAddr,
           address: socket(gatewayAddr),
           filter_chains: [
             {
-              transport_socket: {
-                name: 'envoy.transport_sockets.tls',
-                typed_config: typed('envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext', {
-                  require_client_certificate: true,
-                  common_tls_context: {
-                    tls_certificates: tlsCert(pki.server),
-                    validation_context: { trusted_ca: { filename: pki.caFile } },
-                  },
-                }),
-              },
+              transport_socket: mtlsListenerSocket(pki),
               filters: [
                 hcm(
                   'gateway',

@@ -55,7 +55,8 @@ async function issue(dir, name, subject, extensions) {
   );
 }
 
-export async function makePki(dir) {
+/** extraClients: { name: spiffeId } more client SVIDs, returned under `clients` by name. */
+export async function makePki(dir, { extraClients = {} } = {}) {
   mkdirSync(dir, { recursive: true });
   await openssl(
     [
@@ -89,7 +90,13 @@ export async function makePki(dir) {
   ];
   await issue(dir, 'bookinfo', '/O=cluster.local', leaf(BOOKINFO_ID));
   await issue(dir, 'gateway', '/O=cluster.local', leaf(GATEWAY_ID));
+  const clients = {};
+  for (const [name, uri] of Object.entries(extraClients)) {
+    await issue(dir, name, '/O=cluster.local', leaf(uri));
+    clients[name] = { certFile: join(dir, `${name}.pem`), keyFile: join(dir, `${name}.key`) };
+  }
   return {
+    clients,
     caFile: join(dir, 'ca.pem'),
     client: { certFile: join(dir, 'bookinfo.pem'), keyFile: join(dir, 'bookinfo.key') },
     server: { certFile: join(dir, 'gateway.pem'), keyFile: join(dir, 'gateway.key') },

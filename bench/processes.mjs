@@ -1,6 +1,7 @@
 // Every process the benchmark starts is registered here and stopped on the way out, whether the run
 // ends normally, throws, or is interrupted (Ctrl-C, SIGTERM).
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
 
 const live = new Set();
@@ -171,4 +172,16 @@ export function startCpuWatch(intervalMs = 250) {
       return { other_cpu_pct: pct(end.busy - start.busy - ours), steal_pct: pct(end.steal - start.steal) };
     },
   };
+}
+
+/** An ephemeral TCP port on 127.0.0.1, free at the time of asking. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
 }

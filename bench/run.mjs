@@ -7,7 +7,6 @@
 //                    [--wait-quiet SECONDS]
 // Writes bench/RESULTS.md, bench/results/latest.json and bench/results/latest.svg.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { cpus, release, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +15,7 @@ import { checkRequest, waitForAllow } from './check-request.mjs';
 import { envoyVersion, runH2load, waitForEnvoy, writeEnvoyConfig } from './envoy.mjs';
 import { runGhz } from './ghz.mjs';
 import { makePki } from './pki.mjs';
-import { peakRssMb, runCommand, startCpuWatch, startProcess, stopProcess } from './processes.mjs';
+import { freePort, peakRssMb, runCommand, startCpuWatch, startProcess, stopProcess } from './processes.mjs';
 import { chartSvg, goalsTable, resultsMarkdown, resultsTable } from './report.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -52,17 +51,6 @@ if (!(waitQuietS >= 0 && waitQuietS <= 600)) throw new Error('--wait-quiet takes
 
 const log = (msg) => console.error(`bench: ${msg}`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Where a server's output goes: /dev/null unless --logs (decision logs included, see notes). */
 const sink = (name) => (opts.logs ? join(work, 'logs', `${name}.log`) : 'ignore');

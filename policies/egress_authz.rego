@@ -22,14 +22,26 @@ identity := input.identity if is_object(input.identity)
 
 namespace := identity.namespace if is_string(identity.namespace)
 
+# Tenants belong to a trust domain: the home one's are data.egress.tenants, a federated domain's are
+# data.egress.federation[<trust domain>].tenants. A namespace is looked up in its own domain only, so
+# spiffe://partner.example/ns/bookinfo/... is never the cluster.local bookinfo tenant.
+# (data.egress also holds this package, so it is read field by field, never as a whole.)
+domain_tenants := home_tenants if {
+	identity.trust_domain == data.egress.trust_domain
+} else := data.egress.federation[identity.trust_domain].tenants if {
+	is_object(data.egress.federation[identity.trust_domain].tenants)
+}
+
+home_tenants := data.egress.tenants if is_object(data.egress.tenants) else := {}
+
 # Exact key lookup: "bookinfo-evil" or "bookinfo.x" never match the "bookinfo" tenant.
-tenant := data.egress.tenants[namespace] if is_object(data.egress.tenants[namespace])
+tenant := domain_tenants[namespace] if is_object(domain_tenants[namespace])
 
 # The first check that fails names the reason; `else` keeps the order deterministic and the value single.
 denial := identity_error if {
 	not identity
 } else := sprintf("trust domain %v is not allowed", [object.get(identity, "trust_domain", "(none)")]) if {
-	not identity.trust_domain == data.egress.trust_domain
+	not domain_tenants
 } else := sprintf("%v is not a namespaced workload identity", [identity.spiffe_id]) if {
 	not namespace
 } else := sprintf("namespace %v has no egress tenant", [namespace]) if {

@@ -156,3 +156,30 @@ test_destination_list_matches_case_insensitively if {
 	d := billing({"host": "Billing.Legacy.Example.COM", "port": 443})
 	d.allow == true
 }
+
+# Federation: partner.example has its own tenants (data.egress.federation), looked up in that domain only.
+partner(ns) := istio_identity("partner.example", ns, "api")
+
+test_federated_tenant_allowed_with_its_pool if {
+	d := authz.decision with input as {"identity": partner("payments")}
+	d.allow == true
+	d.snat_pool == "partner_payments_snat"
+}
+
+test_federated_domain_does_not_reach_home_tenants if {
+	d := authz.decision with input as {"identity": partner("bookinfo")}
+	d.allow == false
+	d.reason == "namespace bookinfo has no egress tenant"
+}
+
+test_home_domain_does_not_reach_federated_tenants if {
+	d := authz.decision with input as {"identity": istio_identity("cluster.local", "payments", "api")}
+	d.allow == false
+	d.reason == "namespace payments has no egress tenant"
+}
+
+test_federated_domain_without_tenants_is_not_allowed if {
+	d := authz.decision with input as {"identity": partner("payments")} with data.egress.federation as {"partner.example": {}}
+	d.allow == false
+	d.reason == "trust domain partner.example is not allowed"
+}

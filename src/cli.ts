@@ -20,6 +20,9 @@ import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
 import { ShadowThread } from './lifecycle/shadow-thread.js';
+import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { ChainVerifier } from './identity/chain-verify.js';
+import { X509BundleSet } from './identity/x509-bundle.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -160,6 +163,22 @@ async function serve(argv: string[]): Promise<number> {
     flush();
     return 1;
   }
+  let trust: TrustBundles | undefined;
+  let chainVerifier: ChainVerifier | undefined;
+  if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
+    const bundles = new X509BundleSet();
+    try {
+      trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
+        log: logger,
+        ...(pollMs !== undefined ? { filePollMs: pollMs } : {}),
+      });
+    } catch (err) {
+      logger.fatal({ err: errorMessage(err) }, 'trust bundle not usable; not serving');
+      flush();
+      return 1;
+    }
+    chainVerifier = new ChainVerifier(bundles);
+  }
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
@@ -169,13 +188,15 @@ async function serve(argv: string[]): Promise<number> {
     shadowPolicies: shadow,
     ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
     metrics,
-    readyDetail: () => reloadStatus(live, shadow),
+    readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
     tls: certificates && { files: certificates, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,
+    ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
+  trust?.start();
   live.start();
   shadow?.start();
   process.on('SIGHUP', () => {
@@ -206,6 +227,7 @@ async function serve(argv: string[]): Promise<number> {
       }, graceMs + 2000).unref();
       live.stop();
       shadow?.stop();
+      trust?.stop();
       void service.close(graceMs).then(() => {
         shadowThread?.close();
         certificates?.close();

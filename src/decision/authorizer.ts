@@ -1,8 +1,9 @@
 // The pipeline every caller runs: evidence → identity → input → policy → decision → log entry.
 // Transports only translate their wire format to and from these calls.
-import { decide, type Decision, type PolicySource } from './decision.js';
+import type { FailureCode } from '../common/result.js';
+import { decide, policyFailure, type Decision, type PolicySource } from './decision.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
-import { resolveIdentity, type PeerEvidence } from '../identity/identity.js';
+import { resolveIdentity, type ChainCheck, type PeerEvidence } from '../identity/identity.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import type { CaseDecision, CaseRequest } from '../lifecycle/policy-cases.js';
 import {
@@ -33,6 +34,13 @@ export interface AuthorizerOptions {
    * the policy said: a slow allow must not turn into an allow Envoy has already given up on.
    */
   checkDeadlineMs?: number;
+  /**
+   * Trust bundles to verify peer chains against (a ChainVerifier over an X509BundleSet). With it, every
+   * sideband and CLI certificate must chain to the bundle of its leaf's trust domain; Envoy's only with
+   * `verifyEnvoyChain`, since Envoy already verified the peer in its own TLS handshake.
+   */
+  chainVerifier?: ChainCheck;
+  verifyEnvoyChain?: boolean;
   /** sees each input and its live decision after the answer is made (shadow policy); must not throw */
   shadow?: (input: PolicyInput, live: Decision) => void;
 }
@@ -46,26 +54,33 @@ export class Authorizer {
     this.now = opts.now ?? (() => new Date());
   }
 
-  checkEnvoy(req: CheckRequest): Decision {
-    return this.run('envoy', () => {
-      const http = req.attributes?.request?.http;
-      const headers = http ? requestHeaders(http) : {};
-      const evidence = peerEvidence(req.attributes?.source);
-      if (this.trustedHeader) {
-        const value = headers[this.trustedHeader];
-        if (value !== undefined) evidence.headerSpiffeId = headerSpiffeId(this.trustedHeader, value);
-      }
-      return {
-        evidence,
-        build: (id, err) => buildEnvoyInput(req, id, err),
-        correlation: { request_id: headers['x-request-id'], traceparent: headers['traceparent'] },
-      };
-    });
+  /** receivedAt: performance.now() when the transport read the request (the deadline counts from there) */
+  checkEnvoy(req: CheckRequest, receivedAt?: number): Decision {
+    return this.run(
+      'envoy',
+      () => {
+        const http = req.attributes?.request?.http;
+        const headers = http ? requestHeaders(http) : {};
+        const evidence = peerEvidence(req.attributes?.source);
+        if (this.trustedHeader) {
+          const value = headers[this.trustedHeader];
+          if (value !== undefined) evidence.headerSpiffeId = headerSpiffeId(this.trustedHeader, value);
+        }
+        return {
+          evidence,
+          verifyChain: this.opts.verifyEnvoyChain === true,
+          build: (id, err) => buildEnvoyInput(req, id, err),
+          correlation: { request_id: headers['x-request-id'], traceparent: headers['traceparent'] },
+        };
+      },
+      receivedAt,
+    );
   }
 
   checkSideband(req: SidebandRequest): Decision {
     return this.run('sideband', () => ({
       evidence: { certificatePem: req.certificatePem },
+      verifyChain: true,
       build: (id, err) => buildSidebandInput(req, id, err),
       correlation: { request_id: req.requestId, traceparent: req.headers['traceparent'] },
     }));
@@ -94,18 +109,29 @@ export class Authorizer {
           if (q.destination !== undefined) input.destination = parseDestination(q.destination);
           return input;
         };
-        return { evidence: peerEvidence(check.attributes?.source), build: decisionInput, correlation: {} };
+        return {
+          evidence: peerEvidence(check.attributes?.source),
+          verifyChain: check.attributes?.source?.certificate !== undefined,
+          build: decisionInput,
+          correlation: {},
+        };
       }
       const evidence: PeerEvidence = {};
       if (q.spiffeId !== undefined) evidence.principal = q.spiffeId;
       if (q.certificatePem !== undefined) evidence.certificatePem = q.certificatePem;
-      return { evidence, build: (id, err) => buildCliInput(q.destination ?? '', id, err), correlation: {} };
+      return {
+        evidence,
+        verifyChain: q.certificatePem !== undefined,
+        build: (id, err) => buildCliInput(q.destination ?? '', id, err),
+        correlation: {},
+      };
     });
   }
 
-  private run(caller: Caller, prepare: () => Prepared): Decision {
-    const started = performance.now();
+  private run(caller: Caller, prepare: () => Prepared, receivedAt?: number): Decision {
+    const started = receivedAt ?? performance.now();
     let input: PolicyInput;
+    let identityFailure: FailureCode | undefined;
     let correlation: Correlation = {};
     try {
       const p = prepare();
@@ -113,8 +139,14 @@ export class Authorizer {
         request_id: stringOrUndefined(p.correlation.request_id),
         traceparent: stringOrUndefined(p.correlation.traceparent),
       };
-      const identity = resolveIdentity(p.evidence, this.now());
-      input = identity.ok ? p.build(identity.value, undefined) : p.build(null, identity.reason);
+      const verifier = p.verifyChain ? this.opts.chainVerifier : undefined;
+      const identity = resolveIdentity(p.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
+      if (identity.ok) {
+        input = p.build(identity.value, undefined);
+      } else {
+        input = p.build(null, identity.reason);
+        identityFailure = identity.code;
+      }
     } catch {
       // Decoded protos cannot get here; JSON documents (`eval --input`) with values of the wrong type
       // can. No identity, so decide() denies without asking the policy.
@@ -124,10 +156,21 @@ export class Authorizer {
         identity_error: 'malformed request: a field has the wrong type',
         destination: { host: '' },
       };
+      identityFailure = 'malformed';
     }
-    let decision = decide(input, this.opts.policies.current);
     const deadline = this.opts.checkDeadlineMs;
-    if (deadline !== undefined && performance.now() - started > deadline) decision = lateDeny(decision, deadline);
+    const policy = this.opts.policies.current;
+    let decision: Decision;
+    if (deadline !== undefined && performance.now() - started > deadline) {
+      // Already late (it waited behind a slow evaluation): the caller has given up, so the policy is not
+      // run at all. Evaluating such a backlog is what kept a slow policy's service unavailable for
+      // tens of seconds after the policy was fixed (npm run chaos, slow policy).
+      decision = lateDeny(decide(input, undefined, identityFailure), deadline);
+      decision.policy_revision = policy?.revision ?? '';
+    } else {
+      decision = decide(input, policy, identityFailure);
+      if (deadline !== undefined && performance.now() - started > deadline) decision = lateDeny(decision, deadline);
+    }
     this.opts.sink(decisionLogEntry(decision, correlation), decision);
     this.opts.shadow?.(input, decision);
     return decision;
@@ -137,6 +180,8 @@ export class Authorizer {
 /** What a transport collected, and how to build its input document once the identity is known. */
 interface Prepared {
   evidence: PeerEvidence;
+  /** whether this caller's certificate must chain to a trust bundle (when bundles are configured) */
+  verifyChain: boolean;
   build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput;
   correlation: Correlation;
 }
@@ -147,14 +192,7 @@ function stringOrUndefined(v: unknown): string | undefined {
 
 function lateDeny(d: Decision, deadlineMs: number): Decision {
   const reason = `check exceeded its deadline of ${deadlineMs}ms`;
-  d.allow = false;
-  d.snat_pool = '';
-  d.reason = reason;
-  d.http_status = 403;
-  d.headers = {};
-  d.body = reason;
-  d.policy_error = reason;
-  return d;
+  return policyFailure(d, reason, reason);
 }
 
 /**

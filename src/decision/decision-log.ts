@@ -16,12 +16,16 @@ export interface DecisionLogEntry {
   allow: boolean;
   snat_pool: string;
   reason: string;
+  /** allowed | identity | policy_deny | policy_error | internal */
+  reason_class: string;
   destination: string;
   x_request_id: string;
   traceparent: string;
   policy_revision: string;
   eval_ms: number;
   policy_error?: string;
+  /** the class of a refusal that was not the policy's own deny: pem, svid, validity, mismatch, … */
+  failure_code?: string;
 }
 
 export function decisionLogEntry(d: Decision, c: Correlation): DecisionLogEntry {
@@ -33,6 +37,7 @@ export function decisionLogEntry(d: Decision, c: Correlation): DecisionLogEntry 
     allow: d.allow,
     snat_pool: d.snat_pool,
     reason: d.reason,
+    reason_class: d.reason_class,
     destination: d.destination,
     x_request_id: c.request_id ?? '',
     traceparent: c.traceparent ?? '',
@@ -40,6 +45,7 @@ export function decisionLogEntry(d: Decision, c: Correlation): DecisionLogEntry 
     eval_ms: Math.round(d.eval_ms * 1000) / 1000,
   };
   if (d.policy_error !== undefined) entry.policy_error = d.policy_error;
+  if (d.failure_code !== undefined) entry.failure_code = d.failure_code;
   return entry;
 }
 

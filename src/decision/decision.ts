@@ -2,9 +2,14 @@
 // into a Decision and enforces the invariants that no policy may break: no identity, no allow; a SNAT
 // pool name is something a BIG-IP or an Envoy cluster name can carry safely; a deny is never a 2xx.
 import { randomUUID } from 'node:crypto';
+import type { FailureCode } from '../common/result.js';
 import type { Identity } from '../identity/identity.js';
 import type { Caller, PolicyInput } from './input.js';
 import type { LoadedPolicy, PolicyResult } from '../policy/policy.js';
+
+/** What kind of answer a decision is: the label metrics count by, and what statuses are chosen from. */
+export const REASON_CLASSES = ['allowed', 'identity', 'policy_deny', 'policy_error', 'internal'] as const;
+export type ReasonClass = (typeof REASON_CLASSES)[number];
 
 export interface Decision {
   decision_id: string;
@@ -25,6 +30,9 @@ export interface Decision {
   eval_ms: number;
   /** set when the policy could not give an answer (error, undefined, too slow): logged at error level */
   policy_error?: string;
+  reason_class: ReasonClass;
+  /** why a deny that is not the policy's own answer happened (identity refused, policy failed, …) */
+  failure_code?: FailureCode;
 }
 
 /** Where the live policy is read from; hot reload swaps `current` atomically. */
@@ -38,15 +46,37 @@ const MAX_HEADER_VALUE = 1024;
 const MAX_BODY = 4096;
 const PRINTABLE_LINE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
 
-export function decide(input: PolicyInput, policy: LoadedPolicy | undefined): Decision {
+/**
+ * `identityFailure`: the code of the identity step's refusal when `input.identity` is null (its reason
+ * is `input.identity_error`).
+ */
+export function decide(
+  input: PolicyInput,
+  policy: LoadedPolicy | undefined,
+  identityFailure: FailureCode = 'missing',
+): Decision {
   const d = newDecision(input, policy);
-  if (!input.identity) return deny(d, input.identity_error ?? 'no client identity');
-  if (!policy) return deny(d, 'no policy loaded', 'no policy loaded');
+  if (!input.identity) return deny(d, input.identity_error ?? 'no client identity', 'identity', identityFailure);
+  if (!policy) return policyFailure(d, 'no policy loaded', 'no policy loaded');
   const started = performance.now();
   const result = policy.evaluate(input);
   d.eval_ms = performance.now() - started;
-  if (!result.ok) return deny(d, `policy error: ${result.reason}`, result.reason);
+  if (!result.ok) return policyFailure(d, `policy error: ${result.reason}`, result.reason);
   return applyPolicyResult(d, result.value);
+}
+
+/** A decision the policy could not give (error, undefined result, too slow): a deny logged as an error. */
+export function policyFailure(d: Decision, reason: string, policyError: string): Decision {
+  d.headers = NO_HEADERS;
+  d.policy_error = policyError;
+  return deny(d, reason, 'policy_error', 'policy');
+}
+
+/** The answer when the pipeline itself failed (a bug, never an input): deny, with no decision id. */
+export function internalErrorDecision(caller: Caller): Decision {
+  const d = newDecision({ caller, identity: null, destination: { host: '' } }, undefined);
+  d.decision_id = '';
+  return deny(d, 'internal error', 'internal', 'invalid');
 }
 
 // Decisions are built as one literal and then filled in: object spread of a partly built decision
@@ -65,6 +95,7 @@ function newDecision(input: PolicyInput, policy: LoadedPolicy | undefined): Deci
     destination: formatDestination(input),
     policy_revision: policy?.revision ?? '',
     eval_ms: 0,
+    reason_class: 'policy_deny',
   };
 }
 
@@ -73,29 +104,32 @@ const NO_HEADERS: Record<string, string> = Object.freeze({}) as Record<string, s
 function applyPolicyResult(d: Decision, r: PolicyResult): Decision {
   if (r.headers) d.headers = safeHeaders(r.headers);
   if (!r.allow) {
+    d.reason_class = 'policy_deny';
     d.reason = oneLine(r.reason) || 'denied by policy';
     d.http_status = r.http_status !== undefined && r.http_status >= 400 && r.http_status <= 599 ? r.http_status : 403;
     d.body = clip(r.body ?? d.reason, MAX_BODY);
     return d;
   }
   if (r.snat_pool !== '' && !SNAT_POOL.test(r.snat_pool)) {
-    d.headers = NO_HEADERS;
-    return deny(d, 'policy returned an invalid snat_pool name', 'invalid snat_pool');
+    return policyFailure(d, 'policy returned an invalid snat_pool name', 'invalid snat_pool');
   }
   d.allow = true;
+  d.reason_class = 'allowed';
   d.snat_pool = r.snat_pool;
   d.reason = oneLine(r.reason) || 'allowed by policy';
   d.http_status = 200;
   return d;
 }
 
-function deny(d: Decision, reason: string, policyError?: string): Decision {
+// The one way a decision becomes a deny that the policy did not write itself.
+function deny(d: Decision, reason: string, reasonClass: ReasonClass, code: FailureCode): Decision {
   d.allow = false;
   d.snat_pool = '';
   d.reason = oneLine(reason);
   d.http_status = 403;
   d.body = d.reason;
-  if (policyError !== undefined) d.policy_error = policyError;
+  d.reason_class = reasonClass;
+  d.failure_code = code;
   return d;
 }
 

@@ -1,7 +1,7 @@
 // The caller's identity, from the evidence a transport collected about its peer. Syntax and shape
 // only: which trust domains and namespaces are welcome is the policy's decision, so every valid
 // identity of any trust domain is returned, and anything not provably valid is a reason to deny.
-import { fail, ok, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 import { parseX509SvidPem } from './x509-svid.js';
 
@@ -39,7 +39,25 @@ const LABEL: Record<IdentitySource, string> = {
   header: 'header SPIFFE ID',
 };
 
-export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()): Result<Identity> {
+/** Checks a certificate chain against trust bundles (ChainVerifier); the identity step only calls it. */
+export interface ChainCheck {
+  verifyPem(pem: string, trustDomain: string, now: Date): Result<unknown>;
+}
+
+export interface ResolveOptions {
+  /**
+   * When set, the certificate evidence must be present and its chain must verify against the bundle of
+   * the leaf's trust domain; otherwise the certificate's shape is checked and its issuer is the
+   * transport's business (a TLS terminator that already verified it).
+   */
+  verifyChain?: ChainCheck;
+}
+
+export function resolveIdentity(
+  evidence: PeerEvidence,
+  now: Date = new Date(),
+  opts: ResolveOptions = {},
+): Result<Identity> {
   // Strongest first: the first claim names the identity, every other one must agree with it.
   const claims: Claim[] = [];
 
@@ -47,12 +65,16 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
     const value = evidenceOf(evidence, source);
     // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
     if (value !== undefined && value !== null && typeof value !== 'string')
-      return fail(`${source} evidence is not a string`);
+      return fail(`${source} evidence is not a string`, 'malformed');
   }
 
   if (present(evidence.certificatePem)) {
     const svid = parseX509SvidPem(evidence.certificatePem, now);
     if (!svid.ok) return svid;
+    if (opts.verifyChain) {
+      const chain = opts.verifyChain.verifyPem(evidence.certificatePem, svid.value.spiffeId.trustDomain, now);
+      if (!chain.ok) return withCode(chain, 'chain');
+    }
     claims.push({ source: 'certificate', id: svid.value.spiffeId });
   }
   for (const source of ['principal', 'header'] as const) {
@@ -63,16 +85,20 @@ export function resolveIdentity(evidence: PeerEvidence, now: Date = new Date()):
       // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
       return fail(
         text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
+        'spiffe_id',
       );
     }
     claims.push({ source, id: id.value });
   }
 
+  if (opts.verifyChain && !present(evidence.certificatePem))
+    return fail('certificate chain not verified: no peer certificate was sent', 'chain');
   const [first, ...others] = claims;
-  if (first === undefined) return fail('no client identity');
+  if (first === undefined) return fail('no client identity', 'missing');
   // Both sides were parsed strictly (canonical lowercase form), so byte equality is identity equality.
   const disagreeing = others.find((claim) => claim.id.uri !== first.id.uri);
-  if (disagreeing !== undefined) return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`);
+  if (disagreeing !== undefined)
+    return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`, 'mismatch');
   return ok(toIdentity(first.id, first.source));
 }
 

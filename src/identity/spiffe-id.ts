@@ -26,7 +26,7 @@ export const MAX_TRUST_DOMAIN_BYTES = 255;
 const REASON_PREFIX = 'invalid SPIFFE ID: ';
 
 function invalid(detail: string): Result<never> {
-  return fail(REASON_PREFIX + detail);
+  return fail(REASON_PREFIX + detail, 'spiffe_id');
 }
 
 function isTrustDomainChar(c: number): boolean {

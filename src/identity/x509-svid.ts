@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import { AltName, BasicConstraints, Certificate, ExtKeyUsage, type Extension } from 'pkijs';
-import { fail, ok, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 
 export interface X509Svid {
@@ -56,6 +56,11 @@ const BASE64_BODY = /^[A-Za-z0-9+/]+={0,2}$/;
  * text, PEM headers, bad base64) is refused: the input is a peer's certificate chain and nothing more.
  */
 export function parsePemBlocks(input: string): Result<Uint8Array[]> {
+  const blocks = pemBlocks(input);
+  return blocks.ok ? blocks : withCode(blocks, 'pem');
+}
+
+function pemBlocks(input: string): Result<Uint8Array[]> {
   if (typeof input !== 'string' || input.trim() === '') return fail('certificate PEM is empty');
   if (input.length > MAX_PEM_CHARS) return fail(`certificate PEM is longer than ${MAX_PEM_CHARS} characters`);
   let text = input;
@@ -121,9 +126,9 @@ export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
 
 function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
   const t = now.getTime();
-  if (Number.isNaN(t)) return fail('decision time is invalid');
-  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid');
-  if (t > svid.notAfter.getTime()) return fail('certificate has expired');
+  if (Number.isNaN(t)) return fail('decision time is invalid', 'validity');
+  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid', 'validity');
+  if (t > svid.notAfter.getTime()) return fail('certificate has expired', 'validity');
   // The cached value is shared by every caller; Dates are mutable even when frozen, so hand out copies.
   return ok({
     spiffeId: svid.spiffeId,
@@ -138,9 +143,10 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
 function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
   // pkijs and asn1js are not written to never throw on hostile input; whatever slips through is a deny.
   try {
-    return validateChainShapeUnguarded(chainDer);
+    const shape = validateChainShapeUnguarded(chainDer);
+    return shape.ok ? shape : withCode(shape, 'svid');
   } catch {
-    return fail('certificate could not be parsed');
+    return fail('certificate could not be parsed', 'svid');
   }
 }
 
@@ -254,6 +260,57 @@ function validateSigningCertificate({ extensions }: DecodedCertificate): Result<
   if (!ku.ok) return fail(`signing ${ku.reason}`);
   if (!ku.value.has(KU_KEY_CERT_SIGN)) return fail("signing certificate must have 'keyCertSign' set as key usage");
   return ok(true);
+}
+
+export interface SigningCertificateFacts {
+  /** basicConstraints pathLenConstraint, when set */
+  pathLen?: number;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+/** Extensions a verifier understands; any other one marked critical makes the certificate unusable (RFC 5280 §4.2). */
+const UNDERSTOOD_EXTENSIONS = new Set<string>([
+  OID.keyUsage,
+  OID.subjectAltName,
+  OID.basicConstraints,
+  OID.extKeyUsage,
+  '2.5.29.14', // subjectKeyIdentifier
+  '2.5.29.35', // authorityKeyIdentifier
+  '2.5.29.32', // certificatePolicies
+]);
+const NAME_CONSTRAINTS = '2.5.29.30';
+
+/**
+ * What a chain verifier must know about an intermediate or root besides its signature: it is a CA with
+ * keyCertSign (as for every signing certificate of an SVID chain), its path length limit, its validity
+ * period, and that it has no critical extension we would ignore. Name constraints are refused rather than
+ * ignored: a verifier that skips them would accept what the CA was forbidden to issue.
+ */
+export function signingCertificateFacts(der: Uint8Array): Result<SigningCertificateFacts> {
+  try {
+    const decoded = decodeCertificate(der);
+    if (!decoded.ok) return decoded;
+    const checked = validateSigningCertificate(decoded.value);
+    if (!checked.ok) return checked;
+    for (const [oid, ext] of decoded.value.extensions) {
+      if (oid === NAME_CONSTRAINTS) return fail('signing certificate has name constraints, which are not supported');
+      if (ext.critical && !UNDERSTOOD_EXTENSIONS.has(oid))
+        return fail('signing certificate has an unsupported critical extension');
+    }
+    const basic = parsedExtension(decoded.value.extensions.get(OID.basicConstraints)!, BasicConstraints);
+    const pathLen = basic?.pathLenConstraint;
+    const { cert } = decoded.value;
+    const facts: SigningCertificateFacts = { notBefore: cert.notBefore.value, notAfter: cert.notAfter.value };
+    if (pathLen !== undefined) {
+      const n = typeof pathLen === 'number' ? pathLen : pathLen.valueBlock.valueDec;
+      if (!Number.isSafeInteger(n) || n < 0) return fail('signing certificate has a malformed path length constraint');
+      facts.pathLen = n;
+    }
+    return ok(facts);
+  } catch {
+    return fail('signing certificate could not be parsed');
+  }
 }
 
 /** The basicConstraints cA flag; an absent extension means "not a CA". */

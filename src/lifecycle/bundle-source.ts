@@ -101,47 +101,66 @@ abstract class LocalSource implements BundleSource {
   }
 
   watch(onChange: (trigger: string) => void): () => void {
-    const { dir, relevant } = this.watched();
-    const debounceMs = this.opts.debounceMs ?? DEFAULT_DEBOUNCE_MS;
-    let timer: NodeJS.Timeout | undefined;
-    let watcher: FSWatcher | undefined;
-    let stopped = false;
-    const changed = (trigger: string) => {
-      clearTimeout(timer);
-      timer = setTimeout(() => onChange(trigger), debounceMs);
-      timer.unref();
-    };
-    const startWatch = () => {
-      try {
-        watcher = watch(dir, { persistent: false }, (_event, name) => {
-          if (name === null || relevant(name.toString())) changed('watch');
-        });
-        watcher.on('error', () => {
-          watcher?.close();
-          watcher = undefined; // the stat poll re-creates it
-        });
-      } catch {
-        watcher = undefined;
-      }
-    };
-    startWatch();
-    let last: Promise<string> = this.signature().catch(() => '');
-    const poll = setInterval(() => {
-      if (!watcher) startWatch();
-      last = last.then(async (previous) => {
-        const now = await this.signature().catch(() => '');
-        if (!stopped && now !== previous) changed('poll');
-        return now;
-      });
-    }, this.opts.pollMs ?? DEFAULT_FILE_POLL_MS);
-    poll.unref();
-    return () => {
-      stopped = true;
-      clearInterval(poll);
-      clearTimeout(timer);
-      watcher?.close();
-    };
+    return watchLocalPath({ ...this.watched(), signature: () => this.signature(), ...this.opts }, onChange);
   }
+}
+
+export interface WatchedPath {
+  /** the folder to watch */
+  dir: string;
+  /** whether an event's file name is something of ours */
+  relevant: (name: string) => boolean;
+  /** cheap fingerprint (stat data) that changes when the content may have */
+  signature: () => Promise<string>;
+  pollMs?: number;
+  debounceMs?: number;
+}
+
+/**
+ * fs.watch on the folder plus a slow stat poll (watches can be lost; a poll re-creates a lost one);
+ * events closer than debounceMs are one change. Returns the function that stops watching.
+ */
+export function watchLocalPath(w: WatchedPath, onChange: (trigger: string) => void): () => void {
+  const { dir, relevant } = w;
+  const debounceMs = w.debounceMs ?? DEFAULT_DEBOUNCE_MS;
+  let timer: NodeJS.Timeout | undefined;
+  let watcher: FSWatcher | undefined;
+  let stopped = false;
+  const changed = (trigger: string) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => onChange(trigger), debounceMs);
+    timer.unref();
+  };
+  const startWatch = () => {
+    try {
+      watcher = watch(dir, { persistent: false }, (_event, name) => {
+        if (name === null || relevant(name.toString())) changed('watch');
+      });
+      watcher.on('error', () => {
+        watcher?.close();
+        watcher = undefined; // the stat poll re-creates it
+      });
+    } catch {
+      watcher = undefined;
+    }
+  };
+  startWatch();
+  let last: Promise<string> = w.signature().catch(() => '');
+  const poll = setInterval(() => {
+    if (!watcher) startWatch();
+    last = last.then(async (previous) => {
+      const now = await w.signature().catch(() => '');
+      if (!stopped && now !== previous) changed('poll');
+      return now;
+    });
+  }, w.pollMs ?? DEFAULT_FILE_POLL_MS);
+  poll.unref();
+  return () => {
+    stopped = true;
+    clearInterval(poll);
+    clearTimeout(timer);
+    watcher?.close();
+  };
 }
 
 /** A bundle file (`bundle.tar.gz`, as `egress-authz build` / `opa build -t wasm` write it). */
@@ -162,16 +181,34 @@ class FileSource extends LocalSource {
     return { version, bytes: async () => bytes };
   }
 
-  protected async signature(): Promise<string> {
-    const s = await stat(this.location); // follows symlinks: a ConfigMap swap changes the target
-    return `${s.ino}:${s.size}:${s.mtimeMs}`;
+  protected signature(): Promise<string> {
+    return fileSignature(this.location);
   }
 
   protected watched() {
-    const name = basename(this.location);
-    // "..data" and friends: the ConfigMap symlink swap happens next to the file
-    return { dir: dirname(resolve(this.location)), relevant: (n: string) => n === name || n.startsWith('..') };
+    return fileWatched(this.location);
   }
+}
+
+/** stat data that changes with the file's content; follows symlinks, so a ConfigMap swap changes it */
+async function fileSignature(location: string): Promise<string> {
+  const s = await stat(location);
+  return `${s.ino}:${s.size}:${s.mtimeMs}`;
+}
+
+function fileWatched(location: string): { dir: string; relevant: (name: string) => boolean } {
+  const name = basename(location);
+  // "..data" and friends: the ConfigMap symlink swap happens next to the file
+  return { dir: dirname(resolve(location)), relevant: (n: string) => n === name || n.startsWith('..') };
+}
+
+/** Watches one file (and a ConfigMap swap next to it) for changes; returns the function that stops. */
+export function watchLocalFile(
+  location: string,
+  opts: Pick<WatchedPath, 'pollMs' | 'debounceMs'>,
+  onChange: (trigger: string) => void,
+): () => void {
+  return watchLocalPath({ ...fileWatched(location), signature: () => fileSignature(location), ...opts }, onChange);
 }
 
 /** A folder of Rego and data.json, compiled with the opa CLI on each load. */

@@ -4,6 +4,7 @@
 import { promisify } from 'node:util';
 import { gunzip, gzipSync } from 'node:zlib';
 import { checkJsonLimits, DATA_JSON_LIMITS } from './json-limits.js';
+import { Parser, type ReadEntry } from 'tar';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -48,7 +49,7 @@ export async function readBundleFiles(bytes: Uint8Array): Promise<Map<string, Ui
     throw new Error(`bundle is not a gzip-compressed tar file: ${(e as Error).message}`);
   }
   const files = new Map<string, Uint8Array>();
-  for (const entry of readTar(tar)) {
+  for (const entry of await readTar(tar)) {
     if (files.has(entry.path)) throw new Error(`bundle has two entries for ${entry.path}`);
     files.set(entry.path, entry.body);
   }
@@ -95,10 +96,12 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
 
   let manifest: BundleManifest | undefined;
   const manifestBytes = files.get('.manifest');
+  if (manifestBytes && manifestBytes.byteLength > MAX_MANIFEST_BYTES)
+    throw new Error(`bundle .manifest is larger than ${MAX_MANIFEST_BYTES} bytes`);
   if (manifestBytes) {
     const parsed = parseJson(manifestBytes, '.manifest');
     if (!isObject(parsed)) throw new Error('bundle .manifest is not a JSON object');
-    manifest = parsed as BundleManifest;
+    manifest = checkManifest(parsed);
   }
 
   const data: Record<string, unknown> = {};
@@ -118,14 +121,61 @@ export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string 
     mergeAt(data, segments, parseJson(body, path), path);
   }
 
-  const modulePath = wasmModulePath(manifest, opts.entrypoint);
+  const modulePath = bundleModulePath(manifest, opts.entrypoint);
   const wasm = files.get(modulePath);
   if (!wasm) throw new Error(`bundle has no ${modulePath} (build it with: opa build -t wasm)`);
   const dataJson = dataFiles === 1 ? files.get('data.json') : undefined;
   return { wasm, data, ...(manifest ? { manifest } : {}), ...(dataJson ? { dataJson } : {}) };
 }
 
-function wasmModulePath(manifest: BundleManifest | undefined, entrypoint: string | undefined): string {
+/** Longest revision accepted: it goes into every CheckResponse, decision log line and metric label. */
+export const MAX_REVISION_CHARS = 256;
+/** Longest manifest string that can reach an error message or a log line (roots, Wasm paths). */
+const MAX_MANIFEST_STRING_CHARS = 256;
+const MAX_MANIFEST_LIST = 256;
+const MAX_MANIFEST_BYTES = 1024 * 1024;
+
+/**
+ * A string safe to copy into responses, headers, metrics and logs: bounded, and printable (no control,
+ * format or line-separator characters that would split a log line or a header). Returns why not.
+ */
+export function unprintable(value: string, max: number): string | undefined {
+  if (value.length > max) return `is ${value.length} characters long (at most ${max})`;
+  if (/[\p{C}\p{Zl}\p{Zp}]/u.test(value)) return 'has control or unprintable characters';
+  return undefined;
+}
+
+/**
+ * The manifest fields that travel further than this file (revision, roots, Wasm entrypoints and paths)
+ * must be strings of bounded, printable text: a 70 kB revision in every CheckResponse's metadata made
+ * every Check fail while the reload said success.
+ */
+function checkManifest(manifest: Record<string, unknown>): BundleManifest {
+  const bad = (field: string, why: string) => new Error(`bundle .manifest ${field} ${why}`);
+  const text = (field: string, v: unknown, max = MAX_MANIFEST_STRING_CHARS) => {
+    if (typeof v !== 'string') throw bad(field, `must be a string, got ${v === null ? 'null' : typeof v}`);
+    const why = unprintable(v, max);
+    if (why) throw bad(field, why);
+  };
+  const list = (field: string, v: unknown): unknown[] => {
+    if (!Array.isArray(v)) throw bad(field, 'must be a list');
+    if (v.length > MAX_MANIFEST_LIST) throw bad(field, `has ${v.length} entries (at most ${MAX_MANIFEST_LIST})`);
+    return v;
+  };
+  if (manifest.revision !== undefined) text('revision', manifest.revision, MAX_REVISION_CHARS);
+  if (manifest.roots !== undefined) list('roots', manifest.roots).forEach((r, i) => text(`roots[${i}]`, r));
+  if (manifest.wasm !== undefined) {
+    list('wasm', manifest.wasm).forEach((w, i) => {
+      if (!isObject(w)) throw bad(`wasm[${i}]`, 'must be an object');
+      text(`wasm[${i}].entrypoint`, w.entrypoint);
+      text(`wasm[${i}].module`, w.module);
+    });
+  }
+  return manifest as BundleManifest;
+}
+
+/** Which file of the bundle is the Wasm module for `entrypoint` (the manifest's choice, else policy.wasm). */
+export function bundleModulePath(manifest: BundleManifest | undefined, entrypoint: string | undefined): string {
   const modules = Array.isArray(manifest?.wasm) ? manifest.wasm : [];
   const chosen =
     modules.find((m) => isObject(m) && m.entrypoint === entrypoint) ?? (modules.length === 1 ? modules[0] : undefined);
@@ -196,71 +246,90 @@ function safePath(raw: string): string {
   return segments.join('/');
 }
 
-// Minimal ustar reader: regular files and directories, GNU long names ('L') and PAX path records
-// ('x'), which Go's archive/tar (used by opa) writes for long paths. Links and devices are refused.
-function* readTar(tar: Uint8Array): Generator<TarEntry> {
-  let offset = 0;
-  let longName: string | undefined;
-  while (offset + 512 <= tar.byteLength) {
-    const header = tar.subarray(offset, offset + 512);
-    if (header.every((b) => b === 0)) return;
-    if (!checksumMatches(header)) throw new Error(`bundle tar header at offset ${offset} has a bad checksum`);
-    const size = octal(header.subarray(124, 136), offset);
-    const type = String.fromCharCode(header[156] ?? 0);
-    const start = offset + 512;
-    const end = start + size;
-    if (end > tar.byteLength) throw new Error(`bundle tar entry at offset ${offset} is truncated`);
-    const body = tar.subarray(start, end);
-    offset = start + Math.ceil(size / 512) * 512;
+// The archive is read by node-tar's parser, the implementation npm itself relies on, so PAX records
+// (size, path, linkpath and the rest), GNU long names and every other extension mean here what they
+// mean to GNU tar and to `opa inspect`: a reviewer who lists a bundle with standard tools sees the
+// files the service reads. Whatever the parser only warns about (bad checksum, truncation, an
+// oversized extended header it would skip) is a refusal here, and so is every entry that is not a
+// plain file or a folder: links, devices, FIFOs, and the vendor types node-tar skips but GNU tar
+// would extract as files.
+const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
+/** PAX and GNU long-name records larger than this are refused (node-tar would skip them). */
+const MAX_META_ENTRY_BYTES = 64 * 1024;
 
-    if (type === 'L') {
-      longName = cString(body);
-      continue;
-    }
-    if (type === 'x') {
-      longName = paxPath(body) ?? longName;
-      continue;
-    }
-    if (type === 'g') continue;
-    const prefix = cString(header.subarray(345, 500));
-    const name =
-      longName ?? (prefix ? `${prefix}/${cString(header.subarray(0, 100))}` : cString(header.subarray(0, 100)));
-    longName = undefined;
-    if (type === '5') continue;
-    if (type !== '0' && type !== '\0' && type !== '7') {
-      throw new Error(`bundle entry ${JSON.stringify(name)} is not a regular file (tar type ${JSON.stringify(type)})`);
-    }
-    yield { path: safePath(name), body };
+function readTar(tar: Uint8Array): Promise<TarEntry[]> {
+  return new Promise((resolve, reject) => {
+    const entries: TarEntry[] = [];
+    let failure: string | undefined;
+    let sawEnd = false;
+    const refuse = (reason: string) => {
+      failure ??= reason;
+    };
+    const parser = new Parser({
+      strict: false,
+      maxMetaEntrySize: MAX_META_ENTRY_BYTES,
+      onwarn: (code: string, message: string) => refuse(`bundle tar archive is damaged (${code}): ${message}`),
+    });
+    parser.on('ignoredEntry', (entry: ReadEntry) =>
+      refuse(`bundle entry ${JSON.stringify(entry.path)} cannot be read (tar type ${entry.type})`),
+    );
+    parser.on('eof', () => void (sawEnd = true));
+    parser.on('meta', (text: string) => {
+      const problem = paxProblem(text);
+      if (problem) refuse(`bundle tar archive has a malformed extended header: ${problem}`);
+    });
+    parser.on('entry', (entry: ReadEntry) => {
+      const chunks: Buffer[] = [];
+      entry.on('data', (chunk: Buffer) => void chunks.push(chunk));
+      entry.on('end', () => {
+        if (entry.type === 'Directory') return;
+        if (!FILE_TYPES.has(entry.type)) {
+          refuse(`bundle entry ${JSON.stringify(entry.path)} is not a regular file (tar type ${entry.type})`);
+          return;
+        }
+        try {
+          entries.push({ path: safePath(entry.path), body: Buffer.concat(chunks) });
+        } catch (e) {
+          refuse((e as Error).message);
+        }
+      });
+    });
+    parser.on('error', (e: Error) => refuse(`bundle tar archive is damaged: ${e.message}`));
+    parser.on('end', () => {
+      if (failure === undefined && !sawEnd) failure = 'bundle tar archive ends without its end-of-archive marker';
+      if (failure !== undefined) reject(new Error(failure));
+      else resolve(entries);
+    });
+    parser.end(Buffer.from(tar.buffer, tar.byteOffset, tar.byteLength));
+  });
+}
+
+const PAX_INTEGER_KEYS = new Set(['size', 'uid', 'gid', 'mode', 'dev', 'ino', 'nlink']);
+const PAX_TIME_KEYS = new Set(['mtime', 'atime', 'ctime']);
+
+/**
+ * Why a PAX record set would be read differently by node-tar (lenient: `+"0x10"` is a size) and GNU
+ * tar (strict), or undefined when it is well-formed. A GNU long name (not record-shaped) passes.
+ */
+function paxProblem(text: string): string | undefined {
+  if (!/^\d+ [^=\n]*=/.test(text)) return undefined;
+  let rest = Buffer.from(text, 'utf8');
+  while (rest.length > 0) {
+    const m = /^([1-9]\d{0,8}) /.exec(rest.subarray(0, 12).toString('latin1'));
+    if (!m) return 'a record does not start with its length';
+    const len = Number(m[1]);
+    if (len > rest.length || rest[len - 1] !== 0x0a) return 'a record length does not match its text';
+    const record = rest.subarray(m[0].length, len - 1).toString('utf8');
+    rest = rest.subarray(len);
+    const eq = record.indexOf('=');
+    if (eq <= 0) return 'a record has no key';
+    const key = record.slice(0, eq);
+    const value = record.slice(eq + 1);
+    if (value.includes('\0')) return `record ${key} contains NUL`;
+    if (PAX_INTEGER_KEYS.has(key) && !(/^\d{1,15}$/.test(value) && Number.isSafeInteger(Number(value))))
+      return `invalid ${key}=${JSON.stringify(value.slice(0, 40))}`;
+    if (PAX_TIME_KEYS.has(key) && !/^-?\d{1,15}(\.\d{1,9})?$/.test(value))
+      return `invalid ${key}=${JSON.stringify(value.slice(0, 40))}`;
   }
-  throw new Error('bundle tar archive ends without its end-of-archive marker');
-}
-
-function checksumMatches(header: Uint8Array): boolean {
-  const stored = parseInt(cString(header.subarray(148, 156)).trim() || 'x', 8);
-  let sum = 0;
-  for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 32 : (header[i] ?? 0);
-  return stored === sum;
-}
-
-function octal(field: Uint8Array, offset: number): number {
-  const text = cString(field).trim();
-  if (!/^[0-7]+$/.test(text)) throw new Error(`bundle tar header at offset ${offset} has an invalid size`);
-  const n = parseInt(text, 8);
-  if (n > MAX_BUNDLE_BYTES) throw new Error(`bundle tar entry at offset ${offset} is too large`);
-  return n;
-}
-
-function cString(bytes: Uint8Array): string {
-  const nul = bytes.indexOf(0);
-  return new TextDecoder().decode(nul < 0 ? bytes : bytes.subarray(0, nul));
-}
-
-function paxPath(body: Uint8Array): string | undefined {
-  // records are "<len> <key>=<value>\n"
-  let path: string | undefined;
-  for (const record of new TextDecoder().decode(body).split('\n')) {
-    const m = /^\d+ path=(.*)$/s.exec(record);
-    if (m) path = m[1];
-  }
-  return path;
+  return undefined;
 }

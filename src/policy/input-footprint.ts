@@ -11,6 +11,8 @@
 // its entrypoint rule, so the scan runs on the policy folder at `build` time and the result travels in
 // the bundle manifest's metadata; a bundle without it gets the whole input and nothing is remembered.
 
+import { createHash } from 'node:crypto';
+
 export interface InputFootprint {
   /** the top-level input fields the policy reads; null when they cannot be known from the source */
   keys: readonly string[] | null;
@@ -68,19 +70,46 @@ export function inputFootprint(modules: readonly string[]): InputFootprint {
   return { keys: [...keys].sort(), deterministic, why };
 }
 
-/** The footprint a bundle's manifest carries, if it carries a well-formed one. */
-export function footprintFromManifest(manifest: unknown): InputFootprint | undefined {
+/** The stamp as `build` writes it: the footprint and the SHA-256 (hex) of the module it describes. */
+export interface FootprintStamp extends InputFootprint {
+  module_sha256: string;
+}
+
+export function footprintStamp(footprint: InputFootprint, module: Uint8Array): FootprintStamp {
+  return { ...footprint, module_sha256: sha256Hex(module) };
+}
+
+const MAX_STAMP_KEYS = 256;
+const MAX_STAMP_WHY_CHARS = 256;
+
+/**
+ * The footprint a bundle's manifest carries, if it carries a well-formed one made for this very
+ * module. The stamp is only a claim about the Rego the module was compiled from: a `.manifest` copied
+ * from another build (`opa build -b` keeps it) would otherwise hand a new rule only the old fields.
+ */
+export function footprintFromManifest(manifest: unknown, module: Uint8Array): InputFootprint | undefined {
   const meta = (manifest as { metadata?: Record<string, unknown> } | undefined)?.metadata?.[MANIFEST_METADATA_KEY] as
-    Partial<InputFootprint> | undefined;
+    Partial<FootprintStamp> | undefined;
   if (typeof meta !== 'object' || meta === null) return undefined;
+  if (typeof meta.module_sha256 !== 'string' || meta.module_sha256 !== sha256Hex(module)) return undefined;
   const keys =
     meta.keys === null
       ? null
-      : Array.isArray(meta.keys) && meta.keys.every((k) => typeof k === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
+      : Array.isArray(meta.keys) &&
+          meta.keys.length <= MAX_STAMP_KEYS &&
+          meta.keys.every((k) => typeof k === 'string' && /^[A-Za-z_][A-Za-z0-9_]{0,127}$/.test(k))
         ? meta.keys
         : undefined;
   if (keys === undefined || typeof meta.deterministic !== 'boolean') return undefined;
-  return { keys, deterministic: meta.deterministic, why: typeof meta.why === 'string' ? meta.why : '' };
+  const why =
+    typeof meta.why === 'string' && meta.why.length <= MAX_STAMP_WHY_CHARS && /^[\x20-\x7e]*$/.test(meta.why)
+      ? meta.why
+      : '';
+  return { keys, deterministic: meta.deterministic, why };
+}
+
+function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
 }
 
 /** Fields for the log line that says how a policy is evaluated. */

@@ -4,8 +4,8 @@ import { execFile } from 'node:child_process';
 import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readBundleFiles, writeBundleFiles } from './bundle.js';
-import { inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
+import { bundleModulePath, readBundleFiles, writeBundleFiles, type BundleManifest } from './bundle.js';
+import { footprintStamp, inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
 
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 
@@ -142,7 +142,7 @@ export async function buildWasmBundle(
   if (out.code !== 0) {
     throw new Error(`opa build failed for ${policyDir}:\n${(out.stderr || out.stdout).trim()}`);
   }
-  await stampInputFootprint(outFile, policyRegoSources(policyDir));
+  await stampInputFootprint(outFile, policyRegoSources(policyDir), entrypoint);
 }
 
 /**
@@ -164,8 +164,11 @@ function policyRegoSources(dir: string): string[] {
   return sources;
 }
 
-/** Writes the footprint of the policy's source into the bundle manifest (see input-footprint.ts). */
-async function stampInputFootprint(bundleFile: string, sources: string[]): Promise<void> {
+/**
+ * Writes the footprint of the policy's source into the bundle manifest (see input-footprint.ts), bound
+ * to the module compiled from that source by its hash.
+ */
+async function stampInputFootprint(bundleFile: string, sources: string[], entrypoint: string): Promise<void> {
   const files = await readBundleFiles(readFileSync(bundleFile));
   const manifestBytes = files.get('.manifest');
   const manifest = manifestBytes
@@ -175,7 +178,9 @@ async function stampInputFootprint(bundleFile: string, sources: string[]): Promi
     typeof manifest.metadata === 'object' && manifest.metadata !== null
       ? (manifest.metadata as Record<string, unknown>)
       : {};
-  manifest.metadata = { ...metadata, [MANIFEST_METADATA_KEY]: inputFootprint(sources) };
+  const module = files.get(bundleModulePath(manifest as BundleManifest, entrypoint));
+  if (!module) throw new Error(`opa build wrote ${bundleFile} without its Wasm module`);
+  manifest.metadata = { ...metadata, [MANIFEST_METADATA_KEY]: footprintStamp(inputFootprint(sources), module) };
   files.set('.manifest', Buffer.from(JSON.stringify(manifest)));
   writeFileSync(bundleFile, writeBundleFiles(files));
 }

@@ -134,7 +134,7 @@ export async function loadPolicyBundle(
     source: opts.source,
     entrypoint,
     evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
-    footprint: opts.memoize === false ? undefined : footprintFromManifest(manifest),
+    footprint: opts.memoize === false ? undefined : footprintFromManifest(manifest, wasm),
   });
 }
 
@@ -269,15 +269,15 @@ class WasmPolicy implements LoadedPolicy {
     } catch (e) {
       // An aborted evaluation may leave the instance's heap half-written: start the next one afresh.
       this.poisoned = true;
-      return fail(`policy evaluation failed: ${describe(e)}`);
+      return fail(`policy evaluation failed: ${describe(e)}`, 'policy');
     }
     const elapsed = performance.now() - started;
     if (elapsed > this.meta.evalBudgetMs)
-      return fail(`policy evaluation exceeded ${this.meta.evalBudgetMs}ms (took ${elapsed.toFixed(1)}ms)`);
-    if (!Array.isArray(resultSet) || resultSet.length === 0) return fail('policy result undefined');
-    if (resultSet.length > 1) return fail(`policy returned ${resultSet.length} results, expected one`);
+      return fail(`policy evaluation exceeded ${this.meta.evalBudgetMs}ms (took ${elapsed.toFixed(1)}ms)`, 'policy');
+    if (!Array.isArray(resultSet) || resultSet.length === 0) return fail('policy result undefined', 'policy');
+    if (resultSet.length > 1) return fail(`policy returned ${resultSet.length} results, expected one`, 'policy');
     const first: unknown = resultSet[0];
-    if (!isObject(first) || !('result' in first)) return fail('policy result undefined');
+    if (!isObject(first) || !('result' in first)) return fail('policy result undefined', 'policy');
     return normalisePolicyResult(first.result);
   }
 
@@ -347,15 +347,18 @@ export function normalisePolicyResult(value: unknown): Result<PolicyResult> {
   if (typeof value === 'boolean') {
     return ok({ allow: value, snat_pool: '', reason: value ? 'allowed by policy' : 'denied by policy' });
   }
-  if (!isObject(value)) return fail(`policy result must be an object or a boolean, got ${typeName(value)}`);
+  if (!isObject(value)) return fail(`policy result must be an object or a boolean, got ${typeName(value)}`, 'policy');
   const hasAllow = 'allow' in value;
   const hasAllowed = 'allowed' in value;
-  if (!hasAllow && !hasAllowed) return fail('policy result has neither "allow" nor "allowed"');
+  if (!hasAllow && !hasAllowed) return fail('policy result has neither "allow" nor "allowed"', 'policy');
   const allow = hasAllow ? value['allow'] : value['allowed'];
   if (typeof allow !== 'boolean')
-    return fail(`policy result "${hasAllow ? 'allow' : 'allowed'}" must be a boolean, got ${typeName(allow)}`);
+    return fail(
+      `policy result "${hasAllow ? 'allow' : 'allowed'}" must be a boolean, got ${typeName(allow)}`,
+      'policy',
+    );
   if (hasAllow && hasAllowed && value['allowed'] !== allow)
-    return fail('policy result has "allow" and "allowed" that disagree');
+    return fail('policy result has "allow" and "allowed" that disagree', 'policy');
 
   const pool = optionalString(value, 'snat_pool');
   if (!pool.ok) return pool;
@@ -373,7 +376,10 @@ export function normalisePolicyResult(value: unknown): Result<PolicyResult> {
   const status = value['http_status'];
   if (status !== undefined) {
     if (typeof status !== 'number' || !Number.isInteger(status) || status < 100 || status > 599) {
-      return fail(`policy result "http_status" must be an integer HTTP status, got ${JSON.stringify(status)}`);
+      return fail(
+        `policy result "http_status" must be an integer HTTP status, got ${JSON.stringify(status)}`,
+        'policy',
+      );
     }
     result.http_status = status;
   }
@@ -387,13 +393,13 @@ export function normalisePolicyResult(value: unknown): Result<PolicyResult> {
 }
 
 function normaliseHeaders(headers: unknown): Result<Record<string, string>> {
-  if (!isObject(headers)) return fail(`policy result "headers" must be an object, got ${typeName(headers)}`);
+  if (!isObject(headers)) return fail(`policy result "headers" must be an object, got ${typeName(headers)}`, 'policy');
   const out: Record<string, string> = {};
   for (const [name, v] of Object.entries(headers)) {
     // opa-envoy-plugin accepts a list of values for one header; HTTP joins them with ", ".
     if (typeof v === 'string') out[name] = v;
     else if (Array.isArray(v) && v.every((x) => typeof x === 'string')) out[name] = v.join(', ');
-    else return fail(`policy result header ${JSON.stringify(name)} must be a string or a list of strings`);
+    else return fail(`policy result header ${JSON.stringify(name)} must be a string or a list of strings`, 'policy');
   }
   return ok(out);
 }
@@ -401,7 +407,7 @@ function normaliseHeaders(headers: unknown): Result<Record<string, string>> {
 function optionalString(obj: Record<string, unknown>, key: string): Result<string | undefined> {
   const v = obj[key];
   if (v === undefined || typeof v === 'string') return ok(v);
-  return fail(`policy result "${key}" must be a string, got ${typeName(v)}`);
+  return fail(`policy result "${key}" must be a string, got ${typeName(v)}`, 'policy');
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

@@ -9,6 +9,12 @@ import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
 import type { SandboxBudget } from '../lifecycle/policy-sandbox.js';
+import {
+  parseTrustBundleFlag,
+  parseTrustBundleUrlFlag,
+  type TrustBundleEndpoint,
+  type TrustBundleFile,
+} from '../lifecycle/trust-bundles.js';
 
 /** One command-line option. Every option takes a string value; `multiple` ones may repeat. */
 export interface OptionRow {
@@ -52,6 +58,21 @@ export const SERVE_OPTIONS = {
     multiple: true,
     help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca',
   },
+  'trust-bundle': {
+    arg: 'TD=FILE',
+    multiple: true,
+    help: "a trust domain's X.509 bundle, PEM or SPIFFE bundle JSON (repeatable; re-read on change)",
+  },
+  'trust-bundle-url': {
+    arg: 'TD=URL[,spiffe=ID]',
+    multiple: true,
+    help: 'its SPIFFE bundle endpoint: https_web, or https_spiffe with the server ID (repeatable)',
+  },
+  'verify-peer-chain': {
+    arg: 'on|off',
+    default: 'off',
+    help: "verify Envoy's peer certificate against the bundles too (the sideband always is)",
+  },
   'shutdown-grace': { arg: 'DUR', default: '10s', help: 'how long SIGTERM waits for accepted checks' },
   'check-deadline': { arg: 'DUR', default: '200ms', help: 'a check slower than this is a deny' },
   'grpc-max-message-bytes': {
@@ -89,6 +110,10 @@ export interface ServeConfig {
   logLevel: string;
   tls?: TlsFiles;
   allowedCallers: CallerPattern[];
+  /** trust bundles: with any, sideband chains are verified against the leaf's trust domain's bundle */
+  trustBundleFiles: TrustBundleFile[];
+  trustBundleEndpoints: TrustBundleEndpoint[];
+  verifyPeerChain: boolean;
   graceMs: number;
   checkDeadlineMs: number;
   maxReceiveMessageBytes: number;
@@ -151,6 +176,7 @@ function normalise(v: Values): ServeConfig {
     return p.value;
   });
   const tls = tlsFiles(v, allowedCallers);
+  const trust = trustBundles(v);
   return {
     grpcAddr: v['grpc-addr']!,
     httpAddr: v['http-addr']!,
@@ -169,6 +195,7 @@ function normalise(v: Values): ServeConfig {
     logLevel: v['log-level']!,
     ...defined('tls', tls),
     allowedCallers,
+    ...trust,
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
@@ -191,6 +218,43 @@ function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefi
       '--allowed-caller needs --tls-client-ca: without client certificates no caller has an identity',
     );
   return { certFile: cert, keyFile: key, ...defined('clientCaFile', ca) };
+}
+
+function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
+  const files = (v['trust-bundle'] ?? []).map((text) => {
+    const f = parseTrustBundleFlag(text);
+    if (!f.ok) throw new ConfigError(f.reason);
+    return f.value;
+  });
+  const endpoints = (v['trust-bundle-url'] ?? []).map((text) => {
+    const e = parseTrustBundleUrlFlag(text);
+    if (!e.ok) throw new ConfigError(e.reason);
+    return e.value;
+  });
+  for (const [flag, list] of [
+    ['--trust-bundle', files],
+    ['--trust-bundle-url', endpoints],
+  ] as const) {
+    const seen = new Set<string>();
+    for (const { trustDomain } of list) {
+      if (seen.has(trustDomain)) throw new ConfigError(`${flag}: trust domain ${trustDomain} given twice`);
+      seen.add(trustDomain);
+    }
+  }
+  const configured = new Set([...files, ...endpoints].map((b) => b.trustDomain));
+  for (const e of endpoints) {
+    const serverTd = e.endpointTrustDomain;
+    if (serverTd !== undefined && !configured.has(serverTd))
+      throw new ConfigError(
+        `--trust-bundle-url ${e.trustDomain}: https_spiffe needs a bundle for ${serverTd} to authenticate ` +
+          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE)`,
+      );
+  }
+  const verify = v['verify-peer-chain'];
+  if (verify !== 'on' && verify !== 'off') throw new ConfigError('--verify-peer-chain takes on or off');
+  if (verify === 'on' && configured.size === 0)
+    throw new ConfigError('--verify-peer-chain on needs trust bundles: --trust-bundle or --trust-bundle-url');
+  return { trustBundleFiles: files, trustBundleEndpoints: endpoints, verifyPeerChain: verify === 'on' };
 }
 
 /** `{ [key]: value }` when the value is there, `{}` otherwise (exactOptionalPropertyTypes-friendly). */

@@ -5,12 +5,10 @@
 import type http from 'node:http';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
-import type { Decision } from '../decision/decision.js';
+import { REASON_CLASSES, type Decision, type ReasonClass } from '../decision/decision.js';
+import type { FailureCode } from '../common/result.js';
 import type { CheckRequest, SidebandRequest } from '../decision/input.js';
 import type { LoadedPolicy } from '../policy/policy.js';
-
-export const REASON_CLASSES = ['allowed', 'identity', 'policy_deny', 'policy_error', 'internal'] as const;
-export type ReasonClass = (typeof REASON_CLASSES)[number];
 
 /** Why the identity step refused a peer, coarsely; the decision log has the precise reason. */
 export const IDENTITY_REJECTION_CLASSES = [
@@ -20,6 +18,7 @@ export const IDENTITY_REJECTION_CLASSES = [
   'validity',
   'spiffe_id',
   'mismatch',
+  'chain',
   'other',
 ] as const;
 export type IdentityRejectionClass = (typeof IDENTITY_REJECTION_CLASSES)[number];
@@ -42,21 +41,13 @@ const EXT_AUTHZ_LABELS = {
 };
 
 export function reasonClass(d: Decision): ReasonClass {
-  if (d.allow) return 'allowed';
-  if (d.decision_id === '') return 'internal'; // the transport's fallback answer (grpc-server internalErrorDecision)
-  if (d.identity === null) return 'identity';
-  return d.policy_error !== undefined ? 'policy_error' : 'policy_deny';
+  return d.reason_class;
 }
 
-export function identityRejectionClass(reason: string): IdentityRejectionClass {
-  if (/^no client identity$|^no verified workload identity$/.test(reason)) return 'missing';
-  if (/evidence is not a string$/.test(reason)) return 'other';
-  if (/ differ$/.test(reason)) return 'mismatch';
-  if (/not yet valid|has expired/.test(reason)) return 'validity';
-  if (/PEM|URL[- ]encod|base64/.test(reason)) return 'pem';
-  if (/SPIFFE ID|principal|header/.test(reason) && !/^leaf |^signing /.test(reason)) return 'spiffe_id';
-  if (/certificate|^leaf |^signing |DER|evidence/.test(reason)) return 'svid';
-  return 'other';
+export function identityRejectionClass(code: FailureCode | undefined): IdentityRejectionClass {
+  return (IDENTITY_REJECTION_CLASSES as readonly string[]).includes(code ?? '')
+    ? (code as IdentityRejectionClass)
+    : 'other';
 }
 
 export interface ServiceMetricsOptions {
@@ -173,7 +164,7 @@ export class ServiceMetrics {
   observeDecision(d: Decision, policy: LoadedPolicy | undefined): void {
     const rc = reasonClass(d);
     (this.checks[d.caller] ?? this.checks['cli']!)[rc].inc();
-    if (rc === 'identity') this.identityRejections[identityRejectionClass(d.reason)].inc();
+    if (rc === 'identity') this.identityRejections[identityRejectionClass(d.failure_code)].inc();
     else if (d.eval_ms > 0) this.evalSeconds.live.observe(d.eval_ms / 1000);
     this.tenantChild(d, policy).inc();
   }
@@ -293,10 +284,10 @@ export class MeteredAuthorizer extends Authorizer {
     super(opts);
   }
 
-  override checkEnvoy(req: CheckRequest): Decision {
-    const started = performance.now();
+  override checkEnvoy(req: CheckRequest, receivedAt?: number): Decision {
+    const started = receivedAt ?? performance.now();
     try {
-      return super.checkEnvoy(req);
+      return super.checkEnvoy(req, receivedAt);
     } catch (err) {
       this.metrics.observeInternalError('envoy');
       throw err;

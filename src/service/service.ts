@@ -4,7 +4,7 @@ import type http from 'node:http';
 import type { Server as TlsServer } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { Authorizer } from '../decision/authorizer.js';
+import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
 import type { Decision, PolicySource } from '../decision/decision.js';
 import type { DecisionLogEntry } from '../decision/decision-log.js';
 import { addGrpcHealth } from '../transport/grpc-health.js';
@@ -40,6 +40,9 @@ export interface ServiceOptions {
   maxReceiveMessageBytes?: number;
   /** see AuthorizerOptions.checkDeadlineMs */
   checkDeadlineMs?: number;
+  /** see AuthorizerOptions.chainVerifier / verifyEnvoyChain: trust bundles for peer chains */
+  chainVerifier?: AuthorizerOptions['chainVerifier'];
+  verifyEnvoyChain?: boolean;
   /** where the live policy is read from (a PolicyStore that hot-reloads it); default: `policy`, fixed */
   policies?: MutablePolicySource;
   /** a candidate evaluated beside the live policy, never affecting the answer */
@@ -99,6 +102,9 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       policies,
       trustedIdentityHeader: opts.trustedIdentityHeader,
       checkDeadlineMs: opts.checkDeadlineMs,
+      ...(opts.chainVerifier
+        ? { chainVerifier: opts.chainVerifier, verifyEnvoyChain: opts.verifyEnvoyChain === true }
+        : {}),
       sink: (entry, decision) => {
         if (entry.policy_error !== undefined) log.error(entry, 'decision');
         else log.info(entry, 'decision');

@@ -2,7 +2,7 @@
 // anywhere below turns into a PERMISSION_DENIED answer, never a gRPC error Envoy would have to interpret.
 import * as grpc from '@grpc/grpc-js';
 import type { Authorizer } from '../decision/authorizer.js';
-import type { Decision } from '../decision/decision.js';
+import { internalErrorDecision, type Decision } from '../decision/decision.js';
 import { loadAuthorizationService } from './envoy-protos.js';
 import { toCheckResponse } from './envoy-response.js';
 import type { CheckRequest } from '../decision/input.js';
@@ -24,44 +24,42 @@ export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
 /** Streams one client connection may have open at once; more are refused (REFUSED_STREAM), not queued. */
 export const MAX_CONCURRENT_STREAMS = 1024;
 
-export function internalErrorDecision(): Decision {
-  return {
-    decision_id: '',
-    caller: 'envoy',
-    allow: false,
-    snat_pool: '',
-    reason: 'internal error',
-    http_status: 403,
-    headers: {},
-    body: 'internal error',
-    identity: null,
-    destination: '',
-    policy_revision: '',
-    eval_ms: 0,
+export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
+  return (call, callback) => {
+    // Timed from when it was read, decided on the next turn of the event loop: checks read together
+    // (a backlog behind a slow evaluation) each keep their own arrival time, and by then the reset of a
+    // call Envoy gave up on has been read too. Such a call gets no evaluation and no answer.
+    const receivedAt = performance.now();
+    setImmediate(() => {
+      if (!call.cancelled) answerCheck(opts, call, callback, receivedAt);
+    });
   };
 }
 
-export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
-  return (call, callback) => {
-    if (opts.peerPolicy) {
-      const auth = call.getAuthContext();
-      const verdict = judgePeer(opts.peerPolicy, auth.transportSecurityType === 'ssl', auth.sslPeerCertificate?.raw);
-      if (!verdict.ok) {
-        opts.onPeerRefused?.(verdict, call.getPeer());
-        const code = verdict.refusal === 'forbidden' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
-        callback({ code, details: verdict.reason });
-        return;
-      }
+function answerCheck(
+  opts: GrpcServerOptions,
+  call: grpc.ServerUnaryCall<CheckRequest, Record<string, unknown>>,
+  callback: grpc.sendUnaryData<Record<string, unknown>>,
+  receivedAt: number,
+): void {
+  if (opts.peerPolicy) {
+    const auth = call.getAuthContext();
+    const verdict = judgePeer(opts.peerPolicy, auth.transportSecurityType === 'ssl', auth.sslPeerCertificate?.raw);
+    if (!verdict.ok) {
+      opts.onPeerRefused?.(verdict, call.getPeer());
+      const code = verdict.refusal === 'forbidden' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
+      callback({ code, details: verdict.reason });
+      return;
     }
-    let decision: Decision;
-    try {
-      decision = opts.authorizer.checkEnvoy(call.request);
-    } catch (err) {
-      opts.onInternalError?.(err);
-      decision = internalErrorDecision();
-    }
-    callback(null, toCheckResponse(decision));
-  };
+  }
+  let decision: Decision;
+  try {
+    decision = opts.authorizer.checkEnvoy(call.request, receivedAt);
+  } catch (err) {
+    opts.onInternalError?.(err);
+    decision = internalErrorDecision('envoy');
+  }
+  callback(null, toCheckResponse(decision));
 }
 
 export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {

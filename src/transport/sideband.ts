@@ -7,7 +7,6 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { oneLine, type Decision } from '../decision/decision.js';
 import type { SidebandRequest } from '../decision/input.js';
-import { parsePemBlocks } from '../identity/x509-svid.js';
 
 export const SIDEBAND_PATH = '/v1/sideband';
 
@@ -122,10 +121,9 @@ function decideBody(
   } catch {
     return { status: 500, allow: false, snatPool: '', decisionId: randomUUID(), reason: 'internal error' };
   }
-  // The policy still saw (and the decision log recorded) a malformed PEM as a deny; the status tells the
-  // operator that the request, not the identity, was wrong.
-  const pemShape = parsePemBlocks(pem);
-  const status = decision.allow ? 200 : pemShape.ok ? 403 : 400;
+  // The decision log records a malformed PEM as a deny like any other; the status tells the operator
+  // that the request, not the identity, was wrong.
+  const status = decision.allow ? 200 : decision.failure_code === 'pem' ? 400 : 403;
   return {
     status,
     allow: decision.allow && status === 200,

@@ -1,9 +1,11 @@
 // grpc.health.v1 agreeing with /readyz, and the limits: message size, check deadline, bounded caches.
 import http from 'node:http';
+import http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { LoadedPolicy } from '../../src/policy/policy.js';
+import { loadAuthorizationService } from '../../src/transport/envoy-protos.js';
 import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
 import {
   check,
@@ -30,6 +32,43 @@ function healthCheck(c: HealthClient, service: string): Promise<string> {
   return new Promise((resolve, reject) =>
     c.check({ service }, (err, res) => (err ? reject(err) : resolve(res.status))),
   );
+}
+
+/**
+ * Sends `count` identical Checks as raw HTTP/2 streams written in one go, so they reach the (in-process)
+ * server together, as a backlog does; grpc-js' client would start each call on its own turn.
+ */
+async function checksInOneWrite(port: number, req: unknown, count: number): Promise<Record<string, any>[]> {
+  const method = loadAuthorizationService()['Check']!;
+  const message = method.requestSerialize(req);
+  const frame = Buffer.alloc(5 + message.length);
+  frame.writeUInt32BE(message.length, 1);
+  message.copy(frame, 5);
+  const session = http2.connect(`http://127.0.0.1:${port}`);
+  await new Promise<void>((ready, failed) => session.once('connect', () => ready()).once('error', failed));
+  const answers = Array.from({ length: count }, () => {
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': method.path,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+    });
+    stream.end(frame);
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    return new Promise<Record<string, any>>((done, failed) => {
+      stream.once('error', failed);
+      stream.once('end', () => {
+        const body = Buffer.concat(chunks);
+        done(method.responseDeserialize(body.subarray(5)) as Record<string, any>);
+      });
+    });
+  });
+  try {
+    return await Promise.all(answers);
+  } finally {
+    session.close();
+  }
 }
 
 function readyz(port: number): Promise<number> {
@@ -123,6 +162,34 @@ describe('limits', () => {
       policy_error: 'check exceeded its deadline of 10ms',
     });
     c.close();
+  });
+
+  it('checks that waited past their deadline behind a slow evaluation are denied without evaluating', async () => {
+    // A backlog: 8 checks arrive together, each evaluation takes 150 ms, the deadline is 200 ms.
+    // Evaluating them all (what kept the service unavailable for tens of seconds under npm run chaos's
+    // slow policy) would take 1.2 s and answer the last ones long after Envoy gave up.
+    const real = await loadDefaultPolicy();
+    let evaluations = 0;
+    const slow: LoadedPolicy = {
+      ...real,
+      revision: 'slow',
+      evaluate(input) {
+        evaluations++;
+        const until = performance.now() + 150;
+        while (performance.now() < until); // Wasm cannot be interrupted either
+        return real.evaluate(input);
+      },
+    };
+    svc = await startTestService({ policy: slow, checkDeadlineMs: 200 });
+    const answers = await checksInOneWrite(svc.grpcPort, checkRequest({ principal: BOOKINFO }), 8);
+    // The first one or two start within the deadline; every later one is already late when its turn comes.
+    expect(evaluations).toBeLessThanOrEqual(3);
+    const late = answers.filter((a) => a.status.code === grpc.status.PERMISSION_DENIED);
+    expect(late.length).toBeGreaterThanOrEqual(5);
+    for (const a of late) expect(a.deniedResponse.body).toMatch(/deadline of 200ms/);
+    const logged = svc.decisions.filter((d) => d.policy_error === 'check exceeded its deadline of 200ms');
+    expect(logged).toHaveLength(late.length);
+    expect(logged.every((d) => d.policy_revision === 'slow' && d.allow === false)).toBe(true);
   });
 
   it('the parsed-certificate cache stays bounded whatever callers send', () => {

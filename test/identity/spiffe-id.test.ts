@@ -36,7 +36,11 @@ describe('parseSpiffeId: valid IDs', () => {
     const atLimit = prefix + 'a'.repeat(MAX_SPIFFE_ID_BYTES - prefix.length);
     expect(atLimit).toHaveLength(2048);
     expect(parseSpiffeId(atLimit).ok).toBe(true);
-    expect(parseSpiffeId(atLimit + 'a')).toEqual({ ok: false, reason: 'invalid SPIFFE ID: longer than 2048 bytes' });
+    expect(parseSpiffeId(atLimit + 'a')).toEqual({
+      ok: false,
+      code: 'spiffe_id',
+      reason: 'invalid SPIFFE ID: longer than 2048 bytes',
+    });
   });
 
   it('accepts a 255-byte trust domain and refuses a 256-byte one', () => {
@@ -44,6 +48,7 @@ describe('parseSpiffeId: valid IDs', () => {
     expect(parseSpiffeId(`spiffe://${td}/x`).ok).toBe(true);
     expect(parseSpiffeId(`spiffe://${td}a/x`)).toEqual({
       ok: false,
+      code: 'spiffe_id',
       reason: 'invalid SPIFFE ID: trust domain is longer than 255 bytes',
     });
   });
@@ -95,7 +100,7 @@ describe('parseSpiffeId: invalid IDs, each with its precise reason', () => {
     ['spiffe://cluster.local/ns/bookinfo\\sa', PATH_CHARSET],
   ];
   it.each(invalid)('%j', (text, reason) => {
-    expect(parseSpiffeId(text)).toEqual({ ok: false, reason });
+    expect(parseSpiffeId(text)).toEqual({ ok: false, code: 'spiffe_id', reason });
   });
 
   it('gives short single-line ASCII reasons that never echo the input', () => {

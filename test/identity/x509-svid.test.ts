@@ -157,6 +157,7 @@ describe('parseX509Svid: the chain after the leaf', () => {
     const other = await workloadSvid(ca, 'spiffe://cluster.local/ns/other/sa/x');
     expect(parseX509Svid([good.der, other.der], new Date())).toEqual({
       ok: false,
+      code: 'svid',
       reason: 'signing certificate must have CA flag set to true',
     });
   });
@@ -170,24 +171,31 @@ describe('parseX509Svid: the chain after the leaf', () => {
   });
 
   it('refuses an empty chain and undecodable DER', () => {
-    expect(parseX509Svid([], new Date())).toEqual({ ok: false, reason: 'no certificates found' });
+    expect(parseX509Svid([], new Date())).toEqual({ ok: false, code: 'svid', reason: 'no certificates found' });
     expect(parseX509Svid([new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01])], new Date())).toEqual({
       ok: false,
+      code: 'svid',
       reason: 'leaf certificate is not valid DER',
     });
     expect(parseX509Svid([good.der.subarray(0, good.der.length - 10)], new Date())).toEqual({
       ok: false,
+      code: 'svid',
       reason: 'leaf certificate is not valid DER',
     });
     expect(parseX509Svid([good.der, new Uint8Array([1, 2, 3])], new Date())).toEqual({
       ok: false,
+      code: 'svid',
       reason: 'signing certificate is not valid DER',
     });
   });
 
   it('refuses trailing bytes after the certificate', () => {
     const padded = new Uint8Array([...good.der, 0]);
-    expect(parseX509Svid([padded], new Date())).toEqual({ ok: false, reason: 'leaf certificate is not valid DER' });
+    expect(parseX509Svid([padded], new Date())).toEqual({
+      ok: false,
+      code: 'svid',
+      reason: 'leaf certificate is not valid DER',
+    });
   });
 });
 
@@ -214,6 +222,7 @@ describe('parsePemBlocks', () => {
       const result = parsePemBlocks(text);
       expect(result).toEqual({
         ok: false,
+        code: 'pem',
         reason: 'certificate PEM contains a private key; only CERTIFICATE blocks are accepted',
       });
     }
@@ -254,16 +263,18 @@ describe('parsePemBlocks', () => {
     ['over-long input', ' '.repeat(64 * 1024) + 'x', 'certificate PEM is longer than 65536 characters'],
   ];
   it.each(refused)('refuses %s', (_name, text, reason) => {
-    expect(parsePemBlocks(text)).toEqual({ ok: false, reason });
+    expect(parsePemBlocks(text)).toEqual({ ok: false, code: 'pem', reason });
   });
 
   it('refuses text between or after blocks', () => {
     expect(parsePemBlocks(`${good.certPem}subject=CN=x\n${ca.certPem}`)).toEqual({
       ok: false,
+      code: 'pem',
       reason: 'certificate PEM has text outside PEM blocks',
     });
     expect(parsePemBlocks(`${good.certPem}trailing`)).toEqual({
       ok: false,
+      code: 'pem',
       reason: 'certificate PEM has text outside PEM blocks',
     });
   });
@@ -272,6 +283,7 @@ describe('parsePemBlocks', () => {
     expect(parsePemBlocks(good.certPem.repeat(10)).ok).toBe(true);
     expect(parsePemBlocks(good.certPem.repeat(11))).toEqual({
       ok: false,
+      code: 'pem',
       reason: 'certificate PEM has more than 10 certificates',
     });
   });

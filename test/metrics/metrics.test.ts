@@ -3,7 +3,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Decision } from '../../src/decision/decision.js';
+import { decide, internalErrorDecision, type Decision } from '../../src/decision/decision.js';
+import { FAILURE_CODES, fail } from '../../src/common/result.js';
+import { resolveIdentity, type PeerEvidence } from '../../src/identity/identity.js';
 import {
   identityRejectionClass,
   IDENTITY_REJECTION_CLASSES,
@@ -12,7 +14,7 @@ import {
   reasonClass,
   ServiceMetrics,
 } from '../../src/service/metrics.js';
-import { createCa, workloadSvid } from '../support/pki.js';
+import { createCa, issue, workloadSvid, type CertAuthority } from '../support/pki.js';
 import {
   check,
   checkClient,
@@ -166,34 +168,81 @@ describe('reason classes', () => {
     destination: '',
     policy_revision: 'r1',
     eval_ms: 0.1,
+    reason_class: 'policy_deny',
   };
 
-  it('classifies decisions into the fixed set', () => {
-    expect(reasonClass({ ...base, allow: true })).toBe('allowed');
-    expect(reasonClass(base)).toBe('policy_deny');
-    expect(reasonClass({ ...base, policy_error: 'policy result undefined' })).toBe('policy_error');
-    expect(reasonClass({ ...base, identity: null })).toBe('identity');
-    expect(reasonClass({ ...base, identity: null, decision_id: '' })).toBe('internal');
+  it('classifies decisions into the fixed set, from the decisions the pipeline makes', async () => {
+    const policy = await loadDefaultPolicy();
+    const failing = { ...policy, evaluate: () => fail('boom', 'policy') } as unknown as typeof policy;
+    const input = (ns: string) => ({
+      caller: 'envoy' as const,
+      identity: { ...base.identity!, spiffe_id: `spiffe://cluster.local/ns/${ns}/sa/x`, namespace: ns },
+      destination: { host: 'legacy.example', port: 443 },
+    });
+    expect(reasonClass(decide(input('bookinfo'), policy))).toBe('allowed');
+    expect(reasonClass(decide(input('sm-apigw-a'), policy))).toBe('policy_deny');
+    expect(reasonClass(decide(input('bookinfo'), failing))).toBe('policy_error');
+    expect(reasonClass(decide(input('bookinfo'), undefined))).toBe('policy_error');
+    expect(reasonClass(decide({ caller: 'envoy', identity: null, destination: { host: '' } }, policy))).toBe(
+      'identity',
+    );
+    expect(reasonClass(internalErrorDecision('envoy'))).toBe('internal');
   });
 
-  it.each([
-    ['no client identity', 'missing'],
-    ['source principal is not a SPIFFE ID', 'spiffe_id'],
-    ['source principal: invalid SPIFFE ID: trust domain is missing', 'spiffe_id'],
-    ['certificate SPIFFE ID and source principal differ', 'mismatch'],
-    ['certificate has expired', 'validity'],
-    ['certificate is not yet valid', 'validity'],
-    ['certificate PEM is empty', 'pem'],
-    ['source certificate is not valid URL-encoded PEM', 'pem'],
-    ['leaf certificate has no URI SAN', 'svid'],
-    ["leaf certificate must have 'digitalSignature' set as key usage", 'svid'],
-    ['leaf certificate URI SAN: invalid SPIFFE ID: bad', 'svid'],
-    ['certificate is not valid DER', 'svid'],
-    ['principal evidence is not a string', 'other'],
-    ['something new', 'other'],
-  ])('%s → %s', (reason, cls) => {
-    expect(identityRejectionClass(reason)).toBe(cls);
-    expect(IDENTITY_REJECTION_CLASSES).toContain(cls);
+  describe('identity rejections are classified by the failure code of the real refusal', () => {
+    let ca: CertAuthority;
+    beforeAll(async () => {
+      ca = await createCa();
+    });
+    const now = new Date();
+    const cases: [string, () => Promise<PeerEvidence>, string][] = [
+      ['no evidence', async () => ({}), 'missing'],
+      ['a subject DN as principal', async () => ({ principal: 'CN=nettools,O=example' }), 'spiffe_id'],
+      ['a bad SPIFFE ID principal', async () => ({ principal: 'spiffe://' }), 'spiffe_id'],
+      [
+        'certificate and principal disagree',
+        async () => ({
+          certificatePem: (await workloadSvid(ca, BOOKINFO)).certPem,
+          principal: 'spiffe://cluster.local/ns/other/sa/x',
+        }),
+        'mismatch',
+      ],
+      [
+        'an expired certificate',
+        async () => ({
+          certificatePem: (
+            await workloadSvid(ca, BOOKINFO, {
+              notAfter: new Date(Date.now() - 60_000),
+              notBefore: new Date(Date.now() - 3_600_000),
+            })
+          ).certPem,
+        }),
+        'validity',
+      ],
+      ['text that is not PEM', async () => ({ certificatePem: 'hello' }), 'pem'],
+      ['bad URL encoding', async () => ({ certificatePem: '-----BEGIN%ZZ' }), 'pem'],
+      [
+        'a leaf without a URI SAN',
+        async () => ({ certificatePem: (await issue({ issuer: ca, dns: ['a.example'] })).certPem }),
+        'svid',
+      ],
+      [
+        'a URI SAN that is no SPIFFE ID',
+        async () => ({ certificatePem: (await workloadSvid(ca, 'spiffe://Cluster.local/x')).certPem }),
+        'svid',
+      ],
+      ['evidence of the wrong type', async () => ({ principal: 42 as unknown as string }), 'other'],
+    ];
+    it.each(cases)('%s', async (_name, evidence, cls) => {
+      const r = resolveIdentity(await evidence(), now);
+      expect(r.ok).toBe(false);
+      if (r.ok) return;
+      expect(identityRejectionClass(r.code)).toBe(cls);
+      expect(IDENTITY_REJECTION_CLASSES).toContain(cls);
+    });
+    it('every failure code has a class', () => {
+      for (const code of FAILURE_CODES) expect(IDENTITY_REJECTION_CLASSES).toContain(identityRejectionClass(code));
+    });
   });
 
   it('caps the tenant series: past the bound every new combination is one overflow series', async () => {
@@ -201,7 +250,13 @@ describe('reason classes', () => {
     for (let i = 0; i < 50; i++) {
       const ns = `allowed-${i}`;
       metrics.observeDecision(
-        { ...base, allow: true, snat_pool: `pool_${i}`, identity: { ...base.identity!, namespace: ns } },
+        {
+          ...base,
+          allow: true,
+          reason_class: 'allowed',
+          snat_pool: `pool_${i}`,
+          identity: { ...base.identity!, namespace: ns },
+        },
         undefined,
       );
     }

@@ -12,6 +12,7 @@ interface Entry {
   type?: string;
   /** header size field, when it should lie */
   size?: number;
+  linkpath?: string;
 }
 
 // A minimal ustar writer, so tests can craft archives opa would never write.
@@ -29,6 +30,7 @@ function tar(entries: Entry[]): Uint8Array {
     put('00000000000\0', 136);
     put('        ', 148);
     put(e.type ?? '0', 156);
+    if (e.linkpath) put(e.linkpath, 157);
     put('ustar\u000000', 257);
     const sum = header.reduce((a, b) => a + b, 0);
     put(sum.toString(8).padStart(6, '0') + '\0 ', 148);
@@ -90,7 +92,7 @@ describe('readBundle', () => {
 
   test.each<[string, Uint8Array | Buffer, RegExp]>([
     ['not gzip', Buffer.from('hello'), /not a gzip-compressed tar file/],
-    ['gzip of garbage', gzipSync(Buffer.alloc(2048, 7)), /bad checksum/],
+    ['gzip of garbage', gzipSync(Buffer.alloc(2048, 7)), /checksum failure/],
     ['no policy.wasm', bundle([{ name: 'data.json', body: '{}' }]), /no policy\.wasm/],
     [
       'path traversal',
@@ -100,11 +102,32 @@ describe('readBundle', () => {
       ]),
       /unsafe path/,
     ],
-    ['a symlink', bundle([{ name: 'policy.wasm', type: '2' }]), /not a regular file/],
+    ['a symlink', bundle([{ name: 'policy.wasm', type: '2', linkpath: '/etc/passwd' }]), /not a regular file/],
+    ['a hard link', bundle([{ name: 'policy.wasm', type: '1', linkpath: 'data.json' }]), /not a regular file/],
+    ['a device', bundle([{ name: 'policy.wasm', type: '3' }]), /not a regular file/],
+    ['a FIFO', bundle([{ name: 'policy.wasm', type: '6' }]), /not a regular file/],
+    ['a vendor type GNU tar extracts as a file', bundle([{ name: 'policy.wasm', type: 'Z' }]), /cannot be read/],
+    [
+      'two names for one file',
+      bundle([
+        { name: '/data.json', body: '{}' },
+        { name: './data.json', body: '{"egress":{}}' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+      /two entries for data\.json/,
+    ],
+    [
+      'an absolute path that climbs',
+      bundle([
+        { name: '/../data.json', body: '{}' },
+        { name: 'policy.wasm', body: wasm },
+      ]),
+      /unsafe path/,
+    ],
     [
       'a truncated entry',
       gzipSync(tar([{ name: 'policy.wasm', body: wasm, size: 4096 }]).subarray(0, 1024)),
-      /truncated/,
+      /truncated/i,
     ],
     [
       'conflicting data',

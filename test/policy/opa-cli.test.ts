@@ -44,7 +44,7 @@ describe('opa CLI', () => {
     const { loadPolicy } = await import('../../src/policy/policy.js');
     const p = await loadPolicy(join(tmp, 'out.tar.gz'));
     expect(p.data).toEqual({});
-    expect(p.evaluate({})).toEqual({ ok: false, reason: 'policy result undefined' });
+    expect(p.evaluate({})).toEqual({ ok: false, code: 'policy', reason: 'policy result undefined' });
   });
 
   test('build of a missing folder says so', async () => {

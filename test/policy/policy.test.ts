@@ -182,7 +182,11 @@ slow := count([x | some x in numbers.range(1, input.n)])
   });
 
   test('an undefined result is a failure', () => {
-    expect(policy.evaluate({ nothing: true })).toEqual({ ok: false, reason: 'policy result undefined' });
+    expect(policy.evaluate({ nothing: true })).toEqual({
+      ok: false,
+      code: 'policy',
+      reason: 'policy result undefined',
+    });
   });
 
   test.each([
@@ -205,6 +209,7 @@ slow := count([x | some x in numbers.range(1, input.n)])
     const slow = await loadPolicy(policyFolder('echo', echo), { entrypoint: 'egress/authz/slow', evalBudgetMs: 5 });
     expect(slow.evaluate({ n: 10 })).toEqual({
       ok: false,
+      code: 'policy',
       reason: 'policy result must be an object or a boolean, got number',
     });
     const r = slow.evaluate({ n: 300_000 });

@@ -53,22 +53,40 @@ async function keyPem(key: CryptoKey): Promise<string> {
   return x509.PemConverter.encode(pkcs8, 'PRIVATE KEY');
 }
 
-export async function createCa(
-  name = 'Example Org Intermediate CA',
-  opts: { notAfter?: Date; issuer?: CertAuthority } = {},
-): Promise<CertAuthority> {
+export interface CaOptions {
+  notBefore?: Date;
+  notAfter?: Date;
+  /** signed by this CA (an intermediate); self-signed (a root) when omitted */
+  issuer?: CertAuthority;
+  /** basicConstraints pathLenConstraint */
+  pathLength?: number;
+  /** URI SANs, e.g. the trust domain's SPIFFE ID as SPIRE puts it on its CAs */
+  uris?: string[];
+  /** key usage flags; default keyCertSign|cRLSign */
+  keyUsage?: number;
+}
+
+export async function createCa(name = 'Example Org Intermediate CA', opts: CaOptions = {}): Promise<CertAuthority> {
   const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
   const now = Date.now();
+  const extensions: x509.Extension[] = [
+    new x509.BasicConstraintsExtension(true, opts.pathLength, true),
+    new x509.KeyUsagesExtension(opts.keyUsage ?? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+    await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+  ];
+  if (opts.uris?.length)
+    extensions.push(
+      new x509.SubjectAlternativeNameExtension(
+        opts.uris.map((value) => ({ type: 'url' as const, value })),
+        false,
+      ),
+    );
   const params = {
     serialNumber: randomSerial(),
-    notBefore: new Date(now - DAY),
+    notBefore: opts.notBefore ?? new Date(now - DAY),
     notAfter: opts.notAfter ?? new Date(now + 30 * DAY),
     signingAlgorithm: alg,
-    extensions: [
-      new x509.BasicConstraintsExtension(true, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    ],
+    extensions,
   };
   const cert = opts.issuer
     ? await x509.X509CertificateGenerator.create({
@@ -149,4 +167,29 @@ function randomSerial(): string {
   const bytes = webcrypto.getRandomValues(new Uint8Array(12));
   bytes[0] = ((bytes[0] ?? 0) & 0x7f) | 0x01;
   return Buffer.from(bytes).toString('hex');
+}
+
+/** A SPIFFE bundle document (JWKS, `use: x509-svid`, one x5c each) for the given authorities. */
+export async function spiffeBundleJson(
+  authorities: CertAuthority[],
+  meta: { refreshHint?: number; sequence?: number; extraKeys?: object[] } = {},
+): Promise<string> {
+  const keys: object[] = [];
+  for (const ca of authorities) {
+    const jwk = await webcrypto.subtle.exportKey('jwk', ca.keys.publicKey as webcrypto.CryptoKey);
+    keys.push({
+      kty: jwk.kty,
+      crv: jwk.crv,
+      x: jwk.x,
+      y: jwk.y,
+      use: 'x509-svid',
+      x5c: [Buffer.from(ca.der).toString('base64')],
+    });
+  }
+  keys.push(...(meta.extraKeys ?? []));
+  return JSON.stringify({
+    keys,
+    ...(meta.refreshHint !== undefined ? { spiffe_refresh_hint: meta.refreshHint } : {}),
+    ...(meta.sequence !== undefined ? { spiffe_sequence: meta.sequence } : {}),
+  });
 }

@@ -1,0 +1,266 @@
+// Verifies an X.509-SVID chain (leaf first, intermediates after, as the peer presented it) against the
+// trust bundle of the LEAF's trust domain, as go-spiffe's x509svid.Verify does with an x509bundle.Set.
+// Signatures and issuer matching are OpenSSL's, through Node's X509Certificate (checkIssued: names,
+// key identifiers, the issuer's key usage; verify: the signature); no signature code lives here. On top
+// of that, what RFC 5280 path validation adds and OpenSSL's two calls do not: every certificate on the
+// path is inside its validity period, every issuer is a CA with keyCertSign, path length limits hold,
+// and no critical extension is ignored.
+//
+// Only the leaf's own trust domain's bundle is ever consulted: a CA of partner.example cannot vouch for
+// a spiffe://cluster.local identity even though both bundles are configured. When that is what went
+// wrong, the reason says so (the other bundles are looked at only to explain a failure).
+import { createHash, X509Certificate } from 'node:crypto';
+import { fail, ok, type Result } from '../common/result.js';
+import type { X509Bundle, X509BundleSource } from './x509-bundle.js';
+import { MAX_CHAIN_CERTS, parsePemBlocks, signingCertificateFacts, type SigningCertificateFacts } from './x509-svid.js';
+
+export interface VerifiedChain {
+  trustDomain: string;
+  /** positions in the presented chain of the intermediates used, leaf-side first */
+  intermediates: number[];
+  /** SHA-256 fingerprint (as Node prints it) of the bundle root the path ends at */
+  rootFingerprint: string;
+  /** the intersection of every validity period on the path */
+  notBefore: Date;
+  notAfter: Date;
+}
+
+export interface ChainVerifierOptions {
+  /** verified chains remembered (0 = no cache); default 1024 */
+  cacheEntries?: number;
+}
+
+const DEFAULT_CACHE_ENTRIES = 1024;
+
+/**
+ * Bundle-set aware verification with a cache of successes. A cached success is used only while the
+ * bundle set is at the generation it was verified against and the decision time is inside the path's
+ * validity window, so a rotated bundle or an expired intermediate is re-verified (and refused). Failures
+ * are not cached: their reason can depend on the time, and they are the rare case.
+ */
+export class ChainVerifier {
+  private readonly cache = new Map<string, { generation: number; chain: VerifiedChain }>();
+  private readonly capacity: number;
+  hits = 0;
+  misses = 0;
+
+  constructor(
+    readonly bundles: X509BundleSource,
+    opts: ChainVerifierOptions = {},
+  ) {
+    this.capacity = opts.cacheEntries ?? DEFAULT_CACHE_ENTRIES;
+  }
+
+  /** `pem`: the chain as the caller sent it (Envoy's URL-encoded form too); `trustDomain`: the leaf's. */
+  verifyPem(pem: string, trustDomain: string, now: Date): Result<VerifiedChain> {
+    const generation = this.bundles.generation;
+    const key =
+      this.capacity > 0 ? createHash('sha256').update(trustDomain).update('\0').update(pem).digest('hex') : '';
+    const hit = key ? this.cache.get(key) : undefined;
+    if (hit && hit.generation === generation && inWindow(hit.chain, now)) {
+      this.hits++;
+      this.cache.delete(key);
+      this.cache.set(key, hit);
+      return ok(hit.chain);
+    }
+    this.misses++;
+    const blocks = parsePemBlocks(pem);
+    if (!blocks.ok) return blocks;
+    const result = verifyChain(blocks.value, trustDomain, this.bundles, now);
+    if (key) {
+      if (result.ok) {
+        if (this.cache.size >= this.capacity) {
+          const oldest = this.cache.keys().next();
+          if (!oldest.done) this.cache.delete(oldest.value);
+        }
+        this.cache.set(key, { generation, chain: result.value });
+      } else {
+        this.cache.delete(key);
+      }
+    }
+    return result;
+  }
+
+  get cacheSize(): number {
+    return this.cache.size;
+  }
+}
+
+function inWindow(chain: VerifiedChain, now: Date): boolean {
+  const t = now.getTime();
+  return t >= chain.notBefore.getTime() && t <= chain.notAfter.getTime();
+}
+
+const PREFIX = 'certificate chain not verified: ';
+
+/**
+ * The careful path: builds a path from the leaf through the presented intermediates to a root in the
+ * bundle of `trustDomain`, trying every candidate issuer (depth-first, each intermediate used once).
+ * `trustDomain` must be the leaf's, from its validated SPIFFE ID.
+ */
+export function verifyChain(
+  chainDer: readonly Uint8Array[],
+  trustDomain: string,
+  bundles: X509BundleSource,
+  now: Date,
+): Result<VerifiedChain> {
+  try {
+    return verifyUnguarded(chainDer, trustDomain, bundles, now);
+  } catch {
+    // OpenSSL refusing a key type or a malformed structure it did not refuse at parse time.
+    return fail(`${PREFIX}a certificate could not be processed`);
+  }
+}
+
+interface Candidate {
+  cert: X509Certificate;
+  der: Uint8Array;
+  /** position in the presented chain (1 = first after the leaf) */
+  position: number;
+}
+
+function verifyUnguarded(
+  chainDer: readonly Uint8Array[],
+  trustDomain: string,
+  bundles: X509BundleSource,
+  now: Date,
+): Result<VerifiedChain> {
+  if (chainDer.length === 0) return fail(`${PREFIX}no certificates`);
+  if (chainDer.length > MAX_CHAIN_CERTS) return fail(`${PREFIX}more than ${MAX_CHAIN_CERTS} certificates`);
+  const certs: X509Certificate[] = [];
+  for (const der of chainDer) {
+    try {
+      certs.push(new X509Certificate(der));
+    } catch {
+      return fail(`${PREFIX}a certificate could not be parsed`);
+    }
+  }
+  const leaf = certs[0]!;
+  const intermediates: Candidate[] = certs
+    .slice(1)
+    .map((cert, i) => ({ cert, der: chainDer[i + 1]!, position: i + 1 }));
+  const bundle = bundles.bundleFor(trustDomain);
+  if (bundle === undefined) return fail(`${PREFIX}no trust bundle for trust domain ${trustDomain}`);
+
+  const leafFrom = new Date(leaf.validFrom);
+  const leafTo = new Date(leaf.validTo);
+  const t = now.getTime();
+  if (!(t >= leafFrom.getTime())) return fail(`${PREFIX}leaf certificate is not yet valid`);
+  if (!(t <= leafTo.getTime())) return fail(`${PREFIX}leaf certificate has expired`);
+
+  const search = new PathSearch(bundle, intermediates, now);
+  const found = search.from(leaf, 0, new Set());
+  if (found.ok) {
+    const v = found.value;
+    return ok({ ...v, notBefore: later(leafFrom, v.notBefore), notAfter: earlier(leafTo, v.notAfter) });
+  }
+
+  // Explain the failure as precisely as the evidence allows.
+  // checkIssued(leaf) is false here: OpenSSL wants keyCertSign on an issuer, which a leaf lacks.
+  if (leaf.subject === leaf.issuer && safeVerify(leaf, leaf)) return fail(`${PREFIX}leaf certificate is self-signed`);
+  if (search.problem !== undefined) return fail(`${PREFIX}${search.problem}`);
+  for (const other of bundles.trustDomains()) {
+    if (other === trustDomain) continue;
+    const foreign = bundles.bundleFor(other);
+    if (foreign && new PathSearch(foreign, intermediates, now).from(leaf, 0, new Set()).ok) {
+      return fail(`${PREFIX}signed by a CA of trust domain ${other}, not of ${trustDomain}`);
+    }
+  }
+  return fail(
+    intermediates.length === 0
+      ? `${PREFIX}no path to a root of trust domain ${trustDomain} (issuer not in the bundle; intermediate missing?)`
+      : `${PREFIX}no path to a root of trust domain ${trustDomain}`,
+  );
+}
+
+/** One depth-first path search; remembers the first concrete defect met (an expired issuer, …). */
+class PathSearch {
+  problem: string | undefined;
+  private readonly facts = new Map<Uint8Array | X509Certificate, Result<SigningCertificateFacts>>();
+
+  constructor(
+    private readonly bundle: X509Bundle,
+    private readonly intermediates: readonly Candidate[],
+    private readonly now: Date,
+  ) {}
+
+  /**
+   * A path from `subject` to a root. `below`: intermediates already on the path beneath `subject`'s
+   * issuer (for path length limits); `used`: chain positions already on the path.
+   */
+  from(subject: X509Certificate, below: number, used: ReadonlySet<number>): Result<VerifiedChain> {
+    for (const root of this.bundle.authorities) {
+      if (!issuedBy(subject, root)) continue;
+      const facts = this.check(root, root.raw, 'root of the trust bundle', below);
+      if (!facts.ok) continue;
+      return ok({
+        trustDomain: this.bundle.trustDomain,
+        intermediates: [],
+        rootFingerprint: root.fingerprint256,
+        notBefore: facts.value.notBefore,
+        notAfter: facts.value.notAfter,
+      });
+    }
+    if (used.size >= MAX_CHAIN_CERTS) return fail('path too long');
+    for (const c of this.intermediates) {
+      if (used.has(c.position) || !issuedBy(subject, c.cert)) continue;
+      const facts = this.check(c.cert, c.der, `intermediate certificate ${c.position}`, below);
+      if (!facts.ok) continue;
+      const rest = this.from(c.cert, below + 1, new Set(used).add(c.position));
+      if (!rest.ok) continue;
+      return ok({
+        ...rest.value,
+        intermediates: [c.position, ...rest.value.intermediates],
+        notBefore: later(facts.value.notBefore, rest.value.notBefore),
+        notAfter: earlier(facts.value.notAfter, rest.value.notAfter),
+      });
+    }
+    return fail('no path');
+  }
+
+  /** Is `issuer` fit to have signed a path with `below` intermediates under it, now? */
+  private check(
+    issuer: X509Certificate,
+    der: Uint8Array,
+    what: string,
+    below: number,
+  ): Result<SigningCertificateFacts> {
+    let facts = this.facts.get(der);
+    if (facts === undefined) {
+      facts = signingCertificateFacts(der);
+      this.facts.set(der, facts);
+    }
+    const bad = (problem: string): Result<never> => {
+      this.problem ??= `${what} ${problem}`;
+      return fail(problem);
+    };
+    if (!facts.ok) return bad(`is not usable: ${facts.reason}`);
+    if (!issuer.ca) return bad('is not a CA');
+    const t = this.now.getTime();
+    if (t < facts.value.notBefore.getTime()) return bad('is not yet valid');
+    if (t > facts.value.notAfter.getTime()) return bad('has expired');
+    if (facts.value.pathLen !== undefined && below > facts.value.pathLen)
+      return bad(`allows ${facts.value.pathLen} intermediate(s) below it, the path has ${below}`);
+    return facts;
+  }
+}
+
+function issuedBy(subject: X509Certificate, issuer: X509Certificate): boolean {
+  return subject.checkIssued(issuer) && safeVerify(subject, issuer);
+}
+
+function safeVerify(subject: X509Certificate, issuer: X509Certificate): boolean {
+  try {
+    return subject.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+function later(a: Date, b: Date): Date {
+  return a.getTime() >= b.getTime() ? a : b;
+}
+
+function earlier(a: Date, b: Date): Date {
+  return a.getTime() <= b.getTime() ? a : b;
+}

@@ -1,0 +1,3 @@
+import { locateOpa } from '../../src/policy/opa-cli.js';
+
+export const opaBinary = (): string => locateOpa();
