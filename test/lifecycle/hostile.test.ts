@@ -3,7 +3,7 @@
 // one in turn. Each must be refused like any bad bundle: the process lives, the last good policy keeps
 // answering, /readyz stays ready and names the failure, the failure counter counts it, and live
 // Checks during the refusal are not held up.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,8 +16,7 @@ import {
   quadraticBundle,
   zerosData,
 } from '../support/hostile-bundles.js';
-import { POLICY_DIR } from '../support/service.js';
-import { checkLoop, metricsText, replaceFile, sample, waitFor } from './support.js';
+import { BOOKINFO, checkLoop, metricsText, replaceFile, sample, waitFor } from './support.js';
 
 const DEFAULT_BUNDLE = join(import.meta.dirname, '..', '..', 'dist', 'policy', 'bundle.tar.gz');
 const LOAD_TIMEOUT_MS = 8000;
@@ -33,16 +32,30 @@ beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'egress-authz-hostile-'));
   path = join(root, 'bundle.tar.gz');
   replaceFile(path, readFileSync(DEFAULT_BUNDLE), 'good');
+  // Two cases by SPIFFE ID: every candidate runs them, and they cost little (no certificates to make).
+  const cases = join(root, 'cases.json');
+  writeFileSync(
+    cases,
+    JSON.stringify({
+      cases: [
+        { name: 'bookinfo allowed', spiffe_id: BOOKINFO, expect: { allow: true, snat_pool: 'bookinfo_snat' } },
+        { name: 'stranger denied', spiffe_id: 'spiffe://cluster.local/ns/nobody/sa/x', expect: { allow: false } },
+      ],
+    }),
+  );
   serve = await spawnServe(
     [
       '--policy',
       path,
       '--policy-cases',
-      join(POLICY_DIR, 'cases'),
+      cases,
       '--policy-poll-interval',
       '200ms',
       '--policy-load-timeout',
       `${LOAD_TIMEOUT_MS}ms`,
+      // Stalls are measured, not turned into late denies: a busy 2-core machine crosses 200 ms now and then.
+      '--check-deadline',
+      '2s',
     ],
     { nodeArgs: ['--max-old-space-size=128'] },
   );
@@ -82,9 +95,11 @@ async function refuse(
   refusals++;
   const refuseMs = performance.now() - t0;
   const during = loop.results.filter((r) => r.sentAt >= t0);
-  const maxCheckMs = Math.max(...during.map((r) => r.receivedAt - r.sentAt));
+  const latencies = during.map((r) => r.receivedAt - r.sentAt).sort((a, b) => a - b);
+  const maxCheckMs = latencies.at(-1) ?? 0;
+  const p99 = latencies[Math.floor(latencies.length * 0.99)] ?? 0;
   console.log(
-    `${name}: refused in ${refuseMs.toFixed(0)} ms; ${during.length} checks meanwhile, slowest ${maxCheckMs.toFixed(0)} ms; peak RSS ${peakRssMiB().toFixed(0)} MiB; ${refusal!.err}`,
+    `${name}: refused in ${refuseMs.toFixed(0)} ms; ${during.length} checks meanwhile, p99 ${p99.toFixed(0)} ms, slowest ${maxCheckMs.toFixed(0)} ms; peak RSS ${peakRssMiB().toFixed(0)} MiB; ${refusal!.err}`,
   );
   // The last good policy answered every one of them.
   expect(loop.results.filter((r) => r.error !== undefined)).toEqual([]);

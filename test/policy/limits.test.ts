@@ -55,7 +55,7 @@ describe('data.json limits, before JSON.parse', () => {
   it('refuses 20 million nested brackets at the first one too deep, in a moment', () => {
     const started = performance.now();
     const r = checkJsonLimits(Buffer.alloc(20_000_000, '['), { maxDepth: 64, maxValues: 1e6 });
-    expect(r).toEqual({ ok: false, reason: 'nested deeper than 64 levels' });
+    expect(r).toEqual({ ok: false, reason: 'nested deeper than 64 levels', code: 'invalid' });
     expect(performance.now() - started).toBeLessThan(1000);
   });
 });
@@ -71,6 +71,7 @@ describe('Wasm module limits, before instantiation', () => {
     expect(checkWasmLimits(ownMemoryWasm(8192), CAP)).toEqual({
       ok: false,
       reason: 'policy.wasm declares a memory of its own of up to 512 MiB (the cap is 256 MiB)',
+      code: 'invalid',
     });
     expect(checkWasmLimits(ownMemoryWasm(16), CAP).ok).toBe(true);
   });
