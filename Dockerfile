@@ -38,6 +38,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY --from=policy /app/dist/policy ./dist/policy
+# the project's own SPIFFE Workload API messages, read at run time by serve --spiffe-socket
+COPY proto ./proto
 # the `node` user of the base image (uid 1000); deploy/k8s/deployment.yaml runs as the same uid
 USER node
 # 9191: gRPC ext_authz (Envoy); 8181: HTTP sideband (BIG-IP), /healthz, /readyz, /metrics

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suites drive for real (forward proxy, Tcl for the iRule harness,
-# TLS tooling, HTTP/2 load), only those that are missing. Needs root (CI and the dev machines run as root).
+# TLS tooling, HTTP/2 load, nginx as an authenticated bundle server), only those that are missing.
+# Needs root (CI and the dev machines run as root).
 set -euo pipefail
-pkgs=(tinyproxy tcl curl openssl nghttp2-client)
+pkgs=(tinyproxy tcl curl openssl nghttp2-client nginx)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,10 +12,26 @@ import { loadPolicy } from './policy/policy.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
-import { CertificateFiles } from './transport/tls.js';
+import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
+import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
 import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
-import { optionsUsage, parseServeConfig, SERVE_OPTIONS } from './service/config.js';
+import {
+  ConfigError,
+  optionsUsage,
+  parseArgsOptions,
+  parseServeConfig,
+  SERVE_OPTIONS,
+  VERIFICATION_OPTIONS,
+  verificationFlags,
+  type VerificationFlags,
+} from './service/config.js';
+import {
+  DEFAULT_SIGNING_ALG,
+  keyProblem,
+  type BundleSigningKey,
+  type BundleVerification,
+} from './policy/bundle-signing.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
@@ -34,10 +50,13 @@ commands:
           http(s) bundle URL. DUR: 500ms, 10s, 1m.
 ${optionsUsage(SERVE_OPTIONS)}
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
-          print the decision as JSON
-  test    [--policy PATH] [--cases PATH]   run the policy's cases and its Rego unit tests (opa test)
-  build   [--out FILE] [--revision REV] [POLICY_DIR]
-          compile a policy folder into an OPA Wasm bundle (.manifest revision REV)
+          [VERIFY]   print the decision as JSON
+  test    [--policy PATH] [--cases PATH] [VERIFY]
+          run the policy's cases and its Rego unit tests (opa test)
+  build   [--out FILE] [--revision REV] [--signing-key FILE [--signing-alg ALG]] [POLICY_DIR]
+          compile a policy folder into an OPA Wasm bundle (.manifest revision REV), signed
+          (.signatures.json, as opa build --signing-key) with a PEM private key or HMAC secret file
+  VERIFY: [--verification-key FILE [--verification-key-id ID] [--signing-alg ALG] [--scope S]]
   inspect [--json] FILE                    a certificate's SPIFFE ID and whether it is a valid
                                            X.509-SVID (exit 1 with the reason when not)
 
@@ -84,7 +103,7 @@ export function decisionJson(d: Decision): Record<string, unknown> {
 }
 
 async function serve(argv: string[]): Promise<number> {
-  const parsed = parseServeConfig(argv);
+  const parsed = parseServeConfig(argv, process.env);
   if (!parsed.ok) throw new UsageError(parsed.reason);
   const config = parsed.value;
   // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
@@ -111,13 +130,19 @@ async function serve(argv: string[]): Promise<number> {
   const { pollMs, graceMs, allowedCallers } = config;
   const tlsFlags = config.tls;
   const metrics = new ServiceMetrics({ defaultMetrics: true });
+  const verification = verificationOption(config.verification);
+  const load = { entrypoint: config.entrypoint, memoize: config.memoize, ...verification };
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
-    const source = await openBundleSource(where, { pollMs, entrypoint: config.entrypoint });
+    const source = await openBundleSource(where, {
+      ...(pollMs !== undefined ? { pollMs } : {}),
+      ...(config.bundleServer ? { auth: config.bundleServer } : {}),
+      entrypoint: config.entrypoint,
+    });
     return PolicyStore.open(source, {
       role,
       log: logger,
       metrics,
-      load: { entrypoint: config.entrypoint, memoize: config.memoize },
+      load,
       sandbox: config.sandbox,
       casesPath,
       // The shadow never answers: a shadow that cannot be loaded is logged and retried, never fatal.
@@ -145,11 +170,12 @@ async function serve(argv: string[]): Promise<number> {
   const shadowThread =
     shadow &&
     ShadowThread.following(shadow, {
-      load: { entrypoint: config.entrypoint, memoize: config.memoize },
+      load,
       heapMb: config.sandbox.heapMb,
       onProblem: (message) => logger.error({ policy: 'shadow' }, message),
     });
   let certificates: CertificateFiles | undefined;
+  let workload: X509Source | undefined;
   try {
     certificates =
       tlsFlags &&
@@ -165,8 +191,10 @@ async function serve(argv: string[]): Promise<number> {
   }
   let trust: TrustBundles | undefined;
   let chainVerifier: ChainVerifier | undefined;
+  // One bundle set for every source: files and endpoints first (they keep the trust domains they name),
+  // then the Workload API's bundles under its own origin.
+  const bundles = new X509BundleSet();
   if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
-    const bundles = new X509BundleSet();
     try {
       trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
         log: logger,
@@ -177,8 +205,37 @@ async function serve(argv: string[]): Promise<number> {
       flush();
       return 1;
     }
-    chainVerifier = new ChainVerifier(bundles);
   }
+  if (config.spiffe) {
+    // Without its SVID the service cannot authenticate itself or its callers: it does not start (and a
+    // supervisor restarts it) rather than serve something weaker. After the first SVID, an agent that
+    // goes away only delays rotation; the last SVID keeps serving while the client reconnects.
+    const { socket, waitMs } = config.spiffe;
+    let lastSvid = '';
+    const opened = await X509Source.open(socket, {
+      waitMs,
+      onUpdate: (ctx) => {
+        bundles.replace('workload-api', ctx.bundles.values());
+        const svid = ctx.svids[0]!;
+        const serial = svid.chain[0]!.serialNumber;
+        if (serial === lastSvid) return;
+        logger.info(
+          { spiffe_id: svid.spiffeId, serial, not_after: svid.notAfter.toISOString(), rotated: lastSvid !== '' },
+          'own X.509-SVID from the Workload API',
+        );
+        lastSvid = serial;
+      },
+      onError: (reason) => logger.warn({ spiffe_socket: socket, reason }, 'Workload API'),
+    });
+    if (!opened.ok) {
+      logger.fatal({ spiffe_socket: socket, err: opened.reason }, 'no SVID from the Workload API; not serving');
+      flush();
+      return 1;
+    }
+    workload = opened.value;
+  }
+  if (trust || workload) chainVerifier = new ChainVerifier(bundles);
+  const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
@@ -191,7 +248,9 @@ async function serve(argv: string[]): Promise<number> {
     readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
-    tls: certificates && { files: certificates, allowedCallers },
+    trustedProxies: config.trustedProxies,
+    sidebandCacheTtlS: config.sidebandCacheTtlS,
+    tls: listenerTls && { files: listenerTls, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
     checkDeadlineMs: config.checkDeadlineMs,
     ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
@@ -203,7 +262,7 @@ async function serve(argv: string[]): Promise<number> {
     void live.reload('SIGHUP', { force: true });
     void shadow?.reload('SIGHUP', { force: true });
   });
-  if (certificates && allowedCallers.length === 0 && tlsFlags?.clientCaFile) {
+  if (allowedCallers.length === 0 && (tlsFlags?.clientCaFile !== undefined || workload !== undefined)) {
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
   }
   const code = await new Promise<number>((resolveStop) => {
@@ -231,6 +290,7 @@ async function serve(argv: string[]): Promise<number> {
       void service.close(graceMs).then(() => {
         shadowThread?.close();
         certificates?.close();
+        workload?.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
         flush();
         resolveStop(0);
@@ -253,11 +313,13 @@ async function evaluate(argv: string[]): Promise<number> {
     destination: { type: 'string' },
     policy: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+    ...parseArgsOptions(VERIFICATION_OPTIONS),
   });
   const given = ['spiffe-id', 'cert', 'input'].filter((k) => values[k] !== undefined);
   if (given.length !== 1) throw new UsageError('eval needs exactly one of --spiffe-id, --cert, --input');
   const policy = await loadPolicy((values.policy as string | undefined) ?? defaultPolicyLocation(), {
     entrypoint: values.entrypoint as string,
+    ...verificationOption(verificationValues(values)),
   });
   const authorizer = new Authorizer({ policies: new MutablePolicySource(policy), sink: () => {} });
   let decision: Decision;
@@ -294,9 +356,13 @@ async function test(argv: string[]): Promise<number> {
     policy: { type: 'string', default: join(packageRoot, 'policies') },
     cases: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
+    ...parseArgsOptions(VERIFICATION_OPTIONS),
   });
   const dir = values.policy as string;
-  const policy = await loadPolicy(dir, { entrypoint: values.entrypoint as string });
+  const policy = await loadPolicy(dir, {
+    entrypoint: values.entrypoint as string,
+    ...verificationOption(verificationValues(values)),
+  });
   const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) =>
     caseDecision(decideCase(c, casePolicy)),
   );
@@ -313,21 +379,58 @@ async function build(argv: string[]): Promise<number> {
       out: { type: 'string', default: 'bundle.tar.gz' },
       entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
       revision: { type: 'string' },
+      'signing-key': { type: 'string' },
+      'signing-alg': { type: 'string', default: DEFAULT_SIGNING_ALG },
     },
     true,
   );
   if (positionals.length > 1) throw new UsageError('build takes one POLICY_DIR');
   const dir = positionals[0] ?? join(packageRoot, 'policies');
-  mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
   const revision = values.revision as string | undefined;
-  await buildWasmBundle(
-    dir,
-    values.out as string,
-    values.entrypoint as string,
-    revision === undefined ? {} : { revision },
-  );
+  const keyFile = values['signing-key'] as string | undefined;
+  const signing =
+    keyFile === undefined ? undefined : readKey('--signing-key', keyFile, values['signing-alg'] as string, 'sign');
+  mkdirSync(dirname(resolve(values.out as string)), { recursive: true });
+  await buildWasmBundle(dir, values.out as string, values.entrypoint as string, {
+    ...(revision === undefined ? {} : { revision }),
+    ...(signing ? { signing } : {}),
+  });
   process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
   return 0;
+}
+
+/** A key file given on the command line, read and checked now: a bad key is a usage error, not a refusal later. */
+function readKey(flag: string, file: string, alg: string, use: 'sign' | 'verify'): BundleSigningKey {
+  let key: Uint8Array;
+  try {
+    key = readFileSync(file);
+  } catch (err) {
+    throw new UsageError(`${flag} ${file}: ${errorMessage(err)}`);
+  }
+  const problem = keyProblem({ key, alg }, use);
+  if (problem) throw new UsageError(`${flag} ${file}: ${problem}`);
+  return { key, alg };
+}
+
+function verificationValues(values: Values): VerificationFlags | undefined {
+  try {
+    return verificationFlags(values);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+function verificationOption(flags: VerificationFlags | undefined): { verification?: BundleVerification } {
+  if (!flags) return {};
+  const key = readKey('--verification-key', flags.keyFile, flags.alg, 'verify');
+  return {
+    verification: {
+      ...key,
+      ...(flags.keyId !== undefined ? { keyId: flags.keyId } : {}),
+      ...(flags.scope !== undefined ? { scope: flags.scope } : {}),
+    },
+  };
 }
 
 async function inspect(argv: string[]): Promise<number> {

@@ -1,7 +1,9 @@
 # egress-authz iRule: the BIG-IP keeps doing the mTLS handshake with the pod (client-ssl profile with
 # peer-cert-mode require), and asks the egress-authz service what that certificate may do. The service
-# validates the X.509-SVID, evaluates the Rego policy and answers over a plain HTTP sideband callout:
+# validates the X.509-SVID, evaluates the Rego policy and answers over an HTTP sideband callout, which
+# leaves the BIG-IP as mTLS through the internal virtual server's server-ssl profile (egress-authz.conf):
 #   200 + X-Egress-Decision: allow + X-Egress-Snat-Pool: <pool>  ->  snatpool <pool>
+#   200 allow without a pool                                       ->  reject (never leave unSNATed)
 #   anything else (403, 400, error, timeout, garbage)              ->  reject
 # The iRule never parses the certificate itself: SAN order, several SANs, critical flags and prefix
 # tricks such as "bookinfo-evil" are the service's problem, decided in one place for Envoy and BIG-IP.
@@ -11,16 +13,21 @@
 
 when RULE_INIT {
     # Where the decision service is: the name of a virtual server (recommended: vs_egress_authz_sideband,
-    # an internal VS with a monitored pool of egress-authz instances) or "address:port".
+    # an internal VS with a monitored pool of egress-authz instances and a server-ssl profile that
+    # presents the BIG-IP's certificate to egress-authz and verifies egress-authz's). A bare
+    # "address:port" would be plain TCP: anyone on that path could forge an allow.
     set static::egress_authz_target "/Common/vs_egress_authz_sideband"
     # Milliseconds to open the sideband connection, and for the whole answer to arrive.
     set static::egress_authz_connect_timeout_ms 300
     set static::egress_authz_answer_timeout_ms 1000
     # Seconds an unused sideband connection stays open (it is reused on renegotiation).
     set static::egress_authz_idle_s 30
-    # Seconds a decision is cached per certificate (X509::hash, the MD5 fingerprint of a certificate the
-    # client-ssl profile already verified); 0 turns the cache off. A policy change reaches cached
-    # certificates only after this long, so keep it short. Errors are never cached.
+    # Upper bound, in seconds, on how long a decision is cached; 0 turns the cache off. The service says
+    # per answer how long it may be reused (X-Egress-Cache-Ttl; 0 when its policy reads the clock or
+    # anything the key below does not cover) and the shorter of the two applies. The key is everything
+    # the request sends: the chain's X509::hash values (MD5 fingerprints of certificates the client-ssl
+    # profile verified), the virtual server, the client address and the destination. A policy change
+    # reaches cached answers only after the TTL. Errors are never cached.
     set static::egress_authz_cache_s 10
     # Optional: what to send as X-Egress-Destination (the service behind this virtual server).
     set static::egress_authz_destination ""
@@ -30,7 +37,7 @@ when RULE_INIT {
     set static::egress_authz_max_answer_bytes 8192
 }
 
-# Reads the service's answer and returns a list {status decision snat_pool decision_id reason keep_alive},
+# Reads the service's answer and returns a list {status decision snat_pool decision_id reason keep_alive cache_ttl},
 # or {} when it is not an answer this rule understands. Pure string work so that it behaves the same in
 # every Tcl.
 proc egress_authz_parse_answer { answer } {
@@ -45,6 +52,7 @@ proc egress_authz_parse_answer { answer } {
     set reason ""
     set connection ""
     set length ""
+    set ttl 0
     foreach line [lrange $lines 1 end] {
         set line [string trimright $line "\r"]
         if { ![regexp {^([A-Za-z0-9-]+):[ \t]*(.*)$} $line -> name value] } { return {} }
@@ -55,6 +63,10 @@ proc egress_authz_parse_answer { answer } {
             x-egress-decision-id { set decision_id $value }
             x-egress-reason { set reason $value }
             connection { set connection [string tolower $value] }
+            x-egress-cache-ttl {
+                # Anything but a plain number of seconds is "do not cache".
+                if { [regexp {^[0-9]{1,6}$} $value] } { set ttl [expr {$value + 0}] } else { set ttl 0 }
+            }
             content-length {
                 if { $length ne "" || ![regexp {^[0-9]{1,6}$} $value] } { return {} }
                 set length $value
@@ -65,7 +77,7 @@ proc egress_authz_parse_answer { answer } {
     if { [string length $answer] != [expr {$head_end + 4 + $length}] } { return {} }
     set keep_alive 1
     if { $connection eq "close" || ($minor eq "0" && $connection ne "keep-alive") } { set keep_alive 0 }
-    return [list $status $decision $pool $decision_id $reason $keep_alive]
+    return [list $status $decision $pool $decision_id $reason $keep_alive $ttl]
 }
 
 when CLIENT_ACCEPTED {
@@ -80,6 +92,7 @@ when CLIENTSSL_HANDSHAKE {
     set egress_authz_verdict "pending"
     set started [clock clicks -milliseconds]
     set cert_hash ""
+    set cache_key ""
     set decision "deny"
     set pool ""
     set decision_id "-"
@@ -93,8 +106,14 @@ when CLIENTSSL_HANDSHAKE {
         set failure "no verified client certificate"
     } else {
         set cert_hash [X509::hash [SSL::cert 0]]
+        # Every field the request below sends: an answer is reused only for the very same question.
+        set cache_key ""
+        for { set i 0 } { $i < [SSL::cert count] } { incr i } {
+            append cache_key [X509::hash [SSL::cert $i]] " "
+        }
+        append cache_key "|[virtual name]|[IP::client_addr]|$static::egress_authz_destination"
         if { $static::egress_authz_cache_s > 0 } {
-            set hit [table lookup -notouch -subtable egress_authz_decisions $cert_hash]
+            set hit [table lookup -notouch -subtable egress_authz_decisions $cache_key]
             if { [llength $hit] == 4 } {
                 set decision [lindex $hit 0]
                 set pool [lindex $hit 1]
@@ -163,7 +182,7 @@ when CLIENTSSL_HANDSHAKE {
         set parsed {}
         if { $failure eq "" } {
             set parsed [call egress_authz_parse_answer $answer]
-            if { [llength $parsed] != 6 } { set failure "malformed answer" }
+            if { [llength $parsed] != 7 } { set failure "malformed answer" }
         }
         if { $failure eq "" } {
             set http_status [lindex $parsed 0]
@@ -171,9 +190,17 @@ when CLIENTSSL_HANDSHAKE {
             set reason [lindex $parsed 4]
             if { ![regexp {^[A-Za-z0-9._:-]{1,64}$} $decision_id] } { set decision_id "-" }
             set answer_decision [lindex $parsed 1]
+            set cache_ttl [lindex $parsed 6]
+            if { $cache_ttl > $static::egress_authz_cache_s } { set cache_ttl $static::egress_authz_cache_s }
             if { $http_status eq "200" && $answer_decision eq "allow" } {
                 set pool [lindex $parsed 2]
-                if { $pool ne "" && ![regexp {^[A-Za-z0-9_./-]{1,128}$} $pool] } {
+                if { $pool eq "" } {
+                    # Releasing without snatpool would leave from the pod's own address, which the
+                    # firewall must never see: an allow without a pool is refused, and not cached.
+                    set decision "deny"
+                    set reason "allow without a snat pool: rejected, never released unSNATed"
+                    set cache_ttl 0
+                } elseif { ![regexp {^[A-Za-z0-9_./-]{1,128}$} $pool] } {
                     set failure "unsafe snat pool name"
                     set pool ""
                 } else {
@@ -184,8 +211,8 @@ when CLIENTSSL_HANDSHAKE {
             } else {
                 set failure "unexpected answer: status $http_status decision $answer_decision"
             }
-            if { $failure eq "" && $decision_id ne "-" && $static::egress_authz_cache_s > 0 } {
-                table set -subtable egress_authz_decisions $cert_hash [list $decision $pool $decision_id $reason] $static::egress_authz_cache_s $static::egress_authz_cache_s
+            if { $failure eq "" && $decision_id ne "-" && $cache_ttl > 0 } {
+                table set -subtable egress_authz_decisions $cache_key [list $decision $pool $decision_id $reason] $cache_ttl $cache_ttl
             }
             if { ![lindex $parsed 5] } {
                 catch { close $egress_authz_conn }
@@ -204,8 +231,8 @@ when CLIENTSSL_HANDSHAKE {
         set pool ""
         set reason "egress-authz unavailable: $failure"
     }
-    if { $decision eq "allow" && $pool ne "" } {
-        if { [catch { snatpool $pool }] } {
+    if { $decision eq "allow" } {
+        if { $pool eq "" || [catch { snatpool $pool }] } {
             set decision "deny"
             set reason "snatpool $pool cannot be applied"
         }

@@ -2,8 +2,10 @@
 // Transports only translate their wire format to and from these calls.
 import type { FailureCode } from '../common/result.js';
 import { decide, policyFailure, type Decision, type PolicySource } from './decision.js';
+import { correlationOf } from './correlation.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type ChainCheck, type PeerEvidence } from '../identity/identity.js';
+import { trustedHeaderEvidence } from '../identity/trusted-header.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import type { CaseDecision, CaseRequest } from '../lifecycle/policy-cases.js';
 import {
@@ -28,6 +30,8 @@ export interface AuthorizerOptions {
    * and sanitises it). Off by default: a client can set any header.
    */
   trustedIdentityHeader?: string;
+  /** with XFCC: the element must carry `By=` naming one of these proxies (their own SPIFFE IDs) */
+  trustedProxies?: readonly string[];
   now?: () => Date;
   /**
    * Time one check may take from evidence to decision. An answer later than this is a deny, whatever
@@ -64,7 +68,8 @@ export class Authorizer {
         const evidence = peerEvidence(req.attributes?.source);
         if (this.trustedHeader) {
           const value = headers[this.trustedHeader];
-          if (value !== undefined) evidence.headerSpiffeId = headerSpiffeId(this.trustedHeader, value);
+          if (value !== undefined)
+            Object.assign(evidence, trustedHeaderEvidence(this.trustedHeader, value, this.opts.trustedProxies));
         }
         return {
           evidence,
@@ -135,10 +140,7 @@ export class Authorizer {
     let correlation: Correlation = {};
     try {
       const p = prepare();
-      correlation = {
-        request_id: stringOrUndefined(p.correlation.request_id),
-        traceparent: stringOrUndefined(p.correlation.traceparent),
-      };
+      correlation = correlationOf(p.correlation.request_id, p.correlation.traceparent);
       const verifier = p.verifyChain ? this.opts.chainVerifier : undefined;
       const identity = resolveIdentity(p.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
       if (identity.ok) {
@@ -183,11 +185,8 @@ interface Prepared {
   /** whether this caller's certificate must chain to a trust bundle (when bundles are configured) */
   verifyChain: boolean;
   build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput;
-  correlation: Correlation;
-}
-
-function stringOrUndefined(v: unknown): string | undefined {
-  return typeof v === 'string' ? v : undefined;
+  /** raw values as the transport found them: correlationOf() bounds and checks them */
+  correlation: { request_id?: unknown; traceparent?: unknown };
 }
 
 function lateDeny(d: Decision, deadlineMs: number): Decision {
@@ -205,26 +204,6 @@ function peerEvidence(source: Peer | undefined): PeerEvidence {
   if (source?.principal) evidence.principal = source.principal;
   if (source?.certificate) evidence.certificatePem = source.certificate;
   return evidence;
-}
-
-/**
- * Envoy's x-forwarded-client-cert lists one element per hop, comma-separated, the last added by the
- * proxy closest to us; its URI= field is the client's URI SAN. Any other trusted header carries the
- * SPIFFE ID itself.
- */
-function headerSpiffeId(name: string, value: string): string {
-  if (name !== 'x-forwarded-client-cert') return value.trim();
-  const elements = value.split(',');
-  const last = elements[elements.length - 1] ?? '';
-  for (const pair of last.split(';')) {
-    const eq = pair.indexOf('=');
-    if (eq > 0 && pair.slice(0, eq).trim().toLowerCase() === 'uri')
-      return pair
-        .slice(eq + 1)
-        .trim()
-        .replace(/^"|"$/g, '');
-  }
-  return '';
 }
 
 /** A policy case (policies/cases) through the same pipeline as a Check: `egress-authz test` and reload checks. */

@@ -33,6 +33,12 @@ export interface Decision {
   reason_class: ReasonClass;
   /** why a deny that is not the policy's own answer happened (identity refused, policy failed, …) */
   failure_code?: FailureCode;
+  /**
+   * Set only when this answer is the policy's and a function of these input fields and its data alone
+   * (a deterministic policy with a known footprint, input-footprint.ts): a caller may then reuse it for
+   * the same fields, e.g. the iRule's cache. Absent: do not reuse.
+   */
+  input_keys?: readonly string[];
 }
 
 /** Where the live policy is read from; hot reload swaps `current` atomically. */
@@ -62,12 +68,15 @@ export function decide(
   const result = policy.evaluate(input);
   d.eval_ms = performance.now() - started;
   if (!result.ok) return policyFailure(d, `policy error: ${result.reason}`, result.reason);
+  const footprint = policy.inputFootprint;
+  if (footprint?.deterministic && footprint.keys) d.input_keys = footprint.keys;
   return applyPolicyResult(d, result.value);
 }
 
 /** A decision the policy could not give (error, undefined result, too slow): a deny logged as an error. */
 export function policyFailure(d: Decision, reason: string, policyError: string): Decision {
   d.headers = NO_HEADERS;
+  delete d.input_keys;
   d.policy_error = policyError;
   return deny(d, reason, 'policy_error', 'policy');
 }

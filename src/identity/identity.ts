@@ -1,7 +1,7 @@
 // The caller's identity, from the evidence a transport collected about its peer. Syntax and shape
 // only: which trust domains and namespaces are welcome is the policy's decision, so every valid
 // identity of any trust domain is returned, and anything not provably valid is a reason to deny.
-import { fail, ok, withCode, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 import { parseX509SvidPem } from './x509-svid.js';
 
@@ -26,6 +26,10 @@ export interface PeerEvidence {
   principal?: string;
   /** an identity header; the transport passes it only when the operator chose to trust such headers */
   headerSpiffeId?: string;
+  /** the client certificate a trusted header carried (XFCC `Cert=`): validated like `certificatePem` */
+  headerCertificatePem?: string;
+  /** why the trusted header could not be read: a deny, whatever else the evidence says */
+  headerError?: Failure;
 }
 
 interface Claim {
@@ -68,6 +72,10 @@ export function resolveIdentity(
       return fail(`${source} evidence is not a string`, 'malformed');
   }
 
+  if (evidence.headerError !== undefined) return evidence.headerError;
+  if (evidence.headerCertificatePem !== undefined && typeof evidence.headerCertificatePem !== 'string')
+    return fail('header evidence is not a string', 'malformed');
+
   if (present(evidence.certificatePem)) {
     const svid = parseX509SvidPem(evidence.certificatePem, now);
     if (!svid.ok) return svid;
@@ -88,7 +96,20 @@ export function resolveIdentity(
         'spiffe_id',
       );
     }
+    // A trust domain's root ID names no workload; a certificate with one never gets here (x509-svid.ts).
+    if (id.value.path === '')
+      return fail(`${LABEL[source]} is a trust domain ID, not a workload identity`, 'spiffe_id');
     claims.push({ source, id: id.value });
+  }
+
+  if (present(evidence.headerCertificatePem)) {
+    const svid = parseX509SvidPem(evidence.headerCertificatePem, now);
+    if (!svid.ok) return fail(`header certificate: ${svid.reason}`, svid.code);
+    const headerId = claims.find((c) => c.source === 'header');
+    // The header's URI is what its proxy read off this very certificate: anything else is a forgery.
+    if (headerId !== undefined && headerId.id.uri !== svid.value.spiffeId.uri)
+      return fail('header SPIFFE ID does not match the header certificate', 'mismatch');
+    if (headerId === undefined) claims.push({ source: 'header', id: svid.value.spiffeId });
   }
 
   if (opts.verifyChain && !present(evidence.certificatePem))

@@ -10,6 +10,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
 import { readPolicyBytes } from '../policy/policy.js';
+import { getBundle, type BundleServerAuth } from './bundle-http.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
 
@@ -41,6 +42,8 @@ export interface BundleSourceOptions {
   fetchTimeoutMs?: number;
   /** the entrypoint a policy folder is compiled for */
   entrypoint?: string;
+  /** bundle server credentials, trust and redirect policy (bundle-http.ts) */
+  auth?: BundleServerAuth;
 }
 
 export const DEFAULT_URL_POLL_MS = 30_000;
@@ -272,21 +275,17 @@ class UrlBundleSource implements BundleSource {
   async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
     const headers: Record<string, string> = { accept: 'application/gzip, application/octet-stream;q=0.9, */*;q=0.1' };
     if (this.etag !== undefined && !opts.force) headers['if-none-match'] = this.etag;
-    const res = await fetch(this.location, {
+    const res = await getBundle(this.location, {
       headers,
-      redirect: 'follow',
-      signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS),
+      timeoutMs: this.opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS,
+      maxBytes: MAX_BUNDLE_BYTES,
+      ...(this.opts.auth ? { auth: this.opts.auth } : {}),
     });
-    if (res.status === 304) {
-      await res.body?.cancel();
-      return undefined;
-    }
-    if (res.status !== 200) {
-      await res.body?.cancel();
+    if (res.status === 304) return undefined;
+    if (res.status !== 200 || !res.body)
       throw new Error(`bundle server answered HTTP ${res.status} for ${this.location}`);
-    }
-    const bytes = await readCapped(res, MAX_BUNDLE_BYTES, this.location);
-    const etag = res.headers.get('etag') ?? undefined;
+    const bytes = res.body;
+    const etag = res.etag;
     // Remembered even if the bundle is then refused: the server is not asked for it again until it changes.
     this.etag = etag;
     const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256(bytes)}`;
@@ -301,22 +300,4 @@ class UrlBundleSource implements BundleSource {
     timer.unref();
     return () => clearInterval(timer);
   }
-}
-
-async function readCapped(res: Response, max: number, where: string): Promise<Uint8Array> {
-  const declared = Number(res.headers.get('content-length') ?? NaN);
-  if (declared > max) {
-    await res.body?.cancel();
-    throw new Error(`bundle from ${where} is larger than ${max} bytes`);
-  }
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  if (res.body) {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      total += chunk.byteLength;
-      if (total > max) throw new Error(`bundle from ${where} is larger than ${max} bytes`);
-      chunks.push(chunk);
-    }
-  }
-  return Buffer.concat(chunks);
 }

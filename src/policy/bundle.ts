@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { gunzip, gzipSync } from 'node:zlib';
 import { checkJsonLimits, DATA_JSON_LIMITS } from './json-limits.js';
 import { Parser, type ReadEntry } from 'tar';
+import { verifyBundleFiles, type BundleVerification } from './bundle-signing.js';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -91,8 +92,13 @@ export function writeBundleFiles(files: ReadonlyMap<string, Uint8Array>): Buffer
  * Unpacks and checks a bundle. `entrypoint` picks the Wasm module when the manifest lists several.
  * Rejects with a message saying what is wrong (not gzip, too large, unsafe path, no policy.wasm, …).
  */
-export async function readBundle(bytes: Uint8Array, opts: { entrypoint?: string } = {}): Promise<PolicyBundle> {
+export async function readBundle(
+  bytes: Uint8Array,
+  opts: { entrypoint?: string; verification?: BundleVerification } = {},
+): Promise<PolicyBundle> {
   const files = await readBundleFiles(bytes);
+  // Before anything of the bundle is parsed: an unsigned or tampered bundle is refused as a whole.
+  if (opts.verification) await verifyBundleFiles(files, opts.verification);
 
   let manifest: BundleManifest | undefined;
   const manifestBytes = files.get('.manifest');

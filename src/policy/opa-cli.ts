@@ -5,6 +5,7 @@ import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync,
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleModulePath, readBundleFiles, writeBundleFiles, type BundleManifest } from './bundle.js';
+import { signBundleFiles, SIGNATURES_FILE, type BundleSigningKey } from './bundle-signing.js';
 import { footprintStamp, inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
 
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
@@ -119,6 +120,8 @@ function ignoreArgs(names: readonly string[]): string[] {
 export interface BuildOptions {
   /** written into the bundle manifest; `loadPolicy` reports it as the policy revision */
   revision?: string;
+  /** sign the bundle (`.signatures.json`, as `opa build --signing-key` writes it) */
+  signing?: BundleSigningKey;
 }
 
 /**
@@ -142,7 +145,7 @@ export async function buildWasmBundle(
   if (out.code !== 0) {
     throw new Error(`opa build failed for ${policyDir}:\n${(out.stderr || out.stdout).trim()}`);
   }
-  await stampInputFootprint(outFile, policyRegoSources(policyDir), entrypoint);
+  await stampInputFootprint(outFile, policyRegoSources(policyDir), entrypoint, opts.signing);
 }
 
 /**
@@ -168,7 +171,12 @@ function policyRegoSources(dir: string): string[] {
  * Writes the footprint of the policy's source into the bundle manifest (see input-footprint.ts), bound
  * to the module compiled from that source by its hash.
  */
-async function stampInputFootprint(bundleFile: string, sources: string[], entrypoint: string): Promise<void> {
+async function stampInputFootprint(
+  bundleFile: string,
+  sources: string[],
+  entrypoint: string,
+  signing: BundleSigningKey | undefined,
+): Promise<void> {
   const files = await readBundleFiles(readFileSync(bundleFile));
   const manifestBytes = files.get('.manifest');
   const manifest = manifestBytes
@@ -182,6 +190,8 @@ async function stampInputFootprint(bundleFile: string, sources: string[], entryp
   if (!module) throw new Error(`opa build wrote ${bundleFile} without its Wasm module`);
   manifest.metadata = { ...metadata, [MANIFEST_METADATA_KEY]: footprintStamp(inputFootprint(sources), module) };
   files.set('.manifest', Buffer.from(JSON.stringify(manifest)));
+  // Signed last, over the files as written: the stamp changes .manifest after opa build.
+  if (signing) files.set(SIGNATURES_FILE, await signBundleFiles(files, signing));
   writeFileSync(bundleFile, writeBundleFiles(files));
 }
 

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { MAX_BUNDLE_BYTES, readBundle, type PolicyBundle } from './bundle.js';
+import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { checkWasmLimits } from './wasm-limits.js';
@@ -63,6 +64,8 @@ export interface LoadPolicyOptions {
   evalBudgetMs?: number;
   /** false: always hand the policy the whole input and never remember answers (input-footprint.ts) */
   memoize?: boolean;
+  /** set: only a bundle signed by this key is loaded (bundle-signing.ts) */
+  verification?: BundleVerification;
 }
 
 /**
@@ -104,7 +107,7 @@ export async function loadPolicyBundle(
   const where = `policy ${opts.source}`;
   let bundle: PolicyBundle | undefined;
   try {
-    bundle = await readBundle(bytes, { entrypoint });
+    bundle = await readBundle(bytes, { entrypoint, ...(opts.verification ? { verification: opts.verification } : {}) });
   } catch (e) {
     throw new Error(`${where}: ${(e as Error).message}`);
   }

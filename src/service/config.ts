@@ -4,11 +4,17 @@
 // anything listens — and a test can check every flag without starting a service.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { errorMessage } from '../common/errors.js';
+import { isBundleUrl } from '../lifecycle/bundle-source.js';
+import { REDIRECT_POLICIES, type BundleServerAuth, type RedirectPolicy } from '../lifecycle/bundle-http.js';
+import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signing.js';
 import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
+import { parseSpiffeId } from '../identity/spiffe-id.js';
+import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
 import type { SandboxBudget } from '../lifecycle/policy-sandbox.js';
+import { SPIFFE_ENDPOINT_SOCKET, workloadApiTarget } from '../spiffe/workload-api.js';
 import {
   parseTrustBundleFlag,
   parseTrustBundleUrlFlag,
@@ -23,6 +29,83 @@ export interface OptionRow {
   help: string;
   default?: string;
   multiple?: boolean;
+}
+
+/** Signed bundles: serve, eval and test take these (bundle-signing.ts). */
+export const VERIFICATION_OPTIONS = {
+  'verification-key': {
+    arg: 'FILE',
+    help: 'load only bundles signed with this key (PEM public key, or the HMAC secret for HS*)',
+  },
+  'verification-key-id': { arg: 'ID', help: 'the name of the key, as in OPA (default: default)' },
+  'signing-alg': {
+    arg: 'ALG',
+    default: DEFAULT_SIGNING_ALG,
+    help: `the key's algorithm: ${SIGNING_ALGORITHMS.join(' ')}`,
+  },
+  scope: { arg: 'S', help: 'the scope a bundle signature must carry (default: none)' },
+} satisfies Record<string, OptionRow>;
+
+/** How to reach an http(s) bundle server (bundle-http.ts), as OPA's `services` credentials. */
+export const BUNDLE_SERVER_OPTIONS = {
+  'policy-bearer-token-file': { arg: 'FILE', help: 'bundle server bearer token (re-read on every request)' },
+  'policy-client-cert': { arg: 'FILE', help: 'client certificate for a bundle server requiring client TLS' },
+  'policy-client-key': { arg: 'FILE', help: 'its private key' },
+  'policy-ca': { arg: 'FILE', help: "CA(s) the bundle server's certificate must chain to (instead of the system's)" },
+  'policy-redirects': {
+    arg: 'MODE',
+    default: 'same-origin',
+    help: 'bundle server redirects to follow: same-origin, any-host (never https to http), insecure',
+  },
+} satisfies Record<string, OptionRow>;
+
+/** The verification flags as plain data (the key file is read when the command starts). */
+export interface VerificationFlags {
+  keyFile: string;
+  alg: string;
+  keyId?: string;
+  scope?: string;
+}
+
+type FlagValues = Record<string, string | string[] | undefined>;
+
+/** The verification flags, checked; undefined without --verification-key. Throws ConfigError. */
+export function verificationFlags(v: FlagValues): VerificationFlags | undefined {
+  const keyFile = v['verification-key'] as string | undefined;
+  const alg = (v['signing-alg'] as string | undefined) ?? DEFAULT_SIGNING_ALG;
+  const keyId = v['verification-key-id'] as string | undefined;
+  const scope = v.scope as string | undefined;
+  if (!SIGNING_ALGORITHMS.includes(alg))
+    throw new ConfigError(`--signing-alg ${JSON.stringify(alg)}: one of ${SIGNING_ALGORITHMS.join(', ')}`);
+  if (keyFile === undefined) {
+    if (keyId !== undefined || scope !== undefined)
+      throw new ConfigError('--verification-key-id and --scope need --verification-key');
+    return undefined;
+  }
+  return { keyFile, alg, ...defined('keyId', keyId), ...defined('scope', scope) };
+}
+
+function bundleServerAuth(v: Values, urls: (string | undefined)[]): BundleServerAuth | undefined {
+  const redirects = v['policy-redirects'] as RedirectPolicy;
+  if (!REDIRECT_POLICIES.includes(redirects))
+    throw new ConfigError(`--policy-redirects takes ${REDIRECT_POLICIES.join(', ')}`);
+  const cert = v['policy-client-cert'];
+  const key = v['policy-client-key'];
+  if ((cert === undefined) !== (key === undefined))
+    throw new ConfigError('--policy-client-cert and --policy-client-key go together');
+  const auth: BundleServerAuth = {
+    redirects,
+    ...defined('bearerTokenFile', v['policy-bearer-token-file']),
+    ...defined('clientCertFile', cert),
+    ...defined('clientKeyFile', key),
+    ...defined('caFile', v['policy-ca']),
+  };
+  const credentials = Object.keys(auth).filter((k) => k !== 'redirects');
+  if (credentials.length > 0 && !urls.some((u) => u !== undefined && isBundleUrl(u)))
+    throw new ConfigError(
+      'bundle server credentials (--policy-bearer-token-file, --policy-client-*, --policy-ca) need an http(s) --policy or --shadow-policy',
+    );
+  return auth;
 }
 
 /**
@@ -49,6 +132,16 @@ export const SERVE_OPTIONS = {
   'policy-load-memory': { arg: 'MiB', default: '128', help: "that worker thread's JS heap bound" },
   'shadow-policy': { arg: 'PATH|URL', help: 'a candidate evaluated beside the live policy, never answering' },
   'trusted-identity-header': { arg: 'NAME', help: 'a header a verifier in front of us sets (off by default)' },
+  'trusted-proxy-id': {
+    arg: 'ID',
+    multiple: true,
+    help: 'with x-forwarded-client-cert: its By= must be one of these proxy SPIFFE IDs (repeatable)',
+  },
+  'sideband-cache-ttl': {
+    arg: 'DUR',
+    default: '10s',
+    help: "longest the iRule may reuse an answer (X-Egress-Cache-Ttl; 0 when the policy isn't deterministic)",
+  },
   'log-level': { arg: 'LEVEL', default: 'info', help: 'pino level: trace, debug, info, warn, error, fatal' },
   'tls-cert': { arg: 'FILE', help: "the service's own certificate (both listeners; re-read on change)" },
   'tls-key': { arg: 'FILE', help: 'its private key' },
@@ -56,8 +149,13 @@ export const SERVE_OPTIONS = {
   'allowed-caller': {
     arg: 'ID',
     multiple: true,
-    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca',
+    help: 'SPIFFE ID allowed to ask (repeatable; ID/* for a subtree); needs --tls-client-ca or --spiffe-socket',
   },
+  'spiffe-socket': {
+    arg: 'PATH',
+    help: `own SVID and caller CA from the SPIFFE Workload API, rotated live (or $${SPIFFE_ENDPOINT_SOCKET})`,
+  },
+  'spiffe-wait': { arg: 'DUR', default: '30s', help: 'how long serve waits at start for the first SVID' },
   'trust-bundle': {
     arg: 'TD=FILE',
     multiple: true,
@@ -73,6 +171,8 @@ export const SERVE_OPTIONS = {
     default: 'off',
     help: "verify Envoy's peer certificate against the bundles too (the sideband always is)",
   },
+  ...VERIFICATION_OPTIONS,
+  ...BUNDLE_SERVER_OPTIONS,
   'shutdown-grace': { arg: 'DUR', default: '10s', help: 'how long SIGTERM waits for accepted checks' },
   'check-deadline': { arg: 'DUR', default: '200ms', help: 'a check slower than this is a deny' },
   'grpc-max-message-bytes': {
@@ -107,13 +207,22 @@ export interface ServeConfig {
   sandbox: SandboxBudget;
   shadowPolicy?: string;
   trustedIdentityHeader?: string;
+  trustedProxies: string[];
+  /** whole seconds; 0 turns the iRule's cache off */
+  sidebandCacheTtlS: number;
   logLevel: string;
   tls?: TlsFiles;
+  /** own SVID from the Workload API (instead of `tls`): both listeners mTLS with the SVID's bundle */
+  spiffe?: { socket: string; waitMs: number };
   allowedCallers: CallerPattern[];
   /** trust bundles: with any, sideband chains are verified against the leaf's trust domain's bundle */
   trustBundleFiles: TrustBundleFile[];
   trustBundleEndpoints: TrustBundleEndpoint[];
   verifyPeerChain: boolean;
+  /** only bundles signed with this key are loaded */
+  verification?: VerificationFlags;
+  /** bundle server credentials and redirect policy */
+  bundleServer?: BundleServerAuth;
   graceMs: number;
   checkDeadlineMs: number;
   maxReceiveMessageBytes: number;
@@ -144,7 +253,8 @@ export function parseArgsOptions(table: Record<string, OptionRow>): NonNullable<
   return out;
 }
 
-export function parseServeConfig(argv: string[]): Result<ServeConfig> {
+/** `env`: where SPIFFE_ENDPOINT_SOCKET is read from (the CLI passes process.env). */
+export function parseServeConfig(argv: string[], env: Record<string, string | undefined> = {}): Result<ServeConfig> {
   let values: Values;
   try {
     values = parseArgs({ args: argv, options: parseArgsOptions(SERVE_OPTIONS), strict: true }).values as Values;
@@ -152,16 +262,16 @@ export function parseServeConfig(argv: string[]): Result<ServeConfig> {
     return fail(errorMessage(err));
   }
   try {
-    return ok(normalise(values));
+    return ok(normalise(values, env));
   } catch (err) {
     if (err instanceof ConfigError) return fail(err.message);
     throw err;
   }
 }
 
-class ConfigError extends Error {}
+export class ConfigError extends Error {}
 
-function normalise(v: Values): ServeConfig {
+function normalise(v: Values, env: Record<string, string | undefined>): ServeConfig {
   const memo = v['policy-memo'];
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
   const maxMessage = Number(v['grpc-max-message-bytes']);
@@ -175,8 +285,11 @@ function normalise(v: Values): ServeConfig {
     if (!p.ok) throw new ConfigError(`--allowed-caller: ${p.reason}`);
     return p.value;
   });
-  const tls = tlsFiles(v, allowedCallers);
+  const spiffe = spiffeSource(v, env);
+  const tls = spiffe ? undefined : tlsFiles(v, allowedCallers);
   const trust = trustBundles(v);
+  const verification = verificationFlags(v);
+  const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
   return {
     grpcAddr: v['grpc-addr']!,
     httpAddr: v['http-addr']!,
@@ -192,14 +305,52 @@ function normalise(v: Values): ServeConfig {
     },
     ...defined('shadowPolicy', v['shadow-policy']),
     ...defined('trustedIdentityHeader', v['trusted-identity-header']),
+    trustedProxies: trustedProxies(v),
+    sidebandCacheTtlS:
+      v['sideband-cache-ttl'] === '0'
+        ? 0
+        : Math.floor(duration('--sideband-cache-ttl', v['sideband-cache-ttl']!) / 1000),
     logLevel: v['log-level']!,
     ...defined('tls', tls),
+    ...defined('spiffe', spiffe),
     allowedCallers,
     ...trust,
+    ...defined('verification', verification),
+    ...defined('bundleServer', bundleServer),
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
   };
+}
+
+/**
+ * The Workload API replaces the certificate files: --spiffe-socket with any of them is refused. The
+ * standard variable applies only when no TLS file flag was given: explicit files win over the
+ * environment a SPIRE node may export to every process.
+ */
+function spiffeSource(v: Values, env: Record<string, string | undefined>): ServeConfig['spiffe'] {
+  const fileFlags = (['tls-cert', 'tls-key', 'tls-client-ca'] as const).filter((f) => v[f] !== undefined);
+  const flag = v['spiffe-socket'];
+  if (flag !== undefined && fileFlags.length > 0)
+    throw new ConfigError(`--spiffe-socket replaces --${fileFlags.join(', --')}: give one or the other`);
+  const fromEnv = fileFlags.length === 0 ? env[SPIFFE_ENDPOINT_SOCKET] : undefined;
+  const address = flag ?? (fromEnv === '' ? undefined : fromEnv);
+  if (address === undefined) return undefined;
+  const source = flag !== undefined ? '--spiffe-socket' : SPIFFE_ENDPOINT_SOCKET;
+  const target = workloadApiTarget(address);
+  if (!target.ok) throw new ConfigError(`${source}: ${target.reason}`);
+  return { socket: address, waitMs: duration('--spiffe-wait', v['spiffe-wait']!) };
+}
+
+function trustedProxies(v: Values): string[] {
+  const ids = v['trusted-proxy-id'] ?? [];
+  for (const id of ids) {
+    const parsed = parseSpiffeId(id);
+    if (!parsed.ok) throw new ConfigError(`--trusted-proxy-id: ${parsed.reason}`);
+  }
+  if (ids.length > 0 && v['trusted-identity-header']?.toLowerCase() !== XFCC_HEADER)
+    throw new ConfigError(`--trusted-proxy-id needs --trusted-identity-header ${XFCC_HEADER}`);
+  return ids;
 }
 
 function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefined {

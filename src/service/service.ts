@@ -17,7 +17,7 @@ import {
   grpcServerCredentials,
   httpsServerOptions,
   type CallerPattern,
-  type CertificateFiles,
+  type TlsMaterialSource,
   type PeerPolicy,
 } from '../transport/tls.js';
 import { configureSidebandServer, sidebandRoutes } from '../transport/sideband.js';
@@ -31,12 +31,16 @@ export interface ServiceOptions {
   policy?: LoadedPolicy;
   logger: Logger;
   trustedIdentityHeader?: string;
+  /** upper bound of the sideband's X-Egress-Cache-Ttl, seconds (default 10; 0: the iRule never caches) */
+  sidebandCacheTtlS?: number;
+  /** see AuthorizerOptions.trustedProxies */
+  trustedProxies?: readonly string[];
   /** extra HTTP routes, besides the BIG-IP sideband (`POST /v1/sideband`) that every service has */
   routes?: (authorizer: Authorizer) => Record<string, RouteHandler>;
   /** extra observer of every decision (metrics, tests) */
   onDecision?: (entry: DecisionLogEntry, decision: Decision) => void;
   /** TLS on both listeners (plain text without it); with a client CA, mTLS and the allowed callers */
-  tls?: { files: CertificateFiles; allowedCallers?: CallerPattern[] };
+  tls?: { files: TlsMaterialSource; allowedCallers?: CallerPattern[] };
   maxReceiveMessageBytes?: number;
   /** see AuthorizerOptions.checkDeadlineMs */
   checkDeadlineMs?: number;
@@ -101,6 +105,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     {
       policies,
       trustedIdentityHeader: opts.trustedIdentityHeader,
+      trustedProxies: opts.trustedProxies,
       checkDeadlineMs: opts.checkDeadlineMs,
       ...(opts.chainVerifier
         ? { chainVerifier: opts.chainVerifier, verifyEnvoyChain: opts.verifyEnvoyChain === true }
@@ -115,7 +120,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     },
     metrics,
   );
-  const routes = { ...sidebandRoutes(authorizer), ...opts.routes?.(authorizer) };
+  const routes = { ...sidebandRoutes(authorizer, { cacheTtlS: opts.sidebandCacheTtlS }), ...opts.routes?.(authorizer) };
   const sideband = routes['POST /v1/sideband'];
   if (sideband) routes['POST /v1/sideband'] = timedRoute(sideband, (s) => metrics.observeSidebandSeconds(s));
   routes['GET /metrics'] ??= metricsRoute(metrics);

@@ -21,8 +21,14 @@ export interface SidebandAuthorizer {
 /** The route table entry the HTTP listener mounts. */
 export function sidebandRoutes(
   authorizer: SidebandAuthorizer,
+  opts: SidebandOptions = {},
 ): Record<string, (req: IncomingMessage, res: ServerResponse) => void> {
-  return { [`POST ${SIDEBAND_PATH}`]: (req, res) => handleSideband(req, res, authorizer) };
+  return { [`POST ${SIDEBAND_PATH}`]: (req, res) => handleSideband(req, res, authorizer, undefined, opts) };
+}
+
+export interface SidebandOptions {
+  /** upper bound for X-Egress-Cache-Ttl, in seconds (default DEFAULT_SIDEBAND_CACHE_TTL_S; 0: never cache) */
+  cacheTtlS?: number;
 }
 
 /** What the transport answers; `decision` is absent when the request never reached the policy. */
@@ -32,7 +38,24 @@ export interface SidebandAnswer {
   snatPool: string;
   decisionId: string;
   reason: string;
+  /** seconds the iRule may reuse this answer for the same request fields (X-Egress-Cache-Ttl) */
+  cacheTtlS: number;
   decision?: Decision;
+}
+
+/** Default for how long the iRule may reuse an answer; a policy change reaches cached answers this late. */
+export const DEFAULT_SIDEBAND_CACHE_TTL_S = 10;
+
+// What the iRule's cache key covers (the certificate chain, the virtual server, the client address, the
+// destination), as input fields. An answer that may depend on anything else (the request id, a header,
+// the clock) must not be reused.
+const CACHE_KEYED_INPUT = new Set(['caller', 'identity', 'identity_error', 'destination', 'sideband', 'version']);
+
+/** 0 unless the decision is a function of the fields the iRule keys its cache on. */
+export function sidebandCacheTtl(d: Decision, ttlS: number): number {
+  const keys = d.input_keys;
+  if (keys === undefined || !keys.every((k) => CACHE_KEYED_INPUT.has(k))) return 0;
+  return ttlS;
 }
 
 const ACCEPTED_CONTENT_TYPES = new Set(['application/x-pem-file', 'text/plain']);
@@ -52,6 +75,7 @@ export function handleSideband(
   res: ServerResponse,
   authorizer: SidebandAuthorizer,
   onAnswer?: (a: SidebandAnswer) => void,
+  opts: SidebandOptions = {},
 ): void {
   const respond = (a: SidebandAnswer, close = false): void => {
     onAnswer?.(a);
@@ -97,7 +121,15 @@ export function handleSideband(
   });
   req.on('end', () => {
     if (refused) return;
-    respond(decideBody(Buffer.concat(chunks), req, optional.value, authorizer));
+    respond(
+      decideBody(
+        Buffer.concat(chunks),
+        req,
+        optional.value,
+        authorizer,
+        opts.cacheTtlS ?? DEFAULT_SIDEBAND_CACHE_TTL_S,
+      ),
+    );
   });
   req.on('error', () => {
     if (!res.headersSent) respond(malformed('request body could not be read'), true);
@@ -109,6 +141,7 @@ function decideBody(
   req: IncomingMessage,
   optional: Optional,
   authorizer: SidebandAuthorizer,
+  cacheTtlS: number,
 ): SidebandAnswer {
   if (body.length === 0) return malformed('empty body: send the client certificate as PEM');
   const pem = body.toString('latin1');
@@ -119,7 +152,14 @@ function decideBody(
   try {
     decision = authorizer.checkSideband(request);
   } catch {
-    return { status: 500, allow: false, snatPool: '', decisionId: randomUUID(), reason: 'internal error' };
+    return {
+      status: 500,
+      allow: false,
+      snatPool: '',
+      decisionId: randomUUID(),
+      reason: 'internal error',
+      cacheTtlS: 0,
+    };
   }
   // The decision log records a malformed PEM as a deny like any other; the status tells the operator
   // that the request, not the identity, was wrong.
@@ -130,6 +170,7 @@ function decideBody(
     snatPool: decision.allow ? decision.snat_pool : '',
     decisionId: decision.decision_id,
     reason: decision.reason,
+    cacheTtlS: sidebandCacheTtl(decision, cacheTtlS),
     decision,
   };
 }
@@ -159,7 +200,7 @@ function stringHeaders(req: IncomingMessage): Record<string, string> {
 }
 
 function malformed(reason: string, status = 400): SidebandAnswer {
-  return { status, allow: false, snatPool: '', decisionId: randomUUID(), reason };
+  return { status, allow: false, snatPool: '', decisionId: randomUUID(), reason, cacheTtlS: 0 };
 }
 
 function answerBody(a: SidebandAnswer): string {
@@ -174,6 +215,7 @@ function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): vo
   res.setHeader('X-Egress-Snat-Pool', a.allow ? a.snatPool : '');
   res.setHeader('X-Egress-Decision-Id', a.decisionId);
   res.setHeader('X-Egress-Reason', oneLine(a.reason));
+  res.setHeader('X-Egress-Cache-Ttl', String(a.cacheTtlS));
   res.setHeader('Content-Type', 'text/plain; charset=utf-8');
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.setHeader('Cache-Control', 'no-store');
@@ -193,7 +235,7 @@ export function rawDenyAnswer(status: number, reason: string): string {
   return (
     `HTTP/1.1 ${status} ${phrase}\r\n` +
     `X-Egress-Decision: deny\r\nX-Egress-Snat-Pool: \r\nX-Egress-Decision-Id: ${randomUUID()}\r\n` +
-    `X-Egress-Reason: ${text}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+    `X-Egress-Reason: ${text}\r\nX-Egress-Cache-Ttl: 0\r\nContent-Type: text/plain; charset=utf-8\r\n` +
     `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
   );
 }

@@ -24,6 +24,15 @@ export interface TlsMaterial {
   ca?: Buffer;
 }
 
+/**
+ * Where the listeners' TLS material comes from (files, or the SPIFFE Workload API): the current version
+ * and every new one. A subscriber configures new handshakes only; established connections keep theirs.
+ */
+export interface TlsMaterialSource {
+  readonly current: TlsMaterial;
+  subscribe(listener: (m: TlsMaterial) => void): () => void;
+}
+
 // --------------------------------------------------------------------------------- allowed callers
 
 /**
@@ -120,13 +129,13 @@ export function readTlsMaterial(files: TlsFiles): Result<TlsMaterial> {
   return ok(material);
 }
 
-function sameMaterial(a: TlsMaterial, b: TlsMaterial): boolean {
+export function sameMaterial(a: TlsMaterial, b: TlsMaterial): boolean {
   const caSame = a.ca === undefined || b.ca === undefined ? a.ca === b.ca : a.ca.equals(b.ca);
   return caSame && a.cert.equals(b.cert) && a.key.equals(b.key);
 }
 
 /** The live TLS material of the service, re-read when its files change; subscribers get every new version. */
-export class CertificateFiles {
+export class CertificateFiles implements TlsMaterialSource {
   private material: TlsMaterial;
   private readonly listeners = new Set<(m: TlsMaterial) => void>();
   private readonly watchers: FSWatcher[] = [];
@@ -196,7 +205,7 @@ export class CertificateFiles {
 // ------------------------------------------------------------------------------ listener credentials
 
 /** node:https / node:tls server options for the HTTP listener (material from `files.current`). */
-export function httpsServerOptions(files: CertificateFiles): {
+export function httpsServerOptions(files: TlsMaterialSource): {
   cert: Buffer;
   key: Buffer;
   ca?: Buffer;
@@ -214,7 +223,7 @@ export function httpsServerOptions(files: CertificateFiles): {
  * subclassing keeps one source of truth for both listeners.
  */
 class ReloadingServerCredentials extends grpc.ServerCredentials {
-  constructor(files: CertificateFiles) {
+  constructor(files: TlsMaterialSource) {
     const m = files.current;
     const mutual = m.ca !== undefined;
     super({ requestCert: mutual, rejectUnauthorized: mutual }, contextOptions(m));
@@ -230,6 +239,6 @@ function contextOptions(m: TlsMaterial): { cert: Buffer[]; key: Buffer[]; ca?: B
   return { cert: [m.cert], key: [m.key], ...(m.ca !== undefined ? { ca: m.ca } : {}) };
 }
 
-export function grpcServerCredentials(files: CertificateFiles): grpc.ServerCredentials {
+export function grpcServerCredentials(files: TlsMaterialSource): grpc.ServerCredentials {
   return new ReloadingServerCredentials(files);
 }

@@ -13,8 +13,8 @@ import { createCa, issue, workloadSvid, writeCert } from '../support/pki.js';
 import { curl, viaEgressProxy, type ProxyClient } from './support/curl.js';
 import { envoyBinary, repoRoot } from './support/envoy.js';
 import { egressGatewayConfig, type AccessLogEntry } from './support/envoy-config.js';
-import { freePort, httpOk, start, waitUntil, type RunningProcess } from './support/processes.js';
-import { writeTinyproxyConfig } from './support/tinyproxy.js';
+import { freePort, httpOk, start, startEgressAuthz, waitUntil, type RunningProcess } from './support/processes.js';
+import { startForwardProxy } from './support/tinyproxy.js';
 
 const CLI = join(repoRoot, 'dist/cli.js');
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
@@ -143,31 +143,12 @@ beforeAll(async () => {
   await new Promise<void>((ok) => target!.listen(targetPort, '127.0.0.1', ok));
   targetUrl = `https://127.0.0.1:${targetPort}/`;
 
-  tinyproxyLog = join(dir, 'tinyproxy.log');
-  writeTinyproxyConfig(join(dir, 'tinyproxy.conf'), {
-    port: tinyproxyPort,
-    allow: [BOOKINFO_SNAT],
-    logFile: tinyproxyLog,
-    pidFile: join(dir, 'tinyproxy.pid'),
-  });
-  const tinyproxy = start('tinyproxy', 'tinyproxy', ['-d', '-c', join(dir, 'tinyproxy.conf')]);
+  const forwardProxy = startForwardProxy(dir, tinyproxyPort, [BOOKINFO_SNAT]);
+  const tinyproxy = forwardProxy.proc;
+  tinyproxyLog = forwardProxy.logFile;
   procs.push(tinyproxy);
 
-  authz = start(
-    'egress-authz',
-    process.execPath,
-    [
-      CLI,
-      'serve',
-      '--grpc-addr',
-      `127.0.0.1:${grpcPort}`,
-      '--http-addr',
-      `127.0.0.1:${httpPort}`,
-      '--policy',
-      join(repoRoot, 'policies'),
-    ],
-    { cwd: repoRoot },
-  );
+  authz = startEgressAuthz(repoRoot, grpcPort, httpPort);
   procs.push(authz);
 
   accessLog = join(dir, 'envoy-access.log');

@@ -139,6 +139,21 @@ describe('resolveIdentity', () => {
     expect(resolveIdentity(cert)).toMatchObject({ ok: false, reason: 'certificate evidence is not a string' });
   });
 
+  // A trust domain's root ID names the trust domain, not a workload: a certificate with it was already
+  // refused (X.509-SVID §3.1); a principal or a header naming it is refused the same way.
+  it('denies a principal or a header that is a trust domain root ID', () => {
+    expect(resolveIdentity({ principal: 'spiffe://cluster.local' })).toEqual({
+      ok: false,
+      reason: 'source principal is a trust domain ID, not a workload identity',
+      code: 'spiffe_id',
+    });
+    expect(resolveIdentity({ headerSpiffeId: 'spiffe://cluster.local' })).toEqual({
+      ok: false,
+      reason: 'header SPIFFE ID is a trust domain ID, not a workload identity',
+      code: 'spiffe_id',
+    });
+  });
+
   it('denies a good certificate with a principal that is no SPIFFE ID', () => {
     expect(resolveIdentity({ certificatePem: svid.certPem, principal: 'CN=bookinfo' })).toMatchObject({
       ok: false,

@@ -3,7 +3,10 @@
 # One process is one virtual server seeing one or more client connections from the same pod.
 #
 #   tclsh harness.tcl -irule FILE -pem FILE -hash HASH [-connections N] [-handshakes N] [-client IP] [-verify N]
+#                     [-virtuals "VS1 VS2 …"] [-clients "IP1 IP2 …"]
 #                     [-set static::NAME VALUE]... [-vs NAME=HOST:PORT]...
+# -virtuals / -clients: connection n is accepted on the n-th virtual server / from the n-th client (cycling);
+# all connections share one `table`, as every virtual server of a BIG-IP does.
 #
 # Output, one record a line, for test/irule/irule.test.ts:
 #   ACTION <n> snatpool <pool> | reject | release | collect
@@ -18,7 +21,7 @@ namespace eval h {
     array set events {}
     variable conn 0
     variable opts
-    array set opts {-connections 1 -handshakes 1 -client 10.1.1.10 -verify 0 -hash ""}
+    array set opts {-connections 1 -handshakes 1 -client 10.1.1.10 -verify 0 -hash "" -virtuals "" -clients ""}
     variable sets {}
     variable vs_map
     array set vs_map {}
@@ -76,11 +79,15 @@ proc event {args} {
     if { $args eq "disable all" || $args eq "disable" } { set h::disabled 1; return }
     error "event $args: not stubbed"
 }
+proc h::nth {list default} {
+    if { [llength $list] == 0 } { return $default }
+    return [lindex $list [expr {($h::conn - 1) % [llength $list]}]]
+}
 proc virtual {args} {
-    if { $args eq "name" } { return "/Common/vs_aspenmesh-bookinfo-proxy-srv-mtls-svc" }
+    if { $args eq "name" } { return [h::nth $h::opts(-virtuals) "/Common/vs_aspenmesh-bookinfo-proxy-srv-mtls-svc"] }
     error "virtual $args: not stubbed"
 }
-proc IP::client_addr {} { return $h::opts(-client) }
+proc IP::client_addr {} { return [h::nth $h::opts(-clients) $h::opts(-client)] }
 proc TCP::client_port {} { return [expr {40000 + $h::conn}] }
 proc TCP::collect {args} { h::out ACTION $h::conn collect; set h::held 1 }
 proc TCP::release {args} {

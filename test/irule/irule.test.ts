@@ -1,73 +1,14 @@
 // Runs the shipped iRule file in tclsh (test/irule/harness.tcl stubs the BIG-IP commands) against the
 // real egress-authz service, and against servers that fail in the ways a network does.
-import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { TestService } from '../support/service.js';
+import { loadPolicy } from '../../src/policy/policy.js';
+import { startTestService, type TestService } from '../support/service.js';
 import { makeBigipCerts, startSidebandService, type BigipCerts } from '../sideband/sideband-service.js';
-
-const ROOT = join(import.meta.dirname, '..', '..');
-const IRULE = join(ROOT, 'deploy', 'bigip', 'egress-authz.irule.tcl');
-const HARNESS = join(import.meta.dirname, 'harness.tcl');
-const VS = '/Common/vs_egress_authz_sideband';
-
-interface HarnessRun {
-  lines: string[];
-  actions: string[];
-  logs: string[];
-  errors: string[];
-  connections: { verdict: string; pool: string; ms: number }[];
-  wallMs: number;
-}
-
-function runHarness(opts: {
-  irule?: string;
-  pem: string;
-  hash: string;
-  target: string;
-  connections?: number;
-  handshakes?: number;
-  verify?: number;
-  sets?: Record<string, string>;
-}): Promise<HarnessRun> {
-  const args = [
-    HARNESS,
-    '-irule',
-    opts.irule ?? IRULE,
-    '-pem',
-    opts.pem,
-    '-hash',
-    opts.hash,
-    '-vs',
-    `${VS}=${opts.target}`,
-  ];
-  if (opts.connections) args.push('-connections', String(opts.connections));
-  if (opts.handshakes) args.push('-handshakes', String(opts.handshakes));
-  if (opts.verify !== undefined) args.push('-verify', String(opts.verify));
-  for (const [k, v] of Object.entries(opts.sets ?? {})) args.push('-set', `static::${k}`, v);
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    execFile('tclsh', args, { timeout: 20_000 }, (err, stdout, stderr) => {
-      if (err) return reject(new Error(`tclsh failed: ${err.message}\n${stderr}\n${stdout}`));
-      const lines = stdout.trim().split('\n');
-      const rest = (prefix: string) =>
-        lines.filter((l) => l.startsWith(prefix)).map((l) => l.slice(prefix.length).replace(/^\d+ /, ''));
-      resolve({
-        lines,
-        actions: rest('ACTION '),
-        logs: rest('LOG '),
-        errors: lines.filter((l) => / error /.test(l) && l.startsWith('EVENT ')),
-        connections: rest('CONNECTION ').map((l) => {
-          const m = /verdict=(\S+) pool=(\S+) ms=(\d+)/.exec(l)!;
-          return { verdict: m[1]!, pool: m[2]!, ms: Number(m[3]) };
-        }),
-        wallMs: performance.now() - started,
-      });
-    });
-  });
-}
+import { IRULE, runHarness, type HarnessRun } from './harness.js';
 
 function listenOn(handler: (s: Socket) => void): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
   const sockets = new Set<Socket>();
@@ -254,11 +195,11 @@ describe('the shipped iRule fails closed', () => {
   });
 
   it('the harness catches an iRule changed to fail open', async () => {
-    // Mutant: on any sideband failure, carry on as if allowed.
+    // Mutant: on any sideband failure, carry on as if allowed, through a fallback pool.
     const source = readFileSync(IRULE, 'utf8');
     const mutated = source.replace(
-      /if \{ \$failure ne "" \} \{\n(\s+)set decision "deny"/,
-      'if { $failure ne "" } {\n$1set decision "allow"',
+      /if \{ \$failure ne "" \} \{\n(\s+)set decision "deny"\n\s+set pool ""/,
+      'if { $failure ne "" } {\n$1set decision "allow"\n$1set pool "fallback_snat"',
     );
     expect(mutated).not.toBe(source);
     const path = join(certs.dir, 'fail-open.irule.tcl');
@@ -266,5 +207,99 @@ describe('the shipped iRule fails closed', () => {
     const f = certs.files.bookinfo!;
     const run = await runHarness({ irule: path, pem: f.path, hash: f.md5, target: `127.0.0.1:${closedPort}` });
     expect(() => expectRejected(run)).toThrow();
+  });
+});
+
+// Issue 11, findings 2 and 3: the iRule's cache and its SNAT on an allow.
+describe('the shipped iRule reuses an answer only for the same question, and never releases unSNATed', () => {
+  const policies: Record<string, TestService> = {};
+  let dir = '';
+
+  async function serviceWith(rego: string): Promise<TestService> {
+    const folder = mkdtempSync(join(dir, 'policy-'));
+    writeFileSync(join(folder, 'policy.rego'), `package egress.authz\n\n${rego}\n`);
+    return startTestService({ policy: await loadPolicy(folder) });
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'egress-irule-policies-'));
+    [policies.internetOnly, policies.noPool, policies.headers] = await Promise.all([
+      // bookinfo may leave through /Common/vs_internet only
+      serviceWith(`default decision := {"allow": false, "snat_pool": "", "reason": "not through vs_internet"}
+decision := {"allow": true, "snat_pool": "bookinfo_snat", "reason": "bookinfo via vs_internet"} if {
+	input.identity.namespace == "bookinfo"
+	input.sideband.virtual_server == "/Common/vs_internet"
+}`),
+      // opa-envoy-plugin's boolean form: an allow that names no pool
+      serviceWith(`default decision := false
+decision if input.identity.namespace == "bookinfo"`),
+      // reads a request header, which the iRule's cache key does not cover: its answers must not be reused
+      serviceWith(`default decision := {"allow": false, "snat_pool": "", "reason": "no"}
+decision := {"allow": true, "snat_pool": "bookinfo_snat", "reason": "yes"} if {
+	input.identity.namespace == "bookinfo"
+	input.attributes.request.http.headers["content-type"] != ""
+}`),
+    ]);
+  }, 60_000);
+
+  afterAll(async () => {
+    await Promise.all(Object.values(policies).map((p) => p.close(100)));
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const addressOf = (s: TestService) => `127.0.0.1:${s.httpPort}`;
+
+  it('an allow on /Common/vs_internet is not reused on /Common/vs_partner (one connection per virtual server)', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({
+      pem: f.path,
+      hash: f.md5,
+      target: addressOf(policies.internetOnly!),
+      connections: 3,
+      virtuals: ['/Common/vs_internet', '/Common/vs_partner', '/Common/vs_internet'],
+    });
+    expect(run.errors).toEqual([]);
+    expect(run.connections.map((c) => c.verdict)).toEqual(['allow', 'reject', 'allow']);
+    expect(run.logs[1]).toContain('cached=0');
+    // The third asks nothing: the first answer, for the same virtual server, is reused.
+    expect(run.logs[2]).toContain('cached=1');
+  });
+
+  it('the client address is part of the key as well', async () => {
+    const f = certs.files.bookinfo!;
+    const before = service.decisions.length;
+    const run = await runHarness({
+      pem: f.path,
+      hash: f.md5,
+      target,
+      connections: 3,
+      clients: ['10.1.1.10', '10.1.1.11'],
+    });
+    expect(run.connections.map((c) => c.verdict)).toEqual(['allow', 'allow', 'allow']);
+    expect(run.logs.map((l) => /cached=(\d)/.exec(l)![1])).toEqual(['0', '0', '1']);
+    expect(service.decisions.length - before).toBe(2);
+  });
+
+  it('obeys X-Egress-Cache-Ttl: 0 from a policy that reads more than the cache key covers (every connection asks)', async () => {
+    const f = certs.files.bookinfo!;
+    const s = policies.headers!;
+    const before = s.decisions.length;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target: addressOf(s), connections: 3 });
+    expect(
+      run.connections.map((c) => c.verdict),
+      run.logs.join('\n'),
+    ).toEqual(['allow', 'allow', 'allow']);
+    expect(run.logs.filter((l) => l.includes('cached=1'))).toHaveLength(0);
+    expect(s.decisions.length - before).toBe(3);
+  });
+
+  it('an allow without a SNAT pool is rejected, with one log line saying why', async () => {
+    const f = certs.files.bookinfo!;
+    const run = await runHarness({ pem: f.path, hash: f.md5, target: addressOf(policies.noPool!), connections: 2 });
+    expectRejected(run);
+    expect(run.connections.map((c) => c.verdict)).toEqual(['reject', 'reject']);
+    expect(run.logs).toHaveLength(2);
+    expect(run.logs[0]).toMatch(/decision=deny .*status=200 .*reason="allow without a snat pool/);
+    expect(run.logs.every((l) => l.includes('cached=0'))).toBe(true);
   });
 });

@@ -63,6 +63,21 @@ function staticCluster(name: string, address: string, port: number, extra: Recor
   };
 }
 
+/** A listener's TLS that requires a client certificate from the CA. */
+export function downstreamMtls(tls: { certFile: string; keyFile: string; clientCaFile: string }) {
+  return {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: {
+      '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
+      require_client_certificate: true,
+      common_tls_context: {
+        tls_certificates: [{ certificate_chain: { filename: tls.certFile }, private_key: { filename: tls.keyFile } }],
+        validation_context: { trusted_ca: { filename: tls.clientCaFile } },
+      },
+    },
+  };
+}
+
 export function egressGatewayConfig(o: EgressGatewayOptions): Record<string, unknown> {
   const route = {
     // The cluster is named by ext_authz's answer; without the header there is no cluster, so no egress.
@@ -78,19 +93,7 @@ export function egressGatewayConfig(o: EgressGatewayOptions): Record<string, unk
           address: socketAddress(o.listen.address, o.listen.port),
           filter_chains: [
             {
-              transport_socket: {
-                name: 'envoy.transport_sockets.tls',
-                typed_config: {
-                  '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext',
-                  require_client_certificate: true,
-                  common_tls_context: {
-                    tls_certificates: [
-                      { certificate_chain: { filename: o.tls.certFile }, private_key: { filename: o.tls.keyFile } },
-                    ],
-                    validation_context: { trusted_ca: { filename: o.tls.clientCaFile } },
-                  },
-                },
-              },
+              transport_socket: downstreamMtls(o.tls),
               filters: [
                 {
                   name: 'envoy.filters.network.http_connection_manager',

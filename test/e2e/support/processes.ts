@@ -100,3 +100,23 @@ export async function httpOk(url: string): Promise<boolean> {
   await res.arrayBuffer();
   return res.status === 200;
 }
+
+/** `egress-authz serve` from dist/ on the given loopback ports, with the repository's default policy. */
+export function startEgressAuthz(
+  repoRoot: string,
+  grpcPort: number,
+  httpPort: number,
+  extra: string[] = [],
+): RunningProcess {
+  const args = [
+    `${repoRoot}/dist/cli.js`,
+    'serve',
+    '--grpc-addr',
+    `127.0.0.1:${grpcPort}`,
+    '--http-addr',
+    `127.0.0.1:${httpPort}`,
+  ];
+  return start('egress-authz', process.execPath, [...args, '--policy', `${repoRoot}/policies`, ...extra], {
+    cwd: repoRoot,
+  });
+}

@@ -1,6 +1,8 @@
 // tinyproxy as the organisation's forward proxy behind the network firewall: its Allow list admits only
 // the SNAT addresses the firewall would let through, and it logs every connection's source address.
 import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { start, type RunningProcess } from './processes.js';
 
 export interface ForwardProxyOptions {
   port: number;
@@ -23,4 +25,15 @@ export function writeTinyproxyConfig(path: string, o: ForwardProxyOptions): void
     ...o.allow.map((a) => `Allow ${a}`),
   ];
   writeFileSync(path, `${lines.join('\n')}\n`);
+}
+
+/** Writes the config into `dir` and starts tinyproxy in the foreground; its log is `logFile`. */
+export function startForwardProxy(
+  dir: string,
+  port: number,
+  allow: string[],
+): { proc: RunningProcess; logFile: string } {
+  const logFile = join(dir, 'tinyproxy.log');
+  writeTinyproxyConfig(join(dir, 'tinyproxy.conf'), { port, allow, logFile, pidFile: join(dir, 'tinyproxy.pid') });
+  return { proc: start('tinyproxy', 'tinyproxy', ['-d', '-c', join(dir, 'tinyproxy.conf')]), logFile };
 }
