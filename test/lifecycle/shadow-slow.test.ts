@@ -28,9 +28,10 @@ afterAll(async () => {
 describe('shadow policy off the serving thread', () => {
   it('a shadow slower than the check deadline: every live Check is answered in time, and still compared', async () => {
     const slow = join(root, 'slow.tar.gz');
-    writeFileSync(slow, await quadraticBundle(root, 'slow', 900, 'slow-shadow'));
+    writeFileSync(slow, await quadraticBundle(root, 'slow', 1500, 'slow-shadow'));
+    // A deadline of 2 s: what is measured is latency; under the old code every answer waited for the shadow.
     const serve = await spawnServe(
-      ['--policy', DEFAULT_BUNDLE, '--shadow-policy', slow, '--check-deadline', '200ms'],
+      ['--policy', DEFAULT_BUNDLE, '--shadow-policy', slow, '--check-deadline', '2s'],
       HEAP,
     );
     children.push(serve);
@@ -52,8 +53,9 @@ describe('shadow policy off the serving thread', () => {
     const p50 = sorted[15]!;
     const decisions = serve.lines.filter((l) => l.msg === 'decision');
     console.log(`slow shadow: 30 sequential checks, p50 ${p50.toFixed(0)} ms, max ${sorted.at(-1)!.toFixed(0)} ms`);
-    // The old code evaluated the shadow before the answer was written: every answer came after it.
-    expect(p50).toBeLessThan(150);
+    // The old code evaluated the shadow before the answer was written: every answer came after it
+    // (p50 over 1 s with this shadow). The bound leaves room for a busy 2-core machine.
+    expect(p50).toBeLessThan(500);
     expect(decisions.filter((d) => d.allow !== true)).toEqual([]);
     // The comparisons are asynchronous: the first ones arrive a few hundred ms each.
     let compared = 0;
@@ -69,7 +71,7 @@ describe('shadow policy off the serving thread', () => {
     const sum = sample(text, 'egress_authz_policy_eval_seconds_sum', 'policy="shadow"')!;
     const count = sample(text, 'egress_authz_policy_eval_seconds_count', 'policy="shadow"')!;
     console.log(`slow shadow: ${count} shadow evaluations compared, mean ${((sum / count) * 1000).toFixed(0)} ms`);
-    expect(sum / count).toBeGreaterThan(0.2);
+    expect(sum / count).toBeGreaterThan(0.5);
   }, 90_000);
 
   it('a shadow file that cannot be loaded: serve starts, ready, answering; /readyz names the shadow failure', async () => {
