@@ -44,7 +44,7 @@ const { values: flags } = parseArgs({
     only: { type: 'string' }, // envoy | irule
     keep: { type: 'boolean', default: false },
     // how many times the evaluation budget one warm evaluation of the slow policy takes
-    'slow-factor': { type: 'string', default: '2' },
+    'slow-factor': { type: 'string', default: '4' },
   },
 });
 
@@ -369,7 +369,42 @@ async function envoyFaults() {
   const loadStart = now();
   if ((await recovery('envoy', 0, 30_000)) === null)
     throw new Error(`no allow through Envoy at all\n${service.tail()}\n${envoy.tail()}`);
-  await sleep(plan.steady_ms);
+  // The share of the allowed identity's requests sent in [from, to] that were allowed.
+  const allowedShare = (from, to) => {
+    let sent = 0;
+    let allowed = 0;
+    for (let i = raw.length - 1; i >= 0 && raw[i].sent >= from - 5000; i--) {
+      const r = raw[i];
+      if (r.identity !== 'allowed' || r.sent < from || r.sent > to) continue;
+      sent++;
+      if (upstream.seen.has(r.seq)) allowed++;
+    }
+    return sent === 0 ? 0 : allowed / sent;
+  };
+  // The rate adapts to the machine: a fault must start from a service that keeps up (90% of the
+  // allowed identity's requests allowed within Envoy's timeout), or recovery times measure overload.
+  const rates = [];
+  for (;;) {
+    await sleep(500);
+    const from = now();
+    await sleep(QUICK ? 1500 : 2500);
+    const share = allowedShare(from, now() - 500);
+    rates.push({ rps: load.rate, allowed_share: Math.round(share * 100) / 100 });
+    if (share >= 0.9 || load.rate <= 50) break;
+    const next = Math.max(50, Math.round(load.rate / 2));
+    say(`only ${Math.round(share * 100)}% of the allowed identity's requests allowed at ${load.rate} rps: ${next} rps`);
+    load.setRate(next);
+  }
+  run.rate_steps = rates;
+  /** Waits until the service keeps up again (or timeoutMs); returns the ms it took, or null. */
+  const steady = async (since, timeoutMs) => {
+    const deadline = now() + timeoutMs;
+    while (now() < deadline) {
+      await sleep(250);
+      if (now() - since > 1500 && allowedShare(now() - 1500, now() - 500) >= 0.9) return now() - 500 - since;
+    }
+    return null;
+  };
 
   const add = (f) => {
     const fault = { path: 'envoy', kind: 'outage', recovery_timeout_ms: plan.recovery_timeout_ms, ...f };
@@ -386,6 +421,9 @@ async function envoyFaults() {
       startService();
       await serviceReady();
     }
+    // Faults are independent: the next one starts once this one's effects are gone.
+    const keptUp = await steady(fault.end, QUICK ? 15_000 : 30_000);
+    fault.evidence = { ...fault.evidence, steady_again_after_ms: keptUp === null ? null : Math.round(keptUp) };
     await sleep(plan.steady_ms);
   };
 
@@ -469,6 +507,7 @@ async function envoyFaults() {
   const wrongPool = envoyRequests.filter((r) => r.outcome === 'allow' && r.snat_address !== SNAT_ADDRESS).length;
   run.envoy_load = {
     target_rps: plan.rate,
+    rps_used: load.rate,
     achieved_rps: Math.round(load.stats.sent / loadSeconds),
     sent: load.stats.sent,
     missed_ticks: load.stats.missed,

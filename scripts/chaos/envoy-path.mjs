@@ -153,7 +153,7 @@ export function startLoad({ rate, listenPort, pki, now, maxInFlight = 200, timeo
   }
   const stats = { sent: 0, missed: 0, inFlight: 0, maxLagMs: 0 };
   let seq = 0;
-  const t0 = now();
+  let t0 = now();
   let due = 0;
   let lastTick = t0;
   const send = () => {
@@ -215,6 +215,15 @@ export function startLoad({ rate, listenPort, pki, now, maxInFlight = 200, timeo
   }, 5);
   return {
     stats,
+    get rate() {
+      return rate;
+    },
+    /** A new rate from now on (what was due before is not owed). */
+    setRate(next) {
+      rate = next;
+      t0 = now();
+      due = 0;
+    },
     /** Stops sending; resolves once every request in flight has its answer (or timed out). */
     async stop() {
       clearInterval(timer);

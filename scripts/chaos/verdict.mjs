@@ -118,7 +118,19 @@ export function judge(requests, faults) {
 
 /** The table printed at the end of a run. */
 export function formatTable(verdict) {
-  const head = ['fault', 'path', 'window', 'requests', 'fault allows', 'denied', 'unavail.', 'errors', 'recovery', ''];
+  const head = [
+    'fault',
+    'path',
+    'window',
+    'requests',
+    'allows',
+    'fault allows',
+    'denied',
+    'unavail.',
+    'errors',
+    'recovery',
+    '',
+  ];
   const rows = verdict.faults.map((f) => {
     const sum = (k) => f.allowed_identity[k] + f.denied_identity[k];
     return [
@@ -126,6 +138,7 @@ export function formatTable(verdict) {
       f.path,
       `${(f.window_ms / 1000).toFixed(1)} s`,
       String(f.requests),
+      String(sum('allows')),
       String(f.fault_allows),
       String(sum('denied')),
       String(sum('unavailable')),

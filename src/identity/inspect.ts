@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import * as pkijs from 'pkijs';
-import { parsePemBlocks, parseX509Svid } from './x509-svid.js';
+import { parsePemBlocks, parseX509SvidReference } from './x509-svid.js';
 
 export interface CertificateReport {
   /** the SPIFFE ID when the certificate is a valid X.509-SVID */
@@ -32,7 +32,8 @@ export function inspectCertificate(pemText: string, now: Date = new Date()): Cer
   const leaf = blocks.value[0];
   const report: CertificateReport = { valid: false, chain_length: blocks.value.length };
   if (leaf) Object.assign(report, describe(leaf));
-  const svid = parseX509Svid(blocks.value, now);
+  // The careful path: an operator's tool can afford the full object model.
+  const svid = parseX509SvidReference(blocks.value, now);
   if (svid.ok) {
     report.valid = true;
     report.spiffe_id = svid.value.spiffeId.uri;
@@ -82,10 +83,10 @@ const SHORT_NAMES: Record<string, string> = {
 
 function distinguishedName(name: pkijs.RelativeDistinguishedNames): string {
   return name.typesAndValues
-    .map(
-      (tv) =>
-        `${SHORT_NAMES[tv.type] ?? tv.type}=${String((tv.value as { valueBlock?: { value?: unknown } }).valueBlock?.value ?? '')}`,
-    )
+    .map((tv) => {
+      const value = (tv.value as { valueBlock?: { value?: unknown } }).valueBlock?.value;
+      return `${SHORT_NAMES[tv.type] ?? tv.type}=${typeof value === 'string' ? value : ''}`;
+    })
     .join(', ');
 }
 

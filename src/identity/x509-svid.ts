@@ -8,11 +8,14 @@
 // with the key usage the standard demands, inside its validity period at decision time.
 //
 // Reasons are fixed ASCII strings; no certificate or key material is ever echoed into them.
-import { createHash } from 'node:crypto';
-import * as asn1js from 'asn1js';
-import { AltName, BasicConstraints, Certificate, ExtKeyUsage, type Extension } from 'pkijs';
-import { fail, ok, withCode, type Result } from '../common/result.js';
-import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
+import { hash } from 'node:crypto';
+import { ByteLru, stringBytes, type LruStats } from '../common/lru.js';
+import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
+import type { SpiffeId } from './spiffe-id.js';
+import { fastChainShape, UNSURE } from './svid-der.js';
+import { referenceChainShape } from './x509-svid-reference.js';
+
+export { signingCertificateFacts, type SigningCertificateFacts } from './x509-svid-reference.js';
 
 export interface X509Svid {
   spiffeId: SpiffeId;
@@ -27,22 +30,6 @@ export interface X509Svid {
 /** Inputs above these limits are refused before any parsing work. */
 export const MAX_PEM_CHARS = 64 * 1024;
 export const MAX_CHAIN_CERTS = 10;
-
-const OID = {
-  keyUsage: '2.5.29.15',
-  subjectAltName: '2.5.29.17',
-  basicConstraints: '2.5.29.19',
-  extKeyUsage: '2.5.29.37',
-  serverAuth: '1.3.6.1.5.5.7.3.1',
-  clientAuth: '1.3.6.1.5.5.7.3.2',
-} as const;
-
-const GENERAL_NAME_URI = 6;
-
-// KeyUsage BIT STRING (RFC 5280 §4.2.1.3): bit 0 is the most significant bit of the first byte.
-const KU_DIGITAL_SIGNATURE = 0;
-const KU_KEY_CERT_SIGN = 5;
-const KU_CRL_SIGN = 6;
 
 // ---------------------------------------------------------------------------------------------- PEM
 
@@ -112,16 +99,61 @@ export function parseX509Svid(chainDer: readonly Uint8Array[], now: Date): Resul
   return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
 }
 
-/** parsePemBlocks + parseX509Svid, memoised on the exact PEM text (see the cache below). */
+/**
+ * parseX509Svid by the reference validator alone (pkijs object model, no fast path): what the fast path
+ * is held to in the differential tests, and a second opinion for `inspect`.
+ */
+export function parseX509SvidReference(chainDer: readonly Uint8Array[], now: Date): Result<X509Svid> {
+  const shape = chainCountProblem(chainDer) ?? referenceChainShape(chainDer);
+  return shape.ok ? checkValidityPeriod(shape.value, now) : withCode(shape, 'svid');
+}
+
+/** parsePemBlocks + parseX509Svid, memoised on a hash of the exact PEM text (see the cache below). */
 export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
-  let shape = shapeCache.get(pem);
-  if (shape === undefined) {
+  if (typeof pem !== 'string' || pem.length > MAX_PEM_CHARS || shapeCache.maxEntries === 0) {
+    const blocks = parsePemBlocks(pem);
+    return blocks.ok ? parseX509Svid(blocks.value, now) : blocks;
+  }
+  const key = hash('sha256', pem, 'binary');
+  const cached = shapeCache.get(key);
+  let shape: Result<X509Svid>;
+  if (cached === undefined) {
     const blocks = parsePemBlocks(pem);
     shape = blocks.ok ? validateChainShape(blocks.value) : blocks;
-    shapeCache.set(pem, shape);
+    shapeCache.set(key, compact(shape));
+  } else {
+    shape = expand(cached);
   }
   // The validity period depends on `now`, so it is never cached.
   return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
+}
+
+let referenceFallbacks = 0;
+
+/** Everything about the chain that does not depend on the time of the decision. */
+function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
+  const problem = chainCountProblem(chainDer);
+  if (problem) return problem;
+  // The fast reader decides every chain it can read exactly as the reference would; the rest (damaged
+  // or unusual encodings, which a TLS terminator rarely lets through) take the careful path.
+  let shape = fastChainShape(chainDer);
+  if (shape === UNSURE) {
+    referenceFallbacks++;
+    shape = referenceChainShape(chainDer);
+  }
+  return shape.ok ? shape : withCode(shape, 'svid');
+}
+
+function chainCountProblem(chainDer: readonly Uint8Array[]): Result<never> | undefined {
+  if (chainDer.length === 0) return fail('no certificates found', 'svid');
+  if (chainDer.length > MAX_CHAIN_CERTS)
+    return fail(`certificate chain has more than ${MAX_CHAIN_CERTS} certificates`, 'svid');
+  return undefined;
+}
+
+/** How many chains the fast reader handed to the reference validator (for tests and metrics). */
+export function x509SvidReferenceFallbacks(): number {
+  return referenceFallbacks;
 }
 
 function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
@@ -139,262 +171,92 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
   });
 }
 
-/** Everything about the chain that does not depend on the time of the decision. */
-function validateChainShape(chainDer: readonly Uint8Array[]): Result<X509Svid> {
-  // pkijs and asn1js are not written to never throw on hostile input; whatever slips through is a deny.
-  try {
-    const shape = validateChainShapeUnguarded(chainDer);
-    return shape.ok ? shape : withCode(shape, 'svid');
-  } catch {
-    return fail('certificate could not be parsed', 'svid');
-  }
+// ---------------------------------------------------------------------------------------------- cache
+
+// A cluster's gateway sees every workload's certificate again and again until it rotates, so the
+// time-independent outcome (the SVID, or the structural reason it was refused) is kept in an LRU keyed
+// by the SHA-256 of the exact PEM text: a fixed 32-character key whatever the certificate's size. The
+// validity period is re-checked against `now` on every call, so an expired certificate is denied even
+// when cached. The LRU is bounded in bytes; the per-entry overhead below was measured on Node 20
+// (docs/performance.md: a workload SVID's entry holds 320-340 bytes of heap, estimated at ~365).
+
+/**
+ * What the cache keeps: a refusal as is, an SVID as one compact record (trust domain and path
+ * are re-cut from the URI, serial and fingerprint kept as raw bytes in one Latin-1 string, the validity
+ * period as numbers). About half the heap of the Result<X509Svid> it stands for; rebuilt on each hit.
+ */
+interface CachedSvid {
+  readonly uri: string;
+  /** where the trust domain ends in uri (the path starts there) */
+  readonly pathStart: number;
+  readonly notBefore: number;
+  readonly notAfter: number;
+  /** serial bytes then the 32 SHA-256 bytes, one character per byte */
+  readonly facts: string;
 }
 
-function validateChainShapeUnguarded(chainDer: readonly Uint8Array[]): Result<X509Svid> {
-  if (chainDer.length === 0) return fail('no certificates found');
-  if (chainDer.length > MAX_CHAIN_CERTS) return fail(`certificate chain has more than ${MAX_CHAIN_CERTS} certificates`);
-  const [leafDer, ...signingDer] = chainDer as [Uint8Array, ...Uint8Array[]];
+type CachedShape = CachedSvid | Failure;
 
-  const leaf = decodeCertificate(leafDer);
-  if (!leaf.ok) return fail(`leaf ${leaf.reason}`);
-  const leafResult = validateLeaf(leaf.value);
-  if (!leafResult.ok) return leafResult;
+function compact(shape: Result<X509Svid>): CachedShape {
+  if (!shape.ok) return shape;
+  const svid = shape.value;
+  return {
+    uri: svid.spiffeId.uri,
+    pathStart: svid.spiffeId.uri.length - svid.spiffeId.path.length,
+    notBefore: svid.notBefore.getTime(),
+    notAfter: svid.notAfter.getTime(),
+    facts: Buffer.from(svid.serialNumber + svid.sha256, 'hex').toString('latin1'),
+  };
+}
 
-  for (const der of signingDer) {
-    const cert = decodeCertificate(der);
-    if (!cert.ok) return fail(`signing ${cert.reason}`);
-    const signing = validateSigningCertificate(cert.value);
-    if (!signing.ok) return signing;
-  }
-
-  const leafCert = leaf.value.cert;
+function expand(cached: CachedShape): Result<X509Svid> {
+  if ('reason' in cached) return cached;
+  const facts = Buffer.from(cached.facts, 'latin1');
+  const { uri, pathStart } = cached;
   return ok({
-    spiffeId: Object.freeze(leafResult.value),
-    notBefore: leafCert.notBefore.value,
-    notAfter: leafCert.notAfter.value,
-    serialNumber: Buffer.from(leafCert.serialNumber.valueBlock.valueHexView).toString('hex'),
-    sha256: createHash('sha256').update(leafDer).digest('hex'),
+    spiffeId: Object.freeze({
+      uri,
+      trustDomain: uri.slice(SPIFFE_SCHEME_LENGTH, pathStart),
+      path: uri.slice(pathStart),
+    }),
+    notBefore: new Date(cached.notBefore),
+    notAfter: new Date(cached.notAfter),
+    serialNumber: facts.toString('hex', 0, facts.length - 32),
+    sha256: facts.toString('hex', facts.length - 32),
   });
 }
 
-interface DecodedCertificate {
-  cert: Certificate;
-  /** extensions by OID; duplicates were refused while decoding (RFC 5280 §4.2) */
-  extensions: Map<string, Extension>;
+const SPIFFE_SCHEME_LENGTH = 'spiffe://'.length;
+
+// Map slot, the record and its two HeapNumbers (measured with bench/cache-bytes.mjs, docs/performance.md).
+const ENTRY_OVERHEAD_BYTES = 180;
+
+function shapeBytes(key: string, shape: CachedShape): number {
+  const bytes = ENTRY_OVERHEAD_BYTES + stringBytes(key);
+  return 'reason' in shape
+    ? bytes + stringBytes(shape.reason)
+    : bytes + stringBytes(shape.uri) + stringBytes(shape.facts);
 }
 
-function decodeCertificate(der: Uint8Array): Result<DecodedCertificate> {
-  let cert: Certificate;
-  try {
-    const asn1 = asn1js.fromBER(der);
-    if (asn1.offset === -1 || asn1.offset !== der.byteLength) return fail('certificate is not valid DER');
-    cert = new Certificate({ schema: asn1.result });
-  } catch {
-    return fail('certificate is not valid DER');
-  }
-  if (!(cert.notBefore?.value instanceof Date) || !(cert.notAfter?.value instanceof Date)) {
-    return fail('certificate has an unreadable validity period');
-  }
-  const extensions = new Map<string, Extension>();
-  for (const ext of cert.extensions ?? []) {
-    if (extensions.has(ext.extnID)) return fail('certificate has a duplicate extension');
-    extensions.set(ext.extnID, ext);
-  }
-  return ok({ cert, extensions });
+/** Default: room for 100,000 workloads (~36 MB estimated with ~50-character SPIFFE IDs). */
+export const DEFAULT_SVID_CACHE_ENTRIES = 100_000;
+export const DEFAULT_SVID_CACHE_BYTES = 40 * 1024 * 1024;
+
+let shapeCache = newShapeCache(DEFAULT_SVID_CACHE_ENTRIES, DEFAULT_SVID_CACHE_BYTES);
+
+function newShapeCache(entries: number, bytes: number): ByteLru<CachedShape> {
+  return new ByteLru<CachedShape>({ maxBytes: bytes, maxEntries: entries, sizeOf: shapeBytes });
 }
-
-function validateLeaf({ cert, extensions }: DecodedCertificate): Result<SpiffeId> {
-  const id = leafSpiffeId(cert, extensions);
-  if (!id.ok) return id;
-
-  const basic = basicConstraints(extensions);
-  if (!basic.ok) return fail(`leaf ${basic.reason}`);
-  if (basic.value) return fail('leaf certificate must not have CA flag set to true');
-
-  const ku = keyUsage(extensions);
-  if (!ku.ok) return fail(`leaf ${ku.reason}`);
-  if (!ku.value.has(KU_DIGITAL_SIGNATURE))
-    return fail("leaf certificate must have 'digitalSignature' set as key usage");
-  if (ku.value.has(KU_KEY_CERT_SIGN)) return fail("leaf certificate must not have 'keyCertSign' set as key usage");
-  if (ku.value.has(KU_CRL_SIGN)) return fail("leaf certificate must not have 'cRLSign' set as key usage");
-
-  // §4.4: the extension is optional, but when present it must allow both TLS roles.
-  const eku = extensions.get(OID.extKeyUsage);
-  if (eku !== undefined) {
-    const parsed = parsedExtension(eku, ExtKeyUsage);
-    if (parsed === undefined) return fail('leaf certificate has a malformed extended key usage extension');
-    if (!parsed.keyPurposes.includes(OID.serverAuth) || !parsed.keyPurposes.includes(OID.clientAuth)) {
-      return fail("leaf certificate extended key usage must include 'serverAuth' and 'clientAuth'");
-    }
-  }
-  return id;
-}
-
-function leafSpiffeId(cert: Certificate, extensions: Map<string, Extension>): Result<SpiffeId> {
-  const sanExt = extensions.get(OID.subjectAltName);
-  if (sanExt === undefined) return fail('leaf certificate has no URI SAN');
-  const san = parsedExtension(sanExt, AltName);
-  if (san === undefined) return fail('leaf certificate has a malformed subject alternative name extension');
-  // §2: exactly one URI SAN; other name types (DNS, IP, …) may appear anywhere around it.
-  const uris = san.altNames.filter((name) => name.type === GENERAL_NAME_URI);
-  if (uris.length === 0) return fail('leaf certificate has no URI SAN');
-  if (uris.length > 1) return fail('leaf certificate has more than one URI SAN');
-  // §3.1 and RFC 5280 §4.1.2.6: with an empty subject the SAN is the only name, so it must be critical.
-  if (cert.subject.typesAndValues.length === 0 && !sanExt.critical) {
-    return fail('leaf certificate with an empty subject must mark the SAN extension critical');
-  }
-  const value: unknown = uris[0]?.value;
-  if (typeof value !== 'string') return fail('leaf certificate URI SAN is unreadable');
-  const id = parseSpiffeId(value);
-  if (!id.ok) return fail(`leaf certificate URI SAN: ${id.reason}`);
-  // §3.1 / §5.2: a leaf names a workload, never the trust domain itself.
-  if (id.value.path === '') return fail('leaf certificate SPIFFE ID must have a non-root path');
-  return id;
-}
-
-function validateSigningCertificate({ extensions }: DecodedCertificate): Result<true> {
-  const basic = basicConstraints(extensions);
-  if (!basic.ok) return fail(`signing ${basic.reason}`);
-  if (!basic.value) return fail('signing certificate must have CA flag set to true');
-  const ku = keyUsage(extensions);
-  if (!ku.ok) return fail(`signing ${ku.reason}`);
-  if (!ku.value.has(KU_KEY_CERT_SIGN)) return fail("signing certificate must have 'keyCertSign' set as key usage");
-  return ok(true);
-}
-
-export interface SigningCertificateFacts {
-  /** basicConstraints pathLenConstraint, when set */
-  pathLen?: number;
-  notBefore: Date;
-  notAfter: Date;
-}
-
-/** Extensions a verifier understands; any other one marked critical makes the certificate unusable (RFC 5280 §4.2). */
-const UNDERSTOOD_EXTENSIONS = new Set<string>([
-  OID.keyUsage,
-  OID.subjectAltName,
-  OID.basicConstraints,
-  OID.extKeyUsage,
-  '2.5.29.14', // subjectKeyIdentifier
-  '2.5.29.35', // authorityKeyIdentifier
-  '2.5.29.32', // certificatePolicies
-]);
-const NAME_CONSTRAINTS = '2.5.29.30';
 
 /**
- * What a chain verifier must know about an intermediate or root besides its signature: it is a CA with
- * keyCertSign (as for every signing certificate of an SVID chain), its path length limit, its validity
- * period, and that it has no critical extension we would ignore. Name constraints are refused rather than
- * ignored: a verifier that skips them would accept what the CA was forbidden to issue.
+ * Sizes the certificate cache (serve --svid-cache-entries N; 0 turns it off). The byte bound scales
+ * with the entry count at the default's ratio. Empties the cache.
  */
-export function signingCertificateFacts(der: Uint8Array): Result<SigningCertificateFacts> {
-  try {
-    const decoded = decodeCertificate(der);
-    if (!decoded.ok) return decoded;
-    const checked = validateSigningCertificate(decoded.value);
-    if (!checked.ok) return checked;
-    for (const [oid, ext] of decoded.value.extensions) {
-      if (oid === NAME_CONSTRAINTS) return fail('signing certificate has name constraints, which are not supported');
-      if (ext.critical && !UNDERSTOOD_EXTENSIONS.has(oid))
-        return fail('signing certificate has an unsupported critical extension');
-    }
-    const basic = parsedExtension(decoded.value.extensions.get(OID.basicConstraints)!, BasicConstraints);
-    const pathLen = basic?.pathLenConstraint;
-    const { cert } = decoded.value;
-    const facts: SigningCertificateFacts = { notBefore: cert.notBefore.value, notAfter: cert.notAfter.value };
-    if (pathLen !== undefined) {
-      const n = typeof pathLen === 'number' ? pathLen : pathLen.valueBlock.valueDec;
-      if (!Number.isSafeInteger(n) || n < 0) return fail('signing certificate has a malformed path length constraint');
-      facts.pathLen = n;
-    }
-    return ok(facts);
-  } catch {
-    return fail('signing certificate could not be parsed');
-  }
+export function configureX509SvidCache(opts: { entries: number; bytes?: number }): void {
+  const entries = Math.max(0, Math.floor(opts.entries));
+  const bytes = opts.bytes ?? Math.ceil((DEFAULT_SVID_CACHE_BYTES * Math.max(entries, 1)) / DEFAULT_SVID_CACHE_ENTRIES);
+  shapeCache = newShapeCache(entries, bytes);
 }
-
-/** The basicConstraints cA flag; an absent extension means "not a CA". */
-function basicConstraints(extensions: Map<string, Extension>): Result<boolean> {
-  const ext = extensions.get(OID.basicConstraints);
-  if (ext === undefined) return ok(false);
-  const parsed = parsedExtension(ext, BasicConstraints);
-  if (parsed === undefined) return fail('certificate has a malformed basic constraints extension');
-  return ok(parsed.cA === true);
-}
-
-/** §4.3: key usage must be present and critical on every SVID. Returns the set bit numbers. */
-function keyUsage(extensions: Map<string, Extension>): Result<Set<number>> {
-  const ext = extensions.get(OID.keyUsage);
-  if (ext === undefined) return fail('certificate has no key usage extension');
-  if (!ext.critical) return fail('certificate key usage extension must be critical');
-  const raw = ext.extnValue.valueBlock.valueHexView;
-  const asn1 = asn1js.fromBER(raw);
-  if (asn1.offset !== raw.byteLength || !(asn1.result instanceof asn1js.BitString)) {
-    return fail('certificate has a malformed key usage extension');
-  }
-  const bits = new Set<number>();
-  const bytes = asn1.result.valueBlock.valueHexView;
-  for (let i = 0; i < bytes.length * 8; i++) {
-    if (((bytes[i >> 3] ?? 0) >> (7 - (i & 7))) & 1) bits.add(i);
-  }
-  return ok(bits);
-}
-
-/** pkijs decodes known extensions lazily and flags, rather than throws on, a malformed value. */
-function parsedExtension<T>(ext: Extension, type: abstract new (...args: never[]) => T): T | undefined {
-  let value: unknown;
-  try {
-    value = ext.parsedValue;
-  } catch {
-    return undefined;
-  }
-  if (!(value instanceof type)) return undefined;
-  if ((value as { parsingError?: unknown }).parsingError !== undefined) return undefined;
-  return value;
-}
-
-// ---------------------------------------------------------------------------------------------- cache
-
-// The Check path sees the same few workload certificates thousands of times a second, and parsing one
-// costs far more than a Map lookup. So the time-independent outcome (the SVID or the structural reason
-// it was refused) is kept per exact PEM text in a small LRU. The validity period is re-checked against
-// `now` on every call, so an expired certificate is denied even when cached. Keys are capped in size
-// so the cache stays bounded in memory (CACHE_ENTRIES × CACHE_MAX_KEY_CHARS) whatever callers send.
-const CACHE_ENTRIES = 1024;
-const CACHE_MAX_KEY_CHARS = 16 * 1024;
-
-class ShapeCache {
-  private readonly entries = new Map<string, Result<X509Svid>>();
-
-  get(pem: string): Result<X509Svid> | undefined {
-    const hit = this.entries.get(pem);
-    if (hit !== undefined) {
-      // Map keeps insertion order: re-inserting marks the entry most recently used.
-      this.entries.delete(pem);
-      this.entries.set(pem, hit);
-    }
-    return hit;
-  }
-
-  set(pem: string, value: Result<X509Svid>): void {
-    if (pem.length > CACHE_MAX_KEY_CHARS) return;
-    if (this.entries.size >= CACHE_ENTRIES) {
-      const oldest = this.entries.keys().next();
-      if (!oldest.done) this.entries.delete(oldest.value);
-    }
-    this.entries.set(pem, value);
-  }
-
-  clear(): void {
-    this.entries.clear();
-  }
-
-  get size(): number {
-    return this.entries.size;
-  }
-}
-
-const shapeCache = new ShapeCache();
 
 /** Empties the parsed-certificate cache (for tests). */
 export function clearX509SvidCache(): void {
@@ -404,4 +266,9 @@ export function clearX509SvidCache(): void {
 /** Number of cached certificate outcomes (for tests and metrics). */
 export function x509SvidCacheSize(): number {
   return shapeCache.size;
+}
+
+/** Hits, misses, evictions, entries and estimated bytes of the certificate cache (for /metrics). */
+export function x509SvidCacheStats(): LruStats {
+  return shapeCache.stats();
 }

@@ -1,7 +1,7 @@
 // The policy engine: a Rego policy compiled to Wasm, evaluated in-process with the OPA Wasm SDK.
 // Whatever the policy does — errors, returns nothing, returns garbage, runs too long — evaluate() gives
 // a Result, never an exception, so the decision step can deny with a reason.
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,6 +12,7 @@ import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { checkWasmLimits } from './wasm-limits.js';
+import { ByteLru, stringBytes } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
 
 export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
@@ -64,6 +65,8 @@ export interface LoadPolicyOptions {
   evalBudgetMs?: number;
   /** false: always hand the policy the whole input and never remember answers (input-footprint.ts) */
   memoize?: boolean;
+  /** the byte bound of the remembered answers (default DEFAULT_MEMO_BYTES) */
+  memoBytes?: number;
   /** set: only a bundle signed by this key is loaded (bundle-signing.ts) */
   verification?: BundleVerification;
 }
@@ -138,6 +141,7 @@ export async function loadPolicyBundle(
     entrypoint,
     evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
     footprint: opts.memoize === false ? undefined : footprintFromManifest(manifest, wasm),
+    memoBytes: opts.memoBytes,
   });
 }
 
@@ -162,12 +166,85 @@ interface WasmPolicyMeta {
   entrypoint: string;
   evalBudgetMs: number;
   footprint: InputFootprint | undefined;
+  memoBytes?: number;
 }
 
-/** Remembered answers per policy instance: a new revision or data overlay starts empty. */
-const MEMO_ENTRIES = 4096;
-/** Projected inputs longer than this (as JSON) are evaluated but not remembered. */
-const MEMO_MAX_KEY_CHARS = 8192;
+// Remembered answers, per policy instance (a new revision or data overlay starts empty), keyed by the
+// SHA-256 of the projected input's JSON: a fixed 32-character key however long the input. A cluster's
+// answers are few distinct values (allow + pool, deny + reason), so equal answers are stored once
+// (interned, up to MEMO_INTERNED of them, counted in the bytes once) and an entry costs its key and
+// its Map slot. Bounded in bytes; LRU beyond.
+export const DEFAULT_MEMO_BYTES = 16 * 1024 * 1024;
+const MEMO_INTERNED = 1024;
+// Map slot and the key string's header (measured with bench/cache-bytes.mjs, docs/performance.md).
+const MEMO_ENTRY_BYTES = 64;
+const INTERNED_ENTRY_BYTES = 200;
+
+/** Hits, misses and bytes of every policy instance's memo since start (for /metrics). */
+export const memoTotals = { hits: 0, misses: 0, evictions: 0 };
+let liveMemo: DecisionMemo | undefined;
+
+/** Bytes held by the memo of the policy that answered last (the current one; older ones are released). */
+export function policyMemoBytes(): number {
+  return liveMemo?.bytes ?? 0;
+}
+
+/** The byte bound of that memo. */
+export function policyMemoMaxBytes(): number {
+  return liveMemo?.maxBytes ?? DEFAULT_MEMO_BYTES;
+}
+
+class DecisionMemo {
+  private readonly lru: ByteLru<Result<PolicyResult>>;
+  private readonly interned = new Map<string, Result<PolicyResult>>();
+  private internedBytes = 0;
+  private readonly ownBytes = new WeakSet<Result<PolicyResult>>();
+  /** a quarter of the bound for the interned answers, the rest for the entries */
+  private readonly internBudget: number;
+
+  constructor(readonly maxBytes: number) {
+    this.internBudget = Math.floor(maxBytes / 4);
+    this.lru = new ByteLru({
+      maxBytes: maxBytes - this.internBudget,
+      sizeOf: (key, value) => MEMO_ENTRY_BYTES + stringBytes(key) + (this.ownBytes.has(value) ? resultBytes(value) : 0),
+    });
+  }
+
+  get(key: string): Result<PolicyResult> | undefined {
+    const hit = this.lru.get(key);
+    if (hit) memoTotals.hits++;
+    else memoTotals.misses++;
+    return hit;
+  }
+
+  set(key: string, result: Result<PolicyResult>): void {
+    const text = JSON.stringify(result);
+    let value = this.interned.get(text);
+    if (value === undefined) {
+      value = Object.freeze(result);
+      if (
+        this.interned.size < MEMO_INTERNED &&
+        this.internedBytes + INTERNED_ENTRY_BYTES + 2 * text.length <= this.internBudget
+      ) {
+        this.interned.set(text, value);
+        this.internedBytes += INTERNED_ENTRY_BYTES + 2 * text.length;
+      } else {
+        this.ownBytes.add(value);
+      }
+    }
+    const before = this.lru.stats().evictions;
+    this.lru.set(key, value);
+    memoTotals.evictions += this.lru.stats().evictions - before;
+  }
+
+  get bytes(): number {
+    return this.lru.bytes + this.internedBytes;
+  }
+}
+
+function resultBytes(result: Result<PolicyResult>): number {
+  return INTERNED_ENTRY_BYTES + 2 * JSON.stringify(result).length;
+}
 
 // Bounds what one evaluation can take from the heap; growth past it aborts the evaluation (a deny).
 const WASM_MEMORY = { initial: 5, maximum: 4096 } as const; // 64 KiB pages: 320 KiB .. 256 MiB
@@ -182,7 +259,7 @@ class WasmPolicy implements LoadedPolicy {
   private entrypointId: number;
   private poisoned = false;
   readonly inputFootprint: InputFootprint | undefined;
-  private readonly memo: Map<string, Result<PolicyResult>> | undefined;
+  private readonly memo: DecisionMemo | undefined;
 
   private constructor(
     private readonly module: CompiledWasm,
@@ -198,7 +275,10 @@ class WasmPolicy implements LoadedPolicy {
     this.instance = instance;
     this.entrypointId = entrypointId;
     this.inputFootprint = meta.footprint;
-    this.memo = meta.footprint?.keys && meta.footprint.deterministic ? new Map() : undefined;
+    this.memo =
+      meta.footprint?.keys && meta.footprint.deterministic
+        ? new DecisionMemo(meta.memoBytes ?? DEFAULT_MEMO_BYTES)
+        : undefined;
   }
 
   /** `data` or `dataJson`: the parsed document, or its bytes */
@@ -259,20 +339,14 @@ class WasmPolicy implements LoadedPolicy {
     if (!keys || !isObject(input)) return this.evaluateWasm(input);
     const projected = project(input, keys);
     if (!this.memo) return this.evaluateWasm(projected);
-    const key = JSON.stringify(projected);
-    const hit = this.memo.get(key);
-    if (hit) {
-      // Map order is insertion order: re-inserting marks the entry as recently used.
-      this.memo.delete(key);
-      this.memo.set(key, hit);
-      return hit;
-    }
+    const memo = this.memo;
+    liveMemo = memo;
+    const key = hash('sha256', JSON.stringify(projected), 'binary');
+    const hit = memo.get(key);
+    if (hit) return hit;
     const result = this.evaluateWasm(projected);
     // Failures are not remembered: an over-budget or aborted evaluation may succeed next time.
-    if (result.ok && key.length <= MEMO_MAX_KEY_CHARS) {
-      if (this.memo.size >= MEMO_ENTRIES) this.memo.delete(this.memo.keys().next().value as string);
-      this.memo.set(key, Object.freeze(result));
-    }
+    if (result.ok) memo.set(key, result);
     return result;
   }
 

@@ -8,6 +8,7 @@ import { isBundleUrl } from '../lifecycle/bundle-source.js';
 import { REDIRECT_POLICIES, type BundleServerAuth, type RedirectPolicy } from '../lifecycle/bundle-http.js';
 import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signing.js';
 import { fail, ok, type Result } from '../common/result.js';
+import { DEFAULT_SVID_CACHE_ENTRIES } from '../identity/x509-svid.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseSpiffeId } from '../identity/spiffe-id.js';
@@ -180,6 +181,11 @@ export const SERVE_OPTIONS = {
     default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES),
     help: 'largest CheckRequest accepted',
   },
+  'svid-cache-entries': {
+    arg: 'N',
+    default: String(DEFAULT_SVID_CACHE_ENTRIES),
+    help: 'certificate outcomes remembered, byte-bounded (0: parse every certificate)',
+  },
 } satisfies Record<string, OptionRow>;
 
 type OptionName = keyof typeof SERVE_OPTIONS;
@@ -226,6 +232,7 @@ export interface ServeConfig {
   graceMs: number;
   checkDeadlineMs: number;
   maxReceiveMessageBytes: number;
+  svidCacheEntries: number;
 }
 
 /** The usage lines of a table's options: `--flag ARG  help (default: D)`, aligned. */
@@ -274,6 +281,9 @@ export class ConfigError extends Error {}
 function normalise(v: Values, env: Record<string, string | undefined>): ServeConfig {
   const memo = v['policy-memo'];
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
+  const svidCacheEntries = Number(v['svid-cache-entries']);
+  if (!Number.isSafeInteger(svidCacheEntries) || svidCacheEntries < 0 || svidCacheEntries > 10_000_000)
+    throw new ConfigError('--svid-cache-entries must be an integer from 0 to 10000000');
   const maxMessage = Number(v['grpc-max-message-bytes']);
   if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024)
     throw new ConfigError('--grpc-max-message-bytes must be an integer of at least 1024');
@@ -287,7 +297,7 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
   });
   const spiffe = spiffeSource(v, env);
   const tls = spiffe ? undefined : tlsFiles(v, allowedCallers);
-  const trust = trustBundles(v);
+  const trust = trustBundles(v, spiffe !== undefined);
   const verification = verificationFlags(v);
   const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
   return {
@@ -320,6 +330,7 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
+    svidCacheEntries,
   };
 }
 
@@ -371,7 +382,11 @@ function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefi
   return { certFile: cert, keyFile: key, ...defined('clientCaFile', ca) };
 }
 
-function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
+/** `workloadApi`: bundles also come from --spiffe-socket (its own and federated trust domains). */
+function trustBundles(
+  v: Values,
+  workloadApi: boolean,
+): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
   const files = (v['trust-bundle'] ?? []).map((text) => {
     const f = parseTrustBundleFlag(text);
     if (!f.ok) throw new ConfigError(f.reason);
@@ -395,16 +410,18 @@ function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustB
   const configured = new Set([...files, ...endpoints].map((b) => b.trustDomain));
   for (const e of endpoints) {
     const serverTd = e.endpointTrustDomain;
-    if (serverTd !== undefined && !configured.has(serverTd))
+    if (serverTd !== undefined && !configured.has(serverTd) && !workloadApi)
       throw new ConfigError(
         `--trust-bundle-url ${e.trustDomain}: https_spiffe needs a bundle for ${serverTd} to authenticate ` +
-          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE)`,
+          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE, or --spiffe-socket)`,
       );
   }
   const verify = v['verify-peer-chain'];
   if (verify !== 'on' && verify !== 'off') throw new ConfigError('--verify-peer-chain takes on or off');
-  if (verify === 'on' && configured.size === 0)
-    throw new ConfigError('--verify-peer-chain on needs trust bundles: --trust-bundle or --trust-bundle-url');
+  if (verify === 'on' && configured.size === 0 && !workloadApi)
+    throw new ConfigError(
+      '--verify-peer-chain on needs trust bundles: --trust-bundle, --trust-bundle-url or --spiffe-socket',
+    );
   return { trustBundleFiles: files, trustBundleEndpoints: endpoints, verifyPeerChain: verify === 'on' };
 }
 

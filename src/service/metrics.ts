@@ -8,7 +8,8 @@ import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
 import { REASON_CLASSES, type Decision, type ReasonClass } from '../decision/decision.js';
 import type { FailureCode } from '../common/result.js';
 import type { CheckRequest, SidebandRequest } from '../decision/input.js';
-import type { LoadedPolicy } from '../policy/policy.js';
+import { x509SvidCacheStats } from '../identity/x509-svid.js';
+import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 
 /** Why the identity step refused a peer, coarsely; the decision log has the precise reason. */
 export const IDENTITY_REJECTION_CLASSES = [
@@ -158,6 +159,7 @@ export class ServiceMetrics {
       labelNames: ['namespace', 'snat_pool', 'decision'] as const,
       registers,
     });
+    registerCacheMetrics(registers);
   }
 
   /** Counts one answered check; `policy` is the live policy it was decided on (for its tenant list). */
@@ -241,6 +243,58 @@ export class ServiceMetrics {
 const EMPTY: ReadonlySet<string> = new Set();
 
 /** A counter child bound once, exported at 0 from the start so rate() and dashboards see it. */
+/**
+ * The certificate cache and the policy memo, read when scraped (nothing on the Check path): hits,
+ * misses and evictions since start, and the estimated bytes held against the bound.
+ */
+function registerCacheMetrics(registers: Registry[]): void {
+  const caches = () => {
+    const svid = x509SvidCacheStats();
+    return {
+      svid,
+      policy_memo: { ...memoTotals, bytes: policyMemoBytes(), maxBytes: policyMemoMaxBytes() },
+    };
+  };
+  for (const [field, name, help] of [
+    [
+      'hits',
+      'egress_authz_cache_hits_total',
+      'Lookups answered from a cache, by cache (svid: certificates, policy_memo: decisions)',
+    ],
+    ['misses', 'egress_authz_cache_misses_total', 'Lookups a cache could not answer, by cache'],
+    ['evictions', 'egress_authz_cache_evictions_total', 'Entries dropped to stay within the byte bound, by cache'],
+  ] as const) {
+    new Counter({
+      name,
+      help,
+      labelNames: ['cache'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const [cache, stats] of Object.entries(caches())) this.labels(cache).inc(stats[field]);
+      },
+    });
+  }
+  new Gauge({
+    name: 'egress_authz_cache_bytes',
+    help: 'Estimated heap bytes a cache holds (its bound: egress_authz_cache_max_bytes)',
+    labelNames: ['cache'] as const,
+    registers,
+    collect() {
+      for (const [cache, stats] of Object.entries(caches())) this.labels(cache).set(stats.bytes);
+    },
+  });
+  new Gauge({
+    name: 'egress_authz_cache_max_bytes',
+    help: 'The byte bound of a cache',
+    labelNames: ['cache'] as const,
+    registers,
+    collect() {
+      for (const [cache, stats] of Object.entries(caches())) this.labels(cache).set(stats.maxBytes);
+    },
+  });
+}
+
 function bound(counter: Counter<string>, ...values: string[]): Child {
   const child = counter.labels(...values);
   child.inc(0);

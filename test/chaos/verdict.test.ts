@@ -76,7 +76,7 @@ describe('chaos verdict', () => {
     expect(v.failures).toEqual([]);
     expect(v.pass).toBe(true);
     expect(v.faults[0]).toMatchObject({ fault_allows: 0, requests: 2, recovery_ms: 199, pass: true });
-    expect(formatTable(v)).toMatch(/killed\s+envoy\s+1\.0 s\s+2\s+0\s+0\s+2\s+0\s+0\.20 s\s+ok\nverdict: pass/);
+    expect(formatTable(v)).toMatch(/killed\s+envoy\s+1\.0 s\s+2\s+0\s+0\s+0\s+2\s+0\s+0\.20 s\s+ok\nverdict: pass/);
   });
 
   it('an allow sent and answered inside the window is a fault allow, whichever identity asked', () => {

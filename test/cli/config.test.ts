@@ -26,6 +26,7 @@ describe('serve configuration', () => {
       graceMs: 10_000,
       checkDeadlineMs: 200,
       maxReceiveMessageBytes: 1_048_576,
+      svidCacheEntries: 100_000,
     });
     expect(c.policy).toBeUndefined();
     expect(c.tls).toBeUndefined();
@@ -42,7 +43,9 @@ describe('serve configuration', () => {
       '--allowed-caller=spiffe://cluster.local/ns/egress/*',
       '--allowed-caller=spiffe://cluster.local/ns/a/sa/b',
       '--check-deadline=1m',
+      '--svid-cache-entries=0',
     );
+    expect(c.svidCacheEntries).toBe(0);
     expect(c.grpcAddr).toBe('127.0.0.1:1');
     expect(c.pollMs).toBe(2000);
     expect(c.memoize).toBe(false);
@@ -62,6 +65,8 @@ describe('serve configuration', () => {
     [['--tls-cert=c', '--tls-key=k', '--allowed-caller=spiffe://cluster.local/ns/a'], /needs --tls-client-ca/],
     [['--tls-cert=c', '--tls-key=k', '--tls-client-ca=ca', '--allowed-caller=http://x'], /--allowed-caller: /],
     [['--no-such-flag=1'], /Unknown option/],
+    [['--svid-cache-entries=-1'], /--svid-cache-entries must be an integer from 0/],
+    [['--svid-cache-entries=lots'], /--svid-cache-entries must be an integer from 0/],
   ])('refuses %j with a reason', (argv, why) => {
     expect(reason(...argv)).toMatch(why);
   });

@@ -6,7 +6,7 @@ import { service as healthService } from 'grpc-health-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { LoadedPolicy } from '../../src/policy/policy.js';
 import { loadAuthorizationService } from '../../src/transport/envoy-protos.js';
-import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
+import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheStats } from '../../src/identity/x509-svid.js';
 import {
   check,
   checkClient,
@@ -24,7 +24,7 @@ type HealthClient = grpc.Client & {
 };
 
 function healthClient(port: number): HealthClient {
-  const Client = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
+  const Client = grpc.makeGenericClientConstructor(healthService, 'Health');
   return new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as HealthClient;
 }
 
@@ -199,7 +199,9 @@ describe('limits', () => {
       const pem = `-----BEGIN CERTIFICATE-----\n${body.padEnd(Math.ceil(body.length / 4) * 4, 'A')}\n-----END CERTIFICATE-----\n`;
       expect(parseX509SvidPem(pem, new Date()).ok).toBe(false);
     }
-    expect(x509SvidCacheSize()).toBeGreaterThan(0);
-    expect(x509SvidCacheSize()).toBeLessThanOrEqual(1024);
+    const stats = x509SvidCacheStats();
+    expect(stats.entries).toBeGreaterThan(0);
+    expect(stats.entries).toBeLessThanOrEqual(stats.maxEntries);
+    expect(stats.bytes).toBeLessThanOrEqual(stats.maxBytes);
   });
 });

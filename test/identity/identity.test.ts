@@ -1,6 +1,18 @@
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { resolveIdentity, toIdentity } from '../../src/identity/identity.js';
+<<<<<<< HEAD
+import { parseSpiffeId } from '../../src/identity/spiffe-id.js';
 import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
+=======
+import {
+  clearX509SvidCache,
+  configureX509SvidCache,
+  DEFAULT_SVID_CACHE_ENTRIES,
+  parseX509SvidPem,
+  x509SvidCacheSize,
+  x509SvidCacheStats,
+} from '../../src/identity/x509-svid.js';
+>>>>>>> main
 import { createCa, issue, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/default';
@@ -173,10 +185,9 @@ describe('toIdentity: namespace and service account only for exactly /ns/<ns>/sa
     ['', {}],
   ];
   it.each(cases)('%j', (path, expected) => {
-    const identity = toIdentity(
-      { uri: `spiffe://cluster.local${path}`, trustDomain: 'cluster.local', path },
-      'principal',
-    );
+    const id = parseSpiffeId(`spiffe://cluster.local${path}`);
+    if (!id.ok) throw new Error(id.reason);
+    const identity = toIdentity(id.value, 'principal');
     expect({ namespace: identity.namespace, service_account: identity.service_account }).toEqual({
       namespace: expected.namespace,
       service_account: expected.service_account,
@@ -235,8 +246,45 @@ describe('certificate cache', () => {
     expect(x509SvidCacheSize()).toBe(1);
   });
 
-  it('stays bounded', () => {
-    for (let i = 0; i < 1500; i++) resolveIdentity({ certificatePem: `garbage ${i}` });
-    expect(x509SvidCacheSize()).toBe(1024);
+  it('stays bounded in entries and in bytes, evicting the least recently used', () => {
+    try {
+      configureX509SvidCache({ entries: 1024 });
+      for (let i = 0; i < 1500; i++) resolveIdentity({ certificatePem: `garbage ${i}` });
+      expect(x509SvidCacheSize()).toBe(1024);
+      configureX509SvidCache({ entries: 100_000, bytes: 64 * 1024 });
+      for (let i = 0; i < 5000; i++) resolveIdentity({ certificatePem: `garbage ${i} ${'x'.repeat(i % 3000)}` });
+      const stats = x509SvidCacheStats();
+      expect(stats.bytes).toBeLessThanOrEqual(64 * 1024);
+      expect(stats.entries).toBeGreaterThan(100);
+      expect(stats.evictions).toBeGreaterThan(0);
+    } finally {
+      configureX509SvidCache({ entries: DEFAULT_SVID_CACHE_ENTRIES });
+    }
+  });
+
+  it('is keyed by a hash of the text: a long certificate chain costs the same bytes as a short one', async () => {
+    const single = svid.certPem;
+    const chain = `${svid.certPem}${ca.certPem}${ca.certPem}${ca.certPem}`;
+    resolveIdentity({ certificatePem: single });
+    const one = x509SvidCacheStats().bytes;
+    clearX509SvidCache();
+    resolveIdentity({ certificatePem: chain });
+    expect(x509SvidCacheStats().bytes).toBe(one);
+    expect(one).toBeLessThan(single.length);
+  });
+
+  it('counts hits and misses; 0 entries turns it off and every call parses afresh', () => {
+    configureX509SvidCache({ entries: DEFAULT_SVID_CACHE_ENTRIES });
+    resolveIdentity({ certificatePem: svid.certPem });
+    resolveIdentity({ certificatePem: svid.certPem });
+    expect(x509SvidCacheStats()).toMatchObject({ hits: 1, misses: 1, entries: 1 });
+    try {
+      configureX509SvidCache({ entries: 0 });
+      expect(resolveIdentity({ certificatePem: svid.certPem }).ok).toBe(true);
+      expect(resolveIdentity({ certificatePem: 'garbage' }).ok).toBe(false);
+      expect(x509SvidCacheStats()).toMatchObject({ hits: 0, entries: 0, bytes: 0 });
+    } finally {
+      configureX509SvidCache({ entries: DEFAULT_SVID_CACHE_ENTRIES });
+    }
   });
 });

@@ -3,7 +3,7 @@
 // certificate and verifies egress-authz's (deploy/bigip/egress-authz.conf). Here a small TLS relay
 // plays that virtual server: plain TCP from the iRule in, TLS with the BIG-IP's certificate out.
 // egress-authz runs with --tls-client-ca and --allowed-caller <the BIG-IP's SPIFFE ID>.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -128,5 +128,47 @@ describe('the iRule sideband over mTLS (server-ssl virtual server)', () => {
     expect(run.connections[0]?.verdict).toBe('reject');
     expect(run.logs[0]).toMatch(/decision=deny .*status=403 /);
     expect(service.decisions.length).toBe(before);
+  });
+});
+
+/** The body of one top-level tmsh object (`<kind> <name> { … }`), braces balanced. */
+function tmshObject(config: string, header: string): string {
+  const start = config.indexOf(`${header} {`);
+  if (start < 0) return '';
+  let depth = 0;
+  for (let i = config.indexOf('{', start); i < config.length; i++) {
+    if (config[i] === '{') depth++;
+    if (config[i] === '}' && --depth === 0) return config.slice(start, i + 1);
+  }
+  return '';
+}
+
+describe('the shipped BIG-IP configuration puts the sideband on mTLS', () => {
+  const conf = readFileSync(join(import.meta.dirname, '..', '..', 'deploy', 'bigip', 'egress-authz.conf'), 'utf8');
+  const irule = readFileSync(
+    join(import.meta.dirname, '..', '..', 'deploy', 'bigip', 'egress-authz.irule.tcl'),
+    'utf8',
+  );
+
+  it('vs_egress_authz_sideband has a server-ssl profile on its server side', () => {
+    const vs = tmshObject(conf, 'ltm virtual /Common/vs_egress_authz_sideband');
+    expect(vs).toMatch(/\/Common\/serverssl_egress_authz_sideband \{\s*context serverside\s*\}/);
+  });
+
+  it('the profile presents the BIG-IP certificate and requires a server certificate from the CA', () => {
+    const profile = tmshObject(conf, 'ltm profile server-ssl /Common/serverssl_egress_authz_sideband');
+    expect(profile).toMatch(/\n\s+cert \/Common\/bigip-proxy-svc\.crt\n/);
+    expect(profile).toMatch(/\n\s+key \/Common\/bigip-proxy-svc\.key\n/);
+    expect(profile).toMatch(/\n\s+ca-file \/Common\/org-ca\.crt\n/);
+    expect(profile).toMatch(/\n\s+peer-cert-mode require\n/);
+  });
+
+  it('the readiness monitor speaks TLS with the BIG-IP certificate (the listener requires one)', () => {
+    const monitor = tmshObject(conf, 'ltm monitor https /Common/egress_authz_readyz');
+    expect(monitor).toMatch(/\n\s+cert \/Common\/bigip-proxy-svc\.crt\n/);
+  });
+
+  it('the iRule connects to that virtual server by default, not to an address', () => {
+    expect(irule).toMatch(/set static::egress_authz_target "\/Common\/vs_egress_authz_sideband"/);
   });
 });

@@ -99,6 +99,23 @@ describe('GET /metrics after real checks', () => {
     expect(sample(text, 'egress_authz_policy_eval_seconds_count', 'policy="live"')).toBe(10); // identity failures never reach the policy
   });
 
+  it('exports the certificate cache and the policy memo: hits, misses, bytes held within the bound', () => {
+    const cache = (name: string, which: string) => sample(text, name, `cache="${which}"`) ?? Number.NaN;
+    expect(cache('egress_authz_cache_misses_total', 'svid')).toBeGreaterThanOrEqual(2);
+    expect(cache('egress_authz_cache_bytes', 'svid')).toBeGreaterThan(0);
+    expect(cache('egress_authz_cache_bytes', 'svid')).toBeLessThanOrEqual(
+      cache('egress_authz_cache_max_bytes', 'svid'),
+    );
+    // three identical bookinfo Checks: one evaluation remembered, two answered from the memo
+    expect(cache('egress_authz_cache_hits_total', 'policy_memo')).toBeGreaterThanOrEqual(2);
+    expect(cache('egress_authz_cache_misses_total', 'policy_memo')).toBeGreaterThanOrEqual(1);
+    expect(cache('egress_authz_cache_bytes', 'policy_memo')).toBeGreaterThan(0);
+    expect(cache('egress_authz_cache_bytes', 'policy_memo')).toBeLessThanOrEqual(
+      cache('egress_authz_cache_max_bytes', 'policy_memo'),
+    );
+    expect(cache('egress_authz_cache_evictions_total', 'svid')).toBe(0);
+  });
+
   it('labels decisions by tenant: known tenants and allowed namespaces by name, everything else bounded', () => {
     const byTenant = (labels: string) => sample(text, 'egress_authz_decisions_by_tenant_total', labels);
     expect(byTenant('namespace="bookinfo",snat_pool="bookinfo_snat",decision="allow"')).toBe(4);

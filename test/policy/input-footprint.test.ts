@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readBundleFiles } from '../../src/policy/bundle.js';
 import { inputFootprint } from '../../src/policy/input-footprint.js';
 import { locateOpa } from '../../src/policy/opa-cli.js';
-import { loadPolicy, type LoadedPolicy } from '../../src/policy/policy.js';
+import { loadPolicy, memoTotals, policyMemoBytes, type LoadedPolicy } from '../../src/policy/policy.js';
 
 const mod = (body: string) => `package egress.authz\n\n${body}\n`;
 
@@ -133,6 +133,8 @@ describe('projected and remembered evaluation', () => {
       keys: ['destination', 'identity', 'identity_error'],
       deterministic: true,
       why: '',
+      // the stamp names the module it describes (input-footprint.ts)
+      module_sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
     });
     expect(manifest.wasm[0].module).toBe('/policy.wasm');
     expect(policies.headerPlainBundle!.inputFootprint).toBeUndefined();
@@ -204,5 +206,27 @@ describe('projected and remembered evaluation', () => {
     });
     expect(overlaid.evaluate(input)).toMatchObject({ ok: true, value: { allow: true, snat_pool: 'payments_snat' } });
     expect(policies.memo!.evaluate(input)).toMatchObject({ ok: true, value: { allow: false } });
+  });
+
+  it('remembers answers within a byte bound, least recently used out, counting hits and misses', async () => {
+    // A generous evaluation budget: a loaded test machine must not turn an answer into a failure here.
+    const small = await loadPolicy('policies', { memoBytes: 64 * 1024, evalBudgetMs: 10_000 });
+    const plain = await loadPolicy('policies', { memoize: false, evalBudgetMs: 10_000 });
+    const hitsBefore = memoTotals.hits;
+    const missesBefore = memoTotals.misses;
+    const input = (i: number) => ({
+      identity: identity(i % 2 ? 'bookinfo' : `ns-${i}`),
+      destination: { host: `h${i}.example`, port: 443 },
+    });
+    for (let i = 0; i < 3000; i++) {
+      expect(small.evaluate(input(i))).toEqual(plain.evaluate(input(i)));
+      expect(policyMemoBytes()).toBeLessThanOrEqual(64 * 1024);
+    }
+    expect(policyMemoBytes()).toBeGreaterThan(32 * 1024);
+    // the most recent inputs are still remembered, the first ones gone
+    expect(small.evaluate(input(2999))).toEqual(plain.evaluate(input(2999)));
+    expect(memoTotals.hits - hitsBefore).toBe(1);
+    small.evaluate(input(0));
+    expect(memoTotals.misses - missesBefore).toBe(3001);
   });
 });

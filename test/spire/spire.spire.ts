@@ -4,14 +4,14 @@
 // gets its own from the Workload API (--spiffe-socket) and rotates it under load with a short TTL.
 import { randomUUID, X509Certificate } from 'node:crypto';
 import { chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:https';
+import { createServer, request as httpsRequest, type Server } from 'node:https';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { issue, createCa } from '../support/pki.js';
+import { createCa, issue, workloadSvid } from '../support/pki.js';
 import { check, checkClient, checkRequest, type CheckClient } from '../support/service.js';
 import { curl, viaEgressProxy, type ProxyClient } from '../e2e/support/curl.js';
 import { envoyBinary, repoRoot } from '../e2e/support/envoy.js';
@@ -44,6 +44,7 @@ let target: Server | undefined;
 let targetUrl = '';
 let tinyproxyLog = '';
 let grpcPort = 0;
+let httpPort = 0;
 let adminPort = 0;
 let bookinfo: ProxyClient;
 let nettools: ProxyClient;
@@ -122,6 +123,33 @@ function authzServerCertificate(): Promise<PeerCertificate> {
   });
 }
 
+/** POST /v1/sideband as the gateway (an allowed caller), the body a PEM chain; egress-authz checked by URI SAN. */
+function sideband(pem: string): Promise<{ status: number; reason: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        host: '127.0.0.1',
+        port: httpPort,
+        method: 'POST',
+        path: '/v1/sideband',
+        ca: readFileSync(gatewaySvid.bundle),
+        cert: readFileSync(gatewaySvid.cert),
+        key: readFileSync(gatewaySvid.key),
+        agent: false,
+        checkServerIdentity: (_h, cert) =>
+          cert.subjectaltname === `URI:${ID.authz}` ? undefined : new Error(`unexpected peer ${cert.subjectaltname}`),
+        headers: { 'content-type': 'application/x-pem-file', 'content-length': Buffer.byteLength(pem) },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, reason: String(res.headers['x-egress-reason']) }));
+      },
+    );
+    req.on('error', reject);
+    req.end(pem);
+  });
+}
+
 beforeAll(async () => {
   const envoyBin = envoyBinary();
   dir = mkdtempSync(join(tmpdir(), 'egress-authz-spire-'));
@@ -140,7 +168,8 @@ beforeAll(async () => {
   gatewaySvid = gateway;
   console.log(`spire: server + agent up, 4 entries, 3 SVIDs fetched in ${Date.now() - t0} ms`);
 
-  const [listenPort, httpPort, targetPort, tinyproxyPort] = await Promise.all([
+  let listenPort: number, targetPort: number, tinyproxyPort: number;
+  [listenPort, httpPort, targetPort, tinyproxyPort] = await Promise.all([
     freePort(),
     freePort(),
     freePort(),
@@ -297,6 +326,17 @@ describe('the seed scenario with SPIRE as the identity plane', () => {
     intruder.close();
   });
 
+  it('the sideband verifies SPIRE chains against the bundle from the Workload API; another CA is refused', async () => {
+    const allowed = await sideband(readFileSync(bookinfo.svid!.cert, 'utf8'));
+    expect(allowed).toMatchObject({ status: 200 });
+    // the same SPIFFE ID, but issued by a CA that is not in cluster.local's bundle
+    const forger = await createCa('Not SPIRE');
+    const forged = await workloadSvid(forger, ID.bookinfo);
+    const refused = await sideband(forged.certPem);
+    expect(refused.status).toBe(403);
+    expect(refused.reason).toMatch(/chain|bundle|issuer|verif/i);
+  });
+
   it('rotates its SVID under a bounded load without one failed Check, through Envoy and directly', async () => {
     const rotationsBefore = logLines().filter((l) => l.msg === 'own X.509-SVID from the Workload API').length;
     const seen: string[] = [];
@@ -309,7 +349,8 @@ describe('the seed scenario with SPIRE as the identity plane', () => {
       try {
         const res = await check(client, checkRequest({ principal: ID.bookinfo }));
         if (res.status.code === 0) ok++;
-        else failures.push(`status ${res.status.code}`);
+        else
+          failures.push(`status ${res.status.code}: ${res.deniedResponse?.body ?? JSON.stringify(res).slice(0, 300)}`);
       } catch (err) {
         failures.push((err as Error).message);
       }

@@ -1,0 +1,28 @@
+// Measures what the caches really hold per entry, against the byte estimate they are bounded by:
+// fills the certificate cache with N distinct workload SVIDs and the policy memo with N distinct
+// projected inputs, and reports the V8 heap growth per entry (after a full GC) beside the estimate.
+// Usage: node --expose-gc bench/cache-bytes.mjs [N]   (npm run bench:cache-bytes)
+import { join } from 'node:path';
+import { makeIdentities } from './identities.mjs';
+
+const n = Number(process.argv[2] ?? 20000);
+const { parseX509SvidPem, x509SvidCacheStats, configureX509SvidCache } = await import('../dist/identity/x509-svid.js');
+const ids = await makeIdentities(join(import.meta.dirname, 'work', 'identities'), n);
+configureX509SvidCache({ entries: n + 1, bytes: 1024 * 1024 * 1024 });
+const now = new Date();
+const pems = ids.map((id) => encodeURIComponent(id.certPem));
+for (const pem of pems) if (!parseX509SvidPem(pem, now).ok) throw new Error('bench identity refused');
+globalThis.gc();
+const full = process.memoryUsage().heapUsed;
+const stats = x509SvidCacheStats();
+configureX509SvidCache({ entries: n + 1, bytes: 1024 * 1024 * 1024 });
+globalThis.gc();
+const empty = process.memoryUsage().heapUsed;
+console.log(
+  JSON.stringify({
+    cache: 'svid',
+    entries: stats.entries,
+    heap_bytes_per_entry: Math.round((full - empty) / stats.entries),
+    estimated_bytes_per_entry: Math.round(stats.bytes / stats.entries),
+  }),
+);

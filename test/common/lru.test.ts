@@ -1,0 +1,75 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { ByteLru, stringBytes } from '../../src/common/lru.js';
+
+const sized = (maxBytes: number, maxEntries?: number) =>
+  new ByteLru<string>({ maxBytes, maxEntries, sizeOf: (k, v) => k.length + v.length });
+
+describe('ByteLru', () => {
+  it('evicts the least recently used entry, a hit counting as a use', () => {
+    const lru = sized(25);
+    lru.set('a', '123456789');
+    lru.set('b', '123456789');
+    expect(lru.get('a')).toBe('123456789');
+    lru.set('c', '123456789');
+    expect(lru.get('b')).toBeUndefined();
+    expect(lru.get('a')).toBe('123456789');
+    expect(lru.stats()).toMatchObject({ hits: 2, misses: 1, evictions: 1, entries: 2, bytes: 20 });
+  });
+
+  it('keeps no entry larger than the whole budget, and 0 entries keeps nothing', () => {
+    const lru = sized(10);
+    lru.set('k', 'x'.repeat(10));
+    expect(lru.size).toBe(0);
+    const off = sized(1000, 0);
+    off.set('k', 'v');
+    expect(off.get('k')).toBeUndefined();
+    expect(off.stats()).toMatchObject({ entries: 0, bytes: 0, misses: 1 });
+  });
+
+  it('replacing a key accounts for the old value', () => {
+    const lru = sized(100);
+    lru.set('k', 'x'.repeat(50));
+    lru.set('k', 'x');
+    expect(lru.bytes).toBe(2);
+    expect(lru.size).toBe(1);
+  });
+
+  it('never holds more than its bounds, whatever the sequence of operations', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 200 }),
+        fc.integer({ min: 0, max: 20 }),
+        fc.array(fc.tuple(fc.boolean(), fc.string({ maxLength: 3 }), fc.string({ maxLength: 80 })), { maxLength: 200 }),
+        (maxBytes, maxEntries, ops) => {
+          const lru = sized(maxBytes, maxEntries);
+          const expected = new Map<string, string>();
+          for (const [isSet, k, v] of ops) {
+            if (isSet) lru.set(k, v);
+            else lru.get(k);
+            expect(lru.bytes).toBeLessThanOrEqual(maxBytes);
+            expect(lru.size).toBeLessThanOrEqual(maxEntries);
+            if (isSet && k.length + v.length <= maxBytes && maxEntries > 0) {
+              expected.set(k, v);
+              expect(lru.get(k)).toBe(v);
+            }
+          }
+          let total = 0;
+          for (const [k] of expected) {
+            const v = lru.get(k);
+            if (v !== undefined) total += k.length + v.length;
+          }
+          expect(total).toBe(lru.bytes);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('estimates strings by their V8 representation', () => {
+    expect(stringBytes('')).toBe(16);
+    expect(stringBytes('a'.repeat(100))).toBe(120);
+    expect(stringBytes('é'.repeat(100))).toBe(120);
+    expect(stringBytes('\u0430'.repeat(100))).toBe(216);
+  });
+});
