@@ -11,7 +11,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 # no lifecycle scripts: `prepare` would need Go for opa, which this stage does not have
 RUN npm ci --ignore-scripts
-COPY tsconfig.json ./
+COPY tsconfig.build.json ./
 COPY src ./src
 RUN npm run build
 

@@ -85,14 +85,14 @@ export function runCommand(cmd, args, { timeoutMs = 120_000, env, cwd } = {}) {
 
 function descendants(pid) {
   const out = [];
-  let tasks = [];
+  let tasks;
   try {
     tasks = readdirSync(`/proc/${pid}/task`);
   } catch {
     return out;
   }
   for (const task of tasks) {
-    let children = '';
+    let children;
     try {
       children = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8');
     } catch {

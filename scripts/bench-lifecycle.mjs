@@ -43,8 +43,6 @@ function perCheck(authorizer) {
   return { sync };
 }
 
-const drainImmediates = () => new Promise((r) => setImmediate(r));
-
 const policies = new MutablePolicySource(policy);
 const plain = new Authorizer({ policies, sink: () => {} });
 const metrics = new ServiceMetrics();

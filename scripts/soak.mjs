@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const { authorizationClient } = await import(join(root, 'dist', 'envoy-protos.js'));
+const { authorizationClient } = await import(join(root, 'dist', 'transport', 'envoy-protos.js'));
 
 const { values: flags } = parseArgs({
   options: {

@@ -36,7 +36,7 @@ import {
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
-import { TrustBundles } from './lifecycle/trust-bundles.js';
+import { parseTrustBundleFlag, TrustBundles } from './lifecycle/trust-bundles.js';
 import { ChainVerifier } from './identity/chain-verify.js';
 import { X509BundleSet } from './identity/x509-bundle.js';
 
@@ -50,7 +50,8 @@ commands:
           http(s) bundle URL. DUR: 500ms, 10s, 1m.
 ${optionsUsage(SERVE_OPTIONS)}
   eval    (--spiffe-id ID | --cert FILE | --input FILE) [--destination HOST[:PORT]] [--policy PATH]
-          [VERIFY]   print the decision as JSON
+          [VERIFY] [--trust-bundle TD=FILE]...   print the decision as JSON; with --cert and a
+          bundle, its chain is verified against the bundle of its trust domain first
   test    [--policy PATH] [--cases PATH] [VERIFY]
           run the policy's cases and its Rego unit tests (opa test)
   build   [--out FILE] [--revision REV] [--signing-key FILE [--signing-alg ALG]] [POLICY_DIR]
@@ -82,7 +83,7 @@ function args(
 ): { values: Values; positionals: string[] } {
   try {
     const parsed = parseArgs({ args: argv, options, allowPositionals, strict: true });
-    return { values: parsed.values as Values, positionals: parsed.positionals };
+    return { values: parsed.values, positionals: parsed.positionals };
   } catch (err) {
     throw new UsageError(errorMessage(err));
   }
@@ -287,6 +288,19 @@ async function serve(argv: string[]): Promise<number> {
   return code;
 }
 
+/** `eval --trust-bundle`: the same bundle files and chain verification as `serve`, read once. */
+async function evalChainVerifier(flags: string[]): Promise<ChainVerifier | undefined> {
+  if (flags.length === 0) return undefined;
+  const files = flags.map((text) => {
+    const f = parseTrustBundleFlag(text);
+    if (!f.ok) throw new UsageError(f.reason);
+    return f.value;
+  });
+  const bundles = new X509BundleSet();
+  await TrustBundles.open(bundles, files, [], { log: pino({ level: 'silent' }) });
+  return new ChainVerifier(bundles, { cacheEntries: 0 });
+}
+
 async function evaluate(argv: string[]): Promise<number> {
   const { values } = args(argv, {
     'spiffe-id': { type: 'string' },
@@ -296,6 +310,7 @@ async function evaluate(argv: string[]): Promise<number> {
     policy: { type: 'string' },
     entrypoint: { type: 'string', default: DEFAULT_ENTRYPOINT },
     ...parseArgsOptions(VERIFICATION_OPTIONS),
+    'trust-bundle': { type: 'string', multiple: true },
   });
   const given = ['spiffe-id', 'cert', 'input'].filter((k) => values[k] !== undefined);
   if (given.length !== 1) throw new UsageError('eval needs exactly one of --spiffe-id, --cert, --input');
@@ -303,14 +318,19 @@ async function evaluate(argv: string[]): Promise<number> {
     entrypoint: values.entrypoint as string,
     ...verificationOption(verificationValues(values)),
   });
-  const authorizer = new Authorizer({ policies: new MutablePolicySource(policy), sink: () => {} });
+  const chainVerifier = await evalChainVerifier((values['trust-bundle'] as string[] | undefined) ?? []);
+  const authorizer = new Authorizer({
+    policies: new MutablePolicySource(policy),
+    sink: () => {},
+    ...(chainVerifier ? { chainVerifier } : {}),
+  });
   let decision: Decision;
   if (values.input !== undefined) {
     let doc: unknown;
     try {
       doc = JSON.parse(readFileSync(values.input as string, 'utf8'));
     } catch (err) {
-      throw new UsageError(`--input ${values.input}: ${errorMessage(err)}`);
+      throw new UsageError(`--input ${String(values.input)}: ${errorMessage(err)}`);
     }
     if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
       throw new UsageError('--input must hold a JSON object');
@@ -320,7 +340,7 @@ async function evaluate(argv: string[]): Promise<number> {
     try {
       pem = readFileSync(values.cert as string, 'utf8');
     } catch (err) {
-      throw new UsageError(`--cert ${values.cert}: ${errorMessage(err)}`);
+      throw new UsageError(`--cert ${String(values.cert)}: ${errorMessage(err)}`);
     }
     decision = authorizer.checkCli({ certificatePem: pem, destination: values.destination as string | undefined });
   } else {
@@ -345,8 +365,8 @@ async function test(argv: string[]): Promise<number> {
     entrypoint: values.entrypoint as string,
     ...verificationOption(verificationValues(values)),
   });
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, async (c, casePolicy) =>
-    caseDecision(decideCase(c, casePolicy)),
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, (c, casePolicy) =>
+    Promise.resolve(caseDecision(decideCase(c, casePolicy))),
   );
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
@@ -377,7 +397,7 @@ async function build(argv: string[]): Promise<number> {
     ...(revision === undefined ? {} : { revision }),
     ...(signing ? { signing } : {}),
   });
-  process.stderr.write(`egress-authz: built ${values.out} from ${dir}\n`);
+  process.stderr.write(`egress-authz: built ${String(values.out)} from ${dir}\n`);
   return 0;
 }
 
@@ -415,7 +435,7 @@ function verificationOption(flags: VerificationFlags | undefined): { verificatio
   };
 }
 
-async function inspect(argv: string[]): Promise<number> {
+function inspect(argv: string[]): Promise<number> {
   const { values, positionals } = args(argv, { json: { type: 'boolean', default: false } }, true);
   if (positionals.length !== 1) throw new UsageError('inspect takes one certificate FILE');
   const file = positionals[0]!;
@@ -427,7 +447,7 @@ async function inspect(argv: string[]): Promise<number> {
   }
   const report = inspectCertificate(pem);
   process.stdout.write(`${values.json ? JSON.stringify(report, null, 2) : formatReport(file, report)}\n`);
-  return report.valid ? 0 : 1;
+  return Promise.resolve(report.valid ? 0 : 1);
 }
 
 const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, eval: evaluate, test, build, inspect };

@@ -108,7 +108,7 @@ function newDecision(input: PolicyInput, policy: LoadedPolicy | undefined): Deci
   };
 }
 
-const NO_HEADERS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+const NO_HEADERS: Record<string, string> = Object.freeze({});
 
 function applyPolicyResult(d: Decision, r: PolicyResult): Decision {
   if (r.headers) d.headers = safeHeaders(r.headers);

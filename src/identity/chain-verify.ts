@@ -54,10 +54,9 @@ export class ChainVerifier {
   /** `pem`: the chain as the caller sent it (Envoy's URL-encoded form too); `trustDomain`: the leaf's. */
   verifyPem(pem: string, trustDomain: string, now: Date): Result<VerifiedChain> {
     const generation = this.bundles.generation;
-    const key =
-      this.capacity > 0 ? createHash('sha256').update(trustDomain).update('\0').update(pem).digest('hex') : '';
+    const key = this.capacity > 0 ? cacheKey(pem) : '';
     const hit = key ? this.cache.get(key) : undefined;
-    if (hit && hit.generation === generation && inWindow(hit.chain, now)) {
+    if (hit && hit.generation === generation && hit.chain.trustDomain === trustDomain && inWindow(hit.chain, now)) {
       this.hits++;
       this.cache.delete(key);
       this.cache.set(key, hit);
@@ -86,6 +85,18 @@ export class ChainVerifier {
   }
 }
 
+// A typical chain (leaf and an intermediate or two) is a few KiB: its own text is the key, which costs
+// a Map lookup and no hashing; only unusually long chains are keyed by a hash, so that the cache stays
+// bounded (entries × KEY_LIMIT characters) whatever callers send.
+const KEY_LIMIT = 8 * 1024;
+const HASHED = 'sha256:';
+
+function cacheKey(pem: string): string {
+  // A text that looks like a hashed key is never a key itself, so it cannot find another chain's entry.
+  if (pem.startsWith(HASHED)) return '';
+  return pem.length <= KEY_LIMIT ? pem : `${HASHED}${createHash('sha256').update(pem).digest('hex')}`;
+}
+
 function inWindow(chain: VerifiedChain, now: Date): boolean {
   const t = now.getTime();
   return t >= chain.notBefore.getTime() && t <= chain.notAfter.getTime();
@@ -112,9 +123,43 @@ export function verifyChain(
   }
 }
 
-interface Candidate {
+interface IssuerCertificate {
   cert: X509Certificate;
-  der: Uint8Array;
+  /** signingCertificateFacts of its DER, computed once per certificate */
+  facts: Result<SigningCertificateFacts>;
+}
+
+// Intermediates and roots are few and shared by every workload of a trust domain, while parsing one
+// for its path length and extensions (pkijs) costs milliseconds: each distinct certificate is parsed
+// once. Roots are keyed by their X509Certificate object (bundles are immutable), intermediates by DER.
+const rootFacts = new WeakMap<X509Certificate, Result<SigningCertificateFacts>>();
+const intermediateCache = new Map<string, IssuerCertificate>();
+const INTERMEDIATE_CACHE_ENTRIES = 256;
+
+function issuerCertificate(der: Uint8Array): IssuerCertificate {
+  const key = Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString('base64');
+  let hit = intermediateCache.get(key);
+  if (hit === undefined) {
+    hit = { cert: new X509Certificate(der), facts: signingCertificateFacts(der) };
+    if (intermediateCache.size >= INTERMEDIATE_CACHE_ENTRIES) {
+      const oldest = intermediateCache.keys().next();
+      if (!oldest.done) intermediateCache.delete(oldest.value);
+    }
+    intermediateCache.set(key, hit);
+  }
+  return hit;
+}
+
+function factsOfRoot(root: X509Certificate): Result<SigningCertificateFacts> {
+  let facts = rootFacts.get(root);
+  if (facts === undefined) {
+    facts = signingCertificateFacts(root.raw);
+    rootFacts.set(root, facts);
+  }
+  return facts;
+}
+
+interface Candidate extends IssuerCertificate {
   /** position in the presented chain (1 = first after the leaf) */
   position: number;
 }
@@ -127,18 +172,14 @@ function verifyUnguarded(
 ): Result<VerifiedChain> {
   if (chainDer.length === 0) return fail(`${PREFIX}no certificates`);
   if (chainDer.length > MAX_CHAIN_CERTS) return fail(`${PREFIX}more than ${MAX_CHAIN_CERTS} certificates`);
-  const certs: X509Certificate[] = [];
-  for (const der of chainDer) {
-    try {
-      certs.push(new X509Certificate(der));
-    } catch {
-      return fail(`${PREFIX}a certificate could not be parsed`);
-    }
+  let leaf: X509Certificate;
+  const intermediates: Candidate[] = [];
+  try {
+    leaf = new X509Certificate(chainDer[0]!);
+    for (let i = 1; i < chainDer.length; i++) intermediates.push({ ...issuerCertificate(chainDer[i]!), position: i });
+  } catch {
+    return fail(`${PREFIX}a certificate could not be parsed`);
   }
-  const leaf = certs[0]!;
-  const intermediates: Candidate[] = certs
-    .slice(1)
-    .map((cert, i) => ({ cert, der: chainDer[i + 1]!, position: i + 1 }));
   const bundle = bundles.bundleFor(trustDomain);
   if (bundle === undefined) return fail(`${PREFIX}no trust bundle for trust domain ${trustDomain}`);
 
@@ -176,7 +217,6 @@ function verifyUnguarded(
 /** One depth-first path search; remembers the first concrete defect met (an expired issuer, …). */
 class PathSearch {
   problem: string | undefined;
-  private readonly facts = new Map<Uint8Array | X509Certificate, Result<SigningCertificateFacts>>();
 
   constructor(
     private readonly bundle: X509Bundle,
@@ -191,7 +231,7 @@ class PathSearch {
   from(subject: X509Certificate, below: number, used: ReadonlySet<number>): Result<VerifiedChain> {
     for (const root of this.bundle.authorities) {
       if (!issuedBy(subject, root)) continue;
-      const facts = this.check(root, root.raw, 'root of the trust bundle', below);
+      const facts = this.check(root, factsOfRoot(root), 'root of the trust bundle', below);
       if (!facts.ok) continue;
       return ok({
         trustDomain: this.bundle.trustDomain,
@@ -204,7 +244,7 @@ class PathSearch {
     if (used.size >= MAX_CHAIN_CERTS) return fail('path too long');
     for (const c of this.intermediates) {
       if (used.has(c.position) || !issuedBy(subject, c.cert)) continue;
-      const facts = this.check(c.cert, c.der, `intermediate certificate ${c.position}`, below);
+      const facts = this.check(c.cert, c.facts, `intermediate certificate ${c.position}`, below);
       if (!facts.ok) continue;
       const rest = this.from(c.cert, below + 1, new Set(used).add(c.position));
       if (!rest.ok) continue;
@@ -221,15 +261,10 @@ class PathSearch {
   /** Is `issuer` fit to have signed a path with `below` intermediates under it, now? */
   private check(
     issuer: X509Certificate,
-    der: Uint8Array,
+    facts: Result<SigningCertificateFacts>,
     what: string,
     below: number,
   ): Result<SigningCertificateFacts> {
-    let facts = this.facts.get(der);
-    if (facts === undefined) {
-      facts = signingCertificateFacts(der);
-      this.facts.set(der, facts);
-    }
     const bad = (problem: string): Result<never> => {
       this.problem ??= `${what} ${problem}`;
       return fail(problem);

@@ -83,10 +83,10 @@ const SHORT_NAMES: Record<string, string> = {
 
 function distinguishedName(name: pkijs.RelativeDistinguishedNames): string {
   return name.typesAndValues
-    .map(
-      (tv) =>
-        `${SHORT_NAMES[tv.type] ?? tv.type}=${String((tv.value as { valueBlock?: { value?: unknown } }).valueBlock?.value ?? '')}`,
-    )
+    .map((tv) => {
+      const value = (tv.value as { valueBlock?: { value?: unknown } }).valueBlock?.value;
+      return `${SHORT_NAMES[tv.type] ?? tv.type}=${typeof value === 'string' ? value : ''}`;
+    })
     .join(', ');
 }
 

@@ -8,13 +8,21 @@
 // Reasons are fixed ASCII strings and never echo the input: they end up in logs and response headers.
 import { fail, ok, type Result } from '../common/result.js';
 
+declare const parsed: unique symbol;
+
+/**
+ * A SPIFFE ID that passed parseSpiffeId: immutable, and obtainable only from the parser (the brand
+ * cannot be written outside this module), so a function that takes a SpiffeId never sees an
+ * unchecked string dressed up as one — go-spiffe's opaque `spiffeid.ID`.
+ */
 export interface SpiffeId {
   /** The whole ID, e.g. spiffe://cluster.local/ns/bookinfo/sa/default */
-  uri: string;
+  readonly uri: string;
   /** e.g. cluster.local */
-  trustDomain: string;
+  readonly trustDomain: string;
   /** "" for the trust domain's root ID, otherwise "/seg/seg…" */
-  path: string;
+  readonly path: string;
+  readonly [parsed]: true;
 }
 
 const SCHEME = 'spiffe://';
@@ -85,7 +93,7 @@ export function parseSpiffeId(text: string): Result<SpiffeId> {
   const path = text.slice(end);
   const pathProblem = checkPath(path);
   if (pathProblem !== undefined) return invalid(pathProblem);
-  return ok({ uri: text, trustDomain, path });
+  return ok(Object.freeze({ uri: text, trustDomain, path }) as SpiffeId);
 }
 
 /** "" or "/seg(/seg)*" with non-empty, non-dot segments of [A-Za-z0-9._-]. Returns the defect, if any. */

@@ -6,9 +6,10 @@
 // itself would miss) plus a slow stat poll, because watches can be lost.
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
+import { listPolicyFolder } from '../policy/policy-folder.js';
 import { getBundle, type BundleServerAuth } from './bundle-http.js';
 import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 
@@ -47,8 +48,6 @@ export const DEFAULT_URL_POLL_MS = 30_000;
 export const DEFAULT_FILE_POLL_MS = 10_000;
 export const DEFAULT_DEBOUNCE_MS = 250;
 const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
-/** a policy folder larger than this (files, bytes) is not a policy folder */
-const MAX_FOLDER_FILES = 2_000;
 
 export function isBundleUrl(location: string): boolean {
   return /^https?:\/\//i.test(location);
@@ -217,7 +216,7 @@ class FolderSource extends LocalSource {
 
   async fetch(opts: { force?: boolean } = {}): Promise<BundleVersion | undefined> {
     const hash = createHash('sha256');
-    for (const file of await listFolder(this.location)) {
+    for (const file of listPolicyFolder(this.location)) {
       hash
         .update(`${file}\0`)
         .update(await readFile(join(this.location, file)))
@@ -230,7 +229,7 @@ class FolderSource extends LocalSource {
 
   protected async signature(): Promise<string> {
     const parts: string[] = [];
-    for (const file of await listFolder(this.location)) {
+    for (const file of listPolicyFolder(this.location)) {
       const s = await stat(join(this.location, file));
       parts.push(`${file}:${s.ino}:${s.size}:${s.mtimeMs}`);
     }
@@ -240,21 +239,6 @@ class FolderSource extends LocalSource {
   protected watched() {
     return { dir: resolve(this.location), relevant: () => true };
   }
-}
-
-/** Relative paths of the non-hidden files under dir (symlinks followed), sorted; hidden names skipped as opa build does. */
-async function listFolder(dir: string, prefix = ''): Promise<string[]> {
-  const out: string[] = [];
-  const names = (await readdir(join(dir, prefix))).filter((n) => !n.startsWith('.')).sort();
-  for (const name of names) {
-    const rel = prefix ? `${prefix}/${name}` : name;
-    const s = await stat(join(dir, rel)).catch(() => undefined); // a dangling symlink mid-swap
-    if (!s) continue;
-    if (s.isDirectory()) out.push(...(await listFolder(dir, rel)));
-    else if (s.isFile()) out.push(rel);
-    if (out.length > MAX_FOLDER_FILES) throw new Error(`policy folder ${dir} has more than ${MAX_FOLDER_FILES} files`);
-  }
-  return out;
 }
 
 /** An OPA bundle server: GET with If-None-Match; 304 keeps the current policy. */

@@ -113,7 +113,7 @@ export class CaseCertificateFactory {
 }
 
 async function generateKeys(): Promise<webcrypto.CryptoKeyPair> {
-  return (await webcrypto.subtle.generateKey(ALG, false, ['sign', 'verify'])) as unknown as webcrypto.CryptoKeyPair;
+  return await webcrypto.subtle.generateKey(ALG, false, ['sign', 'verify']);
 }
 
 function serial(): string {

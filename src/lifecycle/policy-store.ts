@@ -14,7 +14,7 @@ import { footprintFields } from '../policy/input-footprint.js';
 import type { LoadedPolicy, LoadPolicyOptions } from '../policy/policy.js';
 
 /** The pipeline `egress-authz test` runs each case through (decideCase: the same as a Check). */
-const decidePolicyCase: CaseDecide = async (request, policy) => caseDecision(decideCase(request, policy));
+const decidePolicyCase: CaseDecide = (request, policy) => Promise.resolve(caseDecision(decideCase(request, policy)));
 
 export interface PolicyCheckOptions {
   /** case files to run against the candidate (a file or folder, see runPolicyCases) */

@@ -118,7 +118,7 @@ export async function verifyBundleFiles(files: ReadonlyMap<string, Uint8Array>, 
     throw new Error(`bundle ${SIGNATURES_FILE}: missing JWT (expected exactly one)`);
   if (signatures.length > 1)
     throw new Error(`bundle ${SIGNATURES_FILE}: multiple JWTs not supported (expected exactly one)`);
-  const token = signatures[0];
+  const token: unknown = signatures[0];
   if (typeof token !== 'string') throw new Error(`bundle ${SIGNATURES_FILE}: the JWT is not a string`);
 
   let payload: Uint8Array;

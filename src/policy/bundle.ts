@@ -113,6 +113,7 @@ export async function readBundle(
     if (name !== 'data.json') continue;
     mergeAt(data, segments, parseJson(body, path), path);
   }
+  if (manifest?.roots !== undefined) checkRoots(manifest.roots, data, opts.entrypoint);
 
   const modulePath = bundleModulePath(manifest, opts.entrypoint);
   const wasm = files.get(modulePath);
@@ -163,7 +164,30 @@ function checkManifest(manifest: Record<string, unknown>): BundleManifest {
       text(`wasm[${i}].module`, w.module);
     });
   }
-  return manifest as BundleManifest;
+  return manifest;
+}
+
+/**
+ * A bundle owns only the parts of `data` its manifest's roots name (OPA refuses to activate one that
+ * writes outside them): every data path must lie under a root, and so must the entrypoint. The root
+ * "" owns everything.
+ */
+function checkRoots(roots: string[], data: Record<string, unknown>, entrypoint: string | undefined): void {
+  const owned = roots.map((r) => r.split('/').filter((s) => s !== ''));
+  if (owned.some((r) => r.length === 0)) return;
+  const under = (path: string[]) => owned.some((r) => r.length <= path.length && r.every((s, i) => s === path[i]));
+  const above = (path: string[]) => owned.some((r) => r.length > path.length && path.every((s, i) => s === r[i]));
+  const walk = (node: unknown, path: string[]): void => {
+    if (path.length > 0 && under(path)) return;
+    if (path.length === 0 || (above(path) && isObject(node))) {
+      for (const [key, value] of Object.entries(node as Record<string, unknown>)) walk(value, [...path, key]);
+      return;
+    }
+    throw new Error(`bundle data at /${path.join('/')} is outside the manifest roots (${JSON.stringify(roots)})`);
+  };
+  walk(data, []);
+  if (entrypoint !== undefined && !under(entrypoint.split('/').filter((s) => s !== '')))
+    throw new Error(`bundle entrypoint ${entrypoint} is outside the manifest roots (${JSON.stringify(roots)})`);
 }
 
 /** Which file of the bundle is the Wasm module for `entrypoint` (the manifest's choice, else policy.wasm). */

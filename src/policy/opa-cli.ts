@@ -1,11 +1,14 @@
 // The `opa` CLI is a build tool here, never a server: it compiles Rego to Wasm (`opa build -t wasm`) and
 // runs Rego unit tests (`opa test`). Evaluation happens in-process with the Wasm SDK (see policy.ts).
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bundleModulePath, readBundleFiles, writeBundleFiles, type BundleManifest } from './bundle.js';
+import { bundleModulePath, readBundleFiles, writeBundleFiles } from './bundle.js';
 import { signBundleFiles, SIGNATURES_FILE, type BundleSigningKey } from './bundle-signing.js';
+import { listPolicyFolder } from './policy-folder.js';
 import { footprintStamp, inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
 
 export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
@@ -136,7 +139,19 @@ export async function buildWasmBundle(
   opts: BuildOptions = {},
 ): Promise<void> {
   if (!isDirectory(policyDir)) throw new Error(`policy folder ${policyDir} does not exist or is not a folder`);
-  const args = ['build', '-t', 'wasm', '-e', entrypoint, '-o', resolve(outFile), ...ignoreArgs(BUILD_IGNORES)];
+  const sources = policyRegoSources(policyDir);
+  const args = [
+    'build',
+    '-t',
+    'wasm',
+    '-e',
+    entrypoint,
+    '-o',
+    resolve(outFile),
+    '--capabilities',
+    await offlineCapabilities(),
+    ...ignoreArgs(BUILD_IGNORES),
+  ];
   if (opts.revision !== undefined) args.push('--revision', opts.revision);
   // Built from inside the folder, so file paths in the bundle (and its content hash, the default
   // revision) do not depend on where the folder lives.
@@ -145,26 +160,18 @@ export async function buildWasmBundle(
   if (out.code !== 0) {
     throw new Error(`opa build failed for ${policyDir}:\n${(out.stderr || out.stdout).trim()}`);
   }
-  await stampInputFootprint(outFile, policyRegoSources(policyDir), entrypoint, opts.signing);
+  await stampInputFootprint(outFile, sources, entrypoint, opts.signing);
 }
 
 /**
- * The Rego modules `opa build` compiled from a folder: every .rego file outside what BUILD_IGNORES
- * names. Symlinks are followed, so nothing OPA reads is missed (reading more is only conservative).
+ * The Rego modules `opa build` compiles from a folder: every .rego file outside what BUILD_IGNORES
+ * names. The walk (policy-folder.ts) also refuses symlink loops and links out of the folder, before
+ * opa reads anything.
  */
 function policyRegoSources(dir: string): string[] {
-  const sources: string[] = [];
-  const walk = (d: string): void => {
-    for (const name of readdirSync(d).sort()) {
-      if (name === 'cases' || name.startsWith('.') || name.endsWith('_test.rego')) continue;
-      const path = join(d, name);
-      const info = statSync(path);
-      if (info.isDirectory()) walk(path);
-      else if (name.endsWith('.rego')) sources.push(readFileSync(path, 'utf8'));
-    }
-  };
-  walk(dir);
-  return sources;
+  return listPolicyFolder(dir, { skip: (name) => name === 'cases' || name.endsWith('_test.rego') })
+    .filter((path) => path.endsWith('.rego'))
+    .map((path) => readFileSync(join(dir, path), 'utf8'));
 }
 
 /**
@@ -186,13 +193,40 @@ async function stampInputFootprint(
     typeof manifest.metadata === 'object' && manifest.metadata !== null
       ? (manifest.metadata as Record<string, unknown>)
       : {};
-  const module = files.get(bundleModulePath(manifest as BundleManifest, entrypoint));
+  const module = files.get(bundleModulePath(manifest, entrypoint));
   if (!module) throw new Error(`opa build wrote ${bundleFile} without its Wasm module`);
   manifest.metadata = { ...metadata, [MANIFEST_METADATA_KEY]: footprintStamp(inputFootprint(sources), module) };
   files.set('.manifest', Buffer.from(JSON.stringify(manifest)));
   // Signed last, over the files as written: the stamp changes .manifest after opa build.
   if (signing) files.set(SIGNATURES_FILE, await signBundleFiles(files, signing));
   writeFileSync(bundleFile, writeBundleFiles(files));
+}
+
+/** Builtins that reach the network; policies built or tested here may not call them. */
+export const NETWORK_BUILTINS: readonly string[] = ['http.send', 'net.lookup_ip_addr'];
+
+let capabilitiesFile: Promise<string> | undefined;
+
+/**
+ * A capabilities file for `opa build` and `opa test`: this opa's own (`opa capabilities --current`)
+ * without the network builtins, and no hosts for remote schemas. A policy folder reloaded on a change
+ * runs its Rego unit tests in opa: without this, a test could `http.send` from the service's host.
+ * Written once per process.
+ */
+export function offlineCapabilities(): Promise<string> {
+  capabilitiesFile ??= (async () => {
+    const out = await runOpa(['capabilities', '--current']);
+    if (out.code !== 0) throw new Error(`opa capabilities failed: ${(out.stderr || out.stdout).trim()}`);
+    const caps = JSON.parse(out.stdout) as { builtins?: { name?: string }[]; [k: string]: unknown };
+    caps.builtins = (caps.builtins ?? []).filter((b) => !NETWORK_BUILTINS.includes(b.name ?? ''));
+    caps['allow_net'] = [];
+    const dir = await mkdtemp(join(tmpdir(), 'egress-authz-opa-'));
+    const file = join(dir, 'capabilities.json');
+    await writeFile(file, JSON.stringify(caps));
+    return file;
+  })();
+  capabilitiesFile.catch(() => (capabilitiesFile = undefined));
+  return capabilitiesFile;
 }
 
 export interface OpaTestCase {
@@ -225,7 +259,27 @@ interface OpaJsonResult {
  * (ok=false on any failure, including a folder that does not compile); rejects only when opa cannot run.
  */
 export async function runOpaTest(dir: string): Promise<OpaTestReport> {
-  const out = await runOpa(['test', '--format', 'json', ...ignoreArgs(POLICY_IGNORES), dir]);
+  try {
+    listPolicyFolder(dir, { skip: (name) => name === 'cases' });
+  } catch (e) {
+    return {
+      ok: false,
+      passed: 0,
+      failed: 1,
+      tests: [],
+      text: `✗ opa test ${dir}\n${(e as Error).message}\n0 passed, 1 failed`,
+    };
+  }
+  const capabilities = await offlineCapabilities();
+  const out = await runOpa([
+    'test',
+    '--format',
+    'json',
+    '--capabilities',
+    capabilities,
+    ...ignoreArgs(POLICY_IGNORES),
+    dir,
+  ]);
   let results: OpaJsonResult[] | undefined;
   try {
     const parsed: unknown = JSON.parse(out.stdout);
@@ -253,6 +307,6 @@ export async function runOpaTest(dir: string): Promise<OpaTestReport> {
 }
 
 function describeOpaError(error: unknown): string {
-  if (error && typeof error === 'object' && 'message' in error) return String((error as { message: unknown }).message);
+  if (error && typeof error === 'object' && 'message' in error) return String(error.message);
   return JSON.stringify(error);
 }

@@ -288,7 +288,7 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
   });
   const spiffe = spiffeSource(v, env);
   const tls = spiffe ? undefined : tlsFiles(v, allowedCallers);
-  const trust = trustBundles(v);
+  const trust = trustBundles(v, spiffe !== undefined);
   const verification = verificationFlags(v);
   const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
   return {
@@ -369,7 +369,11 @@ function tlsFiles(v: Values, allowedCallers: CallerPattern[]): TlsFiles | undefi
   return { certFile: cert, keyFile: key, ...defined('clientCaFile', ca) };
 }
 
-function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
+/** `workloadApi`: bundles also come from --spiffe-socket (its own and federated trust domains). */
+function trustBundles(
+  v: Values,
+  workloadApi: boolean,
+): Pick<ServeConfig, 'trustBundleFiles' | 'trustBundleEndpoints' | 'verifyPeerChain'> {
   const files = (v['trust-bundle'] ?? []).map((text) => {
     const f = parseTrustBundleFlag(text);
     if (!f.ok) throw new ConfigError(f.reason);
@@ -393,16 +397,18 @@ function trustBundles(v: Values): Pick<ServeConfig, 'trustBundleFiles' | 'trustB
   const configured = new Set([...files, ...endpoints].map((b) => b.trustDomain));
   for (const e of endpoints) {
     const serverTd = e.endpointTrustDomain;
-    if (serverTd !== undefined && !configured.has(serverTd))
+    if (serverTd !== undefined && !configured.has(serverTd) && !workloadApi)
       throw new ConfigError(
         `--trust-bundle-url ${e.trustDomain}: https_spiffe needs a bundle for ${serverTd} to authenticate ` +
-          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE)`,
+          `${e.endpointId} (add --trust-bundle ${serverTd}=FILE, or --spiffe-socket)`,
       );
   }
   const verify = v['verify-peer-chain'];
   if (verify !== 'on' && verify !== 'off') throw new ConfigError('--verify-peer-chain takes on or off');
-  if (verify === 'on' && configured.size === 0)
-    throw new ConfigError('--verify-peer-chain on needs trust bundles: --trust-bundle or --trust-bundle-url');
+  if (verify === 'on' && configured.size === 0 && !workloadApi)
+    throw new ConfigError(
+      '--verify-peer-chain on needs trust bundles: --trust-bundle, --trust-bundle-url or --spiffe-socket',
+    );
   return { trustBundleFiles: files, trustBundleEndpoints: endpoints, verifyPeerChain: verify === 'on' };
 }
 

@@ -155,7 +155,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const healthServer =
     opts.healthAddr === undefined
       ? undefined
-      : createHttpServer({ ready: readiness, routes: { 'GET /metrics': routes['GET /metrics']! } });
+      : createHttpServer({ ready: readiness, routes: { 'GET /metrics': routes['GET /metrics'] } });
   let httpPort: number;
   let healthPort: number | undefined;
   try {

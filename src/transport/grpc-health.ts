@@ -15,8 +15,6 @@ export interface GrpcHealth {
   shutdown(): void;
 }
 
-type UntypedHandler = (call: any, callback?: any) => void;
-
 export function addGrpcHealth(server: grpc.Server, ready: () => boolean, refreshMs = 1000): GrpcHealth {
   const health = new HealthImplementation();
   let last: 'SERVING' | 'NOT_SERVING' | undefined;
@@ -34,12 +32,12 @@ export function addGrpcHealth(server: grpc.Server, ready: () => boolean, refresh
   // The package registers its handlers through server.addService; wrapping them here refreshes the
   // status before each answer and keeps track of open Watch streams.
   health.addToServer({
-    addService(service: grpc.ServiceDefinition, impl: Record<string, UntypedHandler>) {
-      const check = impl['check']!;
-      const watchStream = impl['watch']!;
+    addService(service: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) {
+      const check = impl['check'] as grpc.handleUnaryCall<unknown, unknown>;
+      const watchStream = impl['watch'] as grpc.handleServerStreamingCall<unknown, unknown>;
       server.addService(service, {
         ...impl,
-        check: (call: unknown, callback: unknown) => {
+        check: (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
           refresh();
           check(call, callback);
         },
@@ -57,7 +55,7 @@ export function addGrpcHealth(server: grpc.Server, ready: () => boolean, refresh
         },
       });
     },
-  } as unknown as Parameters<HealthImplementation['addToServer']>[0]);
+  });
 
   const timer = setInterval(refresh, refreshMs);
   timer.unref();

@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { fail, ok, type Result } from '../common/result.js';
-import { parseSpiffeId, type SpiffeId } from '../identity/spiffe-id.js';
+import { matchesAny, parseIdPattern, type IdPattern } from '../identity/match.js';
 import { parseX509SvidPem } from '../identity/x509-svid.js';
 
 export interface TlsFiles {
@@ -35,33 +35,12 @@ export interface TlsMaterialSource {
 
 // --------------------------------------------------------------------------------- allowed callers
 
-/**
- * One `--allowed-caller` entry. Written either as an exact SPIFFE ID, or as a SPIFFE ID followed by
- * `/*`, meaning that ID and every ID below it on path-segment boundaries:
- *   spiffe://cluster.local/ns/istio-system/*  matches …/ns/istio-system and …/ns/istio-system/sa/gw,
- *                                             never …/ns/istio-system-evil/…
- *   spiffe://cluster.local/*                  matches every ID of the trust domain cluster.local
- * Both parts are parsed as SPIFFE IDs, so the comparison is between canonical forms.
- */
-export interface CallerPattern {
-  id: SpiffeId;
-  subtree: boolean;
-}
+/** One `--allowed-caller` entry: a SPIFFE ID pattern (identity/match.ts). */
+export type CallerPattern = IdPattern;
 
 export function parseAllowedCaller(entry: string): Result<CallerPattern> {
-  const subtree = entry.endsWith('/*');
-  const base = subtree ? entry.slice(0, -2) : entry;
-  const id = parseSpiffeId(base);
-  if (!id.ok) return fail(`allowed caller "${entry}": ${id.reason}`);
-  return ok({ id: id.value, subtree });
-}
-
-export function callerAllowed(id: SpiffeId, patterns: readonly CallerPattern[]): boolean {
-  return patterns.some((p) => {
-    if (p.id.trustDomain !== id.trustDomain) return false;
-    if (id.path === p.id.path) return true;
-    return p.subtree && id.path.startsWith(`${p.id.path}/`);
-  });
+  const p = parseIdPattern(entry);
+  return p.ok ? p : fail(`allowed caller ${p.reason}`, p.code);
 }
 
 /** What a listener does with a TLS peer: serve it, or refuse it before any decision. */
@@ -97,7 +76,7 @@ export function judgePeer(
   if (!svid.ok)
     return { ok: false, refusal: 'unauthenticated', reason: `client certificate is not an X.509-SVID: ${svid.reason}` };
   const id = svid.value.spiffeId;
-  if (!callerAllowed(id, policy.allowedCallers))
+  if (!matchesAny(id, policy.allowedCallers))
     return { ok: false, refusal: 'forbidden', reason: `caller ${id.uri} is not allowed` };
   return { ok: true, spiffeId: id.uri };
 }

@@ -64,6 +64,14 @@ describe('serve trust bundle flags (parsing)', () => {
   ])('%j is refused: %s', (argv, why) => {
     expect(reason(...argv)).toContain(why);
   });
+
+  it('with --spiffe-socket the Workload API counts as a bundle source', () => {
+    const socket = ['--spiffe-socket', 'unix:///run/spire/agent.sock'];
+    expect(reason(...socket, '--verify-peer-chain', 'on')).toBe('accepted');
+    expect(
+      reason(...socket, '--trust-bundle-url', 'partner.example=https://b/x,spiffe=spiffe://hub.example/server'),
+    ).toBe('accepted');
+  });
 });
 
 describe('serve trust bundle flags (the process)', () => {
@@ -126,5 +134,43 @@ describe('serve trust bundle flags (the process)', () => {
     } finally {
       await serve.stop();
     }
+  });
+});
+
+describe('eval --cert with --trust-bundle', () => {
+  async function evalJson(...argv: string[]): Promise<{ code: number; json?: Record<string, unknown>; err: string }> {
+    try {
+      const { stdout } = await run(process.execPath, [join(ROOT, 'dist', 'cli.js'), 'eval', ...argv], {
+        timeout: 30_000,
+      });
+      return { code: 0, json: JSON.parse(stdout), err: '' };
+    } catch (err) {
+      const e = err as { code: number; stderr: string };
+      return { code: e.code, err: e.stderr };
+    }
+  }
+
+  it('verifies the chain like the sideband: allowed when it chains, denied with the reason when not', async () => {
+    const other = await createCa('cluster.local root');
+    const mine = join(dir, 'mine.pem');
+    writeFileSync(mine, (await workloadSvid(other, 'spiffe://cluster.local/ns/bookinfo/sa/x')).certPem);
+    const bundleFile = join(dir, 'cluster.pem');
+    writeFileSync(bundleFile, other.certPem);
+    expect((await evalJson('--cert', mine, '--trust-bundle', `cluster.local=${bundleFile}`)).json).toMatchObject({
+      allow: true,
+      snat_pool: 'bookinfo_snat',
+    });
+    expect((await evalJson('--cert', mine, '--trust-bundle', `cluster.local=${good}`)).json).toMatchObject({
+      allow: false,
+      reason: expect.stringContaining(
+        'certificate chain not verified: no path to a root of trust domain cluster.local',
+      ),
+    });
+    const usage = await evalJson('--cert', mine, '--trust-bundle', 'cluster.local');
+    expect(usage.code).toBe(2);
+    expect(usage.err).toContain('expected TRUST_DOMAIN=VALUE');
+    const missing = await evalJson('--cert', mine, '--trust-bundle', `cluster.local=${join(dir, 'nope.pem')}`);
+    expect(missing.code).toBe(1);
+    expect(missing.err).toContain('nope.pem: ENOENT');
   });
 });

@@ -24,8 +24,8 @@ const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON
 let partnerRoot: CertAuthority;
 let partnerNext: CertAuthority;
 let webCa: CertAuthority;
-let servers: https.Server[] = [];
-let open: TrustBundles[] = [];
+const servers: https.Server[] = [];
+const open: TrustBundles[] = [];
 
 beforeAll(async () => {
   partnerRoot = await createCa('partner.example root', { uris: ['spiffe://partner.example'] });

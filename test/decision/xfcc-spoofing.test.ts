@@ -24,7 +24,7 @@ async function decide(xfcc: string, opts: { trustedProxies?: string[] } = {}): P
     trustedIdentityHeader: 'x-forwarded-client-cert',
     ...opts,
   });
-  return authorizer.checkEnvoy(checkRequest({ headers: { 'x-forwarded-client-cert': xfcc } }) as never);
+  return authorizer.checkEnvoy(checkRequest({ headers: { 'x-forwarded-client-cert': xfcc } }));
 }
 
 const cert = (pem: string) => `Cert="${encodeURIComponent(pem)}"`;

@@ -21,7 +21,7 @@ const options: EgressGatewayOptions = {
   accessLogPath: '/dev/null',
 };
 
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+type Json = Record<string, any>;
 const config = egressGatewayConfig(options) as Json;
 const listener: Json = config.static_resources.listeners[0];
 const chain: Json = listener.filter_chains[0];

@@ -24,7 +24,7 @@ type HealthClient = grpc.Client & {
 };
 
 function healthClient(port: number): HealthClient {
-  const Client = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
+  const Client = grpc.makeGenericClientConstructor(healthService, 'Health');
   return new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as HealthClient;
 }
 

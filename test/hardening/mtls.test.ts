@@ -1,17 +1,12 @@
 // mTLS on both listeners with real certificates made at test time: who may ask, who is refused before
 // any decision, and certificate rotation while a client keeps calling.
+import { matchesAny } from '../../src/identity/match.js';
 import { writeFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseSpiffeId } from '../../src/identity/spiffe-id.js';
-import {
-  callerAllowed,
-  CertificateFiles,
-  parseAllowedCaller,
-  readTlsMaterial,
-  type CallerPattern,
-} from '../../src/transport/tls.js';
+import { CertificateFiles, parseAllowedCaller, readTlsMaterial, type CallerPattern } from '../../src/transport/tls.js';
 import { workloadSvid } from '../support/pki.js';
 import {
   check,
@@ -37,7 +32,7 @@ function patterns(entries: string[]): CallerPattern[] {
 function allowed(id: string, entries: string[]): boolean {
   const parsed = parseSpiffeId(id);
   if (!parsed.ok) throw new Error(parsed.reason);
-  return callerAllowed(parsed.value, patterns(entries));
+  return matchesAny(parsed.value, patterns(entries));
 }
 
 describe('--allowed-caller patterns', () => {

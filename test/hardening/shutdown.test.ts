@@ -57,12 +57,10 @@ describe('graceful shutdown', () => {
     serve = await spawnServe(['--shutdown-grace', '3s']);
     const clients: CheckClient[] = [];
     for (let i = 0; i < 4; i++)
-      clients.push(
-        checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': i } as grpc.ClientOptions),
-      );
-    const codes = new Map<number, number>();
+      clients.push(checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': i }));
+    const codes = new Map<grpc.status, number>();
     let answered = 0;
-    const count = (code: number) => codes.set(code, (codes.get(code) ?? 0) + 1);
+    const count = (code: grpc.status) => codes.set(code, (codes.get(code) ?? 0) + 1);
     const loops = clients.flatMap((client, i) =>
       Array.from({ length: 16 }, (_, j) =>
         (async () => {

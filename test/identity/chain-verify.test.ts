@@ -178,6 +178,17 @@ describe('ChainVerifier (the cached path decides like verifyChain)', () => {
     expect(verifier.verifyPem(newLeaf, 'cluster.local', new Date()).ok).toBe(true);
   });
 
+  it('keys a long chain text by its hash, and never lets a hash-shaped text find an entry', async () => {
+    const verifier = new ChainVerifier(set);
+    const pem = (await workloadSvid(local.inter, BOOKINFO)).certPem + '\n'.repeat(9000) + local.inter.certPem;
+    expect(verifier.verifyPem(pem, 'cluster.local', new Date()).ok).toBe(true);
+    expect(verifier.verifyPem(pem, 'cluster.local', new Date()).ok).toBe(true);
+    expect(verifier.hits).toBe(1);
+    const lookalike = verifier.verifyPem('sha256:00', 'cluster.local', new Date());
+    expect(lookalike.ok).toBe(false);
+    expect(verifier.hits).toBe(1);
+  });
+
   it('re-checks expiry on a cache hit', async () => {
     const shortLived = await createCa('short intermediate', {
       issuer: local.root,

@@ -1,5 +1,9 @@
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { resolveIdentity, toIdentity } from '../../src/identity/identity.js';
+<<<<<<< HEAD
+import { parseSpiffeId } from '../../src/identity/spiffe-id.js';
+import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
+=======
 import {
   clearX509SvidCache,
   configureX509SvidCache,
@@ -8,6 +12,7 @@ import {
   x509SvidCacheSize,
   x509SvidCacheStats,
 } from '../../src/identity/x509-svid.js';
+>>>>>>> main
 import { createCa, issue, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/default';
@@ -180,10 +185,9 @@ describe('toIdentity: namespace and service account only for exactly /ns/<ns>/sa
     ['', {}],
   ];
   it.each(cases)('%j', (path, expected) => {
-    const identity = toIdentity(
-      { uri: `spiffe://cluster.local${path}`, trustDomain: 'cluster.local', path },
-      'principal',
-    );
+    const id = parseSpiffeId(`spiffe://cluster.local${path}`);
+    if (!id.ok) throw new Error(id.reason);
+    const identity = toIdentity(id.value, 'principal');
     expect({ namespace: identity.namespace, service_account: identity.service_account }).toEqual({
       namespace: expected.namespace,
       service_account: expected.service_account,

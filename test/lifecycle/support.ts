@@ -213,9 +213,14 @@ export function checkLoop(port: number, workers = 4) {
   };
 }
 
-export async function waitFor(predicate: () => boolean, timeoutMs: number, what: string): Promise<number> {
+/** Polls until the predicate (sync or async) holds; an async one is awaited, never taken as truthy. */
+export async function waitFor(
+  predicate: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+): Promise<number> {
   const started = performance.now();
-  while (!predicate()) {
+  while (!(await predicate())) {
     if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 2));
   }

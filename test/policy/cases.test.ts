@@ -6,13 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { loadPolicy, type LoadedPolicy } from '../../src/policy/policy.js';
 import * as x509 from '@peculiar/x509';
 import { caseDecision, decideCase } from '../../src/decision/authorizer.js';
-import {
-  listCaseFiles,
-  readCaseFile,
-  runPolicyCases,
-  type CaseDecide,
-  type CaseRequest,
-} from '../../src/lifecycle/policy-cases.js';
+import { listCaseFiles, readCaseFile, runPolicyCases, type CaseDecide } from '../../src/lifecycle/policy-cases.js';
 
 // The real pipeline (identity → input → policy → decision), exactly what `egress-authz test` runs.
 const decide: CaseDecide = async (req, policy) => caseDecision(decideCase(req, policy));

@@ -208,7 +208,7 @@ describe('refused exactly as opa refuses', () => {
       () => ({
         file: variant('wasm', (f) => {
           const w = Buffer.from(f.get('policy.wasm')!);
-          w[w.length - 1] ^= 1;
+          w[w.length - 1]! ^= 1;
           f.set('policy.wasm', w);
         }),
       }),

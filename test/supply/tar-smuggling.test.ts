@@ -155,7 +155,7 @@ describe('differential: the service reads an archive as GNU tar does, or refuses
       expect((e as Error).message).toMatch(/^bundle /); // refused, with a reason
       return;
     }
-    expect(listing.status, `GNU tar refuses it (${listing.stderr}), the service read it`).toBe(0);
+    expect(listing.status, `GNU tar refuses it (${String(listing.stderr)}), the service read it`).toBe(0);
     const listed = listing.stdout
       .toString()
       .split('\n')

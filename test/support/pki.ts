@@ -6,7 +6,10 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+// Node's WebCrypto under the names @peculiar/x509's types use (this project compiles without the DOM lib).
+type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const DAY = 86_400_000;
@@ -49,7 +52,7 @@ export interface CertOptions {
 export const EKU = { serverAuth: '1.3.6.1.5.5.7.3.1', clientAuth: '1.3.6.1.5.5.7.3.2' } as const;
 
 async function keyPem(key: CryptoKey): Promise<string> {
-  const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', key as webcrypto.CryptoKey);
+  const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', key);
   return x509.PemConverter.encode(pkcs8, 'PRIVATE KEY');
 }
 
@@ -67,7 +70,7 @@ export interface CaOptions {
 }
 
 export async function createCa(name = 'Example Org Intermediate CA', opts: CaOptions = {}): Promise<CertAuthority> {
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+  const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
   const now = Date.now();
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(true, opts.pathLength, true),
@@ -107,7 +110,7 @@ export async function createCa(name = 'Example Org Intermediate CA', opts: CaOpt
 }
 
 export async function issue(opts: CertOptions = {}): Promise<IssuedCert> {
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+  const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
   const now = Date.now();
   const names: x509.JsonGeneralName[] = [];
   const dns = (opts.dns ?? []).map((value) => ({ type: 'dns' as const, value }));
@@ -176,7 +179,7 @@ export async function spiffeBundleJson(
 ): Promise<string> {
   const keys: object[] = [];
   for (const ca of authorities) {
-    const jwk = await webcrypto.subtle.exportKey('jwk', ca.keys.publicKey as webcrypto.CryptoKey);
+    const jwk = await webcrypto.subtle.exportKey('jwk', ca.keys.publicKey);
     keys.push({
       kty: jwk.kty,
       crv: jwk.crv,

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import YAML from 'yaml';
 
-export type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+export type Json = Record<string, any>;  
 
 /** Every document of the file as plain data; throws with the file name on the first syntax error. */
 export function yamlDocuments(path: string): Json[] {
