@@ -36,6 +36,7 @@ import {
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
+import { ShadowThread } from './lifecycle/shadow-thread.js';
 import { parseTrustBundleFlag, TrustBundles } from './lifecycle/trust-bundles.js';
 import { ChainVerifier } from './identity/chain-verify.js';
 import { X509BundleSet } from './identity/x509-bundle.js';
@@ -133,32 +134,49 @@ async function serve(argv: string[]): Promise<number> {
   const tlsFlags = config.tls;
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   const verification = verificationOption(config.verification);
+  const load = { entrypoint: config.entrypoint, memoize: config.memoize, ...verification };
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
     const source = await openBundleSource(where, {
       ...(pollMs !== undefined ? { pollMs } : {}),
       ...(config.bundleServer ? { auth: config.bundleServer } : {}),
+      entrypoint: config.entrypoint,
     });
     return PolicyStore.open(source, {
       role,
       log: logger,
       metrics,
-      load: { entrypoint: config.entrypoint, memoize: config.memoize, ...verification },
+      load,
+      sandbox: config.sandbox,
       casesPath,
-      waitForFirst: source.kind === 'url',
+      // The shadow never answers: a shadow that cannot be loaded is logged and retried, never fatal.
+      waitForFirst: source.kind === 'url' || role === 'shadow',
     });
   };
   let live: PolicyStore;
   let shadow: PolicyStore | undefined;
-  let loading = location;
   try {
     live = await openStore(location, 'live', config.policyCases);
-    loading = config.shadowPolicy ?? '';
-    if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
-    logger.fatal({ policy_source: loading, err: errorMessage(err) }, 'policy failed to load; not serving');
+    logger.fatal({ policy_source: location, err: errorMessage(err) }, 'policy failed to load; not serving');
     flush();
     return 1;
   }
+  if (config.shadowPolicy !== undefined) {
+    shadow = await openStore(config.shadowPolicy, 'shadow').catch((err: unknown) => {
+      logger.error(
+        { policy: 'shadow', policy_source: config.shadowPolicy, err: errorMessage(err) },
+        'shadow policy unavailable; serving without it',
+      );
+      return undefined;
+    });
+  }
+  const shadowThread =
+    shadow &&
+    ShadowThread.following(shadow, {
+      load,
+      heapMb: config.sandbox.heapMb,
+      onProblem: (message) => logger.error({ policy: 'shadow' }, message),
+    });
   let certificates: CertificateFiles | undefined;
   let workload: X509Source | undefined;
   try {
@@ -228,6 +246,7 @@ async function serve(argv: string[]): Promise<number> {
     ...(live.current ? { policy: live.current } : {}),
     policies: live,
     shadowPolicies: shadow,
+    ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
     metrics,
     readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
@@ -272,6 +291,7 @@ async function serve(argv: string[]): Promise<number> {
       shadow?.stop();
       trust?.stop();
       void service.close(graceMs).then(() => {
+        shadowThread?.close();
         certificates?.close();
         workload?.close();
         logger.info({ dropped_log_lines: dropped }, 'stopped');
