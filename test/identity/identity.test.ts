@@ -1,9 +1,6 @@
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { resolveIdentity, toIdentity } from '../../src/identity/identity.js';
-<<<<<<< HEAD
 import { parseSpiffeId } from '../../src/identity/spiffe-id.js';
-import { clearX509SvidCache, parseX509SvidPem, x509SvidCacheSize } from '../../src/identity/x509-svid.js';
-=======
 import {
   clearX509SvidCache,
   configureX509SvidCache,
@@ -12,7 +9,6 @@ import {
   x509SvidCacheSize,
   x509SvidCacheStats,
 } from '../../src/identity/x509-svid.js';
->>>>>>> main
 import { createCa, issue, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/default';
