@@ -26,3 +26,30 @@ console.log(
     estimated_bytes_per_entry: Math.round(stats.bytes / stats.entries),
   }),
 );
+
+// The policy memo: N distinct identities' decisions (half allowed, half denied) for one destination.
+const { loadPolicy, policyMemoBytes } = await import('../dist/policy/policy.js');
+const { toIdentity } = await import('../dist/identity/identity.js');
+const { parseSpiffeId } = await import('../dist/identity/spiffe-id.js');
+const { defaultPolicyLocation } = await import('../dist/cli.js');
+const inputs = ids.map((id) => ({
+  identity: toIdentity(parseSpiffeId(id.spiffeId).value, 'certificate'),
+  destination: { host: 'legacy.bookinfo.example', port: 443 },
+}));
+let policy = await loadPolicy(defaultPolicyLocation(), { memoBytes: 1024 * 1024 * 1024, evalBudgetMs: 60_000 });
+for (const input of inputs) if (!policy.evaluate(input).ok) throw new Error('policy failed');
+globalThis.gc();
+const memoFull = process.memoryUsage().heapUsed;
+const memoBytes = policyMemoBytes();
+policy = await loadPolicy(defaultPolicyLocation(), { memoBytes: 1024 * 1024 * 1024, evalBudgetMs: 60_000 });
+policy.evaluate(inputs[0]);
+globalThis.gc();
+const memoEmpty = process.memoryUsage().heapUsed;
+console.log(
+  JSON.stringify({
+    cache: 'policy_memo',
+    entries: inputs.length,
+    heap_bytes_per_entry: Math.round((memoFull - memoEmpty) / inputs.length),
+    estimated_bytes_per_entry: Math.round(memoBytes / inputs.length),
+  }),
+);

@@ -8,14 +8,17 @@ import { loadAuthorizationService } from './ext-authz-proto.mjs';
 export const DESTINATION_HOST = 'legacy.bookinfo.example';
 export const EXPECTED_POOL = 'bookinfo_snat';
 
-/** Field names as in the .proto (proto-loader keepCase; ghz's protojson reader accepts them too). */
-export function checkRequest(clientCertPem) {
+/**
+ * Field names as in the .proto (proto-loader keepCase; ghz's protojson reader accepts them too).
+ * Defaults: the bookinfo productpage calling DESTINATION_HOST; the warm and cold workloads pass others.
+ */
+export function checkRequest(clientCertPem, { principal = BOOKINFO_ID, host = DESTINATION_HOST } = {}) {
   const path = '/api/v1/orders';
   return {
     attributes: {
       source: {
         address: { socket_address: { address: '127.0.0.1', port_value: 43718 } },
-        principal: BOOKINFO_ID,
+        principal,
         certificate: encodeURIComponent(clientCertPem),
       },
       destination: {
@@ -27,7 +30,7 @@ export function checkRequest(clientCertPem) {
           id: '7733264120951513434',
           method: 'GET',
           headers: {
-            ':authority': DESTINATION_HOST,
+            ':authority': host,
             ':method': 'GET',
             ':path': path,
             ':scheme': 'http',
@@ -35,7 +38,7 @@ export function checkRequest(clientCertPem) {
             'x-request-id': '6f1c2d4e-9a7b-4c3d-8e2f-0a1b2c3d4e5f',
           },
           path,
-          host: DESTINATION_HOST,
+          host,
           scheme: 'http',
           protocol: 'HTTP/1.1',
         },

@@ -20,7 +20,8 @@ const STOP_ARTEFACT = /use of closed network connection|context canceled/;
  * an error (the allow itself was checked by the readiness probe: same request, same server), except
  * the in-flight requests ghz cancels itself at the end.
  */
-export async function runGhz({ ghz, core, addr, requestFile, concurrency, seconds, outFile }) {
+/** `total`: send exactly that many requests (one pass over a workload's data file) instead of `seconds`. */
+export async function runGhz({ ghz, core, addr, requestFile, concurrency, seconds, total, outFile }) {
   const args = [
     '-c',
     String(core),
@@ -38,8 +39,7 @@ export async function runGhz({ ghz, core, addr, requestFile, concurrency, second
     String(concurrency),
     '--connections',
     '1',
-    '-z',
-    `${seconds}s`,
+    ...(total ? ['-n', String(total)] : ['-z', `${seconds}s`]),
     '-O',
     'json',
     '-o',
@@ -47,7 +47,7 @@ export async function runGhz({ ghz, core, addr, requestFile, concurrency, second
     addr,
   ];
   const r = await runCommand('taskset', args, {
-    timeoutMs: (seconds + 60) * 1000,
+    timeoutMs: ((seconds ?? 0) + (total ? 300 : 60)) * 1000,
     env: { ...process.env, GOMAXPROCS: '1' },
   });
   if (r.code !== 0) throw new Error(`ghz exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 500)}`);

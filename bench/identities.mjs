@@ -34,7 +34,12 @@ const oid = (hex) => tlv(0x06, Buffer.from(hex, 'hex'));
 const utf8 = (s) => tlv(0x0c, Buffer.from(s, 'utf8'));
 const utcTime = (ms) => {
   const iso = new Date(ms).toISOString();
-  return tlv(0x17, Buffer.from(`${iso.slice(2, 4)}${iso.slice(5, 7)}${iso.slice(8, 10)}${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}Z`));
+  return tlv(
+    0x17,
+    Buffer.from(
+      `${iso.slice(2, 4)}${iso.slice(5, 7)}${iso.slice(8, 10)}${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}Z`,
+    ),
+  );
 };
 const ext = (oidHex, critical, value) =>
   seq(oid(oidHex), ...(critical ? [Buffer.from([0x01, 0x01, 0xff])] : []), tlv(0x04, value));

@@ -12,39 +12,52 @@ const fmt = (v, digits = 2) =>
 
 export function resultsTable(runs) {
   const lines = [
-    '| path | system | rps | p50 ms | p99 ms | p99 added vs envoy-only, ms | errors | peak RSS MB | other CPU % |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+    '| path | system | workload | policy | workers | target rps | rps | p50 ms | p99 ms | p99 over no-op, ms | p99 added vs envoy-only, ms | errors | peak RSS MB | load gen CPU % | other CPU % |',
+    '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of runs) {
+    const envoyRow = r.path === 'envoy' && r.system !== 'envoy-only';
     lines.push(
-      `| ${r.path} | ${r.system} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${r.path === 'envoy' && r.system !== 'envoy-only' ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.other_cpu_pct)} |`,
+      `| ${r.path} | ${r.system} | ${r.workload ?? 'hot'} | ${r.policy ?? ''} | ${fmt(r.workers ?? 1)} | ${r.path === 'envoy' ? fmt(r.target_rps) : ''} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${envoyRow ? fmt(r.p99_over_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.load_generator_cpu_pct)} | ${fmt(r.other_cpu_pct)} |`,
     );
   }
   return lines.join('\n');
 }
 
+/** The run of a system on a path for a workload (runs without the field are hot), peer policy, workers. */
+function pick(runs, system, path, { workload = 'hot', policy, workers = 1, target } = {}) {
+  return runs.find(
+    (r) =>
+      r.system === system &&
+      r.path === path &&
+      (r.workload ?? 'hot') === workload &&
+      (policy === undefined || (r.policy ?? 'certificate') === policy) &&
+      (r.workers ?? 1) === workers &&
+      (target === undefined || r.target_rps === target),
+  );
+}
+
 /** The issue's goals, judged from this run's figures; a goal without the figures it needs is "not measured". */
 export function goals(runs) {
-  const find = (system, path) => runs.find((r) => r.system === system && r.path === path);
-  const ours = find('egress-authz', 'grpc');
-  const opa = find('opa-envoy-plugin', 'grpc');
-  const noop = find('noop', 'grpc');
-  const viaEnvoy = find('egress-authz', 'envoy');
+  const ours = pick(runs, 'egress-authz', 'grpc');
+  const opa = pick(runs, 'opa-envoy-plugin', 'grpc', { policy: 'certificate' });
+  const noop = pick(runs, 'noop', 'grpc');
+  const viaEnvoy = pick(runs, 'egress-authz', 'envoy', { target: 2000 });
   const rows = [];
   const row = (goal, ok, figure) =>
     rows.push({ goal, status: ok === null ? 'not measured' : ok ? 'met' : 'NOT met', figure });
   row(
-    'grpc: throughput ≥ 2× opa-envoy-plugin',
+    'hot grpc: throughput ≥ 2× opa-envoy-plugin',
     ours && opa ? ours.rps >= 2 * opa.rps : null,
     ours && opa ? `${(ours.rps / opa.rps).toFixed(2)}× (${ours.rps} vs ${opa.rps} rps)` : '',
   );
   row(
-    'grpc: p99 ≤ opa-envoy-plugin p99',
+    'hot grpc: p99 ≤ opa-envoy-plugin p99',
     ours && opa ? ours.p99_ms <= opa.p99_ms : null,
     ours && opa ? `${fmt(ours.p99_ms, 3)} vs ${fmt(opa.p99_ms, 3)} ms` : '',
   );
   row(
-    'grpc: throughput ≥ 70 % of no-op grpc-js',
+    'hot grpc: throughput ≥ 70 % of no-op grpc-js',
     ours && noop ? ours.rps >= 0.7 * noop.rps : null,
     ours && noop ? `${Math.round((100 * ours.rps) / noop.rps)} % (${ours.rps} vs ${noop.rps} rps)` : '',
   );
@@ -54,6 +67,64 @@ export function goals(runs) {
       ? viaEnvoy.p99_added_ms < 1 && viaEnvoy.rps >= 0.95 * viaEnvoy.target_rps
       : null,
     viaEnvoy ? `${fmt(viaEnvoy.p99_added_ms, 3)} ms (target ${viaEnvoy.target_rps} rps, achieved ${viaEnvoy.rps})` : '',
+  );
+  // Issue 10: the traffic a cluster really has.
+  const ratio = (goal, a, b, factor) =>
+    row(
+      goal,
+      a && b ? a.rps >= factor * b.rps : null,
+      a && b ? `${(a.rps / b.rps).toFixed(2)}× (${a.rps} vs ${b.rps} rps)` : '',
+    );
+  const warm = pick(runs, 'egress-authz', 'grpc', { workload: 'warm' });
+  const cold = pick(runs, 'egress-authz', 'grpc', { workload: 'cold' });
+  ratio(
+    'warm grpc: throughput ≥ 2× opa-envoy-plugin (principal)',
+    warm,
+    pick(runs, 'opa-envoy-plugin', 'grpc', { workload: 'warm', policy: 'principal' }),
+    2,
+  );
+  ratio(
+    'cold grpc: throughput ≥ 1× opa-envoy-plugin (principal)',
+    cold,
+    pick(runs, 'opa-envoy-plugin', 'grpc', { workload: 'cold', policy: 'principal' }),
+    1,
+  );
+  ratio(
+    'cold grpc: throughput ≥ 1.5× opa-envoy-plugin (certificate)',
+    cold,
+    pick(runs, 'opa-envoy-plugin', 'grpc', { workload: 'cold', policy: 'certificate' }),
+    1.5,
+  );
+  const at1000 = pick(runs, 'egress-authz', 'envoy', { target: 1000 });
+  const peer1000 = pick(runs, 'opa-envoy-plugin', 'envoy', { target: 1000, policy: 'principal' });
+  row(
+    'envoy at 1,000 rps: p99 ≤ opa-envoy-plugin (principal)',
+    at1000 && peer1000 ? at1000.p99_ms <= peer1000.p99_ms : null,
+    at1000 && peer1000 ? `${fmt(at1000.p99_ms, 3)} vs ${fmt(peer1000.p99_ms, 3)} ms` : '',
+  );
+  const sweep = runs.filter((r) => r.system === 'egress-authz' && r.path === 'envoy' && r.target_rps <= 2000);
+  const worst = sweep.reduce(
+    (w, r) => (w === null || (r.p99_over_noop_ms ?? Infinity) > w ? (r.p99_over_noop_ms ?? Infinity) : w),
+    null,
+  );
+  row(
+    'envoy: p99 over the no-op server ≤ 1 ms at every rate up to 2,000 rps',
+    sweep.length ? worst <= 1 : null,
+    sweep.length ? sweep.map((r) => `${r.target_rps}: ${fmt(r.p99_over_noop_ms, 3)} ms`).join(', ') : '',
+  );
+  const two = pick(runs, 'egress-authz', 'grpc', { workload: 'warm', workers: 2 });
+  row(
+    'warm grpc, --workers 2: throughput vs 1 worker',
+    two && warm ? two.rps > warm.rps : null,
+    two && warm
+      ? `${(two.rps / warm.rps).toFixed(2)}× (${two.rps} vs ${warm.rps} rps; load generator ${fmt(two.load_generator_cpu_pct)} % of a core)`
+      : '',
+  );
+  const warmRss = runs.filter((r) => r.system === 'egress-authz' && r.workload === 'warm' && r.rss_mb !== null);
+  row(
+    'warm: RSS ≤ 128 MB per worker',
+    warmRss.length ? warmRss.every((r) => r.rss_mb / (r.workers ?? 1) <= 128) : null,
+    warmRss.map((r) => `${r.rss_mb} MB with ${r.workers ?? 1} worker(s)`).join(', '),
   );
   const ourRss = runs.filter((r) => r.system === 'egress-authz' && r.rss_mb !== null).map((r) => r.rss_mb);
   row(
@@ -79,7 +150,7 @@ const COLORS = { 'egress-authz': '#2b6cb0', 'opa-envoy-plugin': '#c05621', noop:
 /** One horizontal bar chart panel; returns [svg fragment, height]. */
 function panel(title, bars, unit, x, y, width) {
   const rowH = 26;
-  const labelW = 210;
+  const labelW = 280;
   const valueW = 90;
   const max = Math.max(...bars.map((b) => b.value), 1e-9);
   const parts = [`<text x="${x}" y="${y + 16}" font-size="15" font-weight="bold">${escapeXml(title)}</text>`];
@@ -98,16 +169,19 @@ function panel(title, bars, unit, x, y, width) {
 export function chartSvg(runs, subtitle) {
   const width = 760;
   const measured = runs.filter((r) => r.rps !== null && r.p99_ms !== null);
-  const label = (r) => `${r.system} (${r.path})`;
+  const label = (r) =>
+    `${r.system}${r.policy ? ` ${r.policy}` : ''}${(r.workers ?? 1) > 1 ? ` ×${r.workers}` : ''} (${r.path === 'grpc' ? (r.workload ?? 'hot') : r.path})`;
   const rpsBars = measured
     .filter((r) => r.path === 'grpc')
     .map((r) => ({ label: label(r), system: r.system, value: r.rps }));
-  const p99Bars = measured.map((r) => ({ label: label(r), system: r.system, value: r.p99_ms }));
+  const p99Bars = measured
+    .filter((r) => r.path === 'envoy' && r.target_rps === 2000)
+    .map((r) => ({ label: label(r), system: r.system, value: r.p99_ms }));
   let y = 50;
   const body = [];
   for (const [title, bars, unit] of [
     ['Throughput, path grpc (ghz, fixed concurrency; higher is better)', rpsBars, 'rps'],
-    ['p99 latency (lower is better; path envoy at a fixed rate)', p99Bars, 'ms'],
+    ['p99 latency through Envoy at 2,000 rps (lower is better)', p99Bars, 'ms'],
   ]) {
     if (bars.length === 0) continue;
     const [svg, h] = panel(title, bars, unit, 20, y, width - 40);
@@ -141,7 +215,7 @@ Produced by \`${meta.command}\` on ${meta.date} (${meta.mode} run). Raw figures:
 
 ${resultsTable(runs)}
 ${disturbanceWarning(runs)}${skipped.length ? `\nSkipped:\n${skipped.map((s) => `- ${s}`).join('\n')}\n` : ''}
-## Goals (issue 7)
+## Goals (issues 7 and 10)
 
 ${goalsTable(runs)}
 

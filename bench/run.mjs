@@ -4,9 +4,12 @@
 // Envoy with ext_authz, plus Envoy alone). Each server runs pinned to core 0 and each load generator
 // to core 1, so the figures are per core. Usage (after scripts/install-bench-tools.sh):
 //   node bench/run.mjs [--quick] [--no-envoy] [--systems a,b] [--logs] [--opa-decision-logs on|off]
-//                    [--wait-quiet SECONDS]
+//                    [--wait-quiet SECONDS] [--identities N] [--rates R,R,...] [--workers N,N]
+// Workloads (issue 10): hot (one workload), warm (--identities distinct workloads × 3 destinations, half
+// denied, after a warm-up pass), cold (the same, egress-authz with its caches off); the peer with both
+// its policies (principal-only, certificate-parsing); a rate sweep through Envoy; workers 1 vs 2.
 // Writes bench/RESULTS.md, bench/results/latest.json and bench/results/latest.svg.
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,8 +17,10 @@ import { parseArgs } from 'node:util';
 import { checkRequest, waitForAllow } from './check-request.mjs';
 import { envoyVersion, runH2load, waitForEnvoy, writeEnvoyConfig } from './envoy.mjs';
 import { runGhz } from './ghz.mjs';
+import { makeIdentities } from './identities.mjs';
 import { makePki } from './pki.mjs';
 import { freePort, peakRssMb, runCommand, startCpuWatch, startProcess, stopProcess } from './processes.mjs';
+import { workloadRequests, writeGhzData } from './workloads.mjs';
 import { chartSvg, goalsTable, resultsMarkdown, resultsTable } from './report.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -34,11 +39,24 @@ const { values: opts } = parseArgs({
     'opa-decision-logs': { type: 'string', default: 'on' },
     'wait-quiet': { type: 'string', default: '0' },
     'report-only': { type: 'boolean', default: false },
+    identities: { type: 'string' },
+    rates: { type: 'string' },
+    workers: { type: 'string' },
   },
 });
+// --quick: the grpc path's three workloads only (no Envoy sweep, no second worker), in under 3 minutes.
 const plan = opts.quick
-  ? { mode: 'quick', warmupS: 2, measureS: 6, concurrency: 50, envoyRate: 2000, envoyClients: 50 }
-  : { mode: 'full', warmupS: 5, measureS: 20, concurrency: 50, envoyRate: 2000, envoyClients: 50 };
+  ? { mode: 'quick', warmupS: 1, measureS: 4, concurrency: 50, sweepWarmupS: 2, sweepMeasureS: 4, envoyClients: 50 }
+  : { mode: 'full', warmupS: 5, measureS: 15, concurrency: 50, sweepWarmupS: 3, sweepMeasureS: 10, envoyClients: 50 };
+// --quick: 1,000 identities (3,000 requests), so the warm-up pass over all of them stays short.
+plan.identities = Number(opts.identities ?? (opts.quick ? 1000 : 3000));
+if (!(Number.isSafeInteger(plan.identities) && plan.identities >= 1 && plan.identities <= 200_000))
+  throw new Error('--identities takes a count from 1 to 200000');
+plan.rates = (opts.rates ?? (opts.quick ? '' : '250,500,1000,2000,4000,8000')).split(',').filter(Boolean).map(Number);
+if (plan.rates.some((r) => !(r >= 10 && r <= 100_000))) throw new Error('--rates takes rates from 10 to 100000 rps');
+const requestedWorkers = (opts.workers ?? (opts.quick ? '1' : '1,2')).split(',').filter(Boolean).map(Number);
+if (requestedWorkers.some((w) => !(Number.isSafeInteger(w) && w >= 1 && w <= cpus().length)))
+  throw new Error(`--workers takes counts from 1 to ${cpus().length}`);
 const wanted = opts.systems
   .split(',')
   .map((s) => s.trim())
@@ -68,14 +86,19 @@ const systems = {
         return `skipped: npm run prepare failed: ${(build.stderr || build.stdout).trim().slice(-400)}`;
       return null;
     },
-    async start(grpcAddr) {
+    async start(grpcAddr, { workers = 1, cold = false } = {}) {
       const httpAddr = `127.0.0.1:${await freePort()}`;
+      const flags = [];
+      // cold: nothing remembered, every certificate parsed and every decision evaluated.
+      if (cold) flags.push('--svid-cache-entries', '0', '--policy-memo', 'off');
+      if (await supportsWorkers()) flags.push('--workers', String(workers));
+      else if (workers !== 1) throw new Error('this build has no serve --workers');
       // Its decision log (one JSON line per Check, on stdout) goes to /dev/null, like opa-envoy-plugin's.
       return startProcess(
         'taskset',
         [
           '-c',
-          String(SERVER_CORE),
+          serverCores(workers),
           process.execPath,
           '--max-old-space-size=128',
           join(root, 'dist', 'cli.js'),
@@ -84,6 +107,7 @@ const systems = {
           grpcAddr,
           '--http-addr',
           httpAddr,
+          ...flags,
         ],
         {
           cwd: root,
@@ -99,7 +123,7 @@ const systems = {
         ? null
         : 'skipped: opa-envoy-plugin not installed (scripts/install-bench-tools.sh)';
     },
-    async start(grpcAddr) {
+    async start(grpcAddr, { policy = 'certificate' } = {}) {
       const dir = join(root, 'bench', 'opa-envoy-plugin');
       const config = join(work, 'opa-envoy-plugin.yaml');
       writeFileSync(
@@ -123,7 +147,7 @@ const systems = {
           '--config-file',
           config,
           '--disable-telemetry',
-          join(dir, 'policy.rego'),
+          join(dir, policy === 'principal' ? 'policy-principal.rego' : 'policy.rego'),
         ],
         {
           env: { ...process.env, GOMAXPROCS: '1' },
@@ -150,9 +174,24 @@ const systems = {
   },
 };
 
-async function startReady(name, request) {
+/** Server cores: core 0, or cores 0..N-1 for N workers (the load generator stays on core 1). */
+function serverCores(workers) {
+  return workers === 1 ? String(SERVER_CORE) : Array.from({ length: workers }, (_, i) => i).join(',');
+}
+
+let workersFlag;
+/** Whether this build's serve has --workers (the flag comes with issue 10's "every core" work). */
+async function supportsWorkers() {
+  if (workersFlag === undefined) {
+    const config = await import(join(root, 'dist', 'service', 'config.js')).catch(() => ({}));
+    workersFlag = Boolean(config.SERVE_OPTIONS && 'workers' in config.SERVE_OPTIONS);
+  }
+  return workersFlag;
+}
+
+async function startReady(name, request, variant = {}) {
   const grpcAddr = `127.0.0.1:${await freePort()}`;
-  const child = await systems[name].start(grpcAddr);
+  const child = await systems[name].start(grpcAddr, variant);
   try {
     await waitForAllow(grpcAddr, request, 60_000, () => child.exitCode === null && child.signalCode === null);
   } catch (err) {
@@ -182,10 +221,23 @@ async function waitForQuiet() {
 
 // --- paths ---------------------------------------------------------------------------------------
 
-async function grpcRun(name, request, requestFile) {
-  const { child, grpcAddr } = await startReady(name, request);
+/** What a run measured: the workload, the peer's policy, the worker count (see notes). */
+function variantFields({ name, workload, policy, workers }) {
+  return {
+    workload,
+    policy: name === 'opa-envoy-plugin' ? policy : null,
+    workers: name === 'egress-authz' ? workers : 1,
+    ...(workload === 'hot' ? {} : { identities: plan.identities }),
+  };
+}
+
+async function grpcRun(variant, request, files) {
+  const { name, workload } = variant;
+  const { child, grpcAddr } = await startReady(name, request, { ...variant, cold: workload === 'cold' });
+  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.workers > 1 ? ` ×${variant.workers}` : ''} grpc ${workload}`;
   try {
     const ghz = join(tools, 'ghz');
+    const requestFile = workload === 'hot' ? files.hot : files.many;
     const common = {
       ghz,
       core: LOAD_CORE,
@@ -194,9 +246,15 @@ async function grpcRun(name, request, requestFile) {
       concurrency: plan.concurrency,
       outFile: join(work, `ghz-${name}.json`),
     };
-    log(`${name} grpc: warm-up ${plan.warmupS} s`);
+    if (workload !== 'hot') {
+      // One pass over every identity × destination first: the warm workload's steady state has all of
+      // them seen; for cold it changes nothing (its caches are off) but keeps the two runs alike.
+      log(`${label}: warm-up pass over ${files.manyCount} requests`);
+      await runGhz({ ...common, total: files.manyCount });
+    }
+    log(`${label}: warm-up ${plan.warmupS} s`);
     await runGhz({ ...common, seconds: plan.warmupS });
-    log(`${name} grpc: measuring ${plan.measureS} s at concurrency ${plan.concurrency}`);
+    log(`${label}: measuring ${plan.measureS} s at concurrency ${plan.concurrency}`);
     const waited = await waitForQuiet();
     const watch = startCpuWatch();
     const m = await runGhz({ ...common, seconds: plan.measureS });
@@ -206,6 +264,7 @@ async function grpcRun(name, request, requestFile) {
     return {
       system: name,
       path: 'grpc',
+      ...variantFields(variant),
       rps: m.rps,
       p50_ms: m.p50_ms,
       p99_ms: m.p99_ms,
@@ -222,9 +281,13 @@ async function grpcRun(name, request, requestFile) {
   }
 }
 
-async function envoyRun(name, request, envoy, pki) {
-  const server = name === 'envoy-only' ? null : await startReady(name, request);
+/** One system behind Envoy at each rate of the sweep, stopping past saturation. */
+async function envoySweep(variant, request, envoy, pki) {
+  const { name } = variant;
+  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}`;
+  const server = name === 'envoy-only' ? null : await startReady(name, request, variant);
   let proxy = null;
+  const runs = [];
   try {
     const adminAddr = `127.0.0.1:${await freePort()}`;
     const sidecarAddr = `127.0.0.1:${await freePort()}`;
@@ -252,37 +315,43 @@ async function envoyRun(name, request, envoy, pki) {
       },
     );
     await waitForEnvoy({ adminAddr, sidecarAddr, isAlive: () => proxy.exitCode === null && proxy.signalCode === null });
-    const common = {
-      core: LOAD_CORE,
-      sidecarAddr,
-      rate: plan.envoyRate,
-      clients: plan.envoyClients,
-      logFile: join(work, `h2load-${name}.log`),
-    };
-    log(`${name} envoy: warm-up ${plan.warmupS} s`);
-    await runH2load({ ...common, seconds: plan.warmupS });
-    log(`${name} envoy: measuring ${plan.measureS} s at ${plan.envoyRate} rps`);
-    const waited = await waitForQuiet();
-    const watch = startCpuWatch();
-    const m = await runH2load({ ...common, seconds: plan.measureS });
-    const disturbance = watch.stop();
-    const envoyRss = peakRssMb(proxy.pid);
-    // For envoy-only there is no authz server: its rss_mb is Envoy's own (see notes).
-    const rss = server ? peakRssMb(server.child.pid) : envoyRss;
-    return {
-      system: name,
-      path: 'envoy',
-      rps: m.rps,
-      p50_ms: m.p50_ms,
-      p99_ms: m.p99_ms,
-      errors: m.errors,
-      rss_mb: rss,
-      envoy_rss_mb: envoyRss,
-      target_rps: m.target_rps,
-      requests: m.requests,
-      ...disturbance,
-      waited_for_quiet_s: waited,
-    };
+    for (const rate of plan.rates) {
+      const common = {
+        core: LOAD_CORE,
+        sidecarAddr,
+        rate,
+        clients: plan.envoyClients,
+        logFile: join(work, `h2load-${name}.log`),
+      };
+      log(`${label} envoy: warm-up ${plan.sweepWarmupS} s at ${rate} rps`);
+      await runH2load({ ...common, seconds: plan.sweepWarmupS });
+      log(`${label} envoy: measuring ${plan.sweepMeasureS} s at ${rate} rps`);
+      const waited = await waitForQuiet();
+      const watch = startCpuWatch();
+      const m = await runH2load({ ...common, seconds: plan.sweepMeasureS });
+      const disturbance = watch.stop();
+      const envoyRss = peakRssMb(proxy.pid);
+      // For envoy-only there is no authz server: its rss_mb is Envoy's own (see notes).
+      const rss = server ? peakRssMb(server.child.pid) : envoyRss;
+      runs.push({
+        system: name,
+        path: 'envoy',
+        ...variantFields({ ...variant, workload: 'hot' }),
+        rps: m.rps,
+        p50_ms: m.p50_ms,
+        p99_ms: m.p99_ms,
+        errors: m.errors,
+        rss_mb: rss,
+        envoy_rss_mb: envoyRss,
+        target_rps: m.target_rps,
+        requests: m.requests,
+        ...disturbance,
+        waited_for_quiet_s: waited,
+      });
+      // Saturated: the next, higher rate would only measure the queue.
+      if (m.rps < 0.9 * m.target_rps) break;
+    }
+    return runs;
   } finally {
     await stopProcess(proxy);
     if (server) await stopProcess(server.child);
@@ -330,9 +399,42 @@ function findEnvoy() {
 
 // --- main ----------------------------------------------------------------------------------------
 
+const WORKLOADS = ['hot', 'warm', 'cold'];
+
+/** Every grpc run: egress-authz (each worker count), the peer with both policies, the no-op ceiling. */
+function grpcVariants(ready, workers) {
+  const out = [];
+  for (const name of ready) {
+    if (name === 'egress-authz') {
+      for (const w of workers)
+        for (const workload of w === 1 ? WORKLOADS : ['warm', 'cold']) out.push({ name, workload, workers: w });
+    } else if (name === 'opa-envoy-plugin') {
+      for (const policy of ['principal', 'certificate'])
+        for (const workload of WORKLOADS) out.push({ name, workload, policy, workers: 1 });
+    } else {
+      // The no-op server looks at nothing: warm and cold are the same work for it.
+      for (const workload of ['hot', 'warm']) out.push({ name, workload, workers: 1 });
+    }
+  }
+  return out;
+}
+
+function envoyVariants(ready) {
+  return ready.flatMap((name) =>
+    name === 'opa-envoy-plugin'
+      ? [
+          { name, policy: 'principal' },
+          { name, policy: 'certificate' },
+        ]
+      : [{ name }],
+  );
+}
+
 async function main() {
   const started = Date.now();
-  rmSync(work, { recursive: true, force: true });
+  // Everything under bench/work is made afresh, except the generated identities (reused while valid).
+  for (const entry of existsSync(work) ? readdirSync(work) : [])
+    if (entry !== 'identities') rmSync(join(work, entry), { recursive: true, force: true });
   mkdirSync(join(work, 'logs'), { recursive: true });
   for (const tool of ['ghz'])
     if (!existsSync(join(tools, tool))) throw new Error(`${tool} missing: run bash scripts/install-bench-tools.sh`);
@@ -341,6 +443,15 @@ async function main() {
   const request = checkRequest(pki.clientCertPem);
   const requestFile = join(work, 'check-request.json');
   writeFileSync(requestFile, JSON.stringify(request));
+  const madeAt = Date.now();
+  const ids = await makeIdentities(join(work, 'identities'), plan.identities);
+  log(`${ids.length} workload identities ready in ${Date.now() - madeAt} ms`);
+  const many = workloadRequests(ids);
+  const files = {
+    hot: requestFile,
+    many: writeGhzData(join(work, 'check-requests-many.json'), many),
+    manyCount: many.length,
+  };
 
   const runs = [];
   const skipped = [];
@@ -353,12 +464,17 @@ async function main() {
     } else ready.push(name);
   }
 
-  for (const name of ready) {
+  const workers = [];
+  for (const w of requestedWorkers) {
+    if (w === 1 || (await supportsWorkers())) workers.push(w);
+    else skipped.push(`egress-authz --workers ${w}: skipped: this build has no serve --workers`);
+  }
+  for (const variant of grpcVariants(ready, workers)) {
     try {
-      runs.push(await grpcRun(name, request, requestFile));
+      runs.push(await grpcRun(variant, request, files));
     } catch (err) {
-      skipped.push(`${name} (grpc): failed: ${err.message}`);
-      log(`${name} grpc failed: ${err.message}`);
+      skipped.push(`${variant.name} ${variant.policy ?? ''} ${variant.workload} (grpc): failed: ${err.message}`);
+      log(`${variant.name} grpc failed: ${err.message}`);
     }
     await sleep(500);
   }
@@ -372,21 +488,30 @@ async function main() {
     );
   } else if ((await runCommand('h2load', ['--version'])).code !== 0) {
     skipped.push('path envoy: skipped: h2load not installed (Debian nghttp2-client)');
+  } else if (plan.rates.length === 0) {
+    skipped.push('path envoy: skipped (no --rates; --quick measures the grpc path only)');
   } else {
-    for (const name of ['envoy-only', ...ready]) {
+    const sweep = [{ name: 'envoy-only' }, ...envoyVariants(ready)];
+    for (const variant of sweep) {
       try {
-        runs.push(await envoyRun(name, request, envoy, pki));
+        runs.push(...(await envoySweep({ workers: 1, ...variant }, request, envoy, pki)));
       } catch (err) {
-        skipped.push(`${name} (envoy): failed: ${err.message}`);
-        log(`${name} envoy failed: ${err.message}`);
+        skipped.push(`${variant.name} ${variant.policy ?? ''} (envoy): failed: ${err.message}`);
+        log(`${variant.name} envoy failed: ${err.message}`);
       }
       await sleep(500);
     }
-    const baseline = runs.find((r) => r.system === 'envoy-only' && r.path === 'envoy');
+    // At each rate: p99 added over Envoy alone, and over the no-op ext_authz server (the floor of
+    // Envoy + gRPC on this machine).
+    const at = (system, rate) => runs.find((r) => r.system === system && r.path === 'envoy' && r.target_rps === rate);
+    const diff = (a, b) => (a !== null && b ? Math.round((a - b) * 1000) / 1000 : null);
     for (const r of runs) {
       if (r.path === 'envoy' && r.system !== 'envoy-only') {
-        r.p99_added_ms = baseline && r.p99_ms !== null ? Math.round((r.p99_ms - baseline.p99_ms) * 1000) / 1000 : null;
-        r.p50_added_ms = baseline && r.p50_ms !== null ? Math.round((r.p50_ms - baseline.p50_ms) * 1000) / 1000 : null;
+        const baseline = at('envoy-only', r.target_rps);
+        const noop = at('noop', r.target_rps);
+        r.p99_added_ms = diff(r.p99_ms, baseline?.p99_ms);
+        r.p50_added_ms = diff(r.p50_ms, baseline?.p50_ms);
+        r.p99_over_noop_ms = r.system === 'noop' ? 0 : diff(r.p99_ms, noop?.p99_ms);
       }
     }
   }
@@ -401,14 +526,14 @@ async function main() {
     elapsed_s: Math.round((Date.now() - started) / 1000),
   };
   const notes = [
-    `Each server runs under \`taskset -c ${SERVER_CORE}\` (opa-envoy-plugin with GOMAXPROCS=1); ghz, h2load and Envoy run under \`taskset -c ${LOAD_CORE}\` (ghz with GOMAXPROCS=1, Envoy with --concurrency 1).`,
-    `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection, concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. Every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
+    `Each server runs under \`taskset -c ${SERVER_CORE}\` (opa-envoy-plugin with GOMAXPROCS=1); ghz, h2load and Envoy run under \`taskset -c ${LOAD_CORE}\` (ghz with GOMAXPROCS=1, Envoy with --concurrency 1). With \`--workers 2\` (workers: 2 in latest.json) egress-authz runs on cores 0 and 1, so its second worker shares core 1 with the load generator: load_generator_cpu_pct gives ghz's (or h2load's) own CPU in % of one core, what the second worker could not have.`,
+    `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection, concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
+    'policy (opa-envoy-plugin runs): "principal" is bench/opa-envoy-plugin/policy-principal.rego, the policy its users usually write (the SPIFFE ID from attributes.source.principal); "certificate" is policy.rego, which parses the forwarded certificate like egress-authz does. Both decide like egress-authz\'s default policy.',
     'errors = requests whose gRPC status was not OK, except the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency).',
-    `Path envoy: h2load over HTTP/1.1, ${plan.envoyClients} clients at a fixed total rate of ${plan.envoyRate} rps, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured; p50/p99 from h2load's per-request log. Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
-    "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; \`--wait-quiet SECONDS\` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
+    `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), h2load over HTTP/1.1, ${plan.envoyClients} clients, ${plan.sweepWarmupS} s warm-up, then ${plan.sweepMeasureS} s measured at each rate; p50/p99 from h2load's per-request log. Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
+    "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; `--wait-quiet SECONDS` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',
     `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with --max-old-space-size=128, as npm start, the Dockerfile and the Kubernetes Deployment ship it.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
-    'opa-envoy-plugin runs bench/opa-envoy-plugin/policy.rego: the default policy (bookinfo → bookinfo_snat, all else denied) written for its input document, taking the SPIFFE ID from the forwarded certificate like egress-authz does.',
   ];
   writeResults({ ...meta, notes, skipped, runs });
 }

@@ -41,6 +41,7 @@ import { runWorker } from './service/cluster-worker.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
+import { ShadowThread } from './lifecycle/shadow-thread.js';
 import { parseTrustBundleFlag, TrustBundles } from './lifecycle/trust-bundles.js';
 import { ChainVerifier } from './identity/chain-verify.js';
 import { X509BundleSet } from './identity/x509-bundle.js';
@@ -174,36 +175,53 @@ async function serve(argv: string[]): Promise<number> {
   // Signatures are checked where bundles are fetched: here. A worker loads the bytes this process
   // accepted, handed over its private IPC channel, and does not check them again.
   const verification = verificationOption(config.verification);
+  const storeLoad = { ...load, ...verification };
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
     const source = await openBundleSource(where, {
       ...(config.pollMs !== undefined ? { pollMs: config.pollMs } : {}),
       ...(config.bundleServer ? { auth: config.bundleServer } : {}),
+      entrypoint: config.entrypoint,
     });
     return PolicyStore.open(source, {
       role,
       log: logger,
       metrics,
-      load: { ...load, ...verification, keepBundle: pool !== undefined },
+      load: { ...storeLoad, keepBundle: pool !== undefined },
+      sandbox: config.sandbox,
       casesPath,
-      waitForFirst: source.kind === 'url',
+      // The shadow never answers: a shadow that cannot be loaded is logged and retried, never fatal.
+      waitForFirst: source.kind === 'url' || role === 'shadow',
       ...(pool ? { distribute: (policy: LoadedPolicy) => pool.offer(role, policy) } : {}),
     });
   };
-  let loading = location;
   try {
     live = await openStore(location, 'live', config.policyCases);
-    loading = config.shadowPolicy ?? '';
-    if (loading) shadow = await openStore(loading, 'shadow');
   } catch (err) {
-    logger.fatal({ policy_source: loading, err: errorMessage(err) }, 'policy failed to load; not serving');
+    logger.fatal({ policy_source: location, err: errorMessage(err) }, 'policy failed to load; not serving');
     flush();
     return 1;
+  }
+  if (config.shadowPolicy !== undefined) {
+    shadow = await openStore(config.shadowPolicy, 'shadow').catch((err: unknown) => {
+      logger.error(
+        { policy: 'shadow', policy_source: config.shadowPolicy, err: errorMessage(err) },
+        'shadow policy unavailable; serving without it',
+      );
+      return undefined;
+    });
   }
   if (pool) {
     const code = await runPrimary({ pool, live, shadow, log: logger, flush, dropped: () => dropped, graceMs, workers });
     setTimeout(() => process.exit(code), 200).unref();
     return code;
   }
+  const shadowThread =
+    shadow &&
+    ShadowThread.following(shadow, {
+      load: storeLoad,
+      heapMb: config.sandbox.heapMb,
+      onProblem: (message) => logger.error({ policy: 'shadow' }, message),
+    });
   const liveStore = live;
   let running: { service: RunningService; close(): void };
   try {
@@ -211,6 +229,7 @@ async function serve(argv: string[]): Promise<number> {
       ...(live.current ? { policy: live.current } : {}),
       policies: live,
       shadowPolicies: shadow,
+      ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
       metrics,
       readyDetail: () => reloadStatus(liveStore, shadow),
     });

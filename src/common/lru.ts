@@ -19,7 +19,7 @@ export interface ByteLruOptions<V> {
   /** at most this many entries (default: no bound but the bytes; 0 keeps nothing) */
   maxEntries?: number;
   /** the estimated heap bytes of one entry; called again on eviction, so it must be deterministic */
-  sizeOf(key: string, value: V): number;
+  sizeOf(this: void, key: string, value: V): number;
 }
 
 export class ByteLru<V> {
@@ -31,7 +31,7 @@ export class ByteLru<V> {
   private evictionCount = 0;
   readonly maxBytes: number;
   readonly maxEntries: number;
-  private readonly sizeOf: (key: string, value: V) => number;
+  private readonly sizeOf: (this: void, key: string, value: V) => number;
 
   constructor(opts: ByteLruOptions<V>) {
     this.maxBytes = Math.max(0, opts.maxBytes);
@@ -97,7 +97,6 @@ export class ByteLru<V> {
 
 /** Estimated V8 heap bytes of a string: header plus one byte per Latin-1 character, else two. */
 export function stringBytes(s: string): number {
-  // eslint-disable-next-line no-control-regex
   const perChar = /[^\x00-\xff]/.test(s) ? 2 : 1;
   return (16 + s.length * perChar + 7) & ~7;
 }

@@ -214,11 +214,12 @@ function expand(cached: CachedShape): Result<X509Svid> {
   const facts = Buffer.from(cached.facts, 'latin1');
   const { uri, pathStart } = cached;
   return ok({
+    // Re-cut from a URI parseSpiffeId accepted when the entry was stored, so it is a parsed SpiffeId.
     spiffeId: Object.freeze({
       uri,
       trustDomain: uri.slice(SPIFFE_SCHEME_LENGTH, pathStart),
       path: uri.slice(pathStart),
-    }),
+    }) as unknown as SpiffeId,
     notBefore: new Date(cached.notBefore),
     notAfter: new Date(cached.notAfter),
     serialNumber: facts.toString('hex', 0, facts.length - 32),

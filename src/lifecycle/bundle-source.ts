@@ -9,9 +9,9 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
+import { readPolicyBytes } from '../policy/policy.js';
 import { listPolicyFolder } from '../policy/policy-folder.js';
 import { getBundle, type BundleServerAuth } from './bundle-http.js';
-import { loadPolicy, loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
 
@@ -19,7 +19,8 @@ export type BundleSourceKind = 'file' | 'folder' | 'url';
 export interface BundleVersion {
   /** content hash, or the bundle server's ETag */
   version: string;
-  load(opts: LoadPolicyOptions): Promise<LoadedPolicy>;
+  /** the bundle (`bundle.tar.gz`); a folder is compiled into one. Loading it is the sandbox's job. */
+  bytes(): Promise<Uint8Array>;
 }
 
 export interface BundleSource {
@@ -40,6 +41,8 @@ export interface BundleSourceOptions {
   debounceMs?: number;
   /** HTTP timeout for one bundle download */
   fetchTimeoutMs?: number;
+  /** the entrypoint a policy folder is compiled for */
+  entrypoint?: string;
   /** bundle server credentials, trust and redirect policy (bundle-http.ts) */
   auth?: BundleServerAuth;
 }
@@ -177,7 +180,7 @@ class FileSource extends LocalSource {
     const bytes = await readFile(this.location);
     const version = `sha256:${sha256(bytes)}`;
     if (this.unchanged(version, opts.force)) return undefined;
-    return { version, load: (o) => loadPolicyBundle(bytes, { ...o, source: this.location }) };
+    return { version, bytes: async () => bytes };
   }
 
   protected signature(): Promise<string> {
@@ -224,7 +227,7 @@ class FolderSource extends LocalSource {
     }
     const version = `sha256:${hash.digest('hex')}`;
     if (this.unchanged(version, opts.force)) return undefined;
-    return { version, load: (o) => loadPolicy(this.location, o) };
+    return { version, bytes: () => readPolicyBytes(this.location, this.opts.entrypoint) };
   }
 
   protected async signature(): Promise<string> {
@@ -273,7 +276,7 @@ class UrlBundleSource implements BundleSource {
     const same = version === this.lastVersion;
     this.lastVersion = version;
     if (same && !opts.force) return undefined;
-    return { version, load: (o) => loadPolicyBundle(bytes, { ...o, source: this.location }) };
+    return { version, bytes: async () => bytes };
   }
 
   watch(onChange: (trigger: string) => void): () => void {

@@ -1,11 +1,15 @@
-// The live policy and how it is replaced. A new version from the bundle source is loaded (Wasm compiles
-// and instantiates, the entrypoint exists), checked (its case files pass, and for a folder its Rego unit
-// tests too: exactly what `egress-authz test` runs), and only then swapped in with one assignment.
+// The live policy and how it is replaced. A new version from the bundle source is first tried in the
+// sandbox (a worker thread with a time and a heap budget: Wasm compiles and instantiates, the entrypoint
+// exists, its case files pass), for a folder its Rego unit tests run too (exactly what `egress-authz
+// test` runs), and only then is it instantiated here, from the same bytes, and swapped in with one
+// assignment. Accepted versions are handed on as plain data (validated-bundle.ts).
 // A Check reads `current` once, synchronously, so it finishes on the policy it started with. A version
 // that fails any step is refused: the last good policy keeps serving, the refusal is logged and counted.
 import type { Logger } from 'pino';
 import { caseDecision, decideCase } from '../decision/authorizer.js';
-import type { BundleSource } from './bundle-source.js';
+import type { BundleSource, BundleVersion } from './bundle-source.js';
+import { checkInSandbox, type SandboxBudget } from './policy-sandbox.js';
+import { instantiateValidated, type ValidatedBundle } from './validated-bundle.js';
 import type { PolicySource } from '../decision/decision.js';
 import type { PolicyRole, ServiceMetrics } from '../service/metrics.js';
 import { runOpaTest } from '../policy/opa-cli.js';
@@ -23,9 +27,11 @@ export interface PolicyCheckOptions {
   regoTestsDir?: string;
 }
 
-/** Rejects with what failed when the candidate's cases or Rego tests do not pass. */
-export async function checkPolicy(policy: LoadedPolicy, opts: PolicyCheckOptions): Promise<void> {
+/** Rejects with what failed when the candidate's cases or Rego tests do not pass; else the cases run. */
+export async function checkPolicy(policy: LoadedPolicy | undefined, opts: PolicyCheckOptions): Promise<number> {
+  let cases = 0;
   if (opts.casesPath !== undefined) {
+    if (!policy) throw new Error('policy cases need a loaded policy');
     const report = await runPolicyCases(opts.casesPath, policy, decidePolicyCase);
     if (!report.ok) {
       const failures = report.text.split('\n').filter((l) => l.trimStart().startsWith('✗'));
@@ -36,6 +42,7 @@ export async function checkPolicy(policy: LoadedPolicy, opts: PolicyCheckOptions
           .join('; ')}`,
       );
     }
+    cases = report.outcomes.length;
   }
   if (opts.regoTestsDir !== undefined) {
     const opa = await runOpaTest(opts.regoTestsDir);
@@ -48,6 +55,7 @@ export async function checkPolicy(policy: LoadedPolicy, opts: PolicyCheckOptions
           .join('; ')}`,
       );
   }
+  return cases;
 }
 
 export type ReloadResult = 'success' | 'failure' | 'unchanged';
@@ -77,6 +85,8 @@ export interface PolicyStoreOptions {
    * serves it. Not called for the first version (`open`): there is nobody to hand it to yet.
    */
   distribute?: (policy: LoadedPolicy) => Promise<void>;
+  /** time and heap a candidate may take in the sandbox (policy-sandbox.ts) */
+  sandbox?: SandboxBudget;
 }
 
 export class PolicyStore implements PolicySource {
@@ -84,11 +94,14 @@ export class PolicyStore implements PolicySource {
   current: LoadedPolicy | undefined;
   /** the last reload that did something (success or failure) */
   lastReload: ReloadOutcome | undefined;
+  /** what `current` was instantiated from: the hand-off for other serving processes */
+  accepted: ValidatedBundle | undefined;
   private readonly role: PolicyRole;
   private queue: Promise<unknown> = Promise.resolve();
   private next: { promise: Promise<ReloadOutcome>; force: boolean } | undefined;
   private stopWatching: (() => void) | undefined;
   private readonly listeners = new Set<(o: ReloadOutcome) => void>();
+  private readonly acceptedListeners = new Set<(b: ValidatedBundle) => void>();
 
   private constructor(
     readonly source: BundleSource,
@@ -108,8 +121,9 @@ export class PolicyStore implements PolicySource {
     try {
       const version = await source.fetch({ force: true });
       if (!version) throw new Error(`policy ${source.location}: nothing fetched`);
-      const policy = await store.loadChecked(version.load.bind(version));
+      const { policy, bundle } = await store.loadChecked(version);
       store.current = policy;
+      store.accepted = bundle;
       opts.metrics?.policyRevision(store.role, policy.revision);
     } catch (err) {
       if (!opts.waitForFirst) throw err;
@@ -118,7 +132,9 @@ export class PolicyStore implements PolicySource {
       opts.metrics?.policyReloaded(store.role, 'failure');
       opts.log.error(
         { policy: store.role, policy_source: source.location, err: error },
-        'no policy yet; not ready, denying every check, retrying at each poll',
+        store.role === 'live'
+          ? 'no policy yet; not ready, denying every check, retrying at each poll'
+          : 'no shadow policy yet; comparing nothing, retrying at each change or poll',
       );
     }
     return store;
@@ -132,6 +148,15 @@ export class PolicyStore implements PolicySource {
   stop(): void {
     this.stopWatching?.();
     this.stopWatching = undefined;
+  }
+
+  /**
+   * Observe every accepted version (the first one included if it was accepted before subscribing, as
+   * `accepted`): what each serving process instantiates. Returns an unsubscribe function.
+   */
+  onAccepted(listener: (b: ValidatedBundle) => void): () => void {
+    this.acceptedListeners.add(listener);
+    return () => this.acceptedListeners.delete(listener);
   }
 
   /** Observe every reload outcome (including "unchanged"); returns an unsubscribe function. */
@@ -180,10 +205,12 @@ export class PolicyStore implements PolicySource {
     };
     const previous = this.current?.revision ?? '';
     let candidate: LoadedPolicy;
+    let accepted: ValidatedBundle;
+    let instantiateMs: number;
     try {
       const version = await this.source.fetch({ force });
       if (!version) return outcome('unchanged');
-      candidate = await this.loadChecked(version.load.bind(version));
+      ({ policy: candidate, bundle: accepted, instantiateMs } = await this.loadChecked(version));
     } catch (err) {
       const error = (err as Error).message;
       log.error(
@@ -193,7 +220,9 @@ export class PolicyStore implements PolicySource {
       return outcome('failure', error);
     }
     this.current = candidate; // the swap: one assignment, seen by every Check that starts after it
+    this.accepted = accepted;
     this.opts.metrics?.policyRevision(this.role, candidate.revision);
+    for (const l of this.acceptedListeners) l(accepted);
     await this.opts
       .distribute?.(candidate)
       .catch((err: unknown) =>
@@ -211,6 +240,8 @@ export class PolicyStore implements PolicySource {
         policy_revision: candidate.revision,
         previous_revision: previous,
         reload_ms: Math.round(o.ms),
+        sandbox_ms: Math.round(accepted.sandboxMs),
+        instantiate_ms: Math.round(instantiateMs),
         ...footprintFields(candidate.inputFootprint),
       },
       'policy reloaded',
@@ -218,13 +249,32 @@ export class PolicyStore implements PolicySource {
     return o;
   }
 
-  private async loadChecked(load: (o: LoadPolicyOptions) => Promise<LoadedPolicy>): Promise<LoadedPolicy> {
-    const policy = await load(this.opts.load ?? {});
-    await checkPolicy(policy, {
-      casesPath: this.opts.casesPath ?? this.source.casesPath,
-      regoTestsDir: this.source.kind === 'folder' ? this.source.location : undefined,
-    });
-    return policy;
+  /**
+   * The sandbox first; then, for a folder, its Rego unit tests (a child process); then the serving
+   * thread instantiates the same bytes, whose cost the sandbox has just proven to be in budget.
+   */
+  private async loadChecked(
+    version: BundleVersion,
+  ): Promise<{ policy: LoadedPolicy; bundle: ValidatedBundle; instantiateMs: number }> {
+    const bytes = await version.bytes();
+    const load: LoadPolicyOptions = this.opts.load ?? {};
+    const casesPath = this.opts.casesPath ?? this.source.casesPath;
+    const source = this.source.location;
+    const report = await checkInSandbox(
+      { bytes, source, load, ...(casesPath !== undefined ? { casesPath } : {}) },
+      this.opts.sandbox,
+    );
+    if (this.source.kind === 'folder') await checkPolicy(undefined, { regoTestsDir: this.source.location });
+    const bundle: ValidatedBundle = {
+      bytes,
+      revision: report.revision,
+      source,
+      version: version.version,
+      sandboxMs: report.ms,
+    };
+    const started = performance.now();
+    const policy = await instantiateValidated(bundle, load);
+    return { policy, bundle, instantiateMs: performance.now() - started };
   }
 }
 
@@ -240,5 +290,12 @@ export function reloadStatus(live: PolicyStore, shadow?: PolicyStore): Record<st
       ...(last.error ? { error: last.error } : {}),
     };
   if (shadow) detail['shadow_policy_revision'] = shadow.current?.revision ?? '';
+  const shadowLast = shadow?.lastReload;
+  if (shadowLast?.result === 'failure')
+    detail['shadow_policy_last_reload'] = {
+      result: 'failure',
+      at: shadowLast.at.toISOString(),
+      error: shadowLast.error,
+    };
   return detail;
 }

@@ -1,11 +1,14 @@
 // A candidate policy evaluated beside the live one on the same input, never affecting the answer: the
-// safe way to roll out a stricter egress rule. The comparison runs after the answer has been handed to
-// the transport (setImmediate), so a Check pays only for queueing it; when more comparisons are queued
+// safe way to roll out a stricter egress rule. With a ShadowThread (what `serve` uses) the shadow runs on
+// its own thread: a Check pays only for posting its input. Without one (tests, embedding) it runs on
+// this thread after the answer was handed to the transport (setImmediate), which bounds nothing: an
+// evaluation that takes 255 ms holds the event loop for 255 ms. Either way, when more comparisons wait
 // than maxPending (a burst, or a slow candidate), the extra ones are skipped and counted, not queued.
 import type { Logger } from 'pino';
 import { decide, type Decision, type PolicySource } from '../decision/decision.js';
 import type { PolicyInput } from '../decision/input.js';
 import type { ServiceMetrics, ShadowDisagreementKind } from '../service/metrics.js';
+import type { ShadowThread } from './shadow-thread.js';
 
 export const DEFAULT_MAX_PENDING = 1000;
 
@@ -21,6 +24,8 @@ export interface ShadowEvaluatorOptions {
   maxPending?: number;
   /** every disagreement, after it was logged and counted (tests) */
   onDisagreement?: (d: ShadowDisagreement) => void;
+  /** evaluate there, off the serving thread */
+  thread?: ShadowThread;
 }
 
 export class ShadowEvaluator {
@@ -43,15 +48,27 @@ export class ShadowEvaluator {
       return;
     }
     this.pending++;
+    const thread = this.opts.thread;
     setImmediate(() => {
-      this.pending--;
-      this.compare(input, live);
+      if (!thread) {
+        this.pending--;
+        this.compare(input, live);
+        return;
+      }
+      void thread.evaluate(input).then((shadow) => {
+        this.pending--;
+        if (shadow) this.record(live, shadow);
+        else this.opts.metrics?.observeShadowSkipped();
+      });
     });
   };
 
-  /** Evaluates the shadow policy now; logs and counts a disagreement. */
+  /** Evaluates the shadow policy now, on this thread; logs and counts a disagreement. */
   compare(input: PolicyInput, live: Decision): ShadowDisagreement | undefined {
-    const shadow = decide(input, this.shadow.current);
+    return this.record(live, decide(input, this.shadow.current));
+  }
+
+  private record(live: Decision, shadow: Decision): ShadowDisagreement | undefined {
     const kind = disagreement(live, shadow);
     this.opts.metrics?.observeShadow(shadow.eval_ms, kind);
     if (!kind) return undefined;

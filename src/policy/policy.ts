@@ -7,10 +7,11 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
-import { MAX_BUNDLE_BYTES, readBundle } from './bundle.js';
+import { MAX_BUNDLE_BYTES, readBundle, type PolicyBundle } from './bundle.js';
 import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
+import { checkWasmLimits } from './wasm-limits.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
 
@@ -81,7 +82,12 @@ export interface LoadPolicyOptions {
  * or lacks the entrypoint.
  */
 export async function loadPolicy(location: string, opts: LoadPolicyOptions = {}): Promise<LoadedPolicy> {
-  const entrypoint = opts.entrypoint ?? DEFAULT_ENTRYPOINT;
+  const bytes = await readPolicyBytes(location, opts.entrypoint ?? DEFAULT_ENTRYPOINT);
+  return loadPolicyBundle(bytes, { ...opts, source: location });
+}
+
+/** A bundle file's bytes, or a policy folder compiled into a bundle (what loadPolicy loads). */
+export async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
   let info;
   try {
     info = await stat(location);
@@ -96,7 +102,7 @@ export async function loadPolicy(location: string, opts: LoadPolicyOptions = {})
       throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
     bytes = await readFile(location);
   }
-  return loadPolicyBundle(bytes, { ...opts, source: location });
+  return bytes;
 }
 
 /** Loads a bundle already in memory (e.g. fetched from a bundle server). */
@@ -106,29 +112,39 @@ export async function loadPolicyBundle(
 ): Promise<LoadedPolicy> {
   const entrypoint = opts.entrypoint ?? DEFAULT_ENTRYPOINT;
   const where = `policy ${opts.source}`;
-  let bundle;
+  let bundle: PolicyBundle | undefined;
   try {
     bundle = await readBundle(bytes, { entrypoint, ...(opts.verification ? { verification: opts.verification } : {}) });
   } catch (e) {
     throw new Error(`${where}: ${(e as Error).message}`);
   }
+  const { wasm, manifest, dataJson } = bundle;
+  // Nothing may hold the parsed data while the policy parses the bytes: each growth of the Wasm memory
+  // makes V8 collect garbage, and a live 60 MiB object turned 4 s of CPU into 37 s (18 MiB data.json).
+  const data = dataJson ? undefined : bundle.data;
+  bundle = undefined;
+  const limits = checkWasmLimits(wasm, {
+    maxMemoryPages: WASM_MEMORY.maximum,
+    maxTableEntries: MAX_TABLE_ENTRIES,
+  });
+  if (!limits.ok) throw new Error(`${where}: ${limits.reason}`);
   let module: CompiledWasm;
   try {
-    module = await WebAssembly.compile(bundle.wasm);
+    module = await WebAssembly.compile(wasm);
   } catch (e) {
     throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${(e as Error).message}`);
   }
-  const manifestRevision = bundle.manifest?.revision;
+  const manifestRevision = manifest?.revision;
   const revision =
     typeof manifestRevision === 'string' && manifestRevision !== ''
       ? manifestRevision
       : `sha256:${sha256(bytes).slice(0, 12)}`;
-  return WasmPolicy.create(module, bundle.data, {
+  return WasmPolicy.create(module, data, dataJson, {
     revision,
     source: opts.source,
     entrypoint,
     evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
-    footprint: opts.memoize === false ? undefined : footprintFromManifest(bundle.manifest, bundle.wasm),
+    footprint: opts.memoize === false ? undefined : footprintFromManifest(manifest, wasm),
     ...(opts.keepBundle ? { bundle: bytes } : {}),
     memoBytes: opts.memoBytes,
   });
@@ -238,6 +254,8 @@ function resultBytes(result: Result<PolicyResult>): number {
 
 // Bounds what one evaluation can take from the heap; growth past it aborts the evaluation (a deny).
 const WASM_MEMORY = { initial: 5, maximum: 4096 } as const; // 64 KiB pages: 320 KiB .. 256 MiB
+/** OPA modules have one table of a few hundred functions; a huge one is memory outside every cap. */
+const MAX_TABLE_ENTRIES = 100_000;
 
 class WasmPolicy implements LoadedPolicy {
   readonly revision: string;
@@ -252,7 +270,8 @@ class WasmPolicy implements LoadedPolicy {
 
   private constructor(
     private readonly module: CompiledWasm,
-    readonly data: Readonly<Record<string, unknown>>,
+    private readonly dataObject: Readonly<Record<string, unknown>> | undefined,
+    private readonly dataJson: Uint8Array | undefined,
     private readonly meta: WasmPolicyMeta,
     instance: OpaWasmPolicy,
     entrypointId: number,
@@ -270,12 +289,18 @@ class WasmPolicy implements LoadedPolicy {
         : undefined;
   }
 
-  static async create(module: CompiledWasm, data: Record<string, unknown>, meta: WasmPolicyMeta): Promise<WasmPolicy> {
+  /** `data` or `dataJson`: the parsed document, or its bytes */
+  static async create(
+    module: CompiledWasm,
+    data: Record<string, unknown> | undefined,
+    dataJson: Uint8Array | undefined,
+    meta: WasmPolicyMeta,
+  ): Promise<WasmPolicy> {
     const where = `policy ${meta.source}`;
     let instance: OpaWasmPolicy;
     try {
       instance = await opaWasm.loadPolicy(module, { ...WASM_MEMORY });
-      instance.setData(data);
+      setPolicyData(instance, data ?? {}, dataJson);
     } catch (e) {
       throw new Error(`${where}: cannot instantiate the Wasm policy: ${describe(e)}`);
     }
@@ -286,7 +311,30 @@ class WasmPolicy implements LoadedPolicy {
         `${where}: entrypoint ${meta.entrypoint} not found (the bundle has: ${Object.keys(entrypoints).join(', ') || 'none'})`,
       );
     }
-    return new WasmPolicy(module, data, meta, instance, id);
+    // With the bytes at hand the parsed object is not kept: 18 MiB of data.json is ~60 MiB of JS heap,
+    // and during a swap the old and the new policy are both alive under the 128 MiB bound.
+    const policy = new WasmPolicy(module, data, dataJson, meta, instance, id);
+    policy.warmUp();
+    return policy;
+  }
+
+  /**
+   * V8 compiles a Wasm function when it is first called: the first evaluation of a fresh instance took
+   * 60-80 ms on a busy machine, over the evaluation budget, so the first case or Check after a load was
+   * a deny. One throwaway evaluation here pays for that; its answer is not used.
+   */
+  private warmUp(): void {
+    this.evaluateWasm({
+      caller: 'cli',
+      identity: { spiffe_id: 'spiffe://warm.up/ns/warm-up/sa/warm-up', trust_domain: 'warm.up', namespace: 'warm-up' },
+      destination: { host: 'warm.up', port: 443 },
+    });
+  }
+
+  /** Parsed again at each use when only the bytes are kept (metrics read it once per policy). */
+  get data(): Readonly<Record<string, unknown>> {
+    if (this.dataObject) return this.dataObject;
+    return JSON.parse(new TextDecoder().decode(this.dataJson)) as Record<string, unknown>;
   }
 
   /**
@@ -336,18 +384,33 @@ class WasmPolicy implements LoadedPolicy {
   private reinstantiate(): void {
     // loadPolicy() is async only for compilation; instantiating an already compiled module is not.
     const fresh = instantiateSync(this.module);
-    fresh.setData(this.data);
+    setPolicyData(fresh, this.dataObject ?? {}, this.dataJson);
     this.instance = fresh;
     this.poisoned = false;
   }
 
   async withDataOverlay(overlay: Record<string, unknown>): Promise<LoadedPolicy> {
     const data = deepMerge(this.data, overlay);
-    return WasmPolicy.create(this.module, data, {
+    return WasmPolicy.create(this.module, data, undefined, {
       ...this.meta,
       revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}`,
     });
   }
+}
+
+/**
+ * The SDK serialises a data object back to JSON text before its Wasm parser reads it; for an 18 MiB
+ * data.json under the 128 MiB heap bound that took 31 s of CPU against 3.8 s for handing it the
+ * bundle's own bytes (already checked as JSON, within limits, by readBundle).
+ */
+function setPolicyData(
+  instance: OpaWasmPolicy,
+  data: Readonly<Record<string, unknown>>,
+  dataJson: Uint8Array | undefined,
+): void {
+  if (!dataJson) return instance.setData(data);
+  const text = dataJson.buffer.slice(dataJson.byteOffset, dataJson.byteOffset + dataJson.byteLength) as ArrayBuffer;
+  instance.setData(text as unknown as object);
 }
 
 function project(input: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {

@@ -15,6 +15,7 @@ import { parseSpiffeId } from '../identity/spiffe-id.js';
 import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
 import { parseWorkers } from './workers.js';
+import type { SandboxBudget } from '../lifecycle/policy-sandbox.js';
 import { SPIFFE_ENDPOINT_SOCKET, workloadApiTarget } from '../spiffe/workload-api.js';
 import {
   parseTrustBundleFlag,
@@ -125,6 +126,12 @@ export const SERVE_OPTIONS = {
   'policy-poll-interval': { arg: 'DUR', help: 'how often to poll the bundle URL (or stat the file) for a change' },
   'policy-cases': { arg: 'PATH', help: 'case file or folder every new policy version must pass' },
   'policy-memo': { arg: 'on|off', default: 'on', help: "remember a deterministic policy's answers" },
+  'policy-load-timeout': {
+    arg: 'DUR',
+    default: '30s',
+    help: 'time a new policy version may take to load and pass its cases (in a worker thread)',
+  },
+  'policy-load-memory': { arg: 'MiB', default: '128', help: "that worker thread's JS heap bound" },
   'shadow-policy': { arg: 'PATH|URL', help: 'a candidate evaluated beside the live policy, never answering' },
   'trusted-identity-header': { arg: 'NAME', help: 'a header a verifier in front of us sets (off by default)' },
   'trusted-proxy-id': {
@@ -207,6 +214,8 @@ export interface ServeConfig {
   pollMs?: number;
   policyCases?: string;
   memoize: boolean;
+  /** budget of a policy candidate in the sandbox */
+  sandbox: SandboxBudget;
   shadowPolicy?: string;
   trustedIdentityHeader?: string;
   trustedProxies: string[];
@@ -310,6 +319,10 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
     ...defined('pollMs', pollMs),
     ...defined('policyCases', v['policy-cases']),
     memoize: memo === 'on',
+    sandbox: {
+      timeoutMs: duration('--policy-load-timeout', v['policy-load-timeout']!),
+      heapMb: integer('--policy-load-memory', v['policy-load-memory']!, 16),
+    },
     ...defined('shadowPolicy', v['shadow-policy']),
     ...defined('trustedIdentityHeader', v['trusted-identity-header']),
     trustedProxies: trustedProxies(v),
@@ -441,6 +454,12 @@ function duration(flag: string, text: string): number {
   if (ms === undefined || ms <= 0)
     throw new ConfigError(`${flag} "${text}": expected a duration such as 500ms, 10s or 1m`);
   return ms;
+}
+
+function integer(flag: string, text: string, min: number): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < min) throw new ConfigError(`${flag} must be an integer of at least ${min}`);
+  return n;
 }
 
 /** SIGTERM's default grace period, for callers of the service that do not pass one. */

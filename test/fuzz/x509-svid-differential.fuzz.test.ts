@@ -19,6 +19,7 @@ import {
   parseX509SvidPem,
   parseX509SvidReference,
 } from '../../src/identity/x509-svid.js';
+// @ts-expect-error plain ESM module without type declarations
 import { makePki } from '../../bench/pki.mjs';
 import { createCa, EKU, issue, KeyUsage, workloadSvid } from '../support/pki.js';
 import { FUZZ_RUNS } from './runs.js';

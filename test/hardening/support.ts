@@ -155,10 +155,11 @@ export interface ServeProcess {
 }
 
 /** `node dist/cli.js serve` on ephemeral loopback ports (run `npm run build` first; npm test's pretest does). */
-export async function spawnServe(extraArgs: string[] = []): Promise<ServeProcess> {
+export async function spawnServe(extraArgs: string[] = [], opts: { nodeArgs?: string[] } = {}): Promise<ServeProcess> {
   const proc = spawn(
     process.execPath,
     [
+      ...(opts.nodeArgs ?? []),
       join(ROOT, 'dist', 'cli.js'),
       'serve',
       '--grpc-addr',

@@ -121,7 +121,7 @@ describe('hot reload under load', () => {
     } finally {
       await s.close();
     }
-  });
+  }, 90_000); // 22 candidates, each tried in a fresh sandbox thread first: about 1 s each on a busy machine
 
   it('Kubernetes ConfigMap update (..data symlink swap) 6 times: the watcher on the folder sees each one', async () => {
     const cm = new ConfigMapDir(join(root, 'configmap'));

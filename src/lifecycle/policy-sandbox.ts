@@ -1,0 +1,106 @@
+// Where a policy candidate is tried before it may serve: a worker thread with a wall-clock and a heap
+// budget, never the event loop that answers Checks. A module whose start function never returns, data
+// that exhausts a heap, cases that take minutes: each ends in a refusal naming the budget, and the
+// serving thread only ever waits for a message. `worker.terminate()` stops even a Wasm loop.
+import { Worker } from 'node:worker_threads';
+import type { LoadPolicyOptions } from '../policy/policy.js';
+
+export interface SandboxBudget {
+  /** wall-clock time for everything: start the thread, unpack, compile, instantiate, run the cases */
+  timeoutMs: number;
+  /** the candidate thread's JS heap (V8 old generation); the policy's Wasm memory has its own cap */
+  heapMb: number;
+}
+
+export const DEFAULT_SANDBOX_BUDGET: SandboxBudget = { timeoutMs: 30_000, heapMb: 128 };
+
+export interface SandboxJob {
+  bytes: Uint8Array;
+  source: string;
+  load: LoadPolicyOptions;
+  /** case files the candidate must pass (see runPolicyCases) */
+  casesPath?: string;
+}
+
+export interface SandboxReport {
+  revision: string;
+  ms: number;
+  /** cases run (0 without a cases path) */
+  cases: number;
+}
+
+/** What the worker posts back: exactly one message. */
+export type SandboxMessage = { ok: true; revision: string; cases: number } | { ok: false; error: string };
+
+// Tests run the TypeScript sources, but a worker thread needs JavaScript: `npm run build` puts it in dist.
+const here = import.meta.url;
+const WORKER_URL = new URL(
+  here.endsWith('.ts') ? '../../dist/lifecycle/policy-sandbox-worker.js' : './policy-sandbox-worker.js',
+  here,
+);
+
+// Starting a thread and loading the engine takes 0.2 s on an idle machine and seconds on a busy one, so
+// the next candidate's thread is started ahead, idle (about 10 MB), and used once: nothing a candidate
+// did can reach the next one.
+let spare: { worker: Worker; heapMb: number } | undefined;
+
+function startWorker(heapMb: number): Worker {
+  const worker = new Worker(WORKER_URL, {
+    resourceLimits: { maxOldGenerationSizeMb: heapMb, stackSizeMb: 4 },
+    stdout: true,
+    stderr: true,
+  });
+  worker.unref(); // an idle spare must not keep a stopping process alive
+  worker.on('error', () => {}); // a spare's own failure shows when it is used (exit without an answer)
+  return worker;
+}
+
+function takeWorker(heapMb: number): Worker {
+  const ready = spare?.heapMb === heapMb ? spare.worker : undefined;
+  if (spare && !ready) void spare.worker.terminate();
+  spare = { worker: startWorker(heapMb), heapMb };
+  return ready ?? startWorker(heapMb);
+}
+
+/** Tries the candidate; resolves with its revision when it loaded and passed in budget, else rejects why. */
+export function checkInSandbox(
+  job: SandboxJob,
+  budget: SandboxBudget = DEFAULT_SANDBOX_BUDGET,
+): Promise<SandboxReport> {
+  const started = performance.now();
+  return new Promise<SandboxReport>((resolve, reject) => {
+    let settled = false;
+    const worker = takeWorker(budget.heapMb);
+    worker.ref(); // while it works for us, it is waited for (and bounded by the timer)
+    const finish = (outcome: { report: SandboxReport } | { error: string }) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      // The worker may still be running (timeout) or finishing: it is never waited for.
+      void worker.terminate();
+      if ('report' in outcome) resolve(outcome.report);
+      else reject(new Error(`policy ${job.source}: ${outcome.error}`));
+    };
+    const timer = setTimeout(
+      () =>
+        finish({
+          error: `candidate did not finish loading and its checks within the budget of ${budget.timeoutMs}ms (stopped)`,
+        }),
+      budget.timeoutMs,
+    );
+    worker.on('message', (m: SandboxMessage) => {
+      if (m.ok) finish({ report: { revision: m.revision, cases: m.cases, ms: performance.now() - started } });
+      else finish({ error: m.error });
+    });
+    worker.on('error', (err: Error & { code?: string }) => {
+      finish({
+        error:
+          err.code === 'ERR_WORKER_OUT_OF_MEMORY'
+            ? `candidate exceeded the memory budget of ${budget.heapMb} MiB (JS heap) while loading (stopped)`
+            : `candidate check failed: ${err.message}`,
+      });
+    });
+    worker.on('exit', (code) => finish({ error: `candidate check ended without an answer (exit code ${code})` }));
+    worker.postMessage(job);
+  });
+}
