@@ -138,7 +138,19 @@ async function serve(argv: string[]): Promise<number> {
   const load = { entrypoint: config.entrypoint, memoize: config.memoize };
   if (cluster.isWorker) {
     // Forked by the primary below (same argv): its policies come from the primary, not from a source.
+    // Its shadow is evaluated off its serving loop, as one process does it.
+    const shadowThread =
+      config.shadowPolicy === undefined
+        ? undefined
+        : new ShadowThread({
+            load,
+            heapMb: config.sandbox.heapMb,
+            onProblem: (message) => logger.error({ policy: 'shadow' }, message),
+          });
     return runWorker({
+      ...(shadowThread
+        ? { onShadowBundle: (b) => shadowThread.setPolicy({ ...b, version: b.revision, sandboxMs: 0 }) }
+        : {}),
       log: logger,
       flush,
       dropped: () => dropped,
@@ -149,6 +161,7 @@ async function serve(argv: string[]): Promise<number> {
         startListeners(config, logger, {
           policies: parts.policies,
           ...(parts.shadowPolicies ? { shadowPolicies: parts.shadowPolicies } : {}),
+          ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
           metrics: parts.metrics,
           ready: parts.ready,
           readyDetail: parts.readyDetail,
@@ -304,7 +317,9 @@ async function startListeners(
   config: ServeConfig,
   logger: pino.Logger,
   parts: Pick<ServiceOptions, 'policies' | 'metrics' | 'readyDetail'> &
-    Partial<Pick<ServiceOptions, 'policy' | 'shadowPolicies' | 'ready' | 'routes' | 'servingMessage'>>,
+    Partial<
+      Pick<ServiceOptions, 'policy' | 'shadowPolicies' | 'shadowOptions' | 'ready' | 'routes' | 'servingMessage'>
+    >,
 ): Promise<{ service: RunningService; close(): void }> {
   const tlsFlags = config.tls;
   const { allowedCallers } = config;

@@ -30,6 +30,8 @@ export interface WorkerOptions {
   graceMs: number;
   /** whether the primary has a shadow policy to send */
   shadow: boolean;
+  /** each shadow bundle, as it arrives (the shadow thread instantiates it off the serving loop) */
+  onShadowBundle?: (bundle: { bytes: Uint8Array; revision: string; source: string }) => void;
   /** starts the listeners exactly as one process does, around these parts */
   start(parts: WorkerServiceParts): Promise<{ service: RunningService; close(): void }>;
 }
@@ -74,6 +76,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
         const target = b.role === 'live' ? live : shadow;
         if (!target) return;
         target.current = policy; // the swap, as in PolicyStore: Checks read `current` once
+        if (b.role === 'shadow') opts.onShadowBundle?.({ bytes: b.bytes, revision: b.revision, source: b.source });
         metrics.policyRevision(b.role, policy.revision);
         send({ ea: 'loaded', role: b.role, seq: b.seq, revision: policy.revision });
       } catch (err) {
