@@ -45,4 +45,6 @@ USER node
 # 9191: gRPC ext_authz (Envoy); 8181: HTTP sideband (BIG-IP), /healthz, /readyz, /metrics
 EXPOSE 9191 8181
 ENTRYPOINT ["node", "dist/cli.js"]
+# No --workers: serve starts one worker per CPU of the container's limit, read from its cgroup CPU quota
+# (`docker run --cpus 2` gives 2 workers; no limit: every CPU the host lets it use). See docs/workers.md.
 CMD ["serve", "--policy", "/app/dist/policy/bundle.tar.gz"]

@@ -7,8 +7,9 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pino from 'pino';
 import { Authorizer, caseDecision, decideCase } from './decision/authorizer.js';
 import type { Decision } from './decision/decision.js';
-import { MutablePolicySource, startService } from './service/service.js';
-import { loadPolicy } from './policy/policy.js';
+import cluster from 'node:cluster';
+import { MutablePolicySource, startService, type RunningService, type ServiceOptions } from './service/service.js';
+import { loadPolicy, type LoadedPolicy } from './policy/policy.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
@@ -25,6 +26,7 @@ import {
   SERVE_OPTIONS,
   VERIFICATION_OPTIONS,
   verificationFlags,
+  type ServeConfig,
   type VerificationFlags,
 } from './service/config.js';
 import {
@@ -33,6 +35,9 @@ import {
   type BundleSigningKey,
   type BundleVerification,
 } from './policy/bundle-signing.js';
+import { availableCpus } from './service/workers.js';
+import { runPrimary, WorkerPool } from './service/cluster-primary.js';
+import { runWorker } from './service/cluster-worker.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
 import { ServiceMetrics } from './service/metrics.js';
 import { PolicyStore, reloadStatus } from './lifecycle/policy-store.js';
@@ -117,7 +122,7 @@ async function serve(argv: string[]): Promise<number> {
   const logger = pino(
     {
       level: config.logLevel,
-      base: { service: 'egress-authz' },
+      base: { service: 'egress-authz', ...(cluster.isWorker ? { worker: cluster.worker!.id } : {}) },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
     destination,
@@ -129,15 +134,51 @@ async function serve(argv: string[]): Promise<number> {
       // stdout gone (EPIPE, closed): nothing left to flush to
     }
   };
+  const { graceMs } = config;
+  const load = { entrypoint: config.entrypoint, memoize: config.memoize };
+  if (cluster.isWorker) {
+    // Forked by the primary below (same argv): its policies come from the primary, not from a source.
+    return runWorker({
+      log: logger,
+      flush,
+      dropped: () => dropped,
+      load,
+      graceMs,
+      shadow: config.shadowPolicy !== undefined,
+      start: (parts) =>
+        startListeners(config, logger, {
+          policies: parts.policies,
+          ...(parts.shadowPolicies ? { shadowPolicies: parts.shadowPolicies } : {}),
+          metrics: parts.metrics,
+          ready: parts.ready,
+          readyDetail: parts.readyDetail,
+          routes: () => ({ 'GET /metrics': parts.metricsRoute }),
+          servingMessage: 'worker serving',
+        }),
+    });
+  }
+  const workers = config.workers ?? availableCpus();
   const location = config.policy ?? defaultPolicyLocation();
-  const { pollMs, graceMs, allowedCallers } = config;
-  const tlsFlags = config.tls;
   const metrics = new ServiceMetrics({ defaultMetrics: true });
+  let live: PolicyStore | undefined;
+  let shadow: PolicyStore | undefined;
+  const pool =
+    workers > 1
+      ? new WorkerPool({
+          workers,
+          log: logger,
+          sink: destination,
+          metrics,
+          readyDetail: () => (live ? reloadStatus(live, shadow) : {}),
+        })
+      : undefined;
+  // Signatures are checked where bundles are fetched: here. A worker loads the bytes this process
+  // accepted, handed over its private IPC channel, and does not check them again.
   const verification = verificationOption(config.verification);
-  const load = { entrypoint: config.entrypoint, memoize: config.memoize, ...verification };
+  const storeLoad = { ...load, ...verification };
   const openStore = async (where: string, role: 'live' | 'shadow', casesPath?: string) => {
     const source = await openBundleSource(where, {
-      ...(pollMs !== undefined ? { pollMs } : {}),
+      ...(config.pollMs !== undefined ? { pollMs: config.pollMs } : {}),
       ...(config.bundleServer ? { auth: config.bundleServer } : {}),
       entrypoint: config.entrypoint,
     });
@@ -145,15 +186,14 @@ async function serve(argv: string[]): Promise<number> {
       role,
       log: logger,
       metrics,
-      load,
+      load: { ...storeLoad, keepBundle: pool !== undefined },
       sandbox: config.sandbox,
       casesPath,
       // The shadow never answers: a shadow that cannot be loaded is logged and retried, never fatal.
       waitForFirst: source.kind === 'url' || role === 'shadow',
+      ...(pool ? { distribute: (policy: LoadedPolicy) => pool.offer(role, policy) } : {}),
     });
   };
-  let live: PolicyStore;
-  let shadow: PolicyStore | undefined;
   try {
     live = await openStore(location, 'live', config.policyCases);
   } catch (err) {
@@ -170,15 +210,105 @@ async function serve(argv: string[]): Promise<number> {
       return undefined;
     });
   }
+  if (pool) {
+    const code = await runPrimary({ pool, live, shadow, log: logger, flush, dropped: () => dropped, graceMs, workers });
+    setTimeout(() => process.exit(code), 200).unref();
+    return code;
+  }
   const shadowThread =
     shadow &&
     ShadowThread.following(shadow, {
-      load,
+      load: storeLoad,
       heapMb: config.sandbox.heapMb,
       onProblem: (message) => logger.error({ policy: 'shadow' }, message),
     });
+  const liveStore = live;
+  let running: { service: RunningService; close(): void };
+  try {
+    running = await startListeners(config, logger, {
+      ...(live.current ? { policy: live.current } : {}),
+      policies: live,
+      shadowPolicies: shadow,
+      ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
+      metrics,
+      readyDetail: () => reloadStatus(liveStore, shadow),
+    });
+  } catch (err) {
+    if (!(err instanceof StartError)) throw err;
+    logger.fatal({ ...err.fields, err: err.message }, err.what);
+    flush();
+    return 1;
+  }
+  const { service } = running;
+  live.start();
+  shadow?.start();
+  process.on('SIGHUP', () => {
+    void liveStore.reload('SIGHUP', { force: true });
+    void shadow?.reload('SIGHUP', { force: true });
+  });
+  const code = await new Promise<number>((resolveStop) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        // A second signal: out now, with whatever the log has buffered.
+        logger.warn({ signal }, 'second signal; exiting at once');
+        flush();
+        process.exit(130);
+      }
+      stopping = true;
+      logger.info(
+        { signal, grace_ms: graceMs },
+        'shutting down: not ready, no new connections, finishing accepted checks',
+      );
+      // The grace period bounds the listeners' drain; this bounds everything else (a stuck flush).
+      setTimeout(() => {
+        flush();
+        process.exit(1);
+      }, graceMs + 2000).unref();
+      liveStore.stop();
+      shadow?.stop();
+      void service.close(graceMs).then(() => {
+        running.close();
+        logger.info({ dropped_log_lines: dropped }, 'stopped');
+        flush();
+        resolveStop(0);
+      });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+  // Anything else still holding the event loop (a policy watcher, a client's half-open socket) must not
+  // keep a stopped service alive.
+  setTimeout(() => process.exit(code), 200).unref();
+  return code;
+}
+
+/** TLS files or trust bundles not usable: nothing listens, the message says which. */
+class StartError extends Error {
+  constructor(
+    /** what was not usable: the fatal log line's message */
+    readonly what: string,
+    message: string,
+    /** more fields for the fatal line */
+    readonly fields: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The listeners around a policy source, as one process or one worker runs them: TLS files (watched)
+ * and trust bundles, and the service with every flag that shapes it. Throws StartError when either is unusable.
+ */
+async function startListeners(
+  config: ServeConfig,
+  logger: pino.Logger,
+  parts: Pick<ServiceOptions, 'policies' | 'metrics' | 'readyDetail'> &
+    Partial<Pick<ServiceOptions, 'policy' | 'shadowPolicies' | 'ready' | 'routes' | 'servingMessage'>>,
+): Promise<{ service: RunningService; close(): void }> {
+  const tlsFlags = config.tls;
+  const { allowedCallers } = config;
   let certificates: CertificateFiles | undefined;
-  let workload: X509Source | undefined;
   try {
     certificates =
       tlsFlags &&
@@ -188,12 +318,17 @@ async function serve(argv: string[]): Promise<number> {
           logger.error({ reason }, 'TLS certificate files changed but are not usable; keeping the previous ones'),
       });
   } catch (err) {
-    logger.fatal({ err: errorMessage(err) }, 'TLS files not usable; not serving');
-    flush();
-    return 1;
+    throw new StartError('TLS files not usable; not serving', errorMessage(err));
   }
+  // Per process (one, or each worker), as the TLS files: the bundles verify chains on the Check path.
   let trust: TrustBundles | undefined;
+  let workload: X509Source | undefined;
   let chainVerifier: ChainVerifier | undefined;
+  const closeAll = () => {
+    trust?.stop();
+    workload?.close();
+    certificates?.close();
+  };
   // One bundle set for every source: files and endpoints first (they keep the trust domains they name),
   // then the Workload API's bundles under its own origin.
   const bundles = new X509BundleSet();
@@ -201,12 +336,11 @@ async function serve(argv: string[]): Promise<number> {
     try {
       trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
         log: logger,
-        ...(pollMs !== undefined ? { filePollMs: pollMs } : {}),
+        ...(config.pollMs !== undefined ? { filePollMs: config.pollMs } : {}),
       });
     } catch (err) {
-      logger.fatal({ err: errorMessage(err) }, 'trust bundle not usable; not serving');
-      flush();
-      return 1;
+      closeAll();
+      throw new StartError('trust bundle not usable; not serving', errorMessage(err));
     }
   }
   if (config.spiffe) {
@@ -231,24 +365,20 @@ async function serve(argv: string[]): Promise<number> {
       onError: (reason) => logger.warn({ spiffe_socket: socket, reason }, 'Workload API'),
     });
     if (!opened.ok) {
-      logger.fatal({ spiffe_socket: socket, err: opened.reason }, 'no SVID from the Workload API; not serving');
-      flush();
-      return 1;
+      closeAll();
+      throw new StartError('no SVID from the Workload API; not serving', opened.reason, { spiffe_socket: socket });
     }
     workload = opened.value;
   }
   if (trust || workload) chainVerifier = new ChainVerifier(bundles);
   const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
+  const readyDetail = parts.readyDetail;
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
     ...(config.healthAddr !== undefined ? { healthAddr: config.healthAddr } : {}),
-    ...(live.current ? { policy: live.current } : {}),
-    policies: live,
-    shadowPolicies: shadow,
-    ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
-    metrics,
-    readyDetail: () => ({ ...reloadStatus(live, shadow), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
+    ...parts,
+    readyDetail: () => ({ ...readyDetail?.(), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
     trustedProxies: config.trustedProxies,
@@ -259,53 +389,10 @@ async function serve(argv: string[]): Promise<number> {
     ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
   trust?.start();
-  live.start();
-  shadow?.start();
-  process.on('SIGHUP', () => {
-    void live.reload('SIGHUP', { force: true });
-    void shadow?.reload('SIGHUP', { force: true });
-  });
   if (allowedCallers.length === 0 && (tlsFlags?.clientCaFile !== undefined || workload !== undefined)) {
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
   }
-  const code = await new Promise<number>((resolveStop) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) {
-        // A second signal: out now, with whatever the log has buffered.
-        logger.warn({ signal }, 'second signal; exiting at once');
-        flush();
-        process.exit(130);
-      }
-      stopping = true;
-      logger.info(
-        { signal, grace_ms: graceMs },
-        'shutting down: not ready, no new connections, finishing accepted checks',
-      );
-      // The grace period bounds the listeners' drain; this bounds everything else (a stuck flush).
-      setTimeout(() => {
-        flush();
-        process.exit(1);
-      }, graceMs + 2000).unref();
-      live.stop();
-      shadow?.stop();
-      trust?.stop();
-      void service.close(graceMs).then(() => {
-        shadowThread?.close();
-        certificates?.close();
-        workload?.close();
-        logger.info({ dropped_log_lines: dropped }, 'stopped');
-        flush();
-        resolveStop(0);
-      });
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-  });
-  // Anything else still holding the event loop (a policy watcher, a client's half-open socket) must not
-  // keep a stopped service alive.
-  setTimeout(() => process.exit(code), 200).unref();
-  return code;
+  return { service, close: closeAll };
 }
 
 /** `eval --trust-bundle`: the same bundle files and chain verification as `serve`, read once. */

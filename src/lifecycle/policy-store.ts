@@ -79,6 +79,12 @@ export interface PolicyStoreOptions {
   load?: LoadPolicyOptions;
   /** cases every candidate must pass; default: the policy folder's own `cases/` */
   casesPath?: string;
+  /**
+   * Awaited with each accepted candidate after the swap, before the reload is reported (logged, counted,
+   * resolved): `serve --workers` hands it to every worker here, so "policy reloaded" means every process
+   * serves it. Not called for the first version (`open`): there is nobody to hand it to yet.
+   */
+  distribute?: (policy: LoadedPolicy) => Promise<void>;
   /** time and heap a candidate may take in the sandbox (policy-sandbox.ts) */
   sandbox?: SandboxBudget;
 }
@@ -217,6 +223,14 @@ export class PolicyStore implements PolicySource {
     this.accepted = accepted;
     this.opts.metrics?.policyRevision(this.role, candidate.revision);
     for (const l of this.acceptedListeners) l(accepted);
+    await this.opts
+      .distribute?.(candidate)
+      .catch((err: unknown) =>
+        log.error(
+          { policy: this.role, policy_revision: candidate.revision, err: (err as Error).message },
+          'policy accepted but not handed on everywhere',
+        ),
+      );
     const o = outcome('success');
     log.info(
       {

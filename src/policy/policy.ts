@@ -57,6 +57,8 @@ export interface LoadedPolicy {
    * replace); used by case files that carry their own data. Revision gets a `+data:<hash>` suffix.
    */
   withDataOverlay?(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
+  /** the bundle bytes it was loaded from, when loaded with `keepBundle` (to hand to other processes) */
+  readonly bundle?: Uint8Array;
 }
 
 export interface LoadPolicyOptions {
@@ -65,6 +67,8 @@ export interface LoadPolicyOptions {
   evalBudgetMs?: number;
   /** false: always hand the policy the whole input and never remember answers (input-footprint.ts) */
   memoize?: boolean;
+  /** keep the bundle bytes on the policy (`bundle`): the primary of `serve --workers` sends them on */
+  keepBundle?: boolean;
   /** the byte bound of the remembered answers (default DEFAULT_MEMO_BYTES) */
   memoBytes?: number;
   /** set: only a bundle signed by this key is loaded (bundle-signing.ts) */
@@ -142,6 +146,7 @@ export async function loadPolicyBundle(
     entrypoint,
     evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
     footprint: opts.memoize === false ? undefined : footprintFromManifest(manifest, wasm),
+    ...(opts.keepBundle ? { bundle: bytes } : {}),
     memoBytes: opts.memoBytes,
   });
 }
@@ -167,6 +172,7 @@ interface WasmPolicyMeta {
   entrypoint: string;
   evalBudgetMs: number;
   footprint: InputFootprint | undefined;
+  bundle?: Uint8Array;
   memoBytes?: number;
 }
 
@@ -260,6 +266,7 @@ class WasmPolicy implements LoadedPolicy {
   private entrypointId: number;
   private poisoned = false;
   readonly inputFootprint: InputFootprint | undefined;
+  readonly bundle: Uint8Array | undefined;
   private readonly memo: DecisionMemo | undefined;
 
   private constructor(
@@ -276,6 +283,7 @@ class WasmPolicy implements LoadedPolicy {
     this.instance = instance;
     this.entrypointId = entrypointId;
     this.inputFootprint = meta.footprint;
+    this.bundle = meta.bundle;
     this.memo =
       meta.footprint?.keys && meta.footprint.deterministic
         ? new DecisionMemo(meta.memoBytes ?? DEFAULT_MEMO_BYTES)

@@ -14,6 +14,7 @@ import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseSpiffeId } from '../identity/spiffe-id.js';
 import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
+import { parseWorkers } from './workers.js';
 import type { SandboxBudget } from '../lifecycle/policy-sandbox.js';
 import { SPIFFE_ENDPOINT_SOCKET, workloadApiTarget } from '../spiffe/workload-api.js';
 import {
@@ -181,6 +182,10 @@ export const SERVE_OPTIONS = {
     default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES),
     help: 'largest CheckRequest accepted',
   },
+  workers: {
+    arg: 'N',
+    help: 'processes answering Checks on the shared ports (default: the CPUs available, cgroup-aware; 1: one process)',
+  },
   'svid-cache-entries': {
     arg: 'N',
     default: String(DEFAULT_SVID_CACHE_ENTRIES),
@@ -232,6 +237,8 @@ export interface ServeConfig {
   graceMs: number;
   checkDeadlineMs: number;
   maxReceiveMessageBytes: number;
+  /** undefined: one per CPU available (workers.ts availableCpus, which reads the cgroup: not done here) */
+  workers?: number;
   svidCacheEntries: number;
 }
 
@@ -297,6 +304,9 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
   });
   const spiffe = spiffeSource(v, env);
   const tls = spiffe ? undefined : tlsFiles(v, allowedCallers);
+  const workers = v.workers === undefined ? undefined : parseWorkers(v.workers);
+  if (v.workers !== undefined && workers === undefined)
+    throw new ConfigError(`--workers "${v.workers}": expected a count from 1 to 256`);
   const trust = trustBundles(v, spiffe !== undefined);
   const verification = verificationFlags(v);
   const bundleServer = bundleServerAuth(v, [v.policy, v['shadow-policy']]);
@@ -330,6 +340,7 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
+    ...defined('workers', workers),
     svidCacheEntries,
   };
 }

@@ -137,6 +137,8 @@ export class ServiceMetrics {
       help: 'The serving policy revision (bundle manifest revision or content hash); value is always 1',
       labelNames: ['policy', 'revision'] as const,
       registers,
+      // Across `serve --workers`: one series per revision any worker serves (more than one: mid-rollout).
+      aggregator: 'max',
     });
     this.shadowDisagreements = new Counter({
       name: 'egress_authz_shadow_disagreements_total',

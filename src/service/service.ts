@@ -62,6 +62,10 @@ export interface ServiceOptions {
    * decision, so it needs no caller check.
    */
   healthAddr?: string;
+  /** more to readiness than a policy: a worker of `serve --workers` is ready when the whole service is */
+  ready?: () => boolean;
+  /** the startup log line's message (workers say "worker serving"; the primary says the usual) */
+  servingMessage?: string;
 }
 
 export interface RunningService {
@@ -74,6 +78,10 @@ export interface RunningService {
   httpServer: http.Server;
   /** the probe listener's port when `healthAddr` was given */
   healthPort?: number;
+  /** what the startup log line said (ports, policy, TLS mode, allowed callers) */
+  servingFields: Record<string, unknown>;
+  /** re-reads readiness for grpc.health.v1 now (its Watch streams hear of a change at once) */
+  refreshHealth(): void;
   /** stop accepting, let in-flight checks finish (bounded), close both listeners */
   close(graceMs?: number): Promise<void>;
 }
@@ -93,7 +101,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const shadow =
     opts.shadowPolicies && new ShadowEvaluator(opts.shadowPolicies, { log, metrics, ...opts.shadowOptions });
   let stopping = false;
-  const isReady = () => !stopping && policies.current !== undefined;
+  const isReady = () => !stopping && policies.current !== undefined && (opts.ready?.() ?? true);
   const tls = opts.tls;
   const peerPolicy: PeerPolicy | undefined = tls && {
     requireClientCert: tls.files.current.ca !== undefined,
@@ -167,19 +175,17 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     unsubscribe?.();
     throw err;
   }
-  log.info(
-    {
-      grpc_port: grpcPort,
-      http_port: httpPort,
-      ...(healthPort !== undefined ? { health_port: healthPort } : {}),
-      policy_revision: policies.current?.revision ?? '',
-      policy_source: policies.current?.source ?? '',
-      ...(policies.current ? footprintFields(policies.current.inputFootprint) : {}),
-      tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
-      allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
-    },
-    'egress-authz serving',
-  );
+  const servingFields = {
+    grpc_port: grpcPort,
+    http_port: httpPort,
+    ...(healthPort !== undefined ? { health_port: healthPort } : {}),
+    policy_revision: policies.current?.revision ?? '',
+    policy_source: policies.current?.source ?? '',
+    ...(policies.current ? footprintFields(policies.current.inputFootprint) : {}),
+    tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
+    allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
+  };
+  log.info(servingFields, opts.servingMessage ?? 'egress-authz serving');
 
   return {
     grpcPort,
@@ -190,6 +196,8 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     grpcServer,
     httpServer,
     ...(healthPort !== undefined ? { healthPort } : {}),
+    servingFields,
+    refreshHealth: () => health.refresh(),
     async close(graceMs = DEFAULT_GRACE_MS) {
       // Not ready first (health NOT_SERVING, /readyz 503, Watch streams ended), then stop accepting and
       // let what was accepted finish; whatever is still open when the grace period ends is cut.

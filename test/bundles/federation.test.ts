@@ -146,8 +146,10 @@ describe('sideband with a bundle per trust domain', () => {
       })
       .toBe(true);
     expect((await sideband(newChain)).status).toBe(200);
-    const ready = (await (await fetch(`http://127.0.0.1:${serve.httpPort}/readyz`)).json()) as Record<string, any>;
-    expect(ready.trust_bundles).toEqual(
+    // Polled: with `--workers N` each worker reads the file itself, and the one answering may be a moment behind.
+    const trustBundles = async () =>
+      ((await (await fetch(`http://127.0.0.1:${serve.httpPort}/readyz`)).json()) as Record<string, any>).trust_bundles;
+    await expect.poll(trustBundles, { timeout: 10_000 }).toEqual(
       expect.arrayContaining([
         expect.objectContaining({
           trust_domain: 'cluster.local',

@@ -93,6 +93,12 @@ describe('Dockerfile', () => {
     expect(served.startsWith(posix.resolve(workdirAt(runtime), copied!.dest))).toBe(true);
   });
 
+  it('leaves the worker count to the container CPU limit: no --workers, serve reads the cgroup quota', () => {
+    const cmd = JSON.parse(inRuntime('CMD').at(-1)!.args) as string[];
+    expect(cmd).not.toContain('--workers');
+    expect(inRuntime('ENV').some((i) => /EGRESS_AUTHZ_WORKERS/.test(i.args))).toBe(false);
+  });
+
   it('installs production dependencies only and runs as a non-root user, exposing gRPC 9191 and HTTP 8181', () => {
     expect(inRuntime('RUN').some((i) => /npm ci\b.*--omit=dev/.test(i.args))).toBe(true);
     const user = inRuntime('USER').at(-1)?.args;

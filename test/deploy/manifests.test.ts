@@ -50,6 +50,24 @@ describe('deploy manifests', () => {
     expect(volume.configMap.name).toBe('egress-authz-policy');
   });
 
+  it('run one worker per CPU of the container limit: --workers from a resourceFieldRef on limits.cpu', () => {
+    const [container] = one(k8s, 'Deployment', 'egress-authz').spec.template.spec.containers as Json[];
+    const flag = container!.args[container!.args.indexOf('--workers') + 1] as string;
+    const variable = /^\$\(([A-Z_]+)\)$/.exec(flag)?.[1];
+    expect(variable, `--workers ${flag} names an env variable`).toBeDefined();
+    const env = (container!.env as Json[]).find((e) => e.name === variable)!;
+    expect(env.valueFrom.resourceFieldRef).toMatchObject({
+      containerName: container!.name,
+      resource: 'limits.cpu',
+      divisor: '1',
+    });
+    expect(container!.resources.limits.cpu).toBeDefined();
+    // Each worker is a Node process with its own bounded heap: the memory limit must hold them all.
+    const cpus = Math.ceil(Number(String(container!.resources.limits.cpu).replace(/m$/, 'e-3')));
+    const mib = Number(/^(\d+)Mi$/.exec(container!.resources.limits.memory)?.[1]);
+    expect(mib).toBeGreaterThanOrEqual(cpus === 1 ? 256 : 160 * cpus + 96);
+  });
+
   it('select the Deployment from the Service, the PodDisruptionBudget and the HorizontalPodAutoscaler', () => {
     const deployment = one(k8s, 'Deployment', 'egress-authz');
     const labels = deployment.spec.template.metadata.labels;

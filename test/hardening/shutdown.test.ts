@@ -19,6 +19,8 @@ const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 function partialCheck(port: number): {
   finish(): void;
   answer: Promise<{ grpcStatus?: string; bytes: number; reset?: string }>;
+  /** the server's HTTP/2 SETTINGS arrived: a serving process holds the connection (with --workers, not just the primary's accept) */
+  accepted: Promise<void>;
   close(): void;
 } {
   const session = http2.connect(`http://127.0.0.1:${port}`);
@@ -41,7 +43,8 @@ function partialCheck(port: number): {
     );
     stream.on('error', () => {});
   });
-  return { finish: () => stream.end(Buffer.from([0, 0])), answer, close: () => session.destroy() };
+  const accepted = new Promise<void>((resolve) => session.once('remoteSettings', () => resolve()));
+  return { finish: () => stream.end(Buffer.from([0, 0])), answer, accepted, close: () => session.destroy() };
 }
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -52,9 +55,13 @@ afterEach(async () => {
   serve = undefined;
 });
 
-describe('graceful shutdown', () => {
+// One process, and `--workers 2` (the primary drains every worker; their log lines reach stdout first).
+// Two workers and a primary start (and, under a whole suite on two cores, compete) for longer than one process.
+describe.each(['1', '2'])('graceful shutdown (--workers %s)', { timeout: 60_000 }, (workers) => {
   it('SIGTERM under load: every accepted check is answered and logged, the process exits in time', async () => {
-    serve = await spawnServe(['--shutdown-grace', '3s']);
+    // The drain is under test, not the check deadline: on a crowded machine (three processes for two
+    // workers) a 200 ms deadline would turn some answers into fail-closed denies.
+    serve = await spawnServe(['--shutdown-grace', '3s', '--check-deadline', '5s', '--workers', workers]);
     const clients: CheckClient[] = [];
     for (let i = 0; i < 4; i++)
       clients.push(checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': i }));
@@ -117,8 +124,10 @@ describe('graceful shutdown', () => {
         }
       })(),
     );
-    await delay(400);
+    // Load under way before the signal (a freshly started worker on a busy machine can take a moment).
+    for (let waited = 0; (answered <= 50 || sidebandAnswered <= 10) && waited < 15_000; waited += 50) await delay(50);
     const inFlight = partialCheck(serve.grpcPort);
+    await inFlight.accepted;
     await delay(100);
     const answeredBeforeSignal = answered;
     const signalledAt = Date.now();
@@ -148,11 +157,14 @@ describe('graceful shutdown', () => {
     expect(exit.code).toBe(0);
     expect(exit.at - signalledAt).toBeLessThan(3000 + 1500);
     expect(serve.lines.some((l) => l.msg === 'stopped')).toBe(true);
+    expect(serve.lines.filter((l) => l.msg === 'worker stopped')).toHaveLength(workers === '1' ? 0 : 2);
+    expect(serve.unparsed).toEqual([]);
   });
 
   it('the grace period bounds the wait for a check that never completes', async () => {
-    serve = await spawnServe(['--shutdown-grace', '1s']);
+    serve = await spawnServe(['--shutdown-grace', '1s', '--workers', workers]);
     const stuck = partialCheck(serve.grpcPort);
+    await stuck.accepted;
     await delay(100);
     const signalledAt = Date.now();
     serve.proc.kill('SIGTERM');
@@ -164,8 +176,9 @@ describe('graceful shutdown', () => {
   });
 
   it('a second signal exits at once', async () => {
-    serve = await spawnServe(['--shutdown-grace', '30s']);
+    serve = await spawnServe(['--shutdown-grace', '30s', '--workers', workers]);
     const stuck = partialCheck(serve.grpcPort);
+    await stuck.accepted;
     await delay(100);
     serve.proc.kill('SIGTERM');
     await delay(500);

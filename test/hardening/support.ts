@@ -148,6 +148,8 @@ export interface ServeProcess {
   httpPort: number;
   /** every JSON log line so far */
   lines: Record<string, any>[];
+  /** stdout lines that were not JSON (none, unless log lines were cut or interleaved) */
+  unparsed: string[];
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
   stop(): Promise<void>;
 }
@@ -174,6 +176,7 @@ export async function spawnServe(extraArgs: string[] = [], opts: { nodeArgs?: st
     },
   );
   const lines: Record<string, any>[] = [];
+  const unparsed: string[] = [];
   let buffered = '';
   let stderr = '';
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
@@ -191,7 +194,7 @@ export async function spawnServe(extraArgs: string[] = [], opts: { nodeArgs?: st
           lines.push(parsed);
           if (parsed.msg === 'egress-authz serving') resolve(parsed);
         } catch {
-          // not a log line
+          unparsed.push(line);
         }
       }
     });
@@ -206,6 +209,7 @@ export async function spawnServe(extraArgs: string[] = [], opts: { nodeArgs?: st
     grpcPort: first.grpc_port as number,
     httpPort: first.http_port as number,
     lines,
+    unparsed,
     exited,
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) {

@@ -168,9 +168,10 @@ describe('serve with its SVID from the Workload API', () => {
       const answer = await check(fresh2, checkRequest({ principal: BOOKINFO }));
       expect(answer.status.code, JSON.stringify(answer)).toBe(0);
       expect(seen2.at(-1)).toBe(fresh);
-      expect(serve.lines.filter((l) => l.msg === 'own X.509-SVID from the Workload API').map((l) => l.rotated)).toEqual(
-        [false, true],
-      );
+      // Every serving process (one, or each worker of --workers N) has its own Workload API client.
+      const svidLines = serve.lines.filter((l) => l.msg === 'own X.509-SVID from the Workload API');
+      for (const process of new Set(svidLines.map((l) => l.worker)))
+        expect(svidLines.filter((l) => l.worker === process).map((l) => l.rotated)).toEqual([false, true]);
 
       // a CA rotation in the bundle reaches the caller verification
       const nextCa = await createCa('Mesh CA 2');

@@ -79,7 +79,8 @@ export async function waitUntil(
   proc: RunningProcess,
   what: string,
   ready: () => Promise<boolean>,
-  timeoutMs = 15_000,
+  // generous: `serve` starts a primary and a worker per CPU, which on a busy machine takes a while
+  timeoutMs = 45_000,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let exited = false;
