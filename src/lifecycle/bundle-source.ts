@@ -180,7 +180,7 @@ class FileSource extends LocalSource {
     const bytes = await readFile(this.location);
     const version = `sha256:${sha256(bytes)}`;
     if (this.unchanged(version, opts.force)) return undefined;
-    return { version, bytes: async () => bytes };
+    return { version, bytes: () => Promise.resolve(bytes) };
   }
 
   protected signature(): Promise<string> {
@@ -276,7 +276,7 @@ class UrlBundleSource implements BundleSource {
     const same = version === this.lastVersion;
     this.lastVersion = version;
     if (same && !opts.force) return undefined;
-    return { version, bytes: async () => bytes };
+    return { version, bytes: () => Promise.resolve(bytes) };
   }
 
   watch(onChange: (trigger: string) => void): () => void {

@@ -48,7 +48,7 @@ export class ShadowThread {
     const stuckMs = opts.stuckMs ?? 10_000;
     this.watchdog = setInterval(
       () => {
-        const oldest = this.waiting.values().next().value as Waiting | undefined;
+        const oldest = this.waiting.values().next().value;
         if (oldest && performance.now() - oldest.postedAt > stuckMs) {
           this.opts.onProblem?.(`shadow evaluation unanswered for ${stuckMs}ms; shadow thread replaced`);
           this.restart();

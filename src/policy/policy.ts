@@ -122,6 +122,7 @@ export async function loadPolicyBundle(
   // Nothing may hold the parsed data while the policy parses the bytes: each growth of the Wasm memory
   // makes V8 collect garbage, and a live 60 MiB object turned 4 s of CPU into 37 s (18 MiB data.json).
   const data = dataJson ? undefined : bundle.data;
+  // eslint-disable-next-line no-useless-assignment -- dropping the reference is the point (see above)
   bundle = undefined;
   const limits = checkWasmLimits(wasm, {
     maxMemoryPages: WASM_MEMORY.maximum,
@@ -410,7 +411,7 @@ function setPolicyData(
 ): void {
   if (!dataJson) return instance.setData(data);
   const text = dataJson.buffer.slice(dataJson.byteOffset, dataJson.byteOffset + dataJson.byteLength) as ArrayBuffer;
-  instance.setData(text as unknown as object);
+  instance.setData(text);
 }
 
 function project(input: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {

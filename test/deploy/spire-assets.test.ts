@@ -65,7 +65,7 @@ describe('deploy/spire (Kubernetes overlay)', () => {
 
   it('probes the plain-HTTP health listener, since both main listeners require client certificates', () => {
     const parsed = parseServeConfig(container.args.slice(1), env);
-    const port = Number((parsed.ok && parsed.value.healthAddr)!.split(':')[1]);
+    const port = Number((parsed.ok ? parsed.value.healthAddr : undefined)?.split(':')[1]);
     expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port });
     expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port });
   });

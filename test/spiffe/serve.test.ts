@@ -4,14 +4,12 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseServeConfig } from '../../src/service/config.js';
 import { createCa, workloadSvid } from '../support/pki.js';
 import { check, checkClient, checkRequest, type CheckClient } from '../support/service.js';
 import {
   BIGIP_ID,
-  EVIL_ID,
   GATEWAY_ID,
   grpcTls,
   httpsRequest,
@@ -62,7 +60,7 @@ describe('serve --spiffe-socket configuration', () => {
     [[], { SPIFFE_ENDPOINT_SOCKET: 'tcp://127.0.0.1:1' }, /SPIFFE_ENDPOINT_SOCKET: .*only unix: sockets/],
     [['--spiffe-socket=/s', '--spiffe-wait=soon'], {}, /--spiffe-wait "soon"/],
   ])('refuses %j %j with a reason', (argv, env, why) => {
-    const r = parse(argv, env as Record<string, string>);
+    const r = parse(argv, env);
     expect(r.ok).toBe(false);
     expect(r.ok ? '' : r.reason).toMatch(why);
   });
@@ -95,7 +93,7 @@ describe('serve with its SVID from the Workload API', () => {
       const t0 = Date.now();
       const failed = spawnServe([...POLICY, '--spiffe-socket', join(dir, 'nobody.sock'), '--spiffe-wait', '700ms']);
       await expect(failed).rejects.toThrow(/serve exited \(1\) before serving/);
-      const message = String(await failed.catch((e: Error) => e.message));
+      const message: unknown = await failed.catch((e: Error) => e.message);
       expect(message).toMatch(/no SVID from the Workload API; not serving/);
       expect(message).toMatch(/within 700 ms: FetchX509SVID UNAVAILABLE/);
       expect(message).not.toMatch(/\n\s+at /);

@@ -38,7 +38,7 @@ describe('Workload API messages', () => {
     const good = svidMessage(ID, await workloadSvid(ca, ID), [ca]);
     fc.assert(
       fc.property(
-        fc.constantFrom('x509Svid', 'x509SvidKey', 'bundle') as fc.Arbitrary<'x509Svid' | 'x509SvidKey' | 'bundle'>,
+        fc.constantFrom<'x509Svid' | 'x509SvidKey' | 'bundle'>('x509Svid', 'x509SvidKey', 'bundle'),
         fc.nat(),
         fc.uint8Array({ maxLength: 300 }),
         (field, cutAt, junk) => {
