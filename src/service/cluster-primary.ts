@@ -214,7 +214,7 @@ export class WorkerPool {
           }),
       );
     const all = [own, ...(await Promise.all(fromWorkers)).filter((m) => m !== undefined)];
-    return AggregatorRegistry.aggregate(all as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+    return AggregatorRegistry.aggregate(all).metrics();
   }
 
   private bundleMessage(role: PolicyRole, policy: LoadedPolicy): BundleMessage {

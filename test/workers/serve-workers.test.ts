@@ -96,7 +96,7 @@ describe('serve --workers 2', () => {
     ]);
     await waitFor(async () => (await readyz()).code === 200, 20_000, 'both workers ready');
     clients = Array.from({ length: 8 }, (_, i) =>
-      checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': i } as grpc.ClientOptions),
+      checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': i }),
     );
   });
 
@@ -237,7 +237,7 @@ describe('serve --workers 2', () => {
     expect(after).not.toContain(before[0]);
     // The replacement serves the current policy, from the primary (the file on disk is the refused one).
     const fresh = clients.map((_, i) =>
-      checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': 100 + i } as grpc.ClientOptions),
+      checkClient(serve.grpcPort, grpc.credentials.createInsecure(), { 'test.channel': 100 + i }),
     );
     const answers = await Promise.all(fresh.map((c) => check(c, checkRequest({ principal: BOOKINFO }))));
     for (const c of fresh) c.close();
