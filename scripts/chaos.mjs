@@ -195,9 +195,11 @@ async function buildSlowPolicy(out) {
     const policy = await loadPolicy(out);
     const took = [];
     for (let i = 0; i < 6; i++) {
+      // On a quiet machine the loop may finish inside the budget: then it is timed here and grown.
+      const started = performance.now();
       const r = policy.evaluate(input);
-      if (r.ok) throw new Error(`the slow policy answered within the budget: ${JSON.stringify(r.value)}`);
-      took.push(Number(/took ([0-9.]+)ms/.exec(r.reason)?.[1] ?? 0));
+      const elapsed = performance.now() - started;
+      took.push(r.ok ? elapsed : Number(/took ([0-9.]+)ms/.exec(r.reason)?.[1] ?? elapsed));
     }
     warmMs = Math.min(...took.slice(2));
     if (warmMs >= target) return { loop: n, warm_eval_ms: warmMs, revision: `chaos-slow-${n}` };
