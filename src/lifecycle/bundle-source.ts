@@ -6,10 +6,12 @@
 // itself would miss) plus a slow stat poll, because watches can be lost.
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
-import { readPolicyBytes } from '../policy/policy.js';
+import { DEFAULT_ENTRYPOINT, MAX_BUNDLE_BYTES } from '../policy/bundle.js';
+import { buildWasmBundle } from '../policy/opa-cli.js';
+import { loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 import { listPolicyFolder } from '../policy/policy-folder.js';
 import { getBundle, type BundleServerAuth } from './bundle-http.js';
 
@@ -54,6 +56,48 @@ const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
 
 export function isBundleUrl(location: string): boolean {
   return /^https?:\/\//i.test(location);
+}
+
+/**
+ * Loads a policy from a bundle file (`.tar.gz`, as `opa build -t wasm` writes) or from a folder of Rego
+ * and data.json files, which is compiled with the opa CLI into a temporary bundle (removed afterwards).
+ * Rejects with a message naming the location when the policy cannot be read, compiled or instantiated,
+ * or lacks the entrypoint.
+ */
+export async function loadPolicy(location: string, opts: LoadPolicyOptions = {}): Promise<LoadedPolicy> {
+  const bytes = await readPolicyBytes(location, opts.entrypoint ?? DEFAULT_ENTRYPOINT);
+  return loadPolicyBundle(bytes, { ...opts, source: location });
+}
+
+/** A bundle file's bytes, or a policy folder compiled into a bundle (what loadPolicy loads). */
+export async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
+  let info;
+  try {
+    info = await stat(location);
+  } catch (e) {
+    throw new Error(`policy ${location}: ${(e as Error).message}`);
+  }
+  let bytes: Uint8Array;
+  if (info.isDirectory()) {
+    bytes = await compileFolder(location, entrypoint);
+  } else {
+    if (info.size > MAX_BUNDLE_BYTES)
+      throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
+    bytes = await readFile(location);
+  }
+  return bytes;
+}
+
+// A policy folder is development input; the evaluator (policy.ts) only ever sees the bundle built from it.
+async function compileFolder(dir: string, entrypoint: string): Promise<Uint8Array> {
+  const tmp = await mkdtemp(join(tmpdir(), 'egress-authz-policy-'));
+  try {
+    const out = join(tmp, 'bundle.tar.gz');
+    await buildWasmBundle(dir, out, entrypoint);
+    return await readFile(out);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 }
 
 /** The source for a `--policy` value: a URL, or a path that must exist (a bundle file or a folder). */

@@ -9,6 +9,9 @@ import { verifyBundleFiles, type BundleVerification } from './bundle-signing.js'
 
 const gunzipAsync = promisify(gunzip);
 
+/** The policy rule that decides, unless told otherwise (the bundle's manifest names the entrypoints it was built for). */
+export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
+
 /** Refuse bundles larger than this, compressed or unpacked. */
 export const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 

@@ -6,12 +6,10 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bundleModulePath, readBundleFiles, writeBundleFiles } from './bundle.js';
+import { bundleModulePath, DEFAULT_ENTRYPOINT, readBundleFiles, writeBundleFiles } from './bundle.js';
 import { signBundleFiles, SIGNATURES_FILE, type BundleSigningKey } from './bundle-signing.js';
 import { listPolicyFolder } from './policy-folder.js';
 import { footprintStamp, inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
-
-export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 
 /**
  * Names OPA skips when it loads a policy folder, for `build` and `test` alike: case files are inputs

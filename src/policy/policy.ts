@@ -3,19 +3,13 @@
 // a Result, never an exception, so the decision step can deny with a reason.
 import { createHash, hash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
-import { MAX_BUNDLE_BYTES, readBundle, type PolicyBundle } from './bundle.js';
+import { DEFAULT_ENTRYPOINT, readBundle, type PolicyBundle } from './bundle.js';
 import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
-import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { checkWasmLimits } from './wasm-limits.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
-
-export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
 
 // The SDK's ESM entry exports only loadPolicy; its CommonJS entry also has loadPolicySync.
 const opaWasm = createRequire(import.meta.url)(
@@ -75,36 +69,6 @@ export interface LoadPolicyOptions {
   verification?: BundleVerification;
 }
 
-/**
- * Loads a policy from a bundle file (`.tar.gz`, as `opa build -t wasm` writes) or from a folder of Rego
- * and data.json files, which is compiled with the opa CLI into a temporary bundle (removed afterwards).
- * Rejects with a message naming the location when the policy cannot be read, compiled or instantiated,
- * or lacks the entrypoint.
- */
-export async function loadPolicy(location: string, opts: LoadPolicyOptions = {}): Promise<LoadedPolicy> {
-  const bytes = await readPolicyBytes(location, opts.entrypoint ?? DEFAULT_ENTRYPOINT);
-  return loadPolicyBundle(bytes, { ...opts, source: location });
-}
-
-/** A bundle file's bytes, or a policy folder compiled into a bundle (what loadPolicy loads). */
-export async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
-  let info;
-  try {
-    info = await stat(location);
-  } catch (e) {
-    throw new Error(`policy ${location}: ${(e as Error).message}`);
-  }
-  let bytes: Uint8Array;
-  if (info.isDirectory()) {
-    bytes = await compileFolder(location, entrypoint);
-  } else {
-    if (info.size > MAX_BUNDLE_BYTES)
-      throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
-    bytes = await readFile(location);
-  }
-  return bytes;
-}
-
 /** Loads a bundle already in memory (e.g. fetched from a bundle server). */
 export async function loadPolicyBundle(
   bytes: Uint8Array,
@@ -149,17 +113,6 @@ export async function loadPolicyBundle(
     ...(opts.keepBundle ? { bundle: bytes } : {}),
     memoBytes: opts.memoBytes,
   });
-}
-
-async function compileFolder(dir: string, entrypoint: string): Promise<Uint8Array> {
-  const tmp = await mkdtemp(join(tmpdir(), 'egress-authz-policy-'));
-  try {
-    const out = join(tmp, 'bundle.tar.gz');
-    await buildWasmBundle(dir, out, entrypoint);
-    return await readFile(out);
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
 }
 
 function sha256(bytes: Uint8Array | string): string {
