@@ -14,6 +14,8 @@ import { buildWasmBundle } from '../policy/opa-cli.js';
 import { loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 import { listPolicyFolder } from '../policy/policy-folder.js';
 import { getBundle, type BundleServerAuth } from './bundle-http.js';
+import { isDirectory } from '../common/files.js';
+import { sha256Hex } from '../common/hash.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
 
@@ -111,17 +113,9 @@ export async function openBundleSource(location: string, opts: BundleSourceOptio
   }
   if (info.isDirectory()) {
     const cases = join(location, 'cases');
-    const hasCases = await stat(cases).then(
-      (s) => s.isDirectory(),
-      () => false,
-    );
-    return new FolderSource(location, hasCases ? cases : undefined, opts);
+    return new FolderSource(location, (await isDirectory(cases)) ? cases : undefined, opts);
   }
   return new FileSource(location, opts);
-}
-
-function sha256(data: Uint8Array | string): string {
-  return createHash('sha256').update(data).digest('hex');
 }
 
 abstract class LocalSource implements BundleSource {
@@ -222,7 +216,7 @@ class FileSource extends LocalSource {
     if (info.size > MAX_BUNDLE_BYTES)
       throw new Error(`policy ${this.location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
     const bytes = await readFile(this.location);
-    const version = `sha256:${sha256(bytes)}`;
+    const version = `sha256:${sha256Hex(bytes)}`;
     if (this.unchanged(version, opts.force)) return undefined;
     return { version, bytes: () => Promise.resolve(bytes) };
   }
@@ -316,7 +310,7 @@ class UrlBundleSource implements BundleSource {
     const etag = res.etag;
     // Remembered even if the bundle is then refused: the server is not asked for it again until it changes.
     this.etag = etag;
-    const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256(bytes)}`;
+    const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256Hex(bytes)}`;
     const same = version === this.lastVersion;
     this.lastVersion = version;
     if (same && !opts.force) return undefined;

@@ -1,13 +1,15 @@
 // The policy engine: a Rego policy compiled to Wasm, evaluated in-process with the OPA Wasm SDK.
 // Whatever the policy does — errors, returns nothing, returns garbage, runs too long — evaluate() gives
 // a Result, never an exception, so the decision step can deny with a reason.
-import { createHash, hash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { DEFAULT_ENTRYPOINT, readBundle, type PolicyBundle } from './bundle.js';
 import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { checkWasmLimits } from './wasm-limits.js';
+import { sha256Hex } from '../common/hash.js';
+import { isObject } from '../common/json.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
 
@@ -103,7 +105,7 @@ export async function loadPolicyBundle(
   const revision =
     typeof manifestRevision === 'string' && manifestRevision !== ''
       ? manifestRevision
-      : `sha256:${sha256(bytes).slice(0, 12)}`;
+      : `sha256:${sha256Hex(bytes).slice(0, 12)}`;
   return WasmPolicy.create(module, data, dataJson, {
     revision,
     source: opts.source,
@@ -113,10 +115,6 @@ export async function loadPolicyBundle(
     ...(opts.keepBundle ? { bundle: bytes } : {}),
     memoBytes: opts.memoBytes,
   });
-}
-
-function sha256(bytes: Uint8Array | string): string {
-  return createHash('sha256').update(bytes).digest('hex');
 }
 
 interface WasmPolicyMeta {
@@ -347,7 +345,7 @@ class WasmPolicy implements LoadedPolicy {
     const data = deepMerge(this.data, overlay);
     return WasmPolicy.create(this.module, data, undefined, {
       ...this.meta,
-      revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}`,
+      revision: `${this.revision}+data:${sha256Hex(JSON.stringify(overlay)).slice(0, 12)}`,
     });
   }
 }
@@ -462,10 +460,6 @@ function optionalString(obj: Record<string, unknown>, key: string): Result<strin
   const v = obj[key];
   if (v === undefined || typeof v === 'string') return ok(v);
   return fail(`policy result "${key}" must be a string, got ${typeName(v)}`, 'policy');
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function typeName(v: unknown): string {
