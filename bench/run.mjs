@@ -102,6 +102,7 @@ const systems = {
           serverCores(workers),
           process.execPath,
           '--max-old-space-size=128',
+          '--max-semi-space-size=4',
           join(root, 'dist', 'cli.js'),
           'serve',
           '--grpc-addr',
