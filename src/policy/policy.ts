@@ -131,11 +131,15 @@ interface WasmPolicyMeta {
 // SHA-256 of the projected input's JSON: a fixed 32-character key however long the input. A cluster's
 // answers are few distinct values (allow + pool, deny + reason), so equal answers are stored once
 // (interned, up to MEMO_INTERNED of them, counted in the bytes once) and an entry costs its key and
-// its Map slot. Bounded in bytes; LRU beyond.
-export const DEFAULT_MEMO_BYTES = 16 * 1024 * 1024;
+// its Map slot. Bounded in bytes; LRU beyond. The default holds 100,000 answers (with the certificate
+// cache's 24 MiB, 100,000 workloads measured 29 MiB of heap together: docs/performance.md).
+export const DEFAULT_MEMO_BYTES = 11 * 1024 * 1024;
 const MEMO_INTERNED = 1024;
-// Map slot and the key string's header (measured with bench/cache-bytes.mjs, docs/performance.md).
-const MEMO_ENTRY_BYTES = 64;
+/** the interned answers' share: a quarter of the bound, at most this (1,024 answers need far less) */
+const MEMO_INTERN_MAX_BYTES = 512 * 1024;
+// The Map slot with the table's worst-case growth slack (see x509-svid.ts; measured 85-94 bytes per
+// entry with the key, bench/cache-bytes.mjs).
+const MEMO_ENTRY_BYTES = 56;
 const INTERNED_ENTRY_BYTES = 200;
 
 /** Hits, misses and bytes of every policy instance's memo since start (for /metrics). */
@@ -161,7 +165,7 @@ class DecisionMemo {
   private readonly internBudget: number;
 
   constructor(readonly maxBytes: number) {
-    this.internBudget = Math.floor(maxBytes / 4);
+    this.internBudget = Math.min(Math.floor(maxBytes / 4), MEMO_INTERN_MAX_BYTES);
     this.lru = new ByteLru({
       maxBytes: maxBytes - this.internBudget,
       sizeOf: (key, value) => MEMO_ENTRY_BYTES + stringBytes(key) + (this.ownBytes.has(value) ? resultBytes(value) : 0),
