@@ -2,7 +2,7 @@
 // Transports only translate their wire format to and from these calls.
 import type { FailureCode } from '../common/result.js';
 import { decide, policyFailure, type Decision, type PolicySource } from './decision.js';
-import { correlationOf } from './correlation.js';
+import { correlationOf, REQUEST_ID_HEADER, TRACEPARENT_HEADER } from './correlation.js';
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type ChainCheck, type PeerEvidence } from '../identity/identity.js';
 import { trustedHeaderEvidence } from '../identity/trusted-header.js';
@@ -75,7 +75,7 @@ export class Authorizer {
           evidence,
           verifyChain: this.opts.verifyEnvoyChain === true,
           build: (id, err) => buildEnvoyInput(req, id, err),
-          correlation: { request_id: headers['x-request-id'], traceparent: headers['traceparent'] },
+          correlation: { request_id: headers[REQUEST_ID_HEADER], traceparent: headers[TRACEPARENT_HEADER] },
         };
       },
       receivedAt,
@@ -87,7 +87,7 @@ export class Authorizer {
       evidence: { certificatePem: req.certificatePem },
       verifyChain: true,
       build: (id, err) => buildSidebandInput(req, id, err),
-      correlation: { request_id: req.requestId, traceparent: req.headers['traceparent'] },
+      correlation: { request_id: req.requestId, traceparent: req.headers[TRACEPARENT_HEADER] },
     }));
   }
 

@@ -3,6 +3,10 @@
 // made printable before they go anywhere, and traceparent is kept only when it is a valid W3C value.
 import type { Correlation } from './decision-log.js';
 
+/** The request headers the correlation fields come from (Envoy's and the iRule's requests). */
+export const REQUEST_ID_HEADER = 'x-request-id';
+export const TRACEPARENT_HEADER = 'traceparent';
+
 /** Envoy's own ids are UUIDs (36); the iRule's are 22 characters. */
 export const MAX_REQUEST_ID_CHARS = 128;
 

@@ -1,12 +1,10 @@
 // Decision → CheckResponse, in the field names @grpc/proto-loader expects with keepCase off
 // (google.protobuf.Value is `{stringValue}`: a snake_case object would silently encode an empty Value).
 import type { Decision } from '../decision/decision.js';
+import { GRPC_DECISION_ID_HEADER, GRPC_SNAT_POOL_HEADER } from './headers.js';
 
 const OK = 0;
 const PERMISSION_DENIED = 7;
-
-export const SNAT_POOL_HEADER = 'x-egress-snat-pool';
-export const DECISION_ID_HEADER = 'x-egress-decision-id';
 
 interface HeaderValueOption {
   header: { key: string; value: string };
@@ -35,8 +33,8 @@ export function toCheckResponse(d: Decision): Record<string, unknown> {
   };
   const extra = Object.entries(d.headers).map(([k, v]) => header(k, v));
   if (d.allow) {
-    const headers = [header(DECISION_ID_HEADER, d.decision_id), ...extra];
-    if (d.snat_pool) headers.unshift(header(SNAT_POOL_HEADER, d.snat_pool));
+    const headers = [header(GRPC_DECISION_ID_HEADER, d.decision_id), ...extra];
+    if (d.snat_pool) headers.unshift(header(GRPC_SNAT_POOL_HEADER, d.snat_pool));
     return {
       status: { code: OK, message: '' },
       okResponse: { headers },
@@ -47,7 +45,7 @@ export function toCheckResponse(d: Decision): Record<string, unknown> {
     status: { code: PERMISSION_DENIED, message: d.reason },
     deniedResponse: {
       status: { code: d.http_status },
-      headers: [header(DECISION_ID_HEADER, d.decision_id), header('content-type', 'text/plain'), ...extra],
+      headers: [header(GRPC_DECISION_ID_HEADER, d.decision_id), header('content-type', 'text/plain'), ...extra],
       body: `${d.body}\n`,
     },
     dynamicMetadata,

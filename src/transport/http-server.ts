@@ -4,6 +4,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { TLSSocket } from 'node:tls';
+import { DECISION_HEADER, REASON_HEADER } from './headers.js';
 import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
 
 export type RouteHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
@@ -33,8 +34,8 @@ export function createHttpServer(opts: HttpServerOptions): http.Server {
       const verdict = judgePeer(opts.peerPolicy, socket.authorized === true, socket.getPeerCertificate?.()?.raw);
       if (!verdict.ok) {
         opts.onPeerRefused?.(verdict, `${socket.remoteAddress ?? ''}:${socket.remotePort ?? ''}`);
-        res.setHeader('x-egress-decision', 'deny');
-        res.setHeader('x-egress-reason', verdict.reason.replace(/[^\x20-\x7e]/g, ' '));
+        res.setHeader(DECISION_HEADER, 'deny');
+        res.setHeader(REASON_HEADER, verdict.reason.replace(/[^\x20-\x7e]/g, ' '));
         req.resume();
         return json(res, 403, { error: verdict.reason });
       }

@@ -7,6 +7,14 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { oneLine, type Decision } from '../decision/decision.js';
 import type { SidebandRequest } from '../decision/input.js';
+import {
+  CACHE_TTL_HEADER,
+  DECISION_HEADER,
+  DECISION_ID_HEADER,
+  REASON_HEADER,
+  SIDEBAND_REQUEST_HEADERS,
+  SNAT_POOL_HEADER,
+} from './headers.js';
 
 export const SIDEBAND_PATH = '/v1/sideband';
 
@@ -59,12 +67,6 @@ export function sidebandCacheTtl(d: Decision, ttlS: number): number {
 }
 
 const ACCEPTED_CONTENT_TYPES = new Set(['application/x-pem-file', 'text/plain']);
-const OPTIONAL_HEADERS = {
-  virtualServer: 'x-egress-virtual-server',
-  clientAddress: 'x-egress-client-address',
-  destination: 'x-egress-destination',
-  requestId: 'x-request-id',
-} as const;
 
 /**
  * Answers one sideband request. Never throws: every path ends in an answer with X-Egress-Decision, and
@@ -179,7 +181,7 @@ type Optional = Pick<SidebandRequest, 'virtualServer' | 'clientAddress' | 'desti
 
 function optionalHeaders(req: IncomingMessage): { ok: true; value: Optional } | { ok: false; reason: string } {
   const value: Optional = {};
-  for (const [field, name] of Object.entries(OPTIONAL_HEADERS) as [keyof Optional, string][]) {
+  for (const [field, name] of Object.entries(SIDEBAND_REQUEST_HEADERS) as [keyof Optional, string][]) {
     const raw = req.headers[name];
     if (raw === undefined) continue;
     if (typeof raw !== 'string' || raw.length > MAX_OPTIONAL_HEADER || !/^[\x21-\x7e]*$/.test(raw.trim())) {
@@ -211,11 +213,11 @@ function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): vo
   if (res.headersSent || res.destroyed) return;
   const body = answerBody(a);
   res.statusCode = a.status;
-  res.setHeader('X-Egress-Decision', a.allow ? 'allow' : 'deny');
-  res.setHeader('X-Egress-Snat-Pool', a.allow ? a.snatPool : '');
-  res.setHeader('X-Egress-Decision-Id', a.decisionId);
-  res.setHeader('X-Egress-Reason', oneLine(a.reason));
-  res.setHeader('X-Egress-Cache-Ttl', String(a.cacheTtlS));
+  res.setHeader(DECISION_HEADER, a.allow ? 'allow' : 'deny');
+  res.setHeader(SNAT_POOL_HEADER, a.allow ? a.snatPool : '');
+  res.setHeader(DECISION_ID_HEADER, a.decisionId);
+  res.setHeader(REASON_HEADER, oneLine(a.reason));
+  res.setHeader(CACHE_TTL_HEADER, String(a.cacheTtlS));
   res.setHeader('Content-Type', 'text/plain; charset=utf-8');
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.setHeader('Cache-Control', 'no-store');
@@ -234,8 +236,8 @@ export function rawDenyAnswer(status: number, reason: string): string {
     status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
   return (
     `HTTP/1.1 ${status} ${phrase}\r\n` +
-    `X-Egress-Decision: deny\r\nX-Egress-Snat-Pool: \r\nX-Egress-Decision-Id: ${randomUUID()}\r\n` +
-    `X-Egress-Reason: ${text}\r\nX-Egress-Cache-Ttl: 0\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+    `${DECISION_HEADER}: deny\r\n${SNAT_POOL_HEADER}: \r\n${DECISION_ID_HEADER}: ${randomUUID()}\r\n` +
+    `${REASON_HEADER}: ${text}\r\n${CACHE_TTL_HEADER}: 0\r\nContent-Type: text/plain; charset=utf-8\r\n` +
     `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
   );
 }
