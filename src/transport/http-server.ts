@@ -10,8 +10,6 @@ import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
 export type RouteHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
 export interface HttpServerOptions {
-  /** liveness: the process can answer */
-  live?: () => boolean;
   /** readiness: a policy is loaded (and we are not shutting down); body says which revision */
   ready: () => { ready: boolean; detail: Record<string, unknown> };
   /** "METHOD /path" → handler */
@@ -43,8 +41,7 @@ export function createHttpServer(opts: HttpServerOptions): http.Server {
     const route = routes[`${req.method} ${path}`];
     if (route) return route(req, res);
     if (req.method === 'GET' || req.method === 'HEAD') {
-      if (path === '/healthz')
-        return json(res, opts.live?.() === false ? 503 : 200, { status: opts.live?.() === false ? 'down' : 'ok' });
+      if (path === '/healthz') return json(res, 200, { status: 'ok' });
       if (path === '/readyz') {
         const r = opts.ready();
         return json(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', ...r.detail });
@@ -55,7 +52,8 @@ export function createHttpServer(opts: HttpServerOptions): http.Server {
   };
   const server: http.Server = opts.tls ? https.createServer(opts.tls, handler) : http.createServer(handler);
   // Bounded waits for slow or idle clients (slowloris); the BIG-IP keeps its sideband connection open
-  // between calls, so keep-alive is long enough to be reused.
+  // between calls, so keep-alive is long enough to be reused: longer than the iRule's `-idle` (30 s), so
+  // that the BIG-IP, not us, closes an idle connection and never sends on one we are closing.
   server.headersTimeout = 10_000;
   server.requestTimeout = 15_000;
   server.keepAliveTimeout = 60_000;

@@ -31,7 +31,7 @@ export function sidebandRoutes(
   authorizer: SidebandAuthorizer,
   opts: SidebandOptions = {},
 ): Record<string, (req: IncomingMessage, res: ServerResponse) => void> {
-  return { [`POST ${SIDEBAND_PATH}`]: (req, res) => handleSideband(req, res, authorizer, undefined, opts) };
+  return { [`POST ${SIDEBAND_PATH}`]: (req, res) => handleSideband(req, res, authorizer, opts) };
 }
 
 export interface SidebandOptions {
@@ -72,17 +72,13 @@ const ACCEPTED_CONTENT_TYPES = new Set(['application/x-pem-file', 'text/plain'])
  * Answers one sideband request. Never throws: every path ends in an answer with X-Egress-Decision, and
  * anything this code cannot vouch for is a deny.
  */
-export function handleSideband(
+function handleSideband(
   req: IncomingMessage,
   res: ServerResponse,
   authorizer: SidebandAuthorizer,
-  onAnswer?: (a: SidebandAnswer) => void,
-  opts: SidebandOptions = {},
+  opts: SidebandOptions,
 ): void {
-  const respond = (a: SidebandAnswer, close = false): void => {
-    onAnswer?.(a);
-    writeAnswer(res, a, close);
-  };
+  const respond = (a: SidebandAnswer, close = false): void => writeAnswer(res, a, close);
   if (req.method !== 'POST') {
     res.setHeader('Allow', 'POST');
     respond(malformed(`method ${req.method ?? ''} not allowed`, 405));
@@ -242,26 +238,11 @@ export function rawDenyAnswer(status: number, reason: string): string {
   );
 }
 
-export interface SidebandServerLimits {
-  /** the whole request head must arrive within this (slowloris) */
-  headersTimeoutMs?: number;
-  /** the whole request, body included */
-  requestTimeoutMs?: number;
-  /**
-   * how long an idle keep-alive connection stays open; keep it longer than the iRule's `-idle` (30 s) so
-   * the BIG-IP, not us, closes an idle connection and never sends on one we are closing
-   */
-  keepAliveTimeoutMs?: number;
-}
-
 /**
- * Makes the HTTP listener fit for the sideband: a readable deny for requests Node cannot parse, and the
- * given timeouts (the listener's own are kept otherwise; they must stay bounded).
+ * Makes the HTTP listener fit for the sideband: a readable deny for requests Node cannot parse. Its
+ * timeouts are the listener's own (http-server.ts).
  */
-export function configureSidebandServer(server: Server, limits: SidebandServerLimits = {}): void {
-  if (limits.headersTimeoutMs !== undefined) server.headersTimeout = limits.headersTimeoutMs;
-  if (limits.requestTimeoutMs !== undefined) server.requestTimeout = limits.requestTimeoutMs;
-  if (limits.keepAliveTimeoutMs !== undefined) server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+export function configureSidebandServer(server: Server): void {
   // An HTTP/1.1 request without Host would get Node's bare 400; the sideband answers every request
   // itself, with the deny headers (the routing never depends on Host).
   (server as Server & { requireHostHeader?: boolean }).requireHostHeader = false;
