@@ -2,8 +2,9 @@
 # to which destinations. Tenants, pools and destination lists are data (data.egress, see data.json);
 # adding a tenant is a data change, never a code change.
 #
-# Input (see DESIGN.md): input.identity (null when the identity step refused the peer, with
-# input.identity_error saying why), input.destination {host, port?}, input.caller.
+# Input (see DESIGN.md): input.identity (a verified identity: the service denies a request without one
+# before it asks the policy), input.destination {host, port?}, input.caller. Asked without an identity
+# anyway (opa eval), the default decision denies.
 # Result: {allow, snat_pool, reason}; snat_pool is "" on a deny.
 package egress.authz
 
@@ -38,9 +39,7 @@ home_tenants := data.egress.tenants if is_object(data.egress.tenants) else := {}
 tenant := domain_tenants[namespace] if is_object(domain_tenants[namespace])
 
 # The first check that fails names the reason; `else` keeps the order deterministic and the value single.
-denial := identity_error if {
-	not identity
-} else := sprintf("trust domain %v is not allowed", [object.get(identity, "trust_domain", "(none)")]) if {
+denial := sprintf("trust domain %v is not allowed", [object.get(identity, "trust_domain", "(none)")]) if {
 	not domain_tenants
 } else := sprintf("%v is not a namespaced workload identity", [identity.spiffe_id]) if {
 	not namespace
@@ -51,11 +50,6 @@ denial := identity_error if {
 } else := sprintf("namespace %v may not reach %v", [namespace, destination_label]) if {
 	not destination_allowed
 }
-
-identity_error := input.identity_error if {
-	is_string(input.identity_error)
-	input.identity_error != ""
-} else := "no verified workload identity"
 
 valid_pool(pool) if {
 	is_string(pool)

@@ -68,16 +68,19 @@ test_non_istio_path_denied if {
 	d.reason == "spiffe://cluster.local/batch/job is not a namespaced workload identity"
 }
 
-test_failed_identity_denied_with_its_error if {
+# The service never asks without an identity (decision.ts denies first, with the identity step's
+# error); asked anyway, the policy still denies, by its default.
+test_failed_identity_denied if {
 	d := authz.decision with input as {"identity": null, "identity_error": "certificate has expired"}
 	d.allow == false
-	d.reason == "certificate has expired"
+	d.snat_pool == ""
+	d.reason == "no egress rule matched"
 }
 
 test_missing_identity_denied if {
 	d := authz.decision with input as {}
 	d.allow == false
-	d.reason == "no verified workload identity"
+	d.reason == "no egress rule matched"
 }
 
 test_non_object_input_denied if {

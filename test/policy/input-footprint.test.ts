@@ -131,7 +131,7 @@ describe('projected and remembered evaluation', () => {
     const files = await readBundleFiles(readFileSync('dist/policy/bundle.tar.gz'));
     const manifest = JSON.parse(Buffer.from(files.get('.manifest')!).toString('utf8'));
     expect(manifest.metadata.egress_authz_input).toEqual({
-      keys: ['destination', 'identity', 'identity_error'],
+      keys: ['destination', 'identity'],
       deterministic: true,
       why: '',
       // the stamp names the module it describes (input-footprint.ts)
@@ -143,7 +143,7 @@ describe('projected and remembered evaluation', () => {
 
   it('the default policy is projected and remembered; turning it off gives the very same answers', () => {
     expect(policies.memo!.inputFootprint).toMatchObject({
-      keys: ['destination', 'identity', 'identity_error'],
+      keys: ['destination', 'identity'],
       deterministic: true,
     });
     expect(policies.plain!.inputFootprint).toBeUndefined();

@@ -77,14 +77,14 @@ describe('default policy', () => {
     expect(fromFolder.evaluate(inputFor(id))).toEqual({ ok: true, value: { allow: false, snat_pool: '', reason } });
   });
 
-  test('a failed identity step is denied with its error as the reason', () => {
+  test('asked without an identity (the service never does: decide() denies first), the policy denies', () => {
     const r = fromFolder.evaluate({
       caller: 'envoy',
       identity: null,
       identity_error: 'certificate has 2 URI SANs',
       destination: { host: '' },
     });
-    expect(r).toEqual({ ok: true, value: { allow: false, snat_pool: '', reason: 'certificate has 2 URI SANs' } });
+    expect(r).toEqual({ ok: true, value: { allow: false, snat_pool: '', reason: 'no egress rule matched' } });
   });
 
   test('the decision is defined for any input shape', () => {

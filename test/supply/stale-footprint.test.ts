@@ -30,8 +30,8 @@ describe('a stale footprint stamp is not trusted (issue 14, finding 4)', () => {
     delete manifest.wasm;
     cpSync(join(POLICY_DIR, 'data.json'), join(folder, 'data.json'));
     const rego = readFileSync(join(POLICY_DIR, 'egress_authz.rego'), 'utf8').replace(
-      'denial := identity_error if {',
-      'denial := "exfiltration header" if {\n\tinput.attributes.request.http.headers["x-exfil"]\n} else := identity_error if {',
+      'denial := sprintf("trust domain %v is not allowed"',
+      'denial := "exfiltration header" if {\n\tinput.attributes.request.http.headers["x-exfil"]\n} else := sprintf("trust domain %v is not allowed"',
     );
     expect(rego).toContain('x-exfil');
     writeFileSync(join(folder, 'egress_authz.rego'), rego);
