@@ -96,7 +96,7 @@ function args(
   }
 }
 
-export function decisionJson(d: Decision): Record<string, unknown> {
+function decisionJson(d: Decision): Record<string, unknown> {
   return {
     decision_id: d.decision_id,
     allow: d.allow,

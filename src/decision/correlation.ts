@@ -8,7 +8,7 @@ export const REQUEST_ID_HEADER = 'x-request-id';
 export const TRACEPARENT_HEADER = 'traceparent';
 
 /** Envoy's own ids are UUIDs (36); the iRule's are 22 characters. */
-export const MAX_REQUEST_ID_CHARS = 128;
+const MAX_REQUEST_ID_CHARS = 128;
 
 // W3C Trace Context §3.2: version-traceid-parentid-flags, lowercase hex, version ff is invalid.
 const TRACEPARENT_V00 = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/;
@@ -31,7 +31,7 @@ function boundedRequestId(v: unknown): string | undefined {
 }
 
 /** The traceparent as a tracer would read it, or undefined when it is not one. */
-export function validTraceparent(v: unknown): string | undefined {
+function validTraceparent(v: unknown): string | undefined {
   if (typeof v !== 'string') return undefined;
   const v00 = TRACEPARENT_V00.exec(v);
   const ids: [string, string] | undefined = v00 ? [v00[1]!, v00[2]!] : laterVersion(v);

@@ -241,7 +241,7 @@ function metadataToJson(md: unknown): unknown {
   return { filterMetadata };
 }
 
-export function structToJson(s: unknown): Record<string, unknown> {
+function structToJson(s: unknown): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   const fields = (s as { fields?: Record<string, unknown> } | undefined)?.fields ?? {};
   for (const [k, v] of Object.entries(fields)) out[k] = valueToJson(v);

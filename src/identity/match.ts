@@ -24,7 +24,7 @@ export function parseIdPattern(entry: string): Result<IdPattern> {
   return ok({ id: id.value, subtree });
 }
 
-export function matchesPattern(id: SpiffeId, p: IdPattern): boolean {
+function matchesPattern(id: SpiffeId, p: IdPattern): boolean {
   if (p.id.trustDomain !== id.trustDomain) return false;
   if (id.path === p.id.path) return true;
   return p.subtree && id.path.startsWith(`${p.id.path}/`);

@@ -34,7 +34,7 @@ export interface X509BundleSource {
 
 /** Bundle files, endpoints and Workload API answers larger than this are not trust bundles. */
 export const MAX_BUNDLE_DOCUMENT_BYTES = 1024 * 1024;
-export const MAX_BUNDLE_AUTHORITIES = 256;
+const MAX_BUNDLE_AUTHORITIES = 256;
 
 // ------------------------------------------------------------------------------------ trust domains
 
@@ -61,7 +61,7 @@ export function parseX509Bundle(trustDomain: string, text: string): Result<X509B
 const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
 
 /** PEM CERTIFICATE blocks; text between blocks (comments, as in ca-bundle files) is allowed. */
-export function parsePemBundle(trustDomain: string, text: string): Result<X509Bundle> {
+function parsePemBundle(trustDomain: string, text: string): Result<X509Bundle> {
   const ders: Buffer[] = [];
   for (const m of text.matchAll(PEM_BLOCK)) {
     const label = m[1]!;
@@ -225,7 +225,7 @@ function samePublicKey(jwk: Record<string, unknown>, der: Buffer): Result<true> 
 }
 
 /** Same authorities, hint and sequence: an unchanged refresh must not invalidate caches. */
-export function sameBundle(a: X509Bundle | undefined, b: X509Bundle | undefined): boolean {
+function sameBundle(a: X509Bundle | undefined, b: X509Bundle | undefined): boolean {
   if (a === b) return true;
   if (a === undefined || b === undefined) return false;
   if (a.trustDomain !== b.trustDomain || a.refreshHintSeconds !== b.refreshHintSeconds) return false;

@@ -71,7 +71,7 @@ export async function getBundle(
 }
 
 /** Why a redirect may not be followed under the policy, or undefined when it may. */
-export function redirectRefusal(from: URL, to: URL, origin: URL, policy: RedirectPolicy): string | undefined {
+function redirectRefusal(from: URL, to: URL, origin: URL, policy: RedirectPolicy): string | undefined {
   if (to.protocol !== 'http:' && to.protocol !== 'https:') return `scheme ${to.protocol} is not http(s)`;
   if (policy === 'insecure') return undefined;
   if (from.protocol === 'https:' && to.protocol === 'http:')

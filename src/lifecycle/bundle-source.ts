@@ -51,9 +51,9 @@ export interface BundleSourceOptions {
   auth?: BundleServerAuth;
 }
 
-export const DEFAULT_URL_POLL_MS = 30_000;
-export const DEFAULT_FILE_POLL_MS = 10_000;
-export const DEFAULT_DEBOUNCE_MS = 250;
+const DEFAULT_URL_POLL_MS = 30_000;
+const DEFAULT_FILE_POLL_MS = 10_000;
+const DEFAULT_DEBOUNCE_MS = 250;
 const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
 
 export function isBundleUrl(location: string): boolean {
@@ -72,7 +72,7 @@ export async function loadPolicy(location: string, opts: LoadPolicyOptions = {})
 }
 
 /** A bundle file's bytes, or a policy folder compiled into a bundle (what loadPolicy loads). */
-export async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
+async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
   let info;
   try {
     info = await stat(location);
@@ -160,7 +160,7 @@ export interface WatchedPath {
  * fs.watch on the folder plus a slow stat poll (watches can be lost; a poll re-creates a lost one);
  * events closer than debounceMs are one change. Returns the function that stops watching.
  */
-export function watchLocalPath(w: WatchedPath, onChange: (trigger: string) => void): () => void {
+function watchLocalPath(w: WatchedPath, onChange: (trigger: string) => void): () => void {
   const { dir, relevant } = w;
   const debounceMs = w.debounceMs ?? DEFAULT_DEBOUNCE_MS;
   let timer: NodeJS.Timeout | undefined;

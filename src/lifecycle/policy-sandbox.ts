@@ -12,7 +12,7 @@ export interface SandboxBudget {
   heapMb: number;
 }
 
-export const DEFAULT_SANDBOX_BUDGET: SandboxBudget = { timeoutMs: 30_000, heapMb: 128 };
+const DEFAULT_SANDBOX_BUDGET: SandboxBudget = { timeoutMs: 30_000, heapMb: 128 };
 
 export interface SandboxJob {
   bytes: Uint8Array;

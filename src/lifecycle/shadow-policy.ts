@@ -10,7 +10,7 @@ import type { PolicyInput } from '../decision/input.js';
 import type { ServiceMetrics, ShadowDisagreementKind } from '../service/metrics.js';
 import type { ShadowThread } from './shadow-thread.js';
 
-export const DEFAULT_MAX_PENDING = 1000;
+const DEFAULT_MAX_PENDING = 1000;
 
 export interface ShadowDisagreement {
   kind: ShadowDisagreementKind;

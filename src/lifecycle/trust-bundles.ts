@@ -43,7 +43,7 @@ export interface TrustBundleEndpoint {
 }
 
 /** Federation §4.1: without a refresh hint, poll every five minutes. */
-export const DEFAULT_REFRESH_MS = 5 * 60_000;
+const DEFAULT_REFRESH_MS = 5 * 60_000;
 const MIN_REFRESH_MS = 1_000;
 const MAX_REFRESH_MS = 24 * 3600_000;
 const FETCH_TIMEOUT_MS = 10_000;

@@ -14,7 +14,7 @@ import { CompactSign, compactVerify } from 'jose';
 export const SIGNATURES_FILE = '.signatures.json';
 export const DEFAULT_SIGNING_ALG = 'RS256';
 /** What `opa build` and `opa run` call the key when no key id is given. */
-export const DEFAULT_KEY_ID = 'default';
+const DEFAULT_KEY_ID = 'default';
 
 const ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512'];
 const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];

@@ -140,7 +140,7 @@ export async function readBundle(
 }
 
 /** Longest revision accepted: it goes into every CheckResponse, decision log line and metric label. */
-export const MAX_REVISION_CHARS = 256;
+const MAX_REVISION_CHARS = 256;
 /** Longest manifest string that can reach an error message or a log line (roots, Wasm paths). */
 const MAX_MANIFEST_STRING_CHARS = 256;
 const MAX_MANIFEST_LIST = 256;
@@ -150,7 +150,7 @@ const MAX_MANIFEST_BYTES = 1024 * 1024;
  * A string safe to copy into responses, headers, metrics and logs: bounded, and printable (no control,
  * format or line-separator characters that would split a log line or a header). Returns why not.
  */
-export function unprintable(value: string, max: number): string | undefined {
+function unprintable(value: string, max: number): string | undefined {
   if (value.length > max) return `is ${value.length} characters long (at most ${max})`;
   if (/[\p{C}\p{Zl}\p{Zp}]/u.test(value)) return 'has control or unprintable characters';
   return undefined;

@@ -16,7 +16,7 @@ import { isDirectory } from '../common/files.js';
  * Names OPA skips when it loads a policy folder, for `build` and `test` alike: case files are inputs
  * for `egress-authz test`, not policy data (OPA would otherwise load every .json as data).
  */
-export const POLICY_IGNORES: readonly string[] = ['cases', '.*'];
+const POLICY_IGNORES: readonly string[] = ['cases', '.*'];
 
 /** Test files are excluded from bundles only; `opa test` needs them. */
 const BUILD_IGNORES: readonly string[] = [...POLICY_IGNORES, '*_test.rego'];
@@ -24,7 +24,7 @@ const BUILD_IGNORES: readonly string[] = [...POLICY_IGNORES, '*_test.rego'];
 const BUILD_TIMEOUT_MS = 120_000;
 const MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
 
-export class OpaNotFoundError extends Error {
+class OpaNotFoundError extends Error {
   override name = 'OpaNotFoundError';
 }
 
@@ -194,7 +194,7 @@ async function stampInputFootprint(
 }
 
 /** Builtins that reach the network; policies built or tested here may not call them. */
-export const NETWORK_BUILTINS: readonly string[] = ['http.send', 'net.lookup_ip_addr'];
+const NETWORK_BUILTINS: readonly string[] = ['http.send', 'net.lookup_ip_addr'];
 
 let capabilitiesFile: Promise<string> | undefined;
 
@@ -204,7 +204,7 @@ let capabilitiesFile: Promise<string> | undefined;
  * runs its Rego unit tests in opa: without this, a test could `http.send` from the service's host.
  * Written once per process.
  */
-export function offlineCapabilities(): Promise<string> {
+function offlineCapabilities(): Promise<string> {
   capabilitiesFile ??= (async () => {
     const out = await runOpa(['capabilities', '--current']);
     if (out.code !== 0) throw new Error(`opa capabilities failed: ${(out.stderr || out.stdout).trim()}`);

@@ -7,7 +7,7 @@ import { readdirSync, realpathSync, statSync } from 'node:fs';
 import { join, relative, sep } from 'node:path';
 
 /** a policy folder larger than this (files) is not a policy folder */
-export const MAX_FOLDER_FILES = 2_000;
+const MAX_FOLDER_FILES = 2_000;
 
 export interface FolderWalkOptions {
   /** names (not paths) to leave out, folders included; hidden names are always left out, as opa build does */

@@ -49,7 +49,7 @@ export const VERIFICATION_OPTIONS = {
 } satisfies Record<string, OptionRow>;
 
 /** How to reach an http(s) bundle server (bundle-http.ts), as OPA's `services` credentials. */
-export const BUNDLE_SERVER_OPTIONS = {
+const BUNDLE_SERVER_OPTIONS = {
   'policy-bearer-token-file': { arg: 'FILE', help: 'bundle server bearer token (re-read on every request)' },
   'policy-client-cert': { arg: 'FILE', help: 'client certificate for a bundle server requiring client TLS' },
   'policy-client-key': { arg: 'FILE', help: 'its private key' },

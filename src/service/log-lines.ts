@@ -12,7 +12,7 @@ export interface LineSink {
   once(event: 'drain', listener: () => void): unknown;
 }
 
-export const MAX_LINE_BYTES = 1024 * 1024;
+const MAX_LINE_BYTES = 1024 * 1024;
 
 /** Copies `from` to `to` in whole lines; resolves when `from` ends (its last partial line written with a newline). */
 export function forwardLines(from: Readable, to: LineSink, maxLineBytes = MAX_LINE_BYTES): Promise<void> {

@@ -29,7 +29,7 @@ export type PolicyRole = 'live' | 'shadow';
 export type ShadowDisagreementKind = 'allow_to_deny' | 'deny_to_allow' | 'pool_changed';
 
 /** At most this many distinct {namespace, snat_pool, decision} series; the rest are counted as "_other". */
-export const DEFAULT_MAX_TENANT_SERIES = 500;
+const DEFAULT_MAX_TENANT_SERIES = 500;
 export const OTHER_LABEL = '_other';
 export const NO_NAMESPACE_LABEL = '_none';
 

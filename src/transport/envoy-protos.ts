@@ -7,14 +7,14 @@ import * as protoLoader from '@grpc/proto-loader';
 
 const require = createRequire(import.meta.url);
 
-export function envoyProtoIncludeDirs(): string[] {
+function envoyProtoIncludeDirs(): string[] {
   const xdsRoot = dirname(require.resolve('@grpc/grpc-js-xds/package.json'));
   return ['envoy-api', 'googleapis', 'protoc-gen-validate', 'xds'].map((d) => join(xdsRoot, 'deps', d));
 }
 
 // lowerCamelCase field names match protojson, which is what opa-envoy-plugin's input document uses;
 // longs and enums as strings match protojson too. No oneof marker fields: they are not in protojson.
-export const protoLoaderOptions: protoLoader.Options = {
+const protoLoaderOptions: protoLoader.Options = {
   keepCase: false,
   longs: String,
   enums: String,

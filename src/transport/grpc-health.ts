@@ -6,7 +6,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
 /** The names a health client may ask about: the whole server, and the ext_authz service. */
-export const HEALTH_SERVICES = ['', 'envoy.service.auth.v3.Authorization'] as const;
+const HEALTH_SERVICES = ['', 'envoy.service.auth.v3.Authorization'] as const;
 
 export interface GrpcHealth {
   /** re-reads readiness now (it is also re-read on every Check/Watch and once a second) */

@@ -22,9 +22,9 @@ export interface GrpcServerOptions {
 /** Default cap on a CheckRequest; Envoy's are a few KiB unless it is told to buffer request bodies. */
 export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
 /** Streams one client connection may have open at once; more are refused (REFUSED_STREAM), not queued. */
-export const MAX_CONCURRENT_STREAMS = 1024;
+const MAX_CONCURRENT_STREAMS = 1024;
 
-export function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
+function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
   return (call, callback) => {
     // Timed from when it was read, decided on the next turn of the event loop: checks read together
     // (a backlog behind a slow evaluation) each keep their own arrival time, and by then the reset of a

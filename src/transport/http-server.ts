@@ -80,7 +80,7 @@ export function listen(server: http.Server, addr: string): Promise<number> {
 }
 
 /** "host:port" or "[v6]:port" */
-export function splitAddr(addr: string): { host: string; port: number } {
+function splitAddr(addr: string): { host: string; port: number } {
   const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(addr);
   if (!m) throw new Error(`invalid address "${addr}": expected HOST:PORT`);
   return { host: m[1] ?? '', port: Number(m[2]) };

@@ -16,7 +16,7 @@ import {
   SNAT_POOL_HEADER,
 } from './headers.js';
 
-export const SIDEBAND_PATH = '/v1/sideband';
+const SIDEBAND_PATH = '/v1/sideband';
 
 /** A leaf and a couple of intermediates fit in a few KiB; anything far larger is not from the iRule. */
 export const MAX_SIDEBAND_BODY = 16 * 1024;
@@ -52,7 +52,7 @@ export interface SidebandAnswer {
 }
 
 /** Default for how long the iRule may reuse an answer; a policy change reaches cached answers this late. */
-export const DEFAULT_SIDEBAND_CACHE_TTL_S = 10;
+const DEFAULT_SIDEBAND_CACHE_TTL_S = 10;
 
 // What the iRule's cache key covers (the certificate chain, the virtual server, the client address, the
 // destination), as input fields. An answer that may depend on anything else (the request id, a header,
@@ -225,7 +225,7 @@ function writeAnswer(res: ServerResponse, a: SidebandAnswer, close: boolean): vo
  * The raw answer for a request Node's parser refused (bad request line, bad header, too large, too
  * slow): still a deny the iRule can read, then the connection closes.
  */
-export function rawDenyAnswer(status: number, reason: string): string {
+function rawDenyAnswer(status: number, reason: string): string {
   const text = oneLine(reason);
   const body = `deny: ${text}\n`;
   const phrase =
