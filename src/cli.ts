@@ -9,14 +9,15 @@ import { Authorizer, caseDecision, decideCase } from './decision/authorizer.js';
 import type { Decision } from './decision/decision.js';
 import cluster from 'node:cluster';
 import { MutablePolicySource, startService, type RunningService, type ServiceOptions } from './service/service.js';
-import { loadPolicy, type LoadedPolicy } from './policy/policy.js';
+import type { LoadedPolicy } from './policy/policy.js';
+import { loadPolicy } from './lifecycle/bundle-source.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
 import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
 import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
-import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
+import { DEFAULT_ENTRYPOINT } from './policy/bundle.js';
 import { configureX509SvidCache } from './identity/x509-svid.js';
 import {
   ConfigError,
