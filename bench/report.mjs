@@ -126,8 +126,18 @@ export function goals(runs) {
   const warmRss = runs.filter((r) => r.system === 'egress-authz' && r.workload === 'warm' && r.rss_mb !== null);
   row(
     'warm: RSS ≤ 128 MB per worker',
-    warmRss.length ? warmRss.every((r) => r.rss_mb / (r.workers ?? 1) <= 128) : null,
-    warmRss.map((r) => `${r.rss_mb} MB with ${r.workers ?? 1} worker(s)`).join(', '),
+    // A worker's own peak where the run has it (the primary, which answers no Check, apart), else the
+    // whole process over its workers.
+    warmRss.length
+      ? warmRss.every((r) => (r.worker_rss_mb ? Math.max(...r.worker_rss_mb) : r.rss_mb / (r.workers ?? 1)) <= 128)
+      : null,
+    warmRss
+      .map((r) =>
+        r.worker_rss_mb
+          ? `${r.workers} workers: ${r.worker_rss_mb.join(' / ')} MB each, primary ${r.primary_rss_mb} MB`
+          : `${r.rss_mb} MB with ${r.workers ?? 1} worker`,
+      )
+      .join(', '),
   );
   const ourRss = runs.filter((r) => r.system === 'egress-authz' && r.rss_mb !== null).map((r) => r.rss_mb);
   row(

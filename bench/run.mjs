@@ -19,7 +19,15 @@ import { envoyVersion, runH2load, waitForEnvoy, writeEnvoyConfig } from './envoy
 import { runGhz } from './ghz.mjs';
 import { makeIdentities } from './identities.mjs';
 import { makePki } from './pki.mjs';
-import { freePort, peakRssMb, runCommand, startCpuWatch, startProcess, stopProcess } from './processes.mjs';
+import {
+  childrenPeakRssMb,
+  freePort,
+  peakRssMb,
+  runCommand,
+  startCpuWatch,
+  startProcess,
+  stopProcess,
+} from './processes.mjs';
 import { workloadRequests, writeGhzData } from './workloads.mjs';
 import { chartSvg, goalsTable, resultsMarkdown, resultsTable } from './report.mjs';
 
@@ -264,6 +272,8 @@ async function grpcRun(variant, request, files) {
     const m = await runGhz({ ...common, seconds: plan.measureS });
     const disturbance = watch.stop();
     const rss = peakRssMb(child.pid);
+    // With workers, rss_mb is the primary and its workers together; each worker's own peak beside it.
+    const workerRss = (variant.workers ?? 1) > 1 ? childrenPeakRssMb(child.pid) : [];
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${name} exited during the run`);
     return {
       system: name,
@@ -274,6 +284,12 @@ async function grpcRun(variant, request, files) {
       p99_ms: m.p99_ms,
       errors: m.errors,
       rss_mb: rss,
+      ...(workerRss.length > 0
+        ? {
+            worker_rss_mb: workerRss,
+            primary_rss_mb: Math.round((rss - workerRss.reduce((a, b) => a + b, 0)) * 10) / 10,
+          }
+        : {}),
       requests: m.requests,
       cancelled_at_stop: m.cancelled_at_stop,
       concurrency: plan.concurrency,
