@@ -155,6 +155,7 @@ async function serve(argv: string[]): Promise<number> {
       flush,
       dropped: () => dropped,
       load,
+      sandbox: config.sandbox,
       graceMs,
       shadow: config.shadowPolicy !== undefined,
       start: (parts) =>
