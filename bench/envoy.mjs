@@ -192,23 +192,32 @@ function percentileOf(sorted, p) {
 }
 
 /**
- * h2load at a fixed total rate (clients × per-client --rps) over HTTP/1.1 for `seconds`, pinned to
- * `core`. Latency percentiles come from h2load's per-request log (microseconds to the response end).
+ * h2load at a fixed rate for `seconds`, pinned to `core`: ONE HTTP/2 client whose --rps timer sends
+ * each request when it is due, on its own stream (up to MAX_STREAMS in flight), so the requests are
+ * evenly spaced and none waits for another's answer. Latency percentiles come from h2load's
+ * per-request log (microseconds to the response end).
+ *
+ * Not `--h1 -c 50 --rps rate/50`, as the sweeps before 2026-12-02 ran: those 50 clients start
+ * together and each fires on its own timer, so all 50 send at the same instant every 50/rate seconds.
+ * That measured the queue behind a 50-request burst (on a trivial /healthz at 250 rps, p50 6.7 ms
+ * against 0.2 ms for the same rate from one client), and the authz server's share of the burst's
+ * queue was what "p99 over the no-op" reported.
  */
-export async function runH2load({ core, sidecarAddr, rate, clients, seconds, logFile }) {
+const MAX_STREAMS = 256;
+export async function runH2load({ core, sidecarAddr, rate, seconds, logFile }) {
   writeFileSync(logFile, '');
-  const perClient = Math.max(1, Math.round(rate / clients));
   const args = [
     '-c',
     String(core),
     'h2load',
-    '--h1',
     '-c',
-    String(clients),
+    '1',
+    '-m',
+    String(MAX_STREAMS),
     '-t',
     '1',
     '--rps',
-    String(perClient),
+    String(rate),
     '-D',
     String(seconds),
     '-H',
@@ -235,7 +244,7 @@ export async function runH2load({ core, sidecarAddr, rate, clients, seconds, log
     p99_ms: percentileOf(latenciesMs, 99),
     errors: non2xx + failed,
     requests: latenciesMs.length,
-    target_rps: perClient * clients,
+    target_rps: rate,
     h2load_summary: (/requests: .*/.exec(r.stdout)?.[0] ?? '').trim(),
   };
 }

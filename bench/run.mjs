@@ -3,7 +3,7 @@
 // ceiling, on path `grpc` (ghz straight at the server) and path `envoy` (fixed rate through real
 // Envoy with ext_authz, plus Envoy alone). Each server runs pinned to core 0 and each load generator
 // to core 1, so the figures are per core. Usage (after scripts/install-bench-tools.sh):
-//   node bench/run.mjs [--quick] [--no-envoy] [--systems a,b] [--logs] [--opa-decision-logs on|off]
+//   node bench/run.mjs [--quick] [--no-envoy] [--no-grpc] [--systems a,b] [--logs] [--opa-decision-logs on|off]
 //                    [--wait-quiet SECONDS] [--identities N] [--rates R,R,...] [--workers N,N]
 // Workloads (issue 10): hot (one workload), warm (--identities distinct workloads × 3 destinations, half
 // denied, after a warm-up pass), cold (the same, egress-authz with its caches off); the peer with both
@@ -34,6 +34,7 @@ const { values: opts } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     'no-envoy': { type: 'boolean', default: false },
+    'no-grpc': { type: 'boolean', default: false },
     systems: { type: 'string', default: SYSTEMS.join(',') },
     logs: { type: 'boolean', default: false },
     'opa-decision-logs': { type: 'string', default: 'on' },
@@ -46,8 +47,8 @@ const { values: opts } = parseArgs({
 });
 // --quick: the grpc path's three workloads only (no Envoy sweep, no second worker), in under 3 minutes.
 const plan = opts.quick
-  ? { mode: 'quick', warmupS: 1, measureS: 4, concurrency: 50, sweepWarmupS: 2, sweepMeasureS: 4, envoyClients: 50 }
-  : { mode: 'full', warmupS: 5, measureS: 15, concurrency: 50, sweepWarmupS: 3, sweepMeasureS: 10, envoyClients: 50 };
+  ? { mode: 'quick', warmupS: 1, measureS: 4, concurrency: 50, sweepWarmupS: 2, sweepMeasureS: 4 }
+  : { mode: 'full', warmupS: 5, measureS: 15, concurrency: 50, sweepWarmupS: 3, sweepMeasureS: 10 };
 // --quick: 1,000 identities (3,000 requests), so the warm-up pass over all of them stays short.
 plan.identities = Number(opts.identities ?? (opts.quick ? 1000 : 3000));
 if (!(Number.isSafeInteger(plan.identities) && plan.identities >= 1 && plan.identities <= 200_000))
@@ -101,6 +102,7 @@ const systems = {
           serverCores(workers),
           process.execPath,
           '--max-old-space-size=128',
+          '--max-semi-space-size=4',
           join(root, 'dist', 'cli.js'),
           'serve',
           '--grpc-addr',
@@ -320,7 +322,6 @@ async function envoySweep(variant, request, envoy, pki) {
         core: LOAD_CORE,
         sidecarAddr,
         rate,
-        clients: plan.envoyClients,
         logFile: join(work, `h2load-${name}.log`),
       };
       log(`${label} envoy: warm-up ${plan.sweepWarmupS} s at ${rate} rps`);
@@ -469,7 +470,8 @@ async function main() {
     if (w === 1 || (await supportsWorkers())) workers.push(w);
     else skipped.push(`egress-authz --workers ${w}: skipped: this build has no serve --workers`);
   }
-  for (const variant of grpcVariants(ready, workers)) {
+  // --no-grpc: the Envoy sweep alone (for working on that path; a results file without the grpc runs).
+  for (const variant of opts['no-grpc'] ? [] : grpcVariants(ready, workers)) {
     try {
       runs.push(await grpcRun(variant, request, files));
     } catch (err) {
@@ -530,7 +532,7 @@ async function main() {
     `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection, concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
     'policy (opa-envoy-plugin runs): "principal" is bench/opa-envoy-plugin/policy-principal.rego, the policy its users usually write (the SPIFFE ID from attributes.source.principal); "certificate" is policy.rego, which parses the forwarded certificate like egress-authz does. Both decide like egress-authz\'s default policy.',
     'errors = requests whose gRPC status was not OK, except the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency).',
-    `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), h2load over HTTP/1.1, ${plan.envoyClients} clients, ${plan.sweepWarmupS} s warm-up, then ${plan.sweepMeasureS} s measured at each rate; p50/p99 from h2load's per-request log. Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
+    `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts), ${plan.sweepWarmupS} s warm-up, then ${plan.sweepMeasureS} s measured at each rate; p50/p99 from h2load's per-request log. Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
     "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; `--wait-quiet SECONDS` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',
     `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with --max-old-space-size=128, as npm start, the Dockerfile and the Kubernetes Deployment ship it.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,

@@ -123,6 +123,7 @@ const server = spawn(
   process.execPath,
   [
     '--max-old-space-size=128',
+    '--max-semi-space-size=4',
     join(root, 'dist', 'cli.js'),
     'serve',
     '--grpc-addr',

@@ -10,7 +10,7 @@
 // Reasons are fixed ASCII strings; no certificate or key material is ever echoed into them.
 import { hash } from 'node:crypto';
 import { ByteLru, stringBytes, type LruStats } from '../common/lru.js';
-import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Result } from '../common/result.js';
 import type { SpiffeId } from './spiffe-id.js';
 import { fastChainShape, UNSURE } from './svid-der.js';
 import { referenceChainShape } from './x509-svid-reference.js';
@@ -181,38 +181,47 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
 // (docs/performance.md: a workload SVID's entry holds 320-340 bytes of heap, estimated at ~365).
 
 /**
- * What the cache keeps: a refusal as is, an SVID as one compact record (trust domain and path
- * are re-cut from the URI, serial and fingerprint kept as raw bytes in one Latin-1 string, the validity
- * period as numbers). About half the heap of the Result<X509Svid> it stands for; rebuilt on each hit.
+ * What the cache keeps: a refusal as is, an SVID as ONE Latin-1 string (see pack): a record object
+ * with its strings and HeapNumbers was six heap objects and ~330 bytes an entry; one string is one
+ * object, so 100,000 workloads take a third less heap and the collector has a sixth of the objects to
+ * mark. SPIFFE IDs are ASCII (parseSpiffeId refuses anything else), so one byte per character holds.
+ * Rebuilt into a Result<X509Svid> on each hit.
  */
-interface CachedSvid {
-  readonly uri: string;
-  /** where the trust domain ends in uri (the path starts there) */
-  readonly pathStart: number;
-  readonly notBefore: number;
-  readonly notAfter: number;
-  /** serial bytes then the 32 SHA-256 bytes, one character per byte */
-  readonly facts: string;
-}
+type CachedShape = string | Result<X509Svid>;
 
-type CachedShape = CachedSvid | Failure;
+// Layout: notBefore, notAfter (float64 ms, 8 bytes each), where the path starts in the URI (uint16),
+// the serial's byte count (uint16), the serial bytes, the 32 SHA-256 bytes, then the URI.
+const PACK_HEAD = 8 + 8 + 2 + 2;
+const SHA256_BYTES = 32;
 
 function compact(shape: Result<X509Svid>): CachedShape {
   if (!shape.ok) return shape;
   const svid = shape.value;
-  return {
-    uri: svid.spiffeId.uri,
-    pathStart: svid.spiffeId.uri.length - svid.spiffeId.path.length,
-    notBefore: svid.notBefore.getTime(),
-    notAfter: svid.notAfter.getTime(),
-    facts: Buffer.from(svid.serialNumber + svid.sha256, 'hex').toString('latin1'),
-  };
+  const { uri, path } = svid.spiffeId;
+  const serial = Buffer.from(svid.serialNumber, 'hex');
+  const pathStart = uri.length - path.length;
+  // Out-of-range fields (never seen from a parser-accepted SVID) are simply not packed: the caller
+  // stores the long form instead, so nothing is ever cut short.
+  if (pathStart > 0xffff || serial.length > 0xffff || serial.length * 2 !== svid.serialNumber.length) return shape;
+  const packed = Buffer.allocUnsafe(PACK_HEAD + serial.length + SHA256_BYTES + uri.length);
+  packed.writeDoubleBE(svid.notBefore.getTime(), 0);
+  packed.writeDoubleBE(svid.notAfter.getTime(), 8);
+  packed.writeUInt16BE(pathStart, 16);
+  packed.writeUInt16BE(serial.length, 18);
+  serial.copy(packed, PACK_HEAD);
+  packed.write(svid.sha256, PACK_HEAD + serial.length, SHA256_BYTES, 'hex');
+  packed.write(uri, PACK_HEAD + serial.length + SHA256_BYTES, 'latin1');
+  const text = packed.toString('latin1');
+  // A URI with a character beyond Latin-1 would not survive the round trip: keep the long form.
+  return text.endsWith(uri) ? text : shape;
 }
 
 function expand(cached: CachedShape): Result<X509Svid> {
-  if ('reason' in cached) return cached;
-  const facts = Buffer.from(cached.facts, 'latin1');
-  const { uri, pathStart } = cached;
+  if (typeof cached !== 'string') return cached;
+  const packed = Buffer.from(cached, 'latin1');
+  const pathStart = packed.readUInt16BE(16);
+  const serialEnd = PACK_HEAD + packed.readUInt16BE(18);
+  const uri = cached.slice(serialEnd + SHA256_BYTES);
   return ok({
     // Re-cut from a URI parseSpiffeId accepted when the entry was stored, so it is a parsed SpiffeId.
     spiffeId: Object.freeze({
@@ -220,28 +229,32 @@ function expand(cached: CachedShape): Result<X509Svid> {
       trustDomain: uri.slice(SPIFFE_SCHEME_LENGTH, pathStart),
       path: uri.slice(pathStart),
     }) as unknown as SpiffeId,
-    notBefore: new Date(cached.notBefore),
-    notAfter: new Date(cached.notAfter),
-    serialNumber: facts.toString('hex', 0, facts.length - 32),
-    sha256: facts.toString('hex', facts.length - 32),
+    notBefore: new Date(packed.readDoubleBE(0)),
+    notAfter: new Date(packed.readDoubleBE(8)),
+    serialNumber: packed.toString('hex', PACK_HEAD, serialEnd),
+    sha256: packed.toString('hex', serialEnd, serialEnd + SHA256_BYTES),
   });
 }
 
 const SPIFFE_SCHEME_LENGTH = 'spiffe://'.length;
 
-// Map slot, the record and its two HeapNumbers (measured with bench/cache-bytes.mjs, docs/performance.md).
-const ENTRY_OVERHEAD_BYTES = 180;
+// The Map slot beside the key and the value strings: 24 bytes of entry and a bucket, times the table's
+// growth slack (it doubles, so up to 2×) — the worst case, so the bound holds at any entry count
+// (bench/cache-bytes.mjs measured 220-228 bytes per workload entry in all, docs/performance.md).
+const ENTRY_OVERHEAD_BYTES = 56;
 
 function shapeBytes(key: string, shape: CachedShape): number {
   const bytes = ENTRY_OVERHEAD_BYTES + stringBytes(key);
-  return 'reason' in shape
-    ? bytes + stringBytes(shape.reason)
-    : bytes + stringBytes(shape.uri) + stringBytes(shape.facts);
+  if (typeof shape === 'string') return bytes + stringBytes(shape);
+  if (!shape.ok) return bytes + stringBytes(shape.reason);
+  // The long form (an SVID whose fields did not pack): the record, its Dates and strings.
+  const { spiffeId, serialNumber, sha256 } = shape.value;
+  return bytes + 260 + stringBytes(spiffeId.uri) + stringBytes(serialNumber) + stringBytes(sha256);
 }
 
-/** Default: room for 100,000 workloads (~36 MB estimated with ~50-character SPIFFE IDs). */
+/** Default: room for 100,000 workloads (~24 MB estimated with ~55-character SPIFFE IDs). */
 export const DEFAULT_SVID_CACHE_ENTRIES = 100_000;
-export const DEFAULT_SVID_CACHE_BYTES = 40 * 1024 * 1024;
+export const DEFAULT_SVID_CACHE_BYTES = 24 * 1024 * 1024;
 
 let shapeCache = newShapeCache(DEFAULT_SVID_CACHE_ENTRIES, DEFAULT_SVID_CACHE_BYTES);
 

@@ -1,16 +1,12 @@
 // The policy engine: a Rego policy compiled to Wasm, evaluated in-process with the OPA Wasm SDK.
 // Whatever the policy does — errors, returns nothing, returns garbage, runs too long — evaluate() gives
 // a Result, never an exception, so the decision step can deny with a reason.
-import { createHash, hash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
-import { MAX_BUNDLE_BYTES, readBundle, type PolicyBundle } from './bundle.js';
+import { DEFAULT_ENTRYPOINT, readBundle, type PolicyBundle } from './bundle.js';
 import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
-import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { checkWasmLimits } from './wasm-limits.js';
 import {
   captureWasmImage,
@@ -20,10 +16,10 @@ import {
   type WasmImage,
 } from './wasm-image.js';
 import { summarisePolicyData, type PolicySummary } from './policy-summary.js';
+import { sha256Hex } from '../common/hash.js';
+import { isObject } from '../common/json.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
-
-export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
 
 // The SDK's ESM entry exports only loadPolicy; its CommonJS entry also has loadPolicySync.
 const opaWasm = createRequire(import.meta.url)(
@@ -106,36 +102,6 @@ export interface LoadPolicyOptions {
   captureImage?: boolean;
 }
 
-/**
- * Loads a policy from a bundle file (`.tar.gz`, as `opa build -t wasm` writes) or from a folder of Rego
- * and data.json files, which is compiled with the opa CLI into a temporary bundle (removed afterwards).
- * Rejects with a message naming the location when the policy cannot be read, compiled or instantiated,
- * or lacks the entrypoint.
- */
-export async function loadPolicy(location: string, opts: LoadPolicyOptions = {}): Promise<LoadedPolicy> {
-  const bytes = await readPolicyBytes(location, opts.entrypoint ?? DEFAULT_ENTRYPOINT);
-  return loadPolicyBundle(bytes, { ...opts, source: location });
-}
-
-/** A bundle file's bytes, or a policy folder compiled into a bundle (what loadPolicy loads). */
-export async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
-  let info;
-  try {
-    info = await stat(location);
-  } catch (e) {
-    throw new Error(`policy ${location}: ${(e as Error).message}`);
-  }
-  let bytes: Uint8Array;
-  if (info.isDirectory()) {
-    bytes = await compileFolder(location, entrypoint);
-  } else {
-    if (info.size > MAX_BUNDLE_BYTES)
-      throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
-    bytes = await readFile(location);
-  }
-  return bytes;
-}
-
 /** Loads a bundle already in memory (e.g. fetched from a bundle server). */
 export async function loadPolicyBundle(
   bytes: Uint8Array,
@@ -171,7 +137,7 @@ export async function loadPolicyBundle(
   const revision =
     typeof manifestRevision === 'string' && manifestRevision !== ''
       ? manifestRevision
-      : `sha256:${sha256(bytes).slice(0, 12)}`;
+      : `sha256:${sha256Hex(bytes).slice(0, 12)}`;
   return WasmPolicy.create(
     module,
     { data, dataJson },
@@ -226,21 +192,6 @@ export async function loadPolicyImage(
   );
 }
 
-async function compileFolder(dir: string, entrypoint: string): Promise<Uint8Array> {
-  const tmp = await mkdtemp(join(tmpdir(), 'egress-authz-policy-'));
-  try {
-    const out = join(tmp, 'bundle.tar.gz');
-    await buildWasmBundle(dir, out, entrypoint);
-    return await readFile(out);
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
-}
-
-function sha256(bytes: Uint8Array | string): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
-
 interface WasmPolicyMeta {
   revision: string;
   source: string;
@@ -263,11 +214,15 @@ type DataOrigin =
 // SHA-256 of the projected input's JSON: a fixed 32-character key however long the input. A cluster's
 // answers are few distinct values (allow + pool, deny + reason), so equal answers are stored once
 // (interned, up to MEMO_INTERNED of them, counted in the bytes once) and an entry costs its key and
-// its Map slot. Bounded in bytes; LRU beyond.
-export const DEFAULT_MEMO_BYTES = 16 * 1024 * 1024;
+// its Map slot. Bounded in bytes; LRU beyond. The default holds 100,000 answers (with the certificate
+// cache's 24 MiB, 100,000 workloads measured 29 MiB of heap together: docs/performance.md).
+export const DEFAULT_MEMO_BYTES = 11 * 1024 * 1024;
 const MEMO_INTERNED = 1024;
-// Map slot and the key string's header (measured with bench/cache-bytes.mjs, docs/performance.md).
-const MEMO_ENTRY_BYTES = 64;
+/** the interned answers' share: a quarter of the bound, at most this (1,024 answers need far less) */
+const MEMO_INTERN_MAX_BYTES = 512 * 1024;
+// The Map slot with the table's worst-case growth slack (see x509-svid.ts; measured 85-94 bytes per
+// entry with the key, bench/cache-bytes.mjs).
+const MEMO_ENTRY_BYTES = 56;
 const INTERNED_ENTRY_BYTES = 200;
 
 /** Hits, misses and bytes of every policy instance's memo since start (for /metrics). */
@@ -293,7 +248,7 @@ class DecisionMemo {
   private readonly internBudget: number;
 
   constructor(readonly maxBytes: number) {
-    this.internBudget = Math.floor(maxBytes / 4);
+    this.internBudget = Math.min(Math.floor(maxBytes / 4), MEMO_INTERN_MAX_BYTES);
     this.lru = new ByteLru({
       maxBytes: maxBytes - this.internBudget,
       sizeOf: (key, value) => MEMO_ENTRY_BYTES + stringBytes(key) + (this.ownBytes.has(value) ? resultBytes(value) : 0),
@@ -509,7 +464,7 @@ class WasmPolicy implements LoadedPolicy {
       { data, dataJson: undefined },
       {
         ...this.meta,
-        revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}`,
+        revision: `${this.revision}+data:${sha256Hex(JSON.stringify(overlay)).slice(0, 12)}`,
         summary: summarisePolicyData(data),
       },
     );
@@ -628,10 +583,6 @@ function optionalString(obj: Record<string, unknown>, key: string): Result<strin
   const v = obj[key];
   if (v === undefined || typeof v === 'string') return ok(v);
   return fail(`policy result "${key}" must be a string, got ${typeName(v)}`, 'policy');
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function typeName(v: unknown): string {

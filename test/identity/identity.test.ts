@@ -269,6 +269,31 @@ describe('certificate cache', () => {
     expect(one).toBeLessThan(single.length);
   });
 
+  it('hands back from its packed entries exactly what a fresh parse gives, at the edges of every field', async () => {
+    const longId = `spiffe://cluster.local/ns/${'n'.repeat(900)}/sa/${'s'.repeat(1000)}`;
+    const certs = [
+      await workloadSvid(ca, longId),
+      // Before 1970 (a negative time) and far in the future: the packed times are float64, not unsigned.
+      await workloadSvid(ca, BOOKINFO, {
+        notBefore: new Date('1951-03-04T05:06:07Z'),
+        notAfter: new Date('2999-12-31T23:59:59Z'),
+      }),
+      await workloadSvid(ca, 'spiffe://a/b'),
+      // Random serials: some start with 00 (a positive number's sign byte) or are short.
+      ...(await Promise.all(Array.from({ length: 12 }, (_, i) => workloadSvid(ca, `${BOOKINFO}-${i}`)))),
+    ];
+    const now = new Date();
+    for (const cert of certs) {
+      clearX509SvidCache();
+      const fresh = parseX509SvidPem(cert.certPem, now);
+      expect(fresh.ok).toBe(true);
+      const fromCache = parseX509SvidPem(cert.certPem, now);
+      expect(x509SvidCacheStats().hits).toBeGreaterThan(0);
+      expect(fromCache).toEqual(fresh);
+      if (fromCache.ok && fresh.ok) expect({ ...fromCache.value.spiffeId }).toEqual({ ...fresh.value.spiffeId });
+    }
+  });
+
   it('counts hits and misses; 0 entries turns it off and every call parses afresh', () => {
     configureX509SvidCache({ entries: DEFAULT_SVID_CACHE_ENTRIES });
     resolveIdentity({ certificatePem: svid.certPem });
