@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Authorizer } from '../dist/decision/authorizer.js';
 import { authorizationClient } from '../dist/transport/envoy-protos.js';
-import { MeteredAuthorizer, ServiceMetrics } from '../dist/service/metrics.js';
+import { pipelineMetrics, ServiceMetrics } from '../dist/service/metrics.js';
 import { loadPolicy } from '../dist/lifecycle/bundle-source.js';
 import { MutablePolicySource, startService } from '../dist/service/service.js';
 import { ShadowEvaluator } from '../dist/lifecycle/shadow-policy.js';
@@ -46,10 +46,7 @@ function perCheck(authorizer) {
 const policies = new MutablePolicySource(policy);
 const plain = new Authorizer({ policies, sink: () => {} });
 const metrics = new ServiceMetrics();
-const metered = new MeteredAuthorizer(
-  { policies, sink: (_e, d) => metrics.observeDecision(d, policies.current) },
-  metrics,
-);
+const metered = new Authorizer({ policies, sink: () => {}, observer: pipelineMetrics(metrics, policies) });
 // The shadow's cost is one more decision on the same input, paid after the answer: measure it directly.
 const shadow = new ShadowEvaluator(new MutablePolicySource(policy), { log: silent, metrics });
 const captured = [];
@@ -66,7 +63,7 @@ for (let round = 0; round < 3; round++) {
   for (const [input, live] of captured) shadow.compare(input, live);
   best.shadow = Math.min(best.shadow, ((performance.now() - started) * 1000) / captured.length);
 }
-// The metric updates of one check on their own (what MeteredAuthorizer and the sink add).
+// The metric updates of one check on their own (what the pipeline's metrics observer adds).
 {
   const decisions = captured.map(([, live]) => live);
   let bestUpdates = Infinity;

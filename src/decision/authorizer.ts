@@ -47,6 +47,24 @@ export interface AuthorizerOptions {
   verifyEnvoyChain?: boolean;
   /** sees each input and its live decision after the answer is made (shadow policy); must not throw */
   shadow?: (input: PolicyInput, live: Decision) => void;
+  /** told of every check as it ends (metrics); must not throw */
+  observer?: PipelineObserver;
+}
+
+/** How long a check took, from when the transport read it (or from the call) to its decision. */
+export interface CheckTiming {
+  seconds: number;
+}
+
+/**
+ * What the pipeline reports to whoever counts it (service/metrics.ts implements it): the counting sits
+ * beside the pipeline, which knows nothing of Prometheus.
+ */
+export interface PipelineObserver {
+  /** a decision was made and handed to the sink */
+  onDecision(decision: Decision, timing: CheckTiming): void;
+  /** the pipeline threw (a bug, never an input): the transport answers an internal error */
+  onInternalError(caller: Caller, timing: CheckTiming): void;
 }
 
 export class Authorizer {
@@ -135,6 +153,20 @@ export class Authorizer {
 
   private run(caller: Caller, prepare: () => Prepared, receivedAt?: number): Decision {
     const started = receivedAt ?? performance.now();
+    const observer = this.opts.observer;
+    if (!observer) return this.decideOnce(caller, prepare, started);
+    let decision: Decision;
+    try {
+      decision = this.decideOnce(caller, prepare, started);
+    } catch (err) {
+      observer.onInternalError(caller, { seconds: (performance.now() - started) / 1000 });
+      throw err;
+    }
+    observer.onDecision(decision, { seconds: (performance.now() - started) / 1000 });
+    return decision;
+  }
+
+  private decideOnce(caller: Caller, prepare: () => Prepared, started: number): Decision {
     let input: PolicyInput;
     let identityFailure: FailureCode | undefined;
     let correlation: Correlation = {};

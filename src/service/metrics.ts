@@ -4,10 +4,9 @@
 // Counters on the Check path are children bound once, so an update is a property read and an add.
 import type http from 'node:http';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
-import { REASON_CLASSES, type Decision, type ReasonClass } from '../decision/decision.js';
+import type { PipelineObserver } from '../decision/authorizer.js';
+import { REASON_CLASSES, type Decision, type PolicySource, type ReasonClass } from '../decision/decision.js';
 import type { FailureCode } from '../common/result.js';
-import type { CheckRequest, SidebandRequest } from '../decision/input.js';
 import { x509SvidCacheStats } from '../identity/x509-svid.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 import { summarisePolicyData } from '../policy/policy-summary.js';
@@ -330,33 +329,21 @@ export function timedRoute(
   };
 }
 
-/** The Authorizer with the gRPC handling-time histogram and internal-error counting around each check. */
-export class MeteredAuthorizer extends Authorizer {
-  constructor(
-    opts: AuthorizerOptions,
-    private readonly metrics: ServiceMetrics,
-  ) {
-    super(opts);
-  }
-
-  override checkEnvoy(req: CheckRequest, receivedAt?: number): Decision {
-    const started = receivedAt ?? performance.now();
-    try {
-      return super.checkEnvoy(req, receivedAt);
-    } catch (err) {
-      this.metrics.observeInternalError('envoy');
-      throw err;
-    } finally {
-      this.metrics.observeCheckSeconds((performance.now() - started) / 1000);
-    }
-  }
-
-  override checkSideband(req: SidebandRequest): Decision {
-    try {
-      return super.checkSideband(req);
-    } catch (err) {
-      this.metrics.observeInternalError('sideband');
-      throw err;
-    }
-  }
+/**
+ * What metrics hear from the pipeline (beside it, not around it): every decision is counted, Envoy's
+ * checks are timed from when the gRPC handler read them (the sideband's by its route, timedRoute), and a
+ * check that threw inside the pipeline counts as an internal error of its transport.
+ */
+export function pipelineMetrics(metrics: ServiceMetrics, policies: PolicySource): PipelineObserver {
+  return {
+    onDecision(decision, timing) {
+      metrics.observeDecision(decision, policies.current);
+      if (decision.caller === 'envoy') metrics.observeCheckSeconds(timing.seconds);
+    },
+    onInternalError(caller, timing) {
+      if (caller === 'cli') return;
+      metrics.observeInternalError(caller);
+      if (caller === 'envoy') metrics.observeCheckSeconds(timing.seconds);
+    },
+  };
 }

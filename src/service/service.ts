@@ -10,7 +10,7 @@ import type { DecisionLogEntry } from '../decision/decision-log.js';
 import { addGrpcHealth } from '../transport/grpc-health.js';
 import { bindGrpcServer, createGrpcServer } from '../transport/grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from '../transport/http-server.js';
-import { MeteredAuthorizer, metricsRoute, ServiceMetrics, timedRoute } from './metrics.js';
+import { metricsRoute, pipelineMetrics, ServiceMetrics, timedRoute } from './metrics.js';
 import { footprintFields } from '../policy/input-footprint.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import {
@@ -109,25 +109,22 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   };
   const onPeerRefused = (v: { reason: string }, peer: string) =>
     log.warn({ peer, reason: v.reason }, 'caller refused before any decision');
-  const authorizer: Authorizer = new MeteredAuthorizer(
-    {
-      policies,
-      trustedIdentityHeader: opts.trustedIdentityHeader,
-      trustedProxies: opts.trustedProxies,
-      checkDeadlineMs: opts.checkDeadlineMs,
-      ...(opts.chainVerifier
-        ? { chainVerifier: opts.chainVerifier, verifyEnvoyChain: opts.verifyEnvoyChain === true }
-        : {}),
-      sink: (entry, decision) => {
-        if (entry.policy_error !== undefined) log.error(entry, 'decision');
-        else log.info(entry, 'decision');
-        metrics.observeDecision(decision, policies.current);
-        opts.onDecision?.(entry, decision);
-      },
-      shadow: shadow?.observe,
+  const authorizer = new Authorizer({
+    policies,
+    trustedIdentityHeader: opts.trustedIdentityHeader,
+    trustedProxies: opts.trustedProxies,
+    checkDeadlineMs: opts.checkDeadlineMs,
+    ...(opts.chainVerifier
+      ? { chainVerifier: opts.chainVerifier, verifyEnvoyChain: opts.verifyEnvoyChain === true }
+      : {}),
+    sink: (entry, decision) => {
+      if (entry.policy_error !== undefined) log.error(entry, 'decision');
+      else log.info(entry, 'decision');
+      opts.onDecision?.(entry, decision);
     },
-    metrics,
-  );
+    shadow: shadow?.observe,
+    observer: pipelineMetrics(metrics, policies),
+  });
   const routes = { ...sidebandRoutes(authorizer, { cacheTtlS: opts.sidebandCacheTtlS }), ...opts.routes?.(authorizer) };
   const sideband = routes['POST /v1/sideband'];
   if (sideband) routes['POST /v1/sideband'] = timedRoute(sideband, (s) => metrics.observeSidebandSeconds(s));
