@@ -12,7 +12,6 @@ import type { BundleSource, BundleVersion } from './bundle-source.js';
 import { checkInSandbox, type SandboxBudget } from './policy-sandbox.js';
 import { instantiateValidated, type ValidatedBundle } from './validated-bundle.js';
 import type { PolicySource } from '../decision/decision.js';
-import type { PolicyRole, ServiceMetrics } from '../service/metrics.js';
 import { runOpaTest } from '../policy/opa-cli.js';
 import { runPolicyCases, type CaseDecide } from './policy-cases.js';
 import { footprintFields } from '../policy/input-footprint.js';
@@ -61,6 +60,15 @@ export async function checkPolicy(policy: LoadedPolicy | undefined, opts: Policy
 
 export type ReloadResult = 'success' | 'failure' | 'unchanged';
 
+/** Which policy a store serves: the one that answers, or the candidate compared beside it. */
+export type PolicyRole = 'live' | 'shadow';
+
+/** What a store reports as it loads and reloads (service/metrics.ts counts it). */
+export interface PolicyStoreMetrics {
+  policyRevision(role: PolicyRole, revision: string): void;
+  policyReloaded(role: PolicyRole, result: 'success' | 'failure'): void;
+}
+
 export interface ReloadOutcome {
   result: ReloadResult;
   trigger: string;
@@ -76,7 +84,7 @@ export interface ReloadOutcome {
 export interface PolicyStoreOptions {
   role?: PolicyRole;
   log: Logger;
-  metrics?: ServiceMetrics;
+  metrics?: PolicyStoreMetrics;
   load?: LoadPolicyOptions;
   /** cases every candidate must pass; default: the policy folder's own `cases/` */
   casesPath?: string;

@@ -7,10 +7,19 @@
 import type { Logger } from 'pino';
 import { decide, type Decision, type PolicySource } from '../decision/decision.js';
 import type { PolicyInput } from '../decision/input.js';
-import type { ServiceMetrics, ShadowDisagreementKind } from '../service/metrics.js';
 import type { ShadowThread } from './shadow-thread.js';
 
 const DEFAULT_MAX_PENDING = 1000;
+
+export type ShadowDisagreementKind = 'allow_to_deny' | 'deny_to_allow' | 'pool_changed';
+
+/** What the shadow comparison reports (service/metrics.ts counts it). */
+export interface ShadowMetrics {
+  /** one comparison made; evalMs: the shadow's evaluation time */
+  observeShadow(evalMs: number, disagreement: ShadowDisagreementKind | undefined): void;
+  /** one comparison not made (too many waiting, or the thread could not answer) */
+  observeShadowSkipped(): void;
+}
 
 export interface ShadowDisagreement {
   kind: ShadowDisagreementKind;
@@ -20,7 +29,7 @@ export interface ShadowDisagreement {
 
 export interface ShadowEvaluatorOptions {
   log: Logger;
-  metrics?: ServiceMetrics;
+  metrics?: ShadowMetrics;
   maxPending?: number;
   /** every disagreement, after it was logged and counted (tests) */
   onDisagreement?: (d: ShadowDisagreement) => void;

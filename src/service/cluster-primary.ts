@@ -17,7 +17,8 @@ import { AggregatorRegistry, Gauge, type MetricObjectWithValues, type MetricValu
 import type { PolicyStore } from '../lifecycle/policy-store.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import { forwardLines, type LineSink } from './log-lines.js';
-import type { PolicyRole, ServiceMetrics } from './metrics.js';
+import type { PolicyRole } from '../lifecycle/policy-store.js';
+import type { ServiceMetrics } from './metrics.js';
 import { isMessage, type BundleMessage, type StateMessage, type ToPrimary, type ToWorker } from './workers.js';
 
 export interface WorkerPoolOptions {

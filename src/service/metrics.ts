@@ -7,6 +7,8 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { PipelineObserver } from '../decision/authorizer.js';
 import { REASON_CLASSES, type Decision, type PolicySource, type ReasonClass } from '../decision/decision.js';
 import type { FailureCode } from '../common/result.js';
+import type { PolicyRole, PolicyStoreMetrics } from '../lifecycle/policy-store.js';
+import type { ShadowDisagreementKind, ShadowMetrics } from '../lifecycle/shadow-policy.js';
 import { x509SvidCacheStats } from '../identity/x509-svid.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 import { summarisePolicyData } from '../policy/policy-summary.js';
@@ -25,8 +27,6 @@ export const IDENTITY_REJECTION_CLASSES = [
 export type IdentityRejectionClass = (typeof IDENTITY_REJECTION_CLASSES)[number];
 
 const CALLERS = ['envoy', 'sideband', 'cli'] as const;
-export type PolicyRole = 'live' | 'shadow';
-export type ShadowDisagreementKind = 'allow_to_deny' | 'deny_to_allow' | 'pool_changed';
 
 /** At most this many distinct {namespace, snat_pool, decision} series; the rest are counted as "_other". */
 const DEFAULT_MAX_TENANT_SERIES = 500;
@@ -60,7 +60,7 @@ export interface ServiceMetricsOptions {
 type Child = { inc(value?: number): void };
 type HistogramChild = { observe(value: number): void };
 
-export class ServiceMetrics {
+export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
   readonly registry = new Registry();
   private readonly checks: Record<string, Record<ReasonClass, Child>> = {};
   private readonly identityRejections = {} as Record<IdentityRejectionClass, Child>;

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
-import type { PolicyRole } from './metrics.js';
+import type { PolicyRole } from '../lifecycle/policy-store.js';
 
 /** reads a file as text, or undefined when it is not there (injected by tests) */
 export type ReadText = (path: string) => string | undefined;
