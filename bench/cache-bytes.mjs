@@ -28,7 +28,8 @@ console.log(
 );
 
 // The policy memo: N distinct identities' decisions (half allowed, half denied) for one destination.
-const { loadPolicy, policyMemoBytes } = await import('../dist/policy/policy.js');
+const { policyMemoBytes } = await import('../dist/policy/policy.js');
+const { loadPolicy } = await import('../dist/lifecycle/bundle-source.js');
 const { toIdentity } = await import('../dist/identity/identity.js');
 const { parseSpiffeId } = await import('../dist/identity/spiffe-id.js');
 const { defaultPolicyLocation } = await import('../dist/cli.js');

@@ -11,7 +11,7 @@ import pino from 'pino';
 import { Authorizer } from '../dist/decision/authorizer.js';
 import { ChainVerifier } from '../dist/identity/chain-verify.js';
 import { parseX509Bundle, X509BundleSet } from '../dist/identity/x509-bundle.js';
-import { loadPolicy } from '../dist/policy/policy.js';
+import { loadPolicy } from '../dist/lifecycle/bundle-source.js';
 import { defaultPolicyLocation } from '../dist/cli.js';
 import { bestOfRounds } from './rounds.mjs';
 

@@ -21,7 +21,7 @@ const STOP_ARTEFACT = /use of closed network connection|context canceled/;
  * the in-flight requests ghz cancels itself at the end.
  */
 /** `total`: send exactly that many requests (one pass over a workload's data file) instead of `seconds`. */
-export async function runGhz({ ghz, core, addr, requestFile, concurrency, seconds, total, outFile }) {
+export async function runGhz({ ghz, core, addr, requestFile, concurrency, connections = 1, seconds, total, outFile }) {
   const args = [
     '-c',
     String(core),
@@ -38,7 +38,7 @@ export async function runGhz({ ghz, core, addr, requestFile, concurrency, second
     '-c',
     String(concurrency),
     '--connections',
-    '1',
+    String(connections),
     ...(total ? ['-n', String(total)] : ['-z', `${seconds}s`]),
     '-O',
     'json',

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { Authorizer } from '../dist/decision/authorizer.js';
-import { loadPolicy } from '../dist/policy/policy.js';
+import { loadPolicy } from '../dist/lifecycle/bundle-source.js';
 import * as svidModule from '../dist/identity/x509-svid.js';
 import { defaultPolicyLocation } from '../dist/cli.js';
 import { checkRequest } from './check-request.mjs';

@@ -123,6 +123,21 @@ export function peakRssMb(pid) {
   return seen ? Math.round((kb / 1024) * 10) / 10 : null;
 }
 
+/** VmHWM of each direct child of pid (the workers of `serve --workers N`), in MB. */
+export function childrenPeakRssMb(pid) {
+  let children;
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8');
+  } catch {
+    return [];
+  }
+  return children
+    .split(/\s+/)
+    .filter(Boolean)
+    .map((child) => peakRssMb(Number(child)))
+    .filter((mb) => mb !== null);
+}
+
 function cpuTicksOf(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');

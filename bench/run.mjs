@@ -19,7 +19,15 @@ import { envoyVersion, runH2load, waitForEnvoy, writeEnvoyConfig } from './envoy
 import { runGhz } from './ghz.mjs';
 import { makeIdentities } from './identities.mjs';
 import { makePki } from './pki.mjs';
-import { freePort, peakRssMb, runCommand, startCpuWatch, startProcess, stopProcess } from './processes.mjs';
+import {
+  childrenPeakRssMb,
+  freePort,
+  peakRssMb,
+  runCommand,
+  startCpuWatch,
+  startProcess,
+  stopProcess,
+} from './processes.mjs';
 import { workloadRequests, writeGhzData } from './workloads.mjs';
 import { chartSvg, goalsTable, resultsMarkdown, resultsTable } from './report.mjs';
 
@@ -224,11 +232,12 @@ async function waitForQuiet() {
 // --- paths ---------------------------------------------------------------------------------------
 
 /** What a run measured: the workload, the peer's policy, the worker count (see notes). */
-function variantFields({ name, workload, policy, workers }) {
+function variantFields({ name, workload, policy, workers, connections = 1 }) {
   return {
     workload,
     policy: name === 'opa-envoy-plugin' ? policy : null,
     workers: name === 'egress-authz' ? workers : 1,
+    connections,
     ...(workload === 'hot' ? {} : { identities: plan.identities }),
   };
 }
@@ -236,7 +245,7 @@ function variantFields({ name, workload, policy, workers }) {
 async function grpcRun(variant, request, files) {
   const { name, workload } = variant;
   const { child, grpcAddr } = await startReady(name, request, { ...variant, cold: workload === 'cold' });
-  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.workers > 1 ? ` ×${variant.workers}` : ''} grpc ${workload}`;
+  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.workers > 1 ? ` ×${variant.workers}` : ''}${(variant.connections ?? 1) > 1 ? ` (${variant.connections} connections)` : ''} grpc ${workload}`;
   try {
     const ghz = join(tools, 'ghz');
     const requestFile = workload === 'hot' ? files.hot : files.many;
@@ -246,6 +255,7 @@ async function grpcRun(variant, request, files) {
       addr: grpcAddr,
       requestFile,
       concurrency: plan.concurrency,
+      connections: variant.connections ?? 1,
       outFile: join(work, `ghz-${name}.json`),
     };
     if (workload !== 'hot') {
@@ -262,6 +272,8 @@ async function grpcRun(variant, request, files) {
     const m = await runGhz({ ...common, seconds: plan.measureS });
     const disturbance = watch.stop();
     const rss = peakRssMb(child.pid);
+    // With workers, rss_mb is the primary and its workers together; each worker's own peak beside it.
+    const workerRss = (variant.workers ?? 1) > 1 ? childrenPeakRssMb(child.pid) : [];
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${name} exited during the run`);
     return {
       system: name,
@@ -272,6 +284,12 @@ async function grpcRun(variant, request, files) {
       p99_ms: m.p99_ms,
       errors: m.errors,
       rss_mb: rss,
+      ...(workerRss.length > 0
+        ? {
+            worker_rss_mb: workerRss,
+            primary_rss_mb: Math.round((rss - workerRss.reduce((a, b) => a + b, 0)) * 10) / 10,
+          }
+        : {}),
       requests: m.requests,
       cancelled_at_stop: m.cancelled_at_stop,
       concurrency: plan.concurrency,
@@ -407,8 +425,14 @@ function grpcVariants(ready, workers) {
   const out = [];
   for (const name of ready) {
     if (name === 'egress-authz') {
-      for (const w of workers)
-        for (const workload of w === 1 ? WORKLOADS : ['warm', 'cold']) out.push({ name, workload, workers: w });
+      for (const workload of WORKLOADS) out.push({ name, workload, workers: 1, connections: 1 });
+      // Workers share connections, not requests: over ghz's one connection a second worker would idle.
+      // So the worker comparison runs over as many connections as the most workers (an Envoy gateway
+      // opens one per worker thread; a cluster has several gateways), for 1 worker as well.
+      const most = Math.max(...workers);
+      if (most > 1)
+        for (const w of workers)
+          for (const workload of ['warm', 'cold']) out.push({ name, workload, workers: w, connections: most });
     } else if (name === 'opa-envoy-plugin') {
       for (const policy of ['principal', 'certificate'])
         for (const workload of WORKLOADS) out.push({ name, workload, policy, workers: 1 });
@@ -529,13 +553,13 @@ async function main() {
   };
   const notes = [
     `Each server runs under \`taskset -c ${SERVER_CORE}\` (opa-envoy-plugin with GOMAXPROCS=1); ghz, h2load and Envoy run under \`taskset -c ${LOAD_CORE}\` (ghz with GOMAXPROCS=1, Envoy with --concurrency 1). With \`--workers 2\` (workers: 2 in latest.json) egress-authz runs on cores 0 and 1, so its second worker shares core 1 with the load generator: load_generator_cpu_pct gives ghz's (or h2load's) own CPU in % of one core, what the second worker could not have.`,
-    `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection, concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
+    `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection (the worker comparison: as many connections as the most workers, for 1 worker too, since workers share connections, not requests; \`connections\` in latest.json), concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
     'policy (opa-envoy-plugin runs): "principal" is bench/opa-envoy-plugin/policy-principal.rego, the policy its users usually write (the SPIFFE ID from attributes.source.principal); "certificate" is policy.rego, which parses the forwarded certificate like egress-authz does. Both decide like egress-authz\'s default policy.',
     'errors = requests whose gRPC status was not OK, except the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency).',
     `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts), ${plan.sweepWarmupS} s warm-up, then ${plan.sweepMeasureS} s measured at each rate; p50/p99 from h2load's per-request log. Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
     "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; `--wait-quiet SECONDS` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',
-    `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with --max-old-space-size=128, as npm start, the Dockerfile and the Kubernetes Deployment ship it.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
+    `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with --max-old-space-size=128 --max-semi-space-size=4, as npm start, the Dockerfile and the Kubernetes Deployment ship it.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
   ];
   writeResults({ ...meta, notes, skipped, runs });
 }

@@ -9,7 +9,7 @@ import pino from 'pino';
 import { Authorizer } from '../dist/decision/authorizer.js';
 import { authorizationClient } from '../dist/transport/envoy-protos.js';
 import { MeteredAuthorizer, ServiceMetrics } from '../dist/service/metrics.js';
-import { loadPolicy } from '../dist/policy/policy.js';
+import { loadPolicy } from '../dist/lifecycle/bundle-source.js';
 import { MutablePolicySource, startService } from '../dist/service/service.js';
 import { ShadowEvaluator } from '../dist/lifecycle/shadow-policy.js';
 import * as grpc from '@grpc/grpc-js';

@@ -178,7 +178,7 @@ work := count([x | some x in numbers.range(1, ${n} + count(input.identity.namesp
  * service runs under load, so a one-shot `eval` would overstate it.
  */
 async function buildSlowPolicy(out) {
-  const { loadPolicy } = await import(join(root, 'dist', 'policy', 'policy.js'));
+  const { loadPolicy } = await import(join(root, 'dist', 'lifecycle', 'bundle-source.js'));
   const input = {
     caller: 'envoy',
     identity: { spiffe_id: BOOKINFO_ID, trust_domain: 'cluster.local', namespace: 'bookinfo', service_account: 'x' },

@@ -9,14 +9,15 @@ import { Authorizer, caseDecision, decideCase } from './decision/authorizer.js';
 import type { Decision } from './decision/decision.js';
 import cluster from 'node:cluster';
 import { MutablePolicySource, startService, type RunningService, type ServiceOptions } from './service/service.js';
-import { loadPolicy, type LoadedPolicy } from './policy/policy.js';
+import type { LoadedPolicy } from './policy/policy.js';
+import { loadPolicy } from './lifecycle/bundle-source.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
 import { runPolicyCases } from './lifecycle/policy-cases.js';
 import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
 import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
-import { DEFAULT_ENTRYPOINT } from './policy/policy.js';
+import { DEFAULT_ENTRYPOINT } from './policy/bundle.js';
 import { configureX509SvidCache } from './identity/x509-svid.js';
 import {
   ConfigError,
@@ -387,13 +388,19 @@ async function startListeners(
   }
   if (trust || workload) chainVerifier = new ChainVerifier(bundles);
   const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
-  const readyDetail = parts.readyDetail;
+  const { readyDetail, ready } = parts;
+  const ownSvid = workload;
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
     ...(config.healthAddr !== undefined ? { healthAddr: config.healthAddr } : {}),
     ...parts,
-    readyDetail: () => ({ ...readyDetail?.(), ...(trust ? { trust_bundles: trust.statuses() } : {}) }),
+    ready: () => (ready?.() ?? true) && (ownSvid?.svidCurrent() ?? true),
+    readyDetail: () => ({
+      ...readyDetail?.(),
+      ...(trust ? { trust_bundles: trust.statuses() } : {}),
+      ...(ownSvid ? { own_svid: ownSvidStatus(ownSvid) } : {}),
+    }),
     logger,
     trustedIdentityHeader: config.trustedIdentityHeader,
     trustedProxies: config.trustedProxies,
@@ -404,10 +411,44 @@ async function startListeners(
     ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });
   trust?.start();
+  if (ownSvid) watchOwnSvidExpiry(ownSvid, service, logger);
   if (allowedCallers.length === 0 && (tlsFlags?.clientCaFile !== undefined || workload !== undefined)) {
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
   }
   return { service, close: closeAll };
+}
+
+function ownSvidStatus(source: X509Source): Record<string, unknown> {
+  const { spiffeId, notAfter } = source.svid;
+  return { spiffe_id: spiffeId, not_after: notAfter.toISOString(), expired: !source.svidCurrent() };
+}
+
+/**
+ * Readiness changes by itself when the own SVID expires with no update in sight: grpc.health.v1 Watch
+ * streams are told at that moment (a timer at notAfter, re-armed on every update), not at the next poll.
+ */
+function watchOwnSvidExpiry(source: X509Source, service: RunningService, logger: pino.Logger): void {
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    // setTimeout takes at most 2^31-1 ms (24.8 days): a longer wait is re-armed when it fires.
+    const wait = Math.min(Math.max(0, source.svid.notAfter.getTime() - Date.now() + 1), 2 ** 31 - 1);
+    timer = setTimeout(() => {
+      if (!source.svidCurrent()) {
+        logger.error(
+          { spiffe_id: source.svid.spiffeId, not_after: source.svid.notAfter.toISOString() },
+          'own X.509-SVID expired and no update came from the Workload API; not ready',
+        );
+      }
+      service.refreshHealth();
+      if (source.svidCurrent()) arm();
+    }, wait).unref();
+  };
+  source.subscribe(() => {
+    service.refreshHealth();
+    arm();
+  });
+  arm();
 }
 
 /** `eval --trust-bundle`: the same bundle files and chain verification as `serve`, read once. */

@@ -9,7 +9,8 @@
 // Only the leaf's own trust domain's bundle is ever consulted: a CA of partner.example cannot vouch for
 // a spiffe://cluster.local identity even though both bundles are configured. When that is what went
 // wrong, the reason says so (the other bundles are looked at only to explain a failure).
-import { createHash, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
+import { sha256Hex } from '../common/hash.js';
 import { fail, ok, type Result } from '../common/result.js';
 import type { X509Bundle, X509BundleSource } from './x509-bundle.js';
 import { MAX_CHAIN_CERTS, parsePemBlocks, signingCertificateFacts, type SigningCertificateFacts } from './x509-svid.js';
@@ -94,7 +95,7 @@ const HASHED = 'sha256:';
 function cacheKey(pem: string): string {
   // A text that looks like a hashed key is never a key itself, so it cannot find another chain's entry.
   if (pem.startsWith(HASHED)) return '';
-  return pem.length <= KEY_LIMIT ? pem : `${HASHED}${createHash('sha256').update(pem).digest('hex')}`;
+  return pem.length <= KEY_LIMIT ? pem : `${HASHED}${sha256Hex(pem)}`;
 }
 
 function inWindow(chain: VerifiedChain, now: Date): boolean {

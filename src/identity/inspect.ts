@@ -1,7 +1,7 @@
 // `egress-authz inspect FILE`: what an operator needs to know about a certificate (the BIG-IP's own, a
 // pod's): its SPIFFE ID, and whether it passes the very X.509-SVID validation the service applies, with
 // the reason when it does not. The facts are read even from a certificate that fails validation.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../common/hash.js';
 import * as asn1js from 'asn1js';
 import * as pkijs from 'pkijs';
 import { parsePemBlocks, parseX509SvidReference } from './x509-svid.js';
@@ -65,7 +65,7 @@ function describe(der: Uint8Array): Partial<CertificateReport> {
       not_before: cert.notBefore.value.toISOString(),
       not_after: cert.notAfter.value.toISOString(),
       serial: Buffer.from(cert.serialNumber.valueBlock.valueHexView).toString('hex'),
-      sha256: createHash('sha256').update(der).digest('hex'),
+      sha256: sha256Hex(der),
     };
   } catch {
     return {};

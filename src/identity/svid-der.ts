@@ -7,7 +7,7 @@
 // value, a field it does not model) is UNSURE, and the caller asks the reference. That keeps the verdict
 // on damaged or exotic input exactly the careful one, which test/identity/x509-svid-differential.test.ts
 // checks over generated and mutated certificates.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../common/hash.js';
 import { fail, ok, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
 import type { X509Svid } from './x509-svid.js';
@@ -393,7 +393,7 @@ export function fastChainShape(chainDer: readonly Uint8Array[]): FastOutcome {
       notBefore: new Date(leaf.notBefore),
       notAfter: new Date(leaf.notAfter),
       serialNumber: hex(leaf.der, leaf.serial),
-      sha256: createHash('sha256').update(leaf.der).digest('hex'),
+      sha256: sha256Hex(leaf.der),
     });
   } catch (e) {
     if (e instanceof Unsure) return UNSURE;

@@ -7,6 +7,7 @@
 // updates to an X509BundleSet, which swaps its view in one step: a verification sees either the old
 // bundles or the new ones, never a mix. Parsers return Results; reasons never echo key material.
 import { createPublicKey, X509Certificate, type JsonWebKey } from 'node:crypto';
+import { isObject } from '../common/json.js';
 import { fail, ok, type Result } from '../common/result.js';
 import { parseSpiffeId } from './spiffe-id.js';
 
@@ -221,10 +222,6 @@ function samePublicKey(jwk: Record<string, unknown>, der: Buffer): Result<true> 
     return fail('key parameters are not a valid public JWK');
   }
   return jwkKey.equals(certKey) ? ok(true) : fail('key parameters do not match the "x5c" certificate');
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /** Same authorities, hint and sequence: an unchanged refresh must not invalidate caches. */

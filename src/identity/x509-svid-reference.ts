@@ -2,7 +2,7 @@
 // the X.509-SVID rules (spiffe/spiffe standards/X509-SVID.md §2-§5) are read off it. It is the careful
 // path: the fast DER reader of the Check path (svid-der.ts) answers only where it provably agrees with
 // this one, hands everything else here, and a differential fuzz test holds the two together.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../common/hash.js';
 import * as asn1js from 'asn1js';
 import { AltName, BasicConstraints, Certificate, ExtKeyUsage, type Extension } from 'pkijs';
 import { fail, ok, type Result } from '../common/result.js';
@@ -56,7 +56,7 @@ function validateChainShapeUnguarded(chainDer: readonly Uint8Array[]): Result<X5
     notBefore: leafCert.notBefore.value,
     notAfter: leafCert.notAfter.value,
     serialNumber: Buffer.from(leafCert.serialNumber.valueBlock.valueHexView).toString('hex'),
-    sha256: createHash('sha256').update(leafDer).digest('hex'),
+    sha256: sha256Hex(leafDer),
   });
 }
 

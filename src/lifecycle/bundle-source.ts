@@ -6,12 +6,16 @@
 // itself would miss) plus a slow stat poll, because watches can be lost.
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { MAX_BUNDLE_BYTES } from '../policy/bundle.js';
-import { readPolicyBytes } from '../policy/policy.js';
+import { DEFAULT_ENTRYPOINT, MAX_BUNDLE_BYTES } from '../policy/bundle.js';
+import { buildWasmBundle } from '../policy/opa-cli.js';
+import { loadPolicyBundle, type LoadedPolicy, type LoadPolicyOptions } from '../policy/policy.js';
 import { listPolicyFolder } from '../policy/policy-folder.js';
 import { getBundle, type BundleServerAuth } from './bundle-http.js';
+import { isDirectory } from '../common/files.js';
+import { sha256Hex } from '../common/hash.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
 
@@ -56,6 +60,48 @@ export function isBundleUrl(location: string): boolean {
   return /^https?:\/\//i.test(location);
 }
 
+/**
+ * Loads a policy from a bundle file (`.tar.gz`, as `opa build -t wasm` writes) or from a folder of Rego
+ * and data.json files, which is compiled with the opa CLI into a temporary bundle (removed afterwards).
+ * Rejects with a message naming the location when the policy cannot be read, compiled or instantiated,
+ * or lacks the entrypoint.
+ */
+export async function loadPolicy(location: string, opts: LoadPolicyOptions = {}): Promise<LoadedPolicy> {
+  const bytes = await readPolicyBytes(location, opts.entrypoint ?? DEFAULT_ENTRYPOINT);
+  return loadPolicyBundle(bytes, { ...opts, source: location });
+}
+
+/** A bundle file's bytes, or a policy folder compiled into a bundle (what loadPolicy loads). */
+export async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
+  let info;
+  try {
+    info = await stat(location);
+  } catch (e) {
+    throw new Error(`policy ${location}: ${(e as Error).message}`);
+  }
+  let bytes: Uint8Array;
+  if (info.isDirectory()) {
+    bytes = await compileFolder(location, entrypoint);
+  } else {
+    if (info.size > MAX_BUNDLE_BYTES)
+      throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
+    bytes = await readFile(location);
+  }
+  return bytes;
+}
+
+// A policy folder is development input; the evaluator (policy.ts) only ever sees the bundle built from it.
+async function compileFolder(dir: string, entrypoint: string): Promise<Uint8Array> {
+  const tmp = await mkdtemp(join(tmpdir(), 'egress-authz-policy-'));
+  try {
+    const out = join(tmp, 'bundle.tar.gz');
+    await buildWasmBundle(dir, out, entrypoint);
+    return await readFile(out);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
 /** The source for a `--policy` value: a URL, or a path that must exist (a bundle file or a folder). */
 export async function openBundleSource(location: string, opts: BundleSourceOptions = {}): Promise<BundleSource> {
   if (isBundleUrl(location)) return new UrlBundleSource(location, opts);
@@ -67,17 +113,9 @@ export async function openBundleSource(location: string, opts: BundleSourceOptio
   }
   if (info.isDirectory()) {
     const cases = join(location, 'cases');
-    const hasCases = await stat(cases).then(
-      (s) => s.isDirectory(),
-      () => false,
-    );
-    return new FolderSource(location, hasCases ? cases : undefined, opts);
+    return new FolderSource(location, (await isDirectory(cases)) ? cases : undefined, opts);
   }
   return new FileSource(location, opts);
-}
-
-function sha256(data: Uint8Array | string): string {
-  return createHash('sha256').update(data).digest('hex');
 }
 
 abstract class LocalSource implements BundleSource {
@@ -178,7 +216,7 @@ class FileSource extends LocalSource {
     if (info.size > MAX_BUNDLE_BYTES)
       throw new Error(`policy ${this.location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
     const bytes = await readFile(this.location);
-    const version = `sha256:${sha256(bytes)}`;
+    const version = `sha256:${sha256Hex(bytes)}`;
     if (this.unchanged(version, opts.force)) return undefined;
     return { version, bytes: () => Promise.resolve(bytes) };
   }
@@ -272,7 +310,7 @@ class UrlBundleSource implements BundleSource {
     const etag = res.etag;
     // Remembered even if the bundle is then refused: the server is not asked for it again until it changes.
     this.etag = etag;
-    const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256(bytes)}`;
+    const version = etag !== undefined ? `etag:${etag}` : `sha256:${sha256Hex(bytes)}`;
     const same = version === this.lastVersion;
     this.lastVersion = version;
     if (same && !opts.force) return undefined;

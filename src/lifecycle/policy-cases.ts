@@ -12,6 +12,8 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CertificateSpec } from './case-certificates.js';
+import { isDirectory } from '../common/files.js';
+import { isObject } from '../common/json.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 
 export interface CaseExpectation {
@@ -87,14 +89,6 @@ export async function listCaseFiles(casesPath: string): Promise<string[]> {
   const dir = (await isDirectory(nested)) ? nested : casesPath;
   const names = (await readdir(dir)).filter((n) => n.endsWith('.json')).sort();
   return names.map((n) => join(dir, n));
-}
-
-async function isDirectory(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 /** Reads and checks a case file; rejects naming the file and the case that is malformed. */
@@ -216,8 +210,4 @@ function describeOutcome(o: CaseOutcome): string {
     return `✗ ${o.name} — expected ${expected}, got error: ${o.error ?? 'no decision'}`;
   const a = o.actual;
   return `✗ ${o.name} — expected ${expected}, got allow=${a.allow} pool=${a.snat_pool} reason=${a.reason}`;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }

@@ -6,8 +6,12 @@ import { gunzip, gzipSync } from 'node:zlib';
 import { checkJsonLimits, DATA_JSON_LIMITS } from './json-limits.js';
 import { Parser, type ReadEntry } from 'tar';
 import { verifyBundleFiles, type BundleVerification } from './bundle-signing.js';
+import { isObject } from '../common/json.js';
 
 const gunzipAsync = promisify(gunzip);
+
+/** The policy rule that decides, unless told otherwise (the bundle's manifest names the entrypoints it was built for). */
+export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
 
 /** Refuse bundles larger than this, compressed or unpacked. */
 export const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
@@ -219,10 +223,6 @@ function parseJson(bytes: Uint8Array, path: string): unknown {
   } catch (e) {
     throw new Error(`bundle file ${path} is not valid JSON: ${(e as Error).message}`);
   }
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /** OPA's merge: objects merge key by key; two non-object values at one path are a conflict. */

@@ -10,8 +10,7 @@
 // produce a different decision. It must see every module: a Wasm bundle does not carry the source of
 // its entrypoint rule, so the scan runs on the policy folder at `build` time and the result travels in
 // the bundle manifest's metadata; a bundle without it gets the whole input and nothing is remembered.
-
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../common/hash.js';
 
 export interface InputFootprint {
   /** the top-level input fields the policy reads; null when they cannot be known from the source */
@@ -106,10 +105,6 @@ export function footprintFromManifest(manifest: unknown, module: Uint8Array): In
       ? meta.why
       : '';
   return { keys, deterministic: meta.deterministic, why };
-}
-
-function sha256Hex(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
 }
 
 /** Fields for the log line that says how a policy is evaluated. */

@@ -1,17 +1,16 @@
 // The `opa` CLI is a build tool here, never a server: it compiles Rego to Wasm (`opa build -t wasm`) and
 // runs Rego unit tests (`opa test`). Evaluation happens in-process with the Wasm SDK (see policy.ts).
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bundleModulePath, readBundleFiles, writeBundleFiles } from './bundle.js';
+import { bundleModulePath, DEFAULT_ENTRYPOINT, readBundleFiles, writeBundleFiles } from './bundle.js';
 import { signBundleFiles, SIGNATURES_FILE, type BundleSigningKey } from './bundle-signing.js';
 import { listPolicyFolder } from './policy-folder.js';
 import { footprintStamp, inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
-
-export const DEFAULT_ENTRYPOINT = 'egress/authz/decision';
+import { isDirectory } from '../common/files.js';
 
 /**
  * Names OPA skips when it loads a policy folder, for `build` and `test` alike: case files are inputs
@@ -69,14 +68,6 @@ export function locateOpa(env: NodeJS.ProcessEnv = process.env): string {
   throw new OpaNotFoundError(
     `the opa CLI was not found (looked at $EGRESS_AUTHZ_OPA, ${pinned}, PATH); install it with: bash ${join(root, 'scripts', 'install-opa.sh')}`,
   );
-}
-
-function isDirectory(path: string): boolean {
-  try {
-    return statSync(path).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 function isExecutable(path: string): boolean {
@@ -138,7 +129,7 @@ export async function buildWasmBundle(
   entrypoint = DEFAULT_ENTRYPOINT,
   opts: BuildOptions = {},
 ): Promise<void> {
-  if (!isDirectory(policyDir)) throw new Error(`policy folder ${policyDir} does not exist or is not a folder`);
+  if (!(await isDirectory(policyDir))) throw new Error(`policy folder ${policyDir} does not exist or is not a folder`);
   const sources = policyRegoSources(policyDir);
   const args = [
     'build',

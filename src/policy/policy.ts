@@ -1,21 +1,17 @@
 // The policy engine: a Rego policy compiled to Wasm, evaluated in-process with the OPA Wasm SDK.
 // Whatever the policy does — errors, returns nothing, returns garbage, runs too long — evaluate() gives
 // a Result, never an exception, so the decision step can deny with a reason.
-import { createHash, hash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
-import { MAX_BUNDLE_BYTES, readBundle, type PolicyBundle } from './bundle.js';
+import { DEFAULT_ENTRYPOINT, readBundle, type PolicyBundle } from './bundle.js';
 import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
-import { buildWasmBundle, DEFAULT_ENTRYPOINT } from './opa-cli.js';
 import { checkWasmLimits } from './wasm-limits.js';
+import { sha256Hex } from '../common/hash.js';
+import { isObject } from '../common/json.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
-
-export { DEFAULT_ENTRYPOINT } from './opa-cli.js';
 
 // The SDK's ESM entry exports only loadPolicy; its CommonJS entry also has loadPolicySync.
 const opaWasm = createRequire(import.meta.url)(
@@ -75,36 +71,6 @@ export interface LoadPolicyOptions {
   verification?: BundleVerification;
 }
 
-/**
- * Loads a policy from a bundle file (`.tar.gz`, as `opa build -t wasm` writes) or from a folder of Rego
- * and data.json files, which is compiled with the opa CLI into a temporary bundle (removed afterwards).
- * Rejects with a message naming the location when the policy cannot be read, compiled or instantiated,
- * or lacks the entrypoint.
- */
-export async function loadPolicy(location: string, opts: LoadPolicyOptions = {}): Promise<LoadedPolicy> {
-  const bytes = await readPolicyBytes(location, opts.entrypoint ?? DEFAULT_ENTRYPOINT);
-  return loadPolicyBundle(bytes, { ...opts, source: location });
-}
-
-/** A bundle file's bytes, or a policy folder compiled into a bundle (what loadPolicy loads). */
-export async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_ENTRYPOINT): Promise<Uint8Array> {
-  let info;
-  try {
-    info = await stat(location);
-  } catch (e) {
-    throw new Error(`policy ${location}: ${(e as Error).message}`);
-  }
-  let bytes: Uint8Array;
-  if (info.isDirectory()) {
-    bytes = await compileFolder(location, entrypoint);
-  } else {
-    if (info.size > MAX_BUNDLE_BYTES)
-      throw new Error(`policy ${location}: bundle is larger than ${MAX_BUNDLE_BYTES} bytes`);
-    bytes = await readFile(location);
-  }
-  return bytes;
-}
-
 /** Loads a bundle already in memory (e.g. fetched from a bundle server). */
 export async function loadPolicyBundle(
   bytes: Uint8Array,
@@ -139,7 +105,7 @@ export async function loadPolicyBundle(
   const revision =
     typeof manifestRevision === 'string' && manifestRevision !== ''
       ? manifestRevision
-      : `sha256:${sha256(bytes).slice(0, 12)}`;
+      : `sha256:${sha256Hex(bytes).slice(0, 12)}`;
   return WasmPolicy.create(module, data, dataJson, {
     revision,
     source: opts.source,
@@ -149,21 +115,6 @@ export async function loadPolicyBundle(
     ...(opts.keepBundle ? { bundle: bytes } : {}),
     memoBytes: opts.memoBytes,
   });
-}
-
-async function compileFolder(dir: string, entrypoint: string): Promise<Uint8Array> {
-  const tmp = await mkdtemp(join(tmpdir(), 'egress-authz-policy-'));
-  try {
-    const out = join(tmp, 'bundle.tar.gz');
-    await buildWasmBundle(dir, out, entrypoint);
-    return await readFile(out);
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
-}
-
-function sha256(bytes: Uint8Array | string): string {
-  return createHash('sha256').update(bytes).digest('hex');
 }
 
 interface WasmPolicyMeta {
@@ -398,7 +349,7 @@ class WasmPolicy implements LoadedPolicy {
     const data = deepMerge(this.data, overlay);
     return WasmPolicy.create(this.module, data, undefined, {
       ...this.meta,
-      revision: `${this.revision}+data:${sha256(JSON.stringify(overlay)).slice(0, 12)}`,
+      revision: `${this.revision}+data:${sha256Hex(JSON.stringify(overlay)).slice(0, 12)}`,
     });
   }
 }
@@ -513,10 +464,6 @@ function optionalString(obj: Record<string, unknown>, key: string): Result<strin
   const v = obj[key];
   if (v === undefined || typeof v === 'string') return ok(v);
   return fail(`policy result "${key}" must be a string, got ${typeName(v)}`, 'policy');
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function typeName(v: unknown): string {

@@ -9,7 +9,7 @@ import { REDIRECT_POLICIES, type BundleServerAuth, type RedirectPolicy } from '.
 import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signing.js';
 import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_SVID_CACHE_ENTRIES } from '../identity/x509-svid.js';
-import { DEFAULT_ENTRYPOINT } from '../policy/policy.js';
+import { DEFAULT_ENTRYPOINT } from '../policy/bundle.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
 import { parseSpiffeId } from '../identity/spiffe-id.js';
 import { XFCC_HEADER } from '../identity/xfcc.js';

@@ -74,6 +74,15 @@ export class X509Source {
     return this.ctx.svids[0]!;
   }
 
+  /**
+   * Whether the default SVID is still valid at `now`. An agent that stays away past the SVID's expiry
+   * leaves the listeners presenting a certificate every caller refuses: the service is then not ready
+   * (so the load balancer sends Checks elsewhere) until an update brings a fresh one.
+   */
+  svidCurrent(now = Date.now()): boolean {
+    return now <= this.svid.notAfter.getTime();
+  }
+
   /** the CA certificates of a trust domain (own or federated) from the last update, or undefined */
   bundleFor(trustDomain: string) {
     return this.ctx.bundles.get(trustDomain);

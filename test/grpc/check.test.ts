@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadPolicy } from '../../src/policy/policy.js';
+import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 import { createCa, workloadSvid, type CertAuthority } from '../support/pki.js';
 import {
   check,

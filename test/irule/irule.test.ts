@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadPolicy } from '../../src/policy/policy.js';
+import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 import { startTestService, type TestService } from '../support/service.js';
 import { makeBigipCerts, startSidebandService, type BigipCerts } from '../sideband/sideband-service.js';
 import { IRULE, runHarness, type HarnessRun } from './harness.js';

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MutablePolicySource } from '../../src/service/service.js';
-import { loadPolicy } from '../../src/policy/policy.js';
+import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 import {
   check,
   checkClient,

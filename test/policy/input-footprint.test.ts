@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readBundleFiles } from '../../src/policy/bundle.js';
 import { inputFootprint } from '../../src/policy/input-footprint.js';
 import { locateOpa } from '../../src/policy/opa-cli.js';
-import { loadPolicy, memoTotals, policyMemoBytes, type LoadedPolicy } from '../../src/policy/policy.js';
+import { memoTotals, policyMemoBytes, type LoadedPolicy } from '../../src/policy/policy.js';
+import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 
 const mod = (body: string) => `package egress.authz\n\n${body}\n`;
 

@@ -41,7 +41,7 @@ describe('opa CLI', () => {
     writeFileSync(join(dir, 'p.rego'), 'package egress.authz\n\ndecision := data.cases\n');
     writeFileSync(join(dir, 'cases', 'a.json'), '{"cases": []}');
     await buildWasmBundle(dir, join(tmp, 'out.tar.gz'));
-    const { loadPolicy } = await import('../../src/policy/policy.js');
+    const { loadPolicy } = await import('../../src/lifecycle/bundle-source.js');
     const p = await loadPolicy(join(tmp, 'out.tar.gz'));
     expect(p.data).toEqual({});
     expect(p.evaluate({})).toEqual({ ok: false, code: 'policy', reason: 'policy result undefined' });

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { buildWasmBundle } from '../../src/policy/opa-cli.js';
-import { loadPolicy, normalisePolicyResult, type LoadedPolicy } from '../../src/policy/policy.js';
+import { normalisePolicyResult, type LoadedPolicy } from '../../src/policy/policy.js';
+import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'policy-test-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Decision } from '../../src/decision/decision.js';
 import { sidebandCacheTtl } from '../../src/transport/sideband.js';
-import { loadPolicy } from '../../src/policy/policy.js';
+import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 import { POLICY_DIR, startTestService, type TestService } from '../support/service.js';
 import { makeBigipCerts, startSidebandService, type BigipCerts } from './sideband-service.js';
 

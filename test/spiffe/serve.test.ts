@@ -216,3 +216,76 @@ describe('serve with its SVID from the Workload API', () => {
     },
   );
 });
+
+describe('serve whose own SVID expires while the agent is away', () => {
+  let dir: string;
+  let pki: MtlsPki;
+  let agent: FakeWorkloadApi;
+  let serve: ServeProcess | undefined;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'egress-authz-spiffe-expiry-'));
+    pki = await makeMtlsPki();
+    agent = new FakeWorkloadApi(join(dir, 'agent.sock'));
+    await agent.start();
+  });
+  afterAll(async () => {
+    await serve?.stop();
+    agent.stop();
+    pki.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const readyz = async () => {
+    const port = serve!.lines.find((l) => l.msg === 'egress-authz serving')!.health_port as number;
+    const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+    return { status: res.status, body: (await res.json()) as Record<string, any> };
+  };
+
+  it(
+    'is not ready from the moment the SVID expires, and ready again when the agent brings a new one',
+    {
+      timeout: 90_000,
+    },
+    async () => {
+      // Valid for a few seconds: long enough to start (the policy load is slow on a busy machine).
+      const shortLived = await workloadSvid(pki.ca, SERVER_ID, {
+        dns: [SERVER_NAME],
+        notAfter: new Date(Date.now() + 10_000),
+      });
+      agent.pushSvids({ svids: [svidMessage(SERVER_ID, shortLived, [pki.ca])] });
+      serve = await spawnServe([
+        ...POLICY,
+        '--spiffe-socket',
+        `unix://${agent.socketPath}`,
+        '--health-addr',
+        '127.0.0.1:0',
+        '--workers',
+        '1',
+      ]);
+      const before = await readyz();
+      expect(before.status).toBe(200);
+      expect(before.body.own_svid).toMatchObject({ spiffe_id: SERVER_ID, expired: false });
+      agent.stop();
+      const expiresAt = new Date(before.body.own_svid.not_after as string).getTime();
+      await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now()) + 1500));
+      const after = await readyz();
+      expect(after.status).toBe(503);
+      expect(after.body.own_svid).toMatchObject({ expired: true });
+      expect(serve.lines.some((l) => /own X.509-SVID expired/.test(String(l.msg)))).toBe(true);
+      // Still alive, and back to ready with the next SVID once the agent returns.
+      expect(serve.proc.exitCode).toBeNull();
+      const next = await workloadSvid(pki.ca, SERVER_ID, { dns: [SERVER_NAME] });
+      agent.svidResponse = { svids: [svidMessage(SERVER_ID, next, [pki.ca])] };
+      await agent.start();
+      const until = Date.now() + 20_000;
+      let again = await readyz();
+      while (again.status !== 200 && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 200));
+        again = await readyz();
+      }
+      expect(again.status).toBe(200);
+      expect(again.body.own_svid).toMatchObject({ expired: false });
+    },
+  );
+});

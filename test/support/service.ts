@@ -4,7 +4,8 @@ import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import type { DecisionLogEntry } from '../../src/decision/decision-log.js';
 import { authorizationClient } from '../../src/transport/envoy-protos.js';
-import { loadPolicy, type LoadedPolicy } from '../../src/policy/policy.js';
+import type { LoadedPolicy } from '../../src/policy/policy.js';
+import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 import { startService, type RunningService, type ServiceOptions } from '../../src/service/service.js';
 
 export const POLICY_DIR = join(import.meta.dirname, '..', '..', 'policies');
