@@ -156,6 +156,7 @@ async function serve(argv: string[]): Promise<number> {
       flush,
       dropped: () => dropped,
       load,
+      sandbox: config.sandbox,
       graceMs,
       shadow: config.shadowPolicy !== undefined,
       start: (parts) =>

@@ -3,7 +3,7 @@
 // that exhausts a heap, cases that take minutes: each ends in a refusal naming the budget, and the
 // serving thread only ever waits for a message. `worker.terminate()` stops even a Wasm loop.
 import { Worker } from 'node:worker_threads';
-import type { LoadPolicyOptions } from '../policy/policy.js';
+import type { LoadPolicyOptions, PolicyImage } from '../policy/policy.js';
 
 export interface SandboxBudget {
   /** wall-clock time for everything: start the thread, unpack, compile, instantiate, run the cases */
@@ -27,10 +27,16 @@ export interface SandboxReport {
   ms: number;
   /** cases run (0 without a cases path) */
   cases: number;
+  /**
+   * The candidate as the thread loaded it, before its cases ran: what the serving thread instantiates
+   * without parsing anything (undefined when the engine could not give an image; load the bytes then).
+   */
+  image?: PolicyImage;
 }
 
 /** What the worker posts back: exactly one message. */
-export type SandboxMessage = { ok: true; revision: string; cases: number } | { ok: false; error: string };
+export type SandboxMessage =
+  { ok: true; revision: string; cases: number; image?: PolicyImage } | { ok: false; error: string };
 
 // Tests run the TypeScript sources, but a worker thread needs JavaScript: `npm run build` puts it in dist.
 const here = import.meta.url;
@@ -76,9 +82,15 @@ export function checkInSandbox(
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      // The worker may still be running (timeout) or finishing: it is never waited for.
-      void worker.terminate();
-      if ('report' in outcome) resolve(outcome.report);
+      // A failed worker may still be running (timeout): it is never waited for. One that answered is,
+      // before the serving thread makes a memory of its own for the image: its memory (as large) goes
+      // first, which keeps the peak at one policy's memory fewer.
+      const ended = worker.terminate();
+      if ('report' in outcome)
+        void ended.then(
+          () => resolve(outcome.report),
+          () => resolve(outcome.report),
+        );
       else reject(new Error(`policy ${job.source}: ${outcome.error}`));
     };
     const timer = setTimeout(
@@ -89,7 +101,15 @@ export function checkInSandbox(
       budget.timeoutMs,
     );
     worker.on('message', (m: SandboxMessage) => {
-      if (m.ok) finish({ report: { revision: m.revision, cases: m.cases, ms: performance.now() - started } });
+      if (m.ok)
+        finish({
+          report: {
+            revision: m.revision,
+            cases: m.cases,
+            ms: performance.now() - started,
+            ...(m.image ? { image: m.image } : {}),
+          },
+        });
       else finish({ error: m.error });
     });
     worker.on('error', (err: Error & { code?: string }) => {

@@ -1,8 +1,9 @@
 // The live policy and how it is replaced. A new version from the bundle source is first tried in the
 // sandbox (a worker thread with a time and a heap budget: Wasm compiles and instantiates, the entrypoint
 // exists, its case files pass), for a folder its Rego unit tests run too (exactly what `egress-authz
-// test` runs), and only then is it instantiated here, from the same bytes, and swapped in with one
-// assignment. Accepted versions are handed on as plain data (validated-bundle.ts).
+// test` runs), and only then is it instantiated here, from the memory image the sandbox captured (no
+// parse on this thread), and swapped in with one assignment. Accepted versions are handed on as plain
+// data (validated-bundle.ts).
 // A Check reads `current` once, synchronously, so it finishes on the policy it started with. A version
 // that fails any step is refused: the last good policy keeps serving, the refusal is logged and counted.
 import type { Logger } from 'pino';
@@ -251,7 +252,7 @@ export class PolicyStore implements PolicySource {
 
   /**
    * The sandbox first; then, for a folder, its Rego unit tests (a child process); then the serving
-   * thread instantiates the same bytes, whose cost the sandbox has just proven to be in budget.
+   * thread restores the memory image the sandbox captured (or, without one, loads the same bytes).
    */
   private async loadChecked(
     version: BundleVersion,
@@ -271,6 +272,7 @@ export class PolicyStore implements PolicySource {
       source,
       version: version.version,
       sandboxMs: report.ms,
+      ...(report.image ? { image: report.image } : {}),
     };
     const started = performance.now();
     const policy = await instantiateValidated(bundle, load);

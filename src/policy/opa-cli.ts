@@ -2,7 +2,7 @@
 // runs Rego unit tests (`opa test`). Evaluation happens in-process with the Wasm SDK (see policy.ts).
 import { execFile } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -131,23 +131,15 @@ export async function buildWasmBundle(
 ): Promise<void> {
   if (!(await isDirectory(policyDir))) throw new Error(`policy folder ${policyDir} does not exist or is not a folder`);
   const sources = policyRegoSources(policyDir);
-  const args = [
-    'build',
-    '-t',
-    'wasm',
-    '-e',
-    entrypoint,
-    '-o',
-    resolve(outFile),
-    '--capabilities',
-    await offlineCapabilities(),
-    ...ignoreArgs(BUILD_IGNORES),
-  ];
-  if (opts.revision !== undefined) args.push('--revision', opts.revision);
-  // Built from inside the folder, so file paths in the bundle (and its content hash, the default
-  // revision) do not depend on where the folder lives.
-  args.push('.');
-  const out = await runOpa(args, resolve(policyDir));
+  const out = await withOfflineCapabilities((capabilities) => {
+    const args = ['build', '-t', 'wasm', '-e', entrypoint, '-o', resolve(outFile), '--capabilities', capabilities];
+    args.push(...ignoreArgs(BUILD_IGNORES));
+    if (opts.revision !== undefined) args.push('--revision', opts.revision);
+    // Built from inside the folder, so file paths in the bundle (and its content hash, the default
+    // revision) do not depend on where the folder lives.
+    args.push('.');
+    return runOpa(args, resolve(policyDir));
+  });
   if (out.code !== 0) {
     throw new Error(`opa build failed for ${policyDir}:\n${(out.stderr || out.stdout).trim()}`);
   }
@@ -196,28 +188,34 @@ async function stampInputFootprint(
 /** Builtins that reach the network; policies built or tested here may not call them. */
 export const NETWORK_BUILTINS: readonly string[] = ['http.send', 'net.lookup_ip_addr'];
 
-let capabilitiesFile: Promise<string> | undefined;
+let capabilitiesText: Promise<string> | undefined;
 
 /**
- * A capabilities file for `opa build` and `opa test`: this opa's own (`opa capabilities --current`)
- * without the network builtins, and no hosts for remote schemas. A policy folder reloaded on a change
- * runs its Rego unit tests in opa: without this, a test could `http.send` from the service's host.
- * Written once per process.
+ * Runs `use` with a capabilities file for `opa build` and `opa test`: this opa's own (`opa capabilities
+ * --current`) without the network builtins, and no hosts for remote schemas. A policy folder reloaded
+ * on a change runs its Rego unit tests in opa: without this, a test could `http.send` from the
+ * service's host. The text is asked of opa once per process; the file lives in a temporary folder
+ * removed when `use` settles (a long-running `serve` reloads a folder many times).
  */
-export function offlineCapabilities(): Promise<string> {
-  capabilitiesFile ??= (async () => {
+export async function withOfflineCapabilities<T>(use: (file: string) => Promise<T>): Promise<T> {
+  capabilitiesText ??= (async () => {
     const out = await runOpa(['capabilities', '--current']);
     if (out.code !== 0) throw new Error(`opa capabilities failed: ${(out.stderr || out.stdout).trim()}`);
     const caps = JSON.parse(out.stdout) as { builtins?: { name?: string }[]; [k: string]: unknown };
     caps.builtins = (caps.builtins ?? []).filter((b) => !NETWORK_BUILTINS.includes(b.name ?? ''));
     caps['allow_net'] = [];
-    const dir = await mkdtemp(join(tmpdir(), 'egress-authz-opa-'));
-    const file = join(dir, 'capabilities.json');
-    await writeFile(file, JSON.stringify(caps));
-    return file;
+    return JSON.stringify(caps);
   })();
-  capabilitiesFile.catch(() => (capabilitiesFile = undefined));
-  return capabilitiesFile;
+  capabilitiesText.catch(() => (capabilitiesText = undefined));
+  const text = await capabilitiesText;
+  const dir = await mkdtemp(join(tmpdir(), 'egress-authz-opa-'));
+  try {
+    const file = join(dir, 'capabilities.json');
+    await writeFile(file, text);
+    return await use(file);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 export interface OpaTestCase {
@@ -261,16 +259,9 @@ export async function runOpaTest(dir: string): Promise<OpaTestReport> {
       text: `✗ opa test ${dir}\n${(e as Error).message}\n0 passed, 1 failed`,
     };
   }
-  const capabilities = await offlineCapabilities();
-  const out = await runOpa([
-    'test',
-    '--format',
-    'json',
-    '--capabilities',
-    capabilities,
-    ...ignoreArgs(POLICY_IGNORES),
-    dir,
-  ]);
+  const out = await withOfflineCapabilities((capabilities) =>
+    runOpa(['test', '--format', 'json', '--capabilities', capabilities, ...ignoreArgs(POLICY_IGNORES), dir]),
+  );
   let results: OpaJsonResult[] | undefined;
   try {
     const parsed: unknown = JSON.parse(out.stdout);

@@ -8,6 +8,14 @@ import { DEFAULT_ENTRYPOINT, readBundle, type PolicyBundle } from './bundle.js';
 import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
 import { checkWasmLimits } from './wasm-limits.js';
+import {
+  captureWasmImage,
+  dumpWasmData,
+  restoreWasmImage,
+  restoreWasmImageSync,
+  type WasmImage,
+} from './wasm-image.js';
+import { summarisePolicyData, type PolicySummary } from './policy-summary.js';
 import { sha256Hex } from '../common/hash.js';
 import { isObject } from '../common/json.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
@@ -55,6 +63,24 @@ export interface LoadedPolicy {
   withDataOverlay?(overlay: Record<string, unknown>): Promise<LoadedPolicy>;
   /** the bundle bytes it was loaded from, when loaded with `keepBundle` (to hand to other processes) */
   readonly bundle?: Uint8Array;
+  /** what metrics read of the data, made when the data was parsed */
+  readonly summary?: PolicySummary;
+  /** its memory image: when loaded with `captureImage`, or restored from one (loadPolicyImage) */
+  readonly image?: PolicyImage;
+}
+
+/**
+ * A policy as the thread that loaded it hands it to the thread that serves it: the module and its
+ * memory right after the data was set (wasm-image.ts), so the serving thread parses nothing. Plain data
+ * (transfer `wasm.buffer` and the chunks' buffers when posting it).
+ */
+export interface PolicyImage {
+  wasm: Uint8Array;
+  memory: WasmImage;
+  revision: string;
+  entrypoint: string;
+  footprint: InputFootprint | undefined;
+  summary: PolicySummary;
 }
 
 export interface LoadPolicyOptions {
@@ -69,6 +95,11 @@ export interface LoadPolicyOptions {
   memoBytes?: number;
   /** set: only a bundle signed by this key is loaded (bundle-signing.ts) */
   verification?: BundleVerification;
+  /**
+   * Capture the memory image (`image`) once the data is set, before any evaluation: what a loader
+   * thread hands the serving thread. No image when the engine is not shaped as expected (wasm-image.ts).
+   */
+  captureImage?: boolean;
 }
 
 /** Loads a bundle already in memory (e.g. fetched from a bundle server). */
@@ -85,6 +116,7 @@ export async function loadPolicyBundle(
     throw new Error(`${where}: ${(e as Error).message}`);
   }
   const { wasm, manifest, dataJson } = bundle;
+  const summary = summarisePolicyData(bundle.data);
   // Nothing may hold the parsed data while the policy parses the bytes: each growth of the Wasm memory
   // makes V8 collect garbage, and a live 60 MiB object turned 4 s of CPU into 37 s (18 MiB data.json).
   const data = dataJson ? undefined : bundle.data;
@@ -106,15 +138,58 @@ export async function loadPolicyBundle(
     typeof manifestRevision === 'string' && manifestRevision !== ''
       ? manifestRevision
       : `sha256:${sha256Hex(bytes).slice(0, 12)}`;
-  return WasmPolicy.create(module, data, dataJson, {
-    revision,
-    source: opts.source,
-    entrypoint,
-    evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
-    footprint: opts.memoize === false ? undefined : footprintFromManifest(manifest, wasm),
-    ...(opts.keepBundle ? { bundle: bytes } : {}),
-    memoBytes: opts.memoBytes,
+  return WasmPolicy.create(
+    module,
+    { data, dataJson },
+    {
+      revision,
+      source: opts.source,
+      entrypoint,
+      evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
+      footprint: opts.memoize === false ? undefined : footprintFromManifest(manifest, wasm),
+      ...(opts.keepBundle ? { bundle: bytes } : {}),
+      memoBytes: opts.memoBytes,
+      summary,
+      ...(opts.captureImage ? { captureFrom: wasm } : {}),
+    },
+  );
+}
+
+/**
+ * The policy a memory image gives (see PolicyImage): compiled asynchronously, its memory restored in
+ * steps; decides exactly as the policy the image was captured from (test/policy/wasm-image.test.ts).
+ * `bundle`: the bytes to keep for other processes (`keepBundle`).
+ */
+export async function loadPolicyImage(
+  image: PolicyImage,
+  opts: LoadPolicyOptions & { source: string; bundle?: Uint8Array },
+): Promise<LoadedPolicy> {
+  const where = `policy ${opts.source}`;
+  const limits = checkWasmLimits(image.wasm, {
+    maxMemoryPages: WASM_MEMORY.maximum,
+    maxTableEntries: MAX_TABLE_ENTRIES,
   });
+  if (!limits.ok) throw new Error(`${where}: ${limits.reason}`);
+  let module: CompiledWasm;
+  try {
+    module = await WebAssembly.compile(image.wasm);
+  } catch (e) {
+    throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${(e as Error).message}`);
+  }
+  return WasmPolicy.create(
+    module,
+    { image },
+    {
+      revision: image.revision,
+      source: opts.source,
+      entrypoint: image.entrypoint,
+      evalBudgetMs: opts.evalBudgetMs ?? DEFAULT_EVAL_BUDGET_MS,
+      footprint: image.footprint,
+      ...(opts.bundle ? { bundle: opts.bundle } : {}),
+      memoBytes: opts.memoBytes,
+      summary: image.summary,
+    },
+  );
 }
 
 interface WasmPolicyMeta {
@@ -125,7 +200,15 @@ interface WasmPolicyMeta {
   footprint: InputFootprint | undefined;
   bundle?: Uint8Array;
   memoBytes?: number;
+  summary: PolicySummary;
+  /** the module's bytes: capture the memory image once the data is set */
+  captureFrom?: Uint8Array;
 }
+
+/** Where an instance's data comes from: the parsed document or its bytes, or a memory image. */
+type DataOrigin =
+  | { data: Record<string, unknown> | undefined; dataJson: Uint8Array | undefined; image?: undefined }
+  | { image: PolicyImage };
 
 // Remembered answers, per policy instance (a new revision or data overlay starts empty), keyed by the
 // SHA-256 of the projected input's JSON: a fixed 32-character key however long the input. A cluster's
@@ -222,16 +305,20 @@ class WasmPolicy implements LoadedPolicy {
   private poisoned = false;
   readonly inputFootprint: InputFootprint | undefined;
   readonly bundle: Uint8Array | undefined;
+  readonly summary: PolicySummary;
+  readonly image: PolicyImage | undefined;
   private readonly memo: DecisionMemo | undefined;
 
   private constructor(
     private readonly module: CompiledWasm,
-    private readonly dataObject: Readonly<Record<string, unknown>> | undefined,
-    private readonly dataJson: Uint8Array | undefined,
+    private readonly origin: DataOrigin,
     private readonly meta: WasmPolicyMeta,
     instance: OpaWasmPolicy,
     entrypointId: number,
+    image: PolicyImage | undefined,
   ) {
+    this.summary = meta.summary;
+    this.image = image;
     this.revision = meta.revision;
     this.source = meta.source;
     this.entrypoint = meta.entrypoint;
@@ -245,18 +332,13 @@ class WasmPolicy implements LoadedPolicy {
         : undefined;
   }
 
-  /** `data` or `dataJson`: the parsed document, or its bytes */
-  static async create(
-    module: CompiledWasm,
-    data: Record<string, unknown> | undefined,
-    dataJson: Uint8Array | undefined,
-    meta: WasmPolicyMeta,
-  ): Promise<WasmPolicy> {
+  static async create(module: CompiledWasm, origin: DataOrigin, meta: WasmPolicyMeta): Promise<WasmPolicy> {
     const where = `policy ${meta.source}`;
     let instance: OpaWasmPolicy;
     try {
-      instance = await opaWasm.loadPolicy(module, { ...WASM_MEMORY });
-      setPolicyData(instance, data ?? {}, dataJson);
+      instance = await opaWasm.loadPolicy(module, memoryFor(origin));
+      if (origin.image) await restoreWasmImage(instance, origin.image.memory);
+      else setPolicyData(instance, origin.data ?? {}, origin.dataJson);
     } catch (e) {
       throw new Error(`${where}: cannot instantiate the Wasm policy: ${describe(e)}`);
     }
@@ -267,9 +349,24 @@ class WasmPolicy implements LoadedPolicy {
         `${where}: entrypoint ${meta.entrypoint} not found (the bundle has: ${Object.keys(entrypoints).join(', ') || 'none'})`,
       );
     }
+    // Before the warm-up: the image is the state right after the data was set, nothing evaluated yet.
+    const memory = meta.captureFrom && !origin.image ? captureWasmImage(instance, meta.captureFrom) : undefined;
+    const image: PolicyImage | undefined =
+      origin.image ??
+      (memory && meta.captureFrom
+        ? {
+            wasm: meta.captureFrom,
+            memory,
+            revision: meta.revision,
+            entrypoint: meta.entrypoint,
+            footprint: meta.footprint,
+            summary: meta.summary,
+          }
+        : undefined);
     // With the bytes at hand the parsed object is not kept: 18 MiB of data.json is ~60 MiB of JS heap,
     // and during a swap the old and the new policy are both alive under the 128 MiB bound.
-    const policy = new WasmPolicy(module, data, dataJson, meta, instance, id);
+    const { captureFrom: _, ...kept } = meta;
+    const policy = new WasmPolicy(module, origin, kept, instance, id, image);
     policy.warmUp();
     return policy;
   }
@@ -287,10 +384,23 @@ class WasmPolicy implements LoadedPolicy {
     });
   }
 
-  /** Parsed again at each use when only the bytes are kept (metrics read it once per policy). */
+  /**
+   * Parsed again at each use when only the bytes are kept, dumped from the Wasm memory when restored
+   * from an image (data overlays; metrics read the summary instead).
+   */
   get data(): Readonly<Record<string, unknown>> {
-    if (this.dataObject) return this.dataObject;
-    return JSON.parse(new TextDecoder().decode(this.dataJson)) as Record<string, unknown>;
+    const origin = this.origin;
+    if (!origin.image) {
+      if (origin.data) return origin.data;
+      return JSON.parse(new TextDecoder().decode(origin.dataJson)) as Record<string, unknown>;
+    }
+    if (this.poisoned) this.reinstantiate();
+    try {
+      return dumpWasmData(this.instance) as Record<string, unknown>;
+    } catch (e) {
+      this.poisoned = true;
+      throw new Error(`policy ${this.source}: cannot read its data: ${describe(e)}`);
+    }
   }
 
   /**
@@ -339,18 +449,25 @@ class WasmPolicy implements LoadedPolicy {
 
   private reinstantiate(): void {
     // loadPolicy() is async only for compilation; instantiating an already compiled module is not.
-    const fresh = instantiateSync(this.module);
-    setPolicyData(fresh, this.dataObject ?? {}, this.dataJson);
+    const origin = this.origin;
+    const fresh = opaWasm.loadPolicySync(this.module, memoryFor(origin));
+    if (origin.image) restoreWasmImageSync(fresh, origin.image.memory);
+    else setPolicyData(fresh, origin.data ?? {}, origin.dataJson);
     this.instance = fresh;
     this.poisoned = false;
   }
 
   async withDataOverlay(overlay: Record<string, unknown>): Promise<LoadedPolicy> {
     const data = deepMerge(this.data, overlay);
-    return WasmPolicy.create(this.module, data, undefined, {
-      ...this.meta,
-      revision: `${this.revision}+data:${sha256Hex(JSON.stringify(overlay)).slice(0, 12)}`,
-    });
+    return WasmPolicy.create(
+      this.module,
+      { data, dataJson: undefined },
+      {
+        ...this.meta,
+        revision: `${this.revision}+data:${sha256Hex(JSON.stringify(overlay)).slice(0, 12)}`,
+        summary: summarisePolicyData(data),
+      },
+    );
   }
 }
 
@@ -377,8 +494,10 @@ function project(input: Record<string, unknown>, keys: readonly string[]): Recor
   return out;
 }
 
-function instantiateSync(module: CompiledWasm): OpaWasmPolicy {
-  return opaWasm.loadPolicySync(module, { ...WASM_MEMORY });
+/** An image needs the memory it was captured with from the start (the allocator knows its top from it). */
+function memoryFor(origin: DataOrigin): { initial: number; maximum: number } {
+  const initial = Math.max(WASM_MEMORY.initial, origin.image?.memory.pages ?? 0);
+  return { initial: Math.min(initial, WASM_MEMORY.maximum), maximum: WASM_MEMORY.maximum };
 }
 
 function deepMerge(base: Readonly<Record<string, unknown>>, overlay: Record<string, unknown>): Record<string, unknown> {

@@ -14,6 +14,7 @@ export interface WasmLimits {
 const SECTION_IMPORT = 2;
 const SECTION_TABLE = 4;
 const SECTION_MEMORY = 5;
+const SECTION_GLOBAL = 6;
 
 class Reader {
   constructor(
@@ -127,4 +128,46 @@ function check(wasm: Uint8Array, limits: WasmLimits): Result<void> {
     r.pos = end;
   }
   return ok(undefined);
+}
+
+/**
+ * How many mutable globals the module defines (state outside its memory), or undefined when its
+ * global section cannot be read. An OPA module has one, its stack pointer (wasm-image.ts relies on it).
+ */
+export function mutableGlobalCount(wasm: Uint8Array): number | undefined {
+  try {
+    const r = new Reader(wasm, 8);
+    let count = 0;
+    while (!r.done) {
+      const id = r.byte();
+      const size = r.uleb();
+      const end = r.pos + size;
+      if (id === SECTION_GLOBAL) {
+        for (let n = r.uleb(); n > 0; n--) {
+          r.byte(); // value type
+          if (r.byte() === 0x01) count++;
+          skipConstExpr(r);
+        }
+      }
+      r.pos = end;
+    }
+    return count;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A constant expression up to its `end`: the instructions with their immediates (else it throws). */
+function skipConstExpr(r: Reader): void {
+  for (;;) {
+    const op = r.byte();
+    if (op === 0x0b) return;
+    if (op === 0x41 || op === 0x42 || op === 0x23 || op === 0xd2)
+      r.uleb(); // LEB128 immediates (signed read as unsigned: same length)
+    else if (op === 0x43) r.skip(4);
+    else if (op === 0x44) r.skip(8);
+    else if (op === 0xd0) r.byte();
+    else if (![0x6a, 0x6b, 0x6c, 0x7c, 0x7d, 0x7e].includes(op))
+      throw new Error(`opcode 0x${op.toString(16)} in a constant`);
+  }
 }

@@ -1,12 +1,15 @@
 // A worker of `serve --workers N`: the whole Check pipeline and both listeners (ports shared through the
 // primary, see cluster-primary.ts), with no policy source of its own. Its policies are the bundles the
-// primary accepted, loaded from the bytes the primary validated; it reports which one it serves, and
+// primary accepted, loaded from the bytes the primary validated (in a loader thread with the sandbox's
+// budgets, then restored from its memory image: the serving loop parses nothing); it reports which one it serves, and
 // says ready only when the primary says the whole service is (every worker on the same revision).
 // Per worker, by design: the decision memo, the certificate cache, the shadow evaluation, TLS file
 // watching. Shared through the primary: policy, readiness, /metrics, stdout.
 import type http from 'node:http';
 import type { Logger } from 'pino';
-import { loadPolicyBundle, type LoadPolicyOptions } from '../policy/policy.js';
+import type { LoadPolicyOptions, PolicyImage } from '../policy/policy.js';
+import type { SandboxBudget } from '../lifecycle/policy-sandbox.js';
+import { loadOffThread } from '../lifecycle/validated-bundle.js';
 import { ServiceMetrics } from './metrics.js';
 import { MutablePolicySource, type RunningService } from './service.js';
 import { isMessage, type BundleMessage, type StateMessage, type ToPrimary, type ToWorker } from './workers.js';
@@ -27,11 +30,13 @@ export interface WorkerOptions {
   flush: () => void;
   dropped: () => number;
   load: LoadPolicyOptions;
+  /** the loader thread's budgets (`--policy-load-timeout`, `--policy-load-memory`), as the primary's sandbox */
+  sandbox?: SandboxBudget;
   graceMs: number;
   /** whether the primary has a shadow policy to send */
   shadow: boolean;
   /** each shadow bundle, as it arrives (the shadow thread instantiates it off the serving loop) */
-  onShadowBundle?: (bundle: { bytes: Uint8Array; revision: string; source: string }) => void;
+  onShadowBundle?: (bundle: { bytes: Uint8Array; revision: string; source: string; image?: PolicyImage }) => void;
   /** starts the listeners exactly as one process does, around these parts */
   start(parts: WorkerServiceParts): Promise<{ service: RunningService; close(): void }>;
 }
@@ -70,13 +75,19 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
   const apply = (b: BundleMessage) => {
     loading = loading.then(async () => {
       try {
-        const policy = await loadPolicyBundle(b.bytes, { ...opts.load, source: b.source });
+        const policy = await loadOffThread(b.bytes, b.source, opts.load, opts.sandbox);
         if (policy.revision !== b.revision)
           throw new Error(`revision ${policy.revision} where the primary accepted ${b.revision}`);
         const target = b.role === 'live' ? live : shadow;
         if (!target) return;
         target.current = policy; // the swap, as in PolicyStore: Checks read `current` once
-        if (b.role === 'shadow') opts.onShadowBundle?.({ bytes: b.bytes, revision: b.revision, source: b.source });
+        if (b.role === 'shadow')
+          opts.onShadowBundle?.({
+            bytes: b.bytes,
+            revision: b.revision,
+            source: b.source,
+            ...(policy.image ? { image: policy.image } : {}),
+          });
         metrics.policyRevision(b.role, policy.revision);
         send({ ea: 'loaded', role: b.role, seq: b.seq, revision: policy.revision });
       } catch (err) {

@@ -10,6 +10,7 @@ import type { FailureCode } from '../common/result.js';
 import type { CheckRequest, SidebandRequest } from '../decision/input.js';
 import { x509SvidCacheStats } from '../identity/x509-svid.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
+import { summarisePolicyData } from '../policy/policy-summary.js';
 
 /** Why the identity step refused a peer, coarsely; the decision log has the precise reason. */
 export const IDENTITY_REJECTION_CLASSES = [
@@ -232,10 +233,8 @@ export class ServiceMetrics {
     if (!policy) return EMPTY;
     let set = this.tenantsByPolicy.get(policy);
     if (!set) {
-      const egress = policy.data?.['egress'];
-      const tenants =
-        typeof egress === 'object' && egress !== null ? (egress as Record<string, unknown>)['tenants'] : undefined;
-      set = new Set(typeof tenants === 'object' && tenants !== null ? Object.keys(tenants) : []);
+      // A policy's summary was made where its data was parsed; only stand-ins without one are read here.
+      set = new Set((policy.summary ?? summarisePolicyData(policy.data)).tenants);
       this.tenantsByPolicy.set(policy, set);
     }
     return set;

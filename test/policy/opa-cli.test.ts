@@ -1,7 +1,7 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, test } from 'vitest';
+import { afterAll, describe, expect, test, vi } from 'vitest';
 import { buildWasmBundle, locateOpa, packageRoot, runOpaTest } from '../../src/policy/opa-cli.js';
 
 describe('opa CLI', () => {
@@ -45,6 +45,29 @@ describe('opa CLI', () => {
     const p = await loadPolicy(join(tmp, 'out.tar.gz'));
     expect(p.data).toEqual({});
     expect(p.evaluate({})).toEqual({ ok: false, code: 'policy', reason: 'policy result undefined' });
+  });
+
+  test('the capabilities file given to opa build and opa test is removed afterwards', async () => {
+    // os.tmpdir() reads TMPDIR at each call: a folder of our own, where no other process writes.
+    const own = join(tmp, 'own-tmp');
+    mkdirSync(own);
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = own;
+    try {
+      // A fresh copy of the module: nothing made by the tests before is reused.
+      vi.resetModules();
+      const cli = await import('../../src/policy/opa-cli.js');
+      const dir = join(tmp, 'caps');
+      mkdirSync(dir);
+      writeFileSync(join(dir, 'p.rego'), 'package egress.authz\n\ndecision := true\n');
+      writeFileSync(join(dir, 'p_test.rego'), 'package egress.authz\n\ntest_ok if decision\n');
+      await cli.buildWasmBundle(dir, join(tmp, 'caps.tar.gz'));
+      expect((await cli.runOpaTest(dir)).ok).toBe(true);
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+    }
+    expect(readdirSync(own).filter((name) => name.startsWith('egress-authz-opa-'))).toEqual([]);
   });
 
   test('build of a missing folder says so', async () => {
