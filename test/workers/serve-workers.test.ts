@@ -207,20 +207,41 @@ describe('serve --workers 2', () => {
     const before = pids();
     expect(before).toHaveLength(2);
     // Poll readiness across the kill: a surviving worker answers, and must say 503 while one is missing.
-    const seen: { code: number; running?: number }[] = [];
+    // The probes overlap (one starts every 20 ms, each on its own connection): a connection the primary
+    // accepts in the few ms between the worker's death and its 'exit' event is handed by node:cluster to
+    // the dead worker and never answered. A poller waiting for that probe (2 s timeout) would be blind
+    // longer than the whole not-ready window (~1.5 s: the restart delay and the replacement's start).
+    const killedAt = { t: 0 };
+    const seen: { ms: number; code: number; running?: number }[] = [];
+    let unanswered = 0;
     let polling = true;
+    const inFlight = new Set<Promise<void>>();
     const poller = (async () => {
       while (polling) {
-        const r = await readyz().catch(() => undefined);
-        if (r) seen.push({ code: r.code, running: r.workers?.running });
+        if (inFlight.size < 10) {
+          const probe: Promise<void> = readyz()
+            .then(
+              (r) => void seen.push({ ms: Date.now() - killedAt.t, code: r.code, running: r.workers?.running }),
+              () => void unanswered++,
+            )
+            .finally(() => inFlight.delete(probe));
+          inFlight.add(probe);
+        }
         await new Promise((res) => setTimeout(res, 20));
       }
+      await Promise.all(inFlight);
     })();
     await new Promise((res) => setTimeout(res, 100));
+    killedAt.t = Date.now();
     process.kill(before[0]!, 'SIGKILL');
     await waitFor(() => seen.some((s) => s.code === 503), 10_000, 'not ready while a worker is missing').catch(
       (err: Error) => {
-        throw new Error(`${err.message}: ${JSON.stringify(seen.slice(-5))} ${JSON.stringify(serve.lines.slice(-3))}`);
+        const lines = serve.lines.slice(-4).map((l) => `${l.time} ${l.msg}`);
+        throw new Error(
+          `${err.message} (killed at ${new Date(killedAt.t).toISOString()}; ${unanswered} probes unanswered; ` +
+            `answers, ms after the kill: ${JSON.stringify(seen.filter((s) => s.ms > -100).slice(0, 20))}; ` +
+            `last lines: ${JSON.stringify(lines)})`,
+        );
       },
     );
     await waitFor(() => seen.at(-1)?.code === 200, 30_000, 'ready again with the replacement');
