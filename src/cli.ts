@@ -5,7 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pino from 'pino';
-import { Authorizer, caseDecision, decideCase } from './decision/authorizer.js';
+import { Authorizer } from './decision/authorizer.js';
 import type { Decision } from './decision/decision.js';
 import cluster from 'node:cluster';
 import { MutablePolicySource, startService, type RunningService, type ServiceOptions } from './service/service.js';
@@ -13,7 +13,7 @@ import type { LoadedPolicy } from './policy/policy.js';
 import { loadPolicy } from './lifecycle/bundle-source.js';
 import { formatReport, inspectCertificate } from './identity/inspect.js';
 import { buildWasmBundle, runOpaTest } from './policy/opa-cli.js';
-import { runPolicyCases } from './lifecycle/policy-cases.js';
+import { decideCase, runPolicyCases } from './lifecycle/policy-cases.js';
 import { CertificateFiles, type TlsMaterialSource } from './transport/tls.js';
 import { X509Source } from './spiffe/x509-source.js';
 import { errorMessage } from './common/errors.js';
@@ -529,9 +529,7 @@ async function test(argv: string[]): Promise<number> {
     entrypoint: values.entrypoint as string,
     ...verificationOption(verificationValues(values)),
   });
-  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, (c, casePolicy) =>
-    Promise.resolve(caseDecision(decideCase(c, casePolicy))),
-  );
+  const report = await runPolicyCases((values.cases as string | undefined) ?? dir, policy, decideCase);
   process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
   const opa = await runOpaTest(dir);
   process.stdout.write(opa.text.endsWith('\n') ? opa.text : `${opa.text}\n`);

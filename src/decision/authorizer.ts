@@ -6,8 +6,6 @@ import { correlationOf, REQUEST_ID_HEADER, TRACEPARENT_HEADER } from './correlat
 import { decisionLogEntry, type Correlation, type DecisionSink } from './decision-log.js';
 import { resolveIdentity, type ChainCheck, type PeerEvidence } from '../identity/identity.js';
 import { trustedHeaderEvidence } from '../identity/trusted-header.js';
-import type { LoadedPolicy } from '../policy/policy.js';
-import type { CaseDecision, CaseRequest } from '../lifecycle/policy-cases.js';
 import {
   buildCliInput,
   buildEnvoyInput,
@@ -236,14 +234,4 @@ function peerEvidence(source: Peer | undefined): PeerEvidence {
   if (source?.principal) evidence.principal = source.principal;
   if (source?.certificate) evidence.certificatePem = source.certificate;
   return evidence;
-}
-
-/** A policy case (policies/cases) through the same pipeline as a Check: `egress-authz test` and reload checks. */
-export function decideCase(c: CaseRequest, policy: LoadedPolicy): Decision {
-  const authorizer = new Authorizer({ policies: { current: policy }, sink: () => {} });
-  return authorizer.checkCli(c);
-}
-
-export function caseDecision(d: Decision): CaseDecision {
-  return { allow: d.allow, snat_pool: d.snat_pool, reason: d.reason };
 }

@@ -13,6 +13,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CertificateSpec } from './case-certificates.js';
 import { isDirectory } from '../common/files.js';
+import { Authorizer } from '../decision/authorizer.js';
 import { isObject } from '../common/json.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 
@@ -57,6 +58,12 @@ export interface CaseDecision {
 
 /** Runs one case through the real pipeline against `policy` (the file's data overlay already applied). */
 export type CaseDecide = (request: CaseRequest, policy: LoadedPolicy) => Promise<CaseDecision>;
+
+/** A case through the same pipeline as a Check (checkCli): `egress-authz test` and reload checks. */
+export const decideCase: CaseDecide = (request, policy) => {
+  const d = new Authorizer({ policies: { current: policy }, sink: () => {} }).checkCli(request);
+  return Promise.resolve({ allow: d.allow, snat_pool: d.snat_pool, reason: d.reason });
+};
 
 export interface CaseOutcome {
   file: string;

@@ -7,18 +7,14 @@
 // A Check reads `current` once, synchronously, so it finishes on the policy it started with. A version
 // that fails any step is refused: the last good policy keeps serving, the refusal is logged and counted.
 import type { Logger } from 'pino';
-import { caseDecision, decideCase } from '../decision/authorizer.js';
 import type { BundleSource, BundleVersion } from './bundle-source.js';
 import { checkInSandbox, type SandboxBudget } from './policy-sandbox.js';
 import { instantiateValidated, type ValidatedBundle } from './validated-bundle.js';
 import type { PolicySource } from '../decision/decision.js';
 import { runOpaTest } from '../policy/opa-cli.js';
-import { runPolicyCases, type CaseDecide } from './policy-cases.js';
+import { decideCase, runPolicyCases } from './policy-cases.js';
 import { footprintFields } from '../policy/input-footprint.js';
 import type { LoadedPolicy, LoadPolicyOptions } from '../policy/policy.js';
-
-/** The pipeline `egress-authz test` runs each case through (decideCase: the same as a Check). */
-const decidePolicyCase: CaseDecide = (request, policy) => Promise.resolve(caseDecision(decideCase(request, policy)));
 
 export interface PolicyCheckOptions {
   /** case files to run against the candidate (a file or folder, see runPolicyCases) */
@@ -32,7 +28,7 @@ export async function checkPolicy(policy: LoadedPolicy | undefined, opts: Policy
   let cases = 0;
   if (opts.casesPath !== undefined) {
     if (!policy) throw new Error('policy cases need a loaded policy');
-    const report = await runPolicyCases(opts.casesPath, policy, decidePolicyCase);
+    const report = await runPolicyCases(opts.casesPath, policy, decideCase);
     if (!report.ok) {
       const failures = report.text.split('\n').filter((l) => l.trimStart().startsWith('✗'));
       throw new Error(

@@ -6,11 +6,16 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { LoadedPolicy } from '../../src/policy/policy.js';
 import { loadPolicy } from '../../src/lifecycle/bundle-source.js';
 import * as x509 from '@peculiar/x509';
-import { caseDecision, decideCase } from '../../src/decision/authorizer.js';
-import { listCaseFiles, readCaseFile, runPolicyCases, type CaseDecide } from '../../src/lifecycle/policy-cases.js';
+import {
+  decideCase,
+  listCaseFiles,
+  readCaseFile,
+  runPolicyCases,
+  type CaseDecide,
+} from '../../src/lifecycle/policy-cases.js';
 
 // The real pipeline (identity → input → policy → decision), exactly what `egress-authz test` runs.
-const decide: CaseDecide = async (req, policy) => caseDecision(decideCase(req, policy));
+const decide: CaseDecide = decideCase;
 
 describe('policy cases', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'cases-test-'));
