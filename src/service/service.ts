@@ -13,13 +13,8 @@ import { createHttpServer, listen, type RouteHandler } from '../transport/http-s
 import { metricsRoute, pipelineMetrics, ServiceMetrics, timedRoute } from './metrics.js';
 import { footprintFields } from '../policy/input-footprint.js';
 import type { LoadedPolicy } from '../policy/policy.js';
-import {
-  grpcServerCredentials,
-  httpsServerOptions,
-  type CallerPattern,
-  type TlsMaterialSource,
-  type PeerPolicy,
-} from '../transport/tls.js';
+import { grpcServerCredentials, httpsServerOptions, type CallerPattern, type PeerPolicy } from '../transport/tls.js';
+import type { TlsMaterialSource } from '../common/tls-material.js';
 import { configureSidebandServer, sidebandRoutes } from '../transport/sideband.js';
 import { ShadowEvaluator, type ShadowEvaluatorOptions } from '../lifecycle/shadow-policy.js';
 import { DEFAULT_GRACE_MS } from './config.js';

@@ -4,7 +4,7 @@
 // the SVID as TLS material for egress-authz's own listeners (the same subscribe-and-swap contract as
 // CertificateFiles), so a rotation reaches new handshakes while open connections keep theirs.
 import { fail, ok, type Result } from '../common/result.js';
-import { sameMaterial, type TlsMaterial, type TlsMaterialSource } from '../transport/tls.js';
+import { sameMaterial, type TlsMaterial, type TlsMaterialSource } from '../common/tls-material.js';
 import type { WorkloadSvid, X509Context } from './x509-context.js';
 import { WorkloadApiClient, workloadApiTarget, type Backoff } from './workload-api.js';
 

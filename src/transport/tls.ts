@@ -8,6 +8,7 @@ import { dirname } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { fail, ok, type Result } from '../common/result.js';
+import { sameMaterial, type TlsMaterial, type TlsMaterialSource } from '../common/tls-material.js';
 import { matchesAny, parseIdPattern, type IdPattern } from '../identity/match.js';
 import { parseX509SvidPem } from '../identity/x509-svid.js';
 
@@ -16,21 +17,6 @@ export interface TlsFiles {
   keyFile: string;
   /** when set, every client must present a certificate that chains to this CA bundle */
   clientCaFile?: string;
-}
-
-export interface TlsMaterial {
-  cert: Buffer;
-  key: Buffer;
-  ca?: Buffer;
-}
-
-/**
- * Where the listeners' TLS material comes from (files, or the SPIFFE Workload API): the current version
- * and every new one. A subscriber configures new handshakes only; established connections keep theirs.
- */
-export interface TlsMaterialSource {
-  readonly current: TlsMaterial;
-  subscribe(listener: (m: TlsMaterial) => void): () => void;
 }
 
 // --------------------------------------------------------------------------------- allowed callers
@@ -106,11 +92,6 @@ export function readTlsMaterial(files: TlsFiles): Result<TlsMaterial> {
     return fail(`TLS files do not make a usable certificate and key: ${(err as Error).message}`);
   }
   return ok(material);
-}
-
-export function sameMaterial(a: TlsMaterial, b: TlsMaterial): boolean {
-  const caSame = a.ca === undefined || b.ca === undefined ? a.ca === b.ca : a.ca.equals(b.ca);
-  return caSame && a.cert.equals(b.cert) && a.key.equals(b.key);
 }
 
 /** The live TLS material of the service, re-read when its files change; subscribers get every new version. */
