@@ -61,10 +61,10 @@ function startWorker(heapMb: number): Worker {
   return worker;
 }
 
-function takeWorker(heapMb: number): Worker {
+function takeWorker(heapMb: number, keepSpare: boolean): Worker {
   const ready = spare?.heapMb === heapMb ? spare.worker : undefined;
   if (spare && !ready) void spare.worker.terminate();
-  spare = { worker: startWorker(heapMb), heapMb };
+  spare = keepSpare ? { worker: startWorker(heapMb), heapMb } : undefined;
   return ready ?? startWorker(heapMb);
 }
 
@@ -72,11 +72,12 @@ function takeWorker(heapMb: number): Worker {
 export function checkInSandbox(
   job: SandboxJob,
   budget: SandboxBudget = DEFAULT_SANDBOX_BUDGET,
+  opts: { keepSpare?: boolean } = {},
 ): Promise<SandboxReport> {
   const started = performance.now();
   return new Promise<SandboxReport>((resolve, reject) => {
     let settled = false;
-    const worker = takeWorker(budget.heapMb);
+    const worker = takeWorker(budget.heapMb, opts.keepSpare ?? true);
     worker.ref(); // while it works for us, it is waited for (and bounded by the timer)
     const finish = (outcome: { report: SandboxReport } | { error: string }) => {
       if (settled) return;

@@ -59,7 +59,9 @@ export async function loadOffThread(
   load: LoadPolicyOptions,
   budget?: SandboxBudget,
 ): Promise<LoadedPolicy> {
-  const report = await checkInSandbox({ bytes, source, load }, budget);
+  // No spare thread waits for the next one: in a worker process that would be ~10 MB held for a
+  // version that comes rarely, and the primary has already paid for the validation.
+  const report = await checkInSandbox({ bytes, source, load }, budget, { keepSpare: false });
   return instantiateValidated(
     {
       bytes,
