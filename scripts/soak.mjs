@@ -7,7 +7,7 @@
 //
 //   npm run soak                                 # 60 s
 //   npm run soak -- --duration 10s --count 200000 --concurrency 32 --sample 1s
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -41,81 +41,12 @@ const concurrency = Number(flags.concurrency);
 const sampleMs = ms(flags.sample);
 const tolerance = Number(flags['rss-tolerance']);
 
-// Certificates with openssl (a Debian package the project installs): a mesh CA and two workload SVIDs.
+// Certificates with openssl (a Debian package the project installs), made by the benchmark's PKI: a mesh
+// CA, the bookinfo SVID (allowed) and an sm-apigw-a one (denied by the default policy).
+const { makePki } = await import(join(root, 'bench', 'pki.mjs'));
 const dir = mkdtempSync(join(tmpdir(), 'egress-authz-soak-'));
-function svid(name, uri) {
-  const ext = join(dir, `${name}.ext`);
-  execFileSync('sh', [
-    '-c',
-    `printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth,clientAuth\\nsubjectAltName=critical,URI:${uri}\\n' > ${ext}`,
-  ]);
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-new',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      join(dir, `${name}.key`),
-      '-subj',
-      '/',
-      '-out',
-      join(dir, `${name}.csr`),
-    ],
-    { stdio: 'ignore' },
-  );
-  execFileSync(
-    'openssl',
-    [
-      'x509',
-      '-req',
-      '-in',
-      join(dir, `${name}.csr`),
-      '-CA',
-      join(dir, 'ca.crt'),
-      '-CAkey',
-      join(dir, 'ca.key'),
-      '-CAcreateserial',
-      '-days',
-      '1',
-      '-extfile',
-      ext,
-      '-out',
-      join(dir, `${name}.crt`),
-    ],
-    { stdio: 'ignore' },
-  );
-  return readFileSync(join(dir, `${name}.crt`), 'utf8');
-}
-execFileSync(
-  'openssl',
-  [
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    join(dir, 'ca.key'),
-    '-subj',
-    '/O=Soak/CN=Soak CA',
-    '-days',
-    '2',
-    '-out',
-    join(dir, 'ca.crt'),
-  ],
-  { stdio: 'ignore' },
-);
-const pems = {
-  bookinfo: svid('bookinfo', 'spiffe://cluster.local/ns/bookinfo/sa/productpage'),
-  apigw: svid('apigw', 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools'),
-};
+const pki = await makePki(dir, { extraClients: { apigw: 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools' } });
+const pems = { bookinfo: pki.clientCertPem, apigw: readFileSync(pki.clients.apigw.certFile, 'utf8') };
 rmSync(dir, { recursive: true, force: true });
 
 // The service under soak.
