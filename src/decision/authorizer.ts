@@ -108,26 +108,26 @@ export class Authorizer {
   }
 
   /** `eval`: a SPIFFE ID or certificate given by an operator, or a whole input document. */
-  checkCli(q: {
+  checkCli(request: {
     spiffeId?: string;
     certificatePem?: string;
     destination?: string;
     input?: Record<string, unknown>;
   }): Decision {
     return this.run('cli', () => {
-      if (q.input) {
+      if (request.input) {
         // The identity in an input file is recomputed from its attributes, exactly as for Envoy, so an
         // input file cannot claim an identity that the certificate or principal does not prove.
-        const check = { attributes: (q.input.attributes ?? {}) as CheckRequest['attributes'] };
+        const check = { attributes: (request.input.attributes ?? {}) as CheckRequest['attributes'] };
         const decisionInput = (id: PolicyInput['identity'], err: string | undefined): PolicyInput => {
           const base = buildEnvoyInput(check, id, err);
           const input: PolicyInput = {
-            ...q.input,
+            ...request.input,
             ...base,
             caller: 'cli',
-            attributes: q.input!.attributes ?? base.attributes,
+            attributes: request.input!.attributes ?? base.attributes,
           };
-          if (q.destination !== undefined) input.destination = parseDestination(q.destination);
+          if (request.destination !== undefined) input.destination = parseDestination(request.destination);
           return input;
         };
         return {
@@ -138,12 +138,12 @@ export class Authorizer {
         };
       }
       const evidence: PeerEvidence = {};
-      if (q.spiffeId !== undefined) evidence.principal = q.spiffeId;
-      if (q.certificatePem !== undefined) evidence.certificatePem = q.certificatePem;
+      if (request.spiffeId !== undefined) evidence.principal = request.spiffeId;
+      if (request.certificatePem !== undefined) evidence.certificatePem = request.certificatePem;
       return {
         evidence,
-        verifyChain: q.certificatePem !== undefined,
-        build: (id, err) => buildCliInput(q.destination ?? '', id, err),
+        verifyChain: request.certificatePem !== undefined,
+        build: (id, err) => buildCliInput(request.destination ?? '', id, err),
         correlation: {},
       };
     });
@@ -169,14 +169,14 @@ export class Authorizer {
     let identityFailure: FailureCode | undefined;
     let correlation: Correlation = {};
     try {
-      const p = prepare();
-      correlation = correlationOf(p.correlation.request_id, p.correlation.traceparent);
-      const verifier = p.verifyChain ? this.opts.chainVerifier : undefined;
-      const identity = resolveIdentity(p.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
+      const prepared = prepare();
+      correlation = correlationOf(prepared.correlation.request_id, prepared.correlation.traceparent);
+      const verifier = prepared.verifyChain ? this.opts.chainVerifier : undefined;
+      const identity = resolveIdentity(prepared.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
       if (identity.ok) {
-        input = p.build(identity.value, undefined);
+        input = prepared.build(identity.value, undefined);
       } else {
-        input = p.build(null, identity.reason);
+        input = prepared.build(null, identity.reason);
         identityFailure = identity.code;
       }
     } catch {

@@ -24,12 +24,12 @@ export function parseIdPattern(entry: string): Result<IdPattern> {
   return ok({ id: id.value, subtree });
 }
 
-function matchesPattern(id: SpiffeId, p: IdPattern): boolean {
-  if (p.id.trustDomain !== id.trustDomain) return false;
-  if (id.path === p.id.path) return true;
-  return p.subtree && id.path.startsWith(`${p.id.path}/`);
+function matchesPattern(id: SpiffeId, pattern: IdPattern): boolean {
+  if (pattern.id.trustDomain !== id.trustDomain) return false;
+  if (id.path === pattern.id.path) return true;
+  return pattern.subtree && id.path.startsWith(`${pattern.id.path}/`);
 }
 
 export function matchesAny(id: SpiffeId, patterns: readonly IdPattern[]): boolean {
-  return patterns.some((p) => matchesPattern(id, p));
+  return patterns.some((pattern) => matchesPattern(id, pattern));
 }

@@ -17,18 +17,18 @@ function header(key: string, value: string): HeaderValueOption {
   return { header: { key, value }, append: { value: false } };
 }
 
-function str(v: string): { stringValue: string } {
+function stringValue(v: string): { stringValue: string } {
   return { stringValue: v };
 }
 
 export function toCheckResponse(d: Decision): Record<string, unknown> {
   const dynamicMetadata = {
     fields: {
-      decision_id: str(d.decision_id),
-      spiffe_id: str(d.identity?.spiffe_id ?? ''),
-      snat_pool: str(d.snat_pool),
+      decision_id: stringValue(d.decision_id),
+      spiffe_id: stringValue(d.identity?.spiffe_id ?? ''),
+      snat_pool: stringValue(d.snat_pool),
       allow: { boolValue: d.allow },
-      policy_revision: str(d.policy_revision),
+      policy_revision: stringValue(d.policy_revision),
     },
   };
   const extra = Object.entries(d.headers).map(([k, v]) => header(k, v));

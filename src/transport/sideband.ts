@@ -137,7 +137,7 @@ function handleSideband(
 function decideBody(
   body: Buffer,
   req: IncomingMessage,
-  optional: Optional,
+  fields: SidebandFields,
   authorizer: SidebandAuthorizer,
   cacheTtlS: number,
 ): SidebandAnswer {
@@ -145,7 +145,7 @@ function decideBody(
   const pem = body.toString('latin1');
   // PEM is ASCII; a body with other bytes is not what an iRule sends.
   if (/[^\x09\x0a\x0d\x20-\x7e]/.test(pem)) return malformed('body is not PEM text');
-  const request: SidebandRequest = { certificatePem: pem, headers: stringHeaders(req), ...optional };
+  const request: SidebandRequest = { certificatePem: pem, headers: stringHeaders(req), ...fields };
   let decision: Decision;
   try {
     decision = authorizer.checkSideband(request);
@@ -173,11 +173,12 @@ function decideBody(
   };
 }
 
-type Optional = Pick<SidebandRequest, 'virtualServer' | 'clientAddress' | 'destination' | 'requestId'>;
+/** The request fields the iRule may send as headers beside the certificate. */
+type SidebandFields = Pick<SidebandRequest, 'virtualServer' | 'clientAddress' | 'destination' | 'requestId'>;
 
-function optionalHeaders(req: IncomingMessage): { ok: true; value: Optional } | { ok: false; reason: string } {
-  const value: Optional = {};
-  for (const [field, name] of Object.entries(SIDEBAND_REQUEST_HEADERS) as [keyof Optional, string][]) {
+function optionalHeaders(req: IncomingMessage): { ok: true; value: SidebandFields } | { ok: false; reason: string } {
+  const value: SidebandFields = {};
+  for (const [field, name] of Object.entries(SIDEBAND_REQUEST_HEADERS) as [keyof SidebandFields, string][]) {
     const raw = req.headers[name];
     if (raw === undefined) continue;
     if (typeof raw !== 'string' || raw.length > MAX_OPTIONAL_HEADER || !/^[\x21-\x7e]*$/.test(raw.trim())) {

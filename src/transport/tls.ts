@@ -113,7 +113,7 @@ export class CertificateFiles implements TlsMaterialSource {
     const paths = [files.certFile, files.keyFile, files.clientCaFile].filter((p): p is string => p !== undefined);
     for (const dir of new Set(paths.map((p) => dirname(p)))) {
       try {
-        const w = watch(dir, { persistent: false }, () => this.soon());
+        const w = watch(dir, { persistent: false }, () => this.reloadWhenSettled());
         w.on('error', () => w.close());
         this.watchers.push(w);
       } catch {
@@ -155,7 +155,7 @@ export class CertificateFiles implements TlsMaterialSource {
   }
 
   // A rotation writes several files, often in several steps: wait for the writes to settle.
-  private soon(): void {
+  private reloadWhenSettled(): void {
     clearTimeout(this.debounce);
     this.debounce = setTimeout(() => this.reload(), 100);
     this.debounce.unref();
