@@ -12,11 +12,11 @@ import {
   buildSidebandInput,
   parseDestination,
   requestHeaders,
-  type Caller,
   type CheckRequest,
   type Peer,
   type PolicyInput,
   type SidebandRequest,
+  type Transport,
 } from './input.js';
 
 export interface AuthorizerOptions {
@@ -62,7 +62,7 @@ export interface PipelineObserver {
   /** a decision was made and handed to the sink */
   onDecision(decision: Decision, timing: CheckTiming): void;
   /** the pipeline threw (a bug, never an input): the transport answers an internal error */
-  onInternalError(caller: Caller, timing: CheckTiming): void;
+  onInternalError(transport: Transport, timing: CheckTiming): void;
 }
 
 export class Authorizer {
@@ -91,7 +91,7 @@ export class Authorizer {
           evidence,
           verifyChain: this.opts.verifyEnvoyChain === true,
           build: (id, err) => buildEnvoyInput(req, id, err),
-          correlation: { request_id: headers[REQUEST_ID_HEADER], traceparent: headers[TRACEPARENT_HEADER] },
+          correlation: { requestId: headers[REQUEST_ID_HEADER], traceparent: headers[TRACEPARENT_HEADER] },
         };
       },
       receivedAt,
@@ -103,7 +103,7 @@ export class Authorizer {
       evidence: { certificatePem: req.certificatePem },
       verifyChain: true,
       build: (id, err) => buildSidebandInput(req, id, err),
-      correlation: { request_id: req.requestId, traceparent: req.headers[TRACEPARENT_HEADER] },
+      correlation: { requestId: req.requestId, traceparent: req.headers[TRACEPARENT_HEADER] },
     }));
   }
 
@@ -149,28 +149,28 @@ export class Authorizer {
     });
   }
 
-  private run(caller: Caller, prepare: () => Prepared, receivedAt?: number): Decision {
+  private run(transport: Transport, prepare: () => Prepared, receivedAt?: number): Decision {
     const started = receivedAt ?? performance.now();
     const observer = this.opts.observer;
-    if (!observer) return this.decideOnce(caller, prepare, started);
+    if (!observer) return this.decideOnce(transport, prepare, started);
     let decision: Decision;
     try {
-      decision = this.decideOnce(caller, prepare, started);
+      decision = this.decideOnce(transport, prepare, started);
     } catch (err) {
-      observer.onInternalError(caller, { seconds: (performance.now() - started) / 1000 });
+      observer.onInternalError(transport, { seconds: (performance.now() - started) / 1000 });
       throw err;
     }
     observer.onDecision(decision, { seconds: (performance.now() - started) / 1000 });
     return decision;
   }
 
-  private decideOnce(caller: Caller, prepare: () => Prepared, started: number): Decision {
+  private decideOnce(transport: Transport, prepare: () => Prepared, started: number): Decision {
     let input: PolicyInput;
     let identityFailure: FailureCode | undefined;
     let correlation: Correlation = {};
     try {
       const prepared = prepare();
-      correlation = correlationOf(prepared.correlation.request_id, prepared.correlation.traceparent);
+      correlation = correlationOf(prepared.correlation.requestId, prepared.correlation.traceparent);
       const verifier = prepared.verifyChain ? this.opts.chainVerifier : undefined;
       const identity = resolveIdentity(prepared.evidence, this.now(), verifier ? { verifyChain: verifier } : {});
       if (identity.ok) {
@@ -183,7 +183,7 @@ export class Authorizer {
       // Decoded protos cannot get here; JSON documents (`eval --input`) with values of the wrong type
       // can. No identity, so decide() denies without asking the policy.
       input = {
-        caller,
+        caller: transport,
         identity: null,
         identity_error: 'malformed request: a field has the wrong type',
         destination: { host: '' },
@@ -216,7 +216,7 @@ interface Prepared {
   verifyChain: boolean;
   build: (identity: PolicyInput['identity'], error: string | undefined) => PolicyInput;
   /** raw values as the transport found them: correlationOf() bounds and checks them */
-  correlation: { request_id?: unknown; traceparent?: unknown };
+  correlation: { requestId?: unknown; traceparent?: unknown };
 }
 
 function lateDeny(d: Decision, deadlineMs: number): Decision {

@@ -18,7 +18,7 @@ const TRACEPARENT_CHARS = 55;
 export function correlationOf(requestId: unknown, traceparent: unknown): Correlation {
   const c: Correlation = {};
   const id = boundedRequestId(requestId);
-  if (id !== undefined) c.request_id = id;
+  if (id !== undefined) c.requestId = id;
   const tp = validTraceparent(traceparent);
   if (tp !== undefined) c.traceparent = tp;
   return c;

@@ -3,8 +3,8 @@
 import type { Decision } from './decision.js';
 
 export interface Correlation {
-  /** x-request-id from Envoy or the iRule */
-  request_id?: string;
+  /** x-request-id from Envoy or the iRule (logged as `x_request_id`) */
+  requestId?: string;
   traceparent?: string;
 }
 
@@ -39,7 +39,7 @@ export function decisionLogEntry(d: Decision, c: Correlation): DecisionLogEntry 
     reason: d.reason,
     reason_class: d.reason_class,
     destination: d.destination,
-    x_request_id: c.request_id ?? '',
+    x_request_id: c.requestId ?? '',
     traceparent: c.traceparent ?? '',
     policy_revision: d.policy_revision,
     eval_ms: Math.round(d.eval_ms * 1000) / 1000,

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FailureCode } from '../common/result.js';
 import type { Identity } from '../identity/identity.js';
-import type { Caller, PolicyInput } from './input.js';
+import type { PolicyInput, Transport } from './input.js';
 import type { LoadedPolicy, PolicyResult } from '../policy/policy.js';
 
 /** What kind of answer a decision is: the label metrics count by, and what statuses are chosen from. */
@@ -13,7 +13,7 @@ export type ReasonClass = (typeof REASON_CLASSES)[number];
 
 export interface Decision {
   decision_id: string;
-  caller: Caller;
+  caller: Transport;
   allow: boolean;
   /** "" when denied */
   snat_pool: string;
@@ -82,8 +82,8 @@ export function policyFailure(d: Decision, reason: string, policyError: string):
 }
 
 /** The answer when the pipeline itself failed (a bug, never an input): deny, with no decision id. */
-export function internalErrorDecision(caller: Caller): Decision {
-  const d = newDecision({ caller, identity: null, destination: { host: '' } }, undefined);
+export function internalErrorDecision(transport: Transport): Decision {
+  const d = newDecision({ caller: transport, identity: null, destination: { host: '' } }, undefined);
   d.decision_id = '';
   return deny(d, 'internal error', 'internal', 'invalid');
 }

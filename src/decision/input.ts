@@ -3,7 +3,9 @@
 // over; every caller adds `caller`, the validated `identity` and a normalised `destination`.
 import type { Identity } from '../identity/identity.js';
 
-export type Caller = 'envoy' | 'sideband' | 'cli';
+/** The transport a request came in on. In the policy input and the decision log it is `caller` (a
+ * contract, docs/design.md); inside the code it is a transport, since `caller` is the TLS peer. */
+export type Transport = 'envoy' | 'sideband' | 'cli';
 
 export interface Destination {
   /** lowercased host name or IP address; "" when the caller did not say */
@@ -12,7 +14,7 @@ export interface Destination {
 }
 
 export interface PolicyInput {
-  caller: Caller;
+  caller: Transport;
   /** null only when identity resolution failed; the policy is never asked then (see decision.ts) */
   identity: Identity | null;
   identity_error?: string;

@@ -26,7 +26,7 @@ export const IDENTITY_REJECTION_CLASSES = [
 ] as const;
 export type IdentityRejectionClass = (typeof IDENTITY_REJECTION_CLASSES)[number];
 
-const CALLERS = ['envoy', 'sideband', 'cli'] as const;
+const TRANSPORTS = ['envoy', 'sideband', 'cli'] as const;
 
 /** At most this many distinct {namespace, snat_pool, decision} series; the rest are counted as "_other". */
 const DEFAULT_MAX_TENANT_SERIES = 500;
@@ -90,10 +90,10 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
       labelNames: ['caller', 'decision', 'reason_class'] as const,
       registers,
     });
-    for (const caller of CALLERS) {
+    for (const transport of TRANSPORTS) {
       const byClass = {} as Record<ReasonClass, Child>;
-      for (const rc of REASON_CLASSES) byClass[rc] = bound(checks, caller, rc === 'allowed' ? 'allow' : 'deny', rc);
-      this.checks[caller] = byClass;
+      for (const rc of REASON_CLASSES) byClass[rc] = bound(checks, transport, rc === 'allowed' ? 'allow' : 'deny', rc);
+      this.checks[transport] = byClass;
     }
     const rejections = new Counter({
       name: 'egress_authz_identity_rejections_total',
@@ -174,8 +174,8 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
   }
 
   /** The check threw inside the pipeline; the transport answered deny. */
-  observeInternalError(caller: string): void {
-    (this.checks[caller] ?? this.checks['cli']!).internal.inc();
+  observeInternalError(transport: string): void {
+    (this.checks[transport] ?? this.checks['cli']!).internal.inc();
   }
 
   observeCheckSeconds(seconds: number): void {
@@ -340,10 +340,10 @@ export function pipelineMetrics(metrics: ServiceMetrics, policies: PolicySource)
       metrics.observeDecision(decision, policies.current);
       if (decision.caller === 'envoy') metrics.observeCheckSeconds(timing.seconds);
     },
-    onInternalError(caller, timing) {
-      if (caller === 'cli') return;
-      metrics.observeInternalError(caller);
-      if (caller === 'envoy') metrics.observeCheckSeconds(timing.seconds);
+    onInternalError(transport, timing) {
+      if (transport === 'cli') return;
+      metrics.observeInternalError(transport);
+      if (transport === 'envoy') metrics.observeCheckSeconds(timing.seconds);
     },
   };
 }
