@@ -8,6 +8,9 @@ import { runCommand } from './processes.mjs';
 export const BOOKINFO_ID = 'spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage';
 export const GATEWAY_ID = 'spiffe://cluster.local/ns/istio-system/sa/egress-gateway';
 
+// `openssl req` arguments for a new unencrypted P-256 key, written to the file that follows.
+const NEW_EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout'];
+
 async function openssl(args, cwd) {
   const r = await runCommand('openssl', args, { cwd, timeoutMs: 30_000 });
   if (r.code !== 0) throw new Error(`openssl ${args.join(' ')} failed: ${r.stderr.trim()}`);
@@ -15,23 +18,7 @@ async function openssl(args, cwd) {
 
 async function issue(dir, name, subject, extensions) {
   writeFileSync(join(dir, `${name}.ext`), extensions.join('\n') + '\n');
-  await openssl(
-    [
-      'req',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      `${name}.key`,
-      '-out',
-      `${name}.csr`,
-      '-subj',
-      subject,
-    ],
-    dir,
-  );
+  await openssl(['req', ...NEW_EC_KEY, `${name}.key`, '-out', `${name}.csr`, '-subj', subject], dir);
   await openssl(
     [
       'x509',
@@ -62,12 +49,7 @@ export async function makePki(dir, { extraClients = {} } = {}) {
     [
       'req',
       '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
+      ...NEW_EC_KEY,
       'ca.key',
       '-out',
       'ca.pem',
