@@ -6,6 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import { errorMessage } from '../common/errors.js';
 
 export type RedirectPolicy = 'same-origin' | 'any-host' | 'insecure';
 export const REDIRECT_POLICIES: readonly RedirectPolicy[] = ['same-origin', 'any-host', 'insecure'];
@@ -93,7 +94,7 @@ async function tlsFiles(auth: BundleServerAuth): Promise<TlsMaterial> {
     try {
       return await readFile(file);
     } catch (e) {
-      throw new Error(`${what} ${file}: ${(e as Error).message}`);
+      throw new Error(`${what} ${file}: ${errorMessage(e)}`);
     }
   };
   const out: TlsMaterial = {};
@@ -111,7 +112,7 @@ async function bearerToken(file: string): Promise<string> {
   try {
     token = (await readFile(file, 'utf8')).trim();
   } catch (e) {
-    throw new Error(`bundle server bearer token file ${file}: ${(e as Error).message}`);
+    throw new Error(`bundle server bearer token file ${file}: ${errorMessage(e)}`);
   }
   // A token that would split or extend the header line is an operator error, not something to send.
   if (token === '' || !/^[\x21-\x7e]+$/.test(token))

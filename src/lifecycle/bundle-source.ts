@@ -16,6 +16,7 @@ import { listPolicyFolder } from '../policy/policy-folder.js';
 import { getBundle, type BundleServerAuth } from './bundle-http.js';
 import { isDirectory } from '../common/files.js';
 import { sha256Hex } from '../common/hash.js';
+import { errorMessage } from '../common/errors.js';
 
 export type BundleSourceKind = 'file' | 'folder' | 'url';
 
@@ -77,7 +78,7 @@ async function readPolicyBytes(location: string, entrypoint: string = DEFAULT_EN
   try {
     info = await stat(location);
   } catch (e) {
-    throw new Error(`policy ${location}: ${(e as Error).message}`);
+    throw new Error(`policy ${location}: ${errorMessage(e)}`);
   }
   let bytes: Uint8Array;
   if (info.isDirectory()) {
@@ -109,7 +110,7 @@ export async function openBundleSource(location: string, opts: BundleSourceOptio
   try {
     info = await stat(location);
   } catch (e) {
-    throw new Error(`policy ${location}: ${(e as Error).message}`);
+    throw new Error(`policy ${location}: ${errorMessage(e)}`);
   }
   if (info.isDirectory()) {
     const cases = join(location, 'cases');

@@ -16,6 +16,7 @@ import { isDirectory } from '../common/files.js';
 import { Authorizer } from '../decision/authorizer.js';
 import { isObject } from '../common/json.js';
 import type { LoadedPolicy } from '../policy/policy.js';
+import { errorMessage } from '../common/errors.js';
 
 export interface CaseExpectation {
   allow: boolean;
@@ -104,7 +105,7 @@ export async function readCaseFile(path: string): Promise<CaseFile> {
   try {
     parsed = JSON.parse(await readFile(path, 'utf8'));
   } catch (e) {
-    throw new Error(`case file ${path}: ${(e as Error).message}`);
+    throw new Error(`case file ${path}: ${errorMessage(e)}`);
   }
   const problem = (msg: string): Error => new Error(`case file ${path}: ${msg}`);
   if (!isObject(parsed)) throw problem('must be a JSON object with a "cases" list');

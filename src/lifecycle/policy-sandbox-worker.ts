@@ -4,6 +4,7 @@
 import { parentPort } from 'node:worker_threads';
 import { loadPolicyBundle, type PolicyImage } from '../policy/policy.js';
 import type { SandboxJob, SandboxMessage } from './policy-sandbox.js';
+import { errorMessage } from '../common/errors.js';
 
 async function run(job: SandboxJob): Promise<SandboxMessage> {
   try {
@@ -16,7 +17,7 @@ async function run(job: SandboxJob): Promise<SandboxMessage> {
         : await (await import('./policy-store.js')).checkPolicy(policy, { casesPath: job.casesPath });
     return { ok: true, revision: policy.revision, cases, ...(policy.image ? { image: own(policy.image) } : {}) };
   } catch (e) {
-    return { ok: false, error: stripSource(job, (e as Error).message ?? String(e)) };
+    return { ok: false, error: stripSource(job, errorMessage(e)) };
   }
 }
 

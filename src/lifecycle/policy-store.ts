@@ -15,6 +15,7 @@ import { runOpaTest } from '../policy/opa-cli.js';
 import { decideCase, runPolicyCases } from './policy-cases.js';
 import { footprintFields } from '../policy/input-footprint.js';
 import type { LoadedPolicy, LoadPolicyOptions } from '../policy/policy.js';
+import { errorMessage } from '../common/errors.js';
 
 export interface PolicyCheckOptions {
   /** case files to run against the candidate (a file or folder, see runPolicyCases) */
@@ -132,7 +133,7 @@ export class PolicyStore implements PolicySource {
       opts.metrics?.policyRevision(store.role, policy.revision);
     } catch (err) {
       if (!opts.waitForFirst) throw err;
-      const error = (err as Error).message;
+      const error = errorMessage(err);
       store.lastReload = { result: 'failure', trigger: 'start', revision: '', ms: 0, at: new Date(), error };
       opts.metrics?.policyReloaded(store.role, 'failure');
       opts.log.error(
@@ -217,7 +218,7 @@ export class PolicyStore implements PolicySource {
       if (!version) return outcome('unchanged');
       ({ policy: candidate, bundle: accepted, instantiateMs } = await this.loadChecked(version));
     } catch (err) {
-      const error = (err as Error).message;
+      const error = errorMessage(err);
       log.error(
         { policy: this.role, trigger, policy_source: this.source.location, policy_revision: previous, err: error },
         'policy refused; the last good policy keeps serving',
@@ -232,7 +233,7 @@ export class PolicyStore implements PolicySource {
       .distribute?.(candidate)
       .catch((err: unknown) =>
         log.error(
-          { policy: this.role, policy_revision: candidate.revision, err: (err as Error).message },
+          { policy: this.role, policy_revision: candidate.revision, err: errorMessage(err) },
           'policy accepted but not handed on everywhere',
         ),
       );

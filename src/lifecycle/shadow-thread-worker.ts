@@ -5,6 +5,7 @@ import { decide } from '../decision/decision.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import type { ShadowReply, ShadowRequest } from './shadow-thread.js';
 import { instantiateValidated } from './validated-bundle.js';
+import { errorMessage } from '../common/errors.js';
 
 const port = parentPort!;
 let policy: LoadedPolicy | undefined;
@@ -18,7 +19,7 @@ port.on('message', (m: ShadowRequest) => {
         policy = await instantiateValidated(m.bundle, m.load);
         port.postMessage({ type: 'policy', revision: policy.revision } satisfies ShadowReply);
       } catch (e) {
-        port.postMessage({ type: 'policy', revision: '', error: (e as Error).message } satisfies ShadowReply);
+        port.postMessage({ type: 'policy', revision: '', error: errorMessage(e) } satisfies ShadowReply);
       }
     });
     return;

@@ -10,6 +10,7 @@
 //   sorted, no insignificant whitespace), so re-indenting them does not break a signature.
 import { createHash, createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { CompactSign, compactVerify } from 'jose';
+import { errorMessage } from '../common/errors.js';
 
 export const SIGNATURES_FILE = '.signatures.json';
 export const DEFAULT_SIGNING_ALG = 'RS256';
@@ -58,7 +59,7 @@ export function keyProblem(k: BundleSigningKey, use: 'sign' | 'verify'): string 
   try {
     cryptoKey(k, use);
   } catch (e) {
-    return `the key is not a usable ${k.alg} ${use === 'sign' ? 'signing' : 'verification'} key: ${(e as Error).message}`;
+    return `the key is not a usable ${k.alg} ${use === 'sign' ? 'signing' : 'verification'} key: ${errorMessage(e)}`;
   }
   return undefined;
 }
@@ -111,7 +112,7 @@ export async function verifyBundleFiles(files: ReadonlyMap<string, Uint8Array>, 
   try {
     doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(raw));
   } catch (e) {
-    throw new Error(`bundle ${SIGNATURES_FILE} is not valid JSON: ${(e as Error).message}`);
+    throw new Error(`bundle ${SIGNATURES_FILE} is not valid JSON: ${errorMessage(e)}`);
   }
   const signatures = (doc as { signatures?: unknown } | null)?.signatures;
   if (!Array.isArray(signatures) || signatures.length === 0)
@@ -125,7 +126,7 @@ export async function verifyBundleFiles(files: ReadonlyMap<string, Uint8Array>, 
   try {
     ({ payload } = await compactVerify(token, cryptoKey(v, 'verify'), { algorithms: [v.alg] }));
   } catch (e) {
-    throw new Error(`bundle signature is not valid for the verification key: ${(e as Error).message}`);
+    throw new Error(`bundle signature is not valid for the verification key: ${errorMessage(e)}`);
   }
   let claims: { files?: unknown; scope?: unknown };
   try {
@@ -153,7 +154,7 @@ export async function verifyBundleFiles(files: ReadonlyMap<string, Uint8Array>, 
     try {
       hash = fileHash(name, body, algorithm);
     } catch (e) {
-      throw new Error(`bundle file ${name} cannot be hashed: ${(e as Error).message}`);
+      throw new Error(`bundle file ${name} cannot be hashed: ${errorMessage(e)}`);
     }
     if (hash !== f.hash.toLowerCase()) throw new Error(`bundle file ${name}: digest mismatch with its signature`);
     listed.delete(name);

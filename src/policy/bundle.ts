@@ -7,6 +7,7 @@ import { checkJsonLimits, DATA_JSON_LIMITS } from './json-limits.js';
 import { Parser, type ReadEntry } from 'tar';
 import { verifyBundleFiles, type BundleVerification } from './bundle-signing.js';
 import { isObject } from '../common/json.js';
+import { errorMessage } from '../common/errors.js';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -51,7 +52,7 @@ export async function readBundleFiles(bytes: Uint8Array): Promise<Map<string, Ui
     const code = (e as { code?: string }).code;
     if (code === 'ERR_BUFFER_TOO_LARGE' || e instanceof RangeError)
       throw new Error(`bundle unpacks to more than ${MAX_BUNDLE_BYTES} bytes`);
-    throw new Error(`bundle is not a gzip-compressed tar file: ${(e as Error).message}`);
+    throw new Error(`bundle is not a gzip-compressed tar file: ${errorMessage(e)}`);
   }
   const files = new Map<string, Uint8Array>();
   for (const entry of await readTar(tar)) {
@@ -221,7 +222,7 @@ function parseJson(bytes: Uint8Array, path: string): unknown {
   try {
     return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
   } catch (e) {
-    throw new Error(`bundle file ${path} is not valid JSON: ${(e as Error).message}`);
+    throw new Error(`bundle file ${path} is not valid JSON: ${errorMessage(e)}`);
   }
 }
 
@@ -320,7 +321,7 @@ function readTar(tar: Uint8Array): Promise<TarEntry[]> {
         try {
           entries.push({ path: safePath(entry.path), body: Buffer.concat(chunks) });
         } catch (e) {
-          refuse((e as Error).message);
+          refuse(errorMessage(e));
         }
       });
     });

@@ -11,6 +11,7 @@ import { signBundleFiles, SIGNATURES_FILE, type BundleSigningKey } from './bundl
 import { listPolicyFolder } from './policy-folder.js';
 import { footprintStamp, inputFootprint, MANIFEST_METADATA_KEY } from './input-footprint.js';
 import { isDirectory } from '../common/files.js';
+import { errorMessage } from '../common/errors.js';
 
 /**
  * Names OPA skips when it loads a policy folder, for `build` and `test` alike: case files are inputs
@@ -256,7 +257,7 @@ export async function runOpaTest(dir: string): Promise<OpaTestReport> {
       passed: 0,
       failed: 1,
       tests: [],
-      text: `✗ opa test ${dir}\n${(e as Error).message}\n0 passed, 1 failed`,
+      text: `✗ opa test ${dir}\n${errorMessage(e)}\n0 passed, 1 failed`,
     };
   }
   const out = await withOfflineCapabilities((capabilities) =>

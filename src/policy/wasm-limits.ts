@@ -3,6 +3,7 @@
 // for a module declaring its own. WebAssembly.Module.imports/exports name memories but not their
 // limits, so this reads the import (2), table (4) and memory (5) sections of the binary itself.
 import { fail, ok, type Result } from '../common/result.js';
+import { errorMessage } from '../common/errors.js';
 
 export interface WasmLimits {
   /** largest memory, in 64 KiB pages, a module may define or ask for */
@@ -67,7 +68,7 @@ export function checkWasmLimits(wasm: Uint8Array, limits: WasmLimits): Result<vo
   try {
     return check(wasm, limits);
   } catch (e) {
-    return fail(`policy.wasm cannot be read: ${(e as Error).message}`);
+    return fail(`policy.wasm cannot be read: ${errorMessage(e)}`);
   }
 }
 

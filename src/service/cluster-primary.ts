@@ -20,6 +20,7 @@ import { forwardLines, type LineSink } from './log-lines.js';
 import type { PolicyRole } from '../lifecycle/policy-store.js';
 import type { ServiceMetrics } from './metrics.js';
 import { isMessage, type BundleMessage, type StateMessage, type ToPrimary, type ToWorker } from './workers.js';
+import { errorMessage } from '../common/errors.js';
 
 export interface WorkerPoolOptions {
   workers: number;
@@ -266,7 +267,7 @@ export class WorkerPool {
         setTimeout(() => {
           if (this.stopping) return;
           this.fork().catch((err: unknown) =>
-            this.opts.log.error({ err: (err as Error).message }, 'replacement worker failed to start'),
+            this.opts.log.error({ err: errorMessage(err) }, 'replacement worker failed to start'),
           );
         }, delay).unref();
       });
@@ -311,7 +312,7 @@ export class WorkerPool {
         this.collectMetrics().then(
           (text) => this.send(member.worker, { ea: 'metrics', id: message.id, text }),
           (err: unknown) => {
-            this.opts.log.error({ err: (err as Error).message }, 'metrics collection failed');
+            this.opts.log.error({ err: errorMessage(err) }, 'metrics collection failed');
             this.send(member.worker, { ea: 'metrics', id: message.id, text: '' });
           },
         );
@@ -410,7 +411,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<number> {
   try {
     ports = await pool.launch();
   } catch (err) {
-    log.fatal({ err: (err as Error).message }, 'a worker failed to start; not serving');
+    log.fatal({ err: errorMessage(err) }, 'a worker failed to start; not serving');
     await pool.exitNow();
     flush();
     return 1;

@@ -13,6 +13,7 @@ import { loadOffThread } from '../lifecycle/validated-bundle.js';
 import { ServiceMetrics } from './metrics.js';
 import { MutablePolicySource, type RunningService } from './service.js';
 import { isMessage, type BundleMessage, type StateMessage, type ToPrimary, type ToWorker } from './workers.js';
+import { errorMessage } from '../common/errors.js';
 
 export interface WorkerServiceParts {
   policies: MutablePolicySource;
@@ -92,7 +93,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
         send({ ea: 'loaded', role: b.role, seq: b.seq, revision: policy.revision });
       } catch (err) {
         // It cannot serve what the others serve: out, and the primary starts one that can.
-        const error = (err as Error).message;
+        const error = errorMessage(err);
         log.error({ policy: b.role, policy_revision: b.revision, err: error }, 'accepted policy failed to load here');
         send({ ea: 'load-failed', role: b.role, seq: b.seq, error });
         exit(1);
@@ -180,10 +181,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
     });
   } catch (err) {
     // The primary sees the exit before "listening" and fails its start (a port in use, bad TLS files).
-    log.fatal(
-      { err: (err as Error).message },
-      (err as { what?: string }).what ?? 'worker could not start its listeners',
-    );
+    log.fatal({ err: errorMessage(err) }, (err as { what?: string }).what ?? 'worker could not start its listeners');
     exit(1);
     throw err;
   }

@@ -11,6 +11,7 @@ import { fail, ok, type Result } from '../common/result.js';
 import { sameMaterial, type TlsMaterial, type TlsMaterialSource } from '../common/tls-material.js';
 import { matchesAny, parseIdPattern, type IdPattern } from '../identity/match.js';
 import { parseX509SvidPem } from '../identity/x509-svid.js';
+import { errorMessage } from '../common/errors.js';
 
 export interface TlsFiles {
   certFile: string;
@@ -84,12 +85,12 @@ export function readTlsMaterial(files: TlsFiles): Result<TlsMaterial> {
     material = { cert: readFileSync(files.certFile), key: readFileSync(files.keyFile) };
     if (files.clientCaFile !== undefined) material.ca = readFileSync(files.clientCaFile);
   } catch (err) {
-    return fail(`cannot read TLS files: ${(err as Error).message}`);
+    return fail(`cannot read TLS files: ${errorMessage(err)}`);
   }
   try {
     createSecureContext(material);
   } catch (err) {
-    return fail(`TLS files do not make a usable certificate and key: ${(err as Error).message}`);
+    return fail(`TLS files do not make a usable certificate and key: ${errorMessage(err)}`);
   }
   return ok(material);
 }
