@@ -14,7 +14,7 @@ export interface LruStats {
   maxEntries: number;
 }
 
-export interface ByteLruOptions<V> {
+interface ByteLruOptions<V> {
   maxBytes: number;
   /** at most this many entries (default: no bound but the bytes; 0 keeps nothing) */
   maxEntries?: number;

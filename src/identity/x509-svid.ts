@@ -254,7 +254,7 @@ function shapeBytes(key: string, shape: CachedShape): number {
 
 /** Default: room for 100,000 workloads (~24 MB estimated with ~55-character SPIFFE IDs). */
 export const DEFAULT_SVID_CACHE_ENTRIES = 100_000;
-export const DEFAULT_SVID_CACHE_BYTES = 24 * 1024 * 1024;
+const DEFAULT_SVID_CACHE_BYTES = 24 * 1024 * 1024;
 
 let shapeCache = newShapeCache(DEFAULT_SVID_CACHE_ENTRIES, DEFAULT_SVID_CACHE_BYTES);
 

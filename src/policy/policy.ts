@@ -19,6 +19,7 @@ import { summarisePolicyData, type PolicySummary } from './policy-summary.js';
 import { sha256Hex } from '../common/hash.js';
 import { isObject } from '../common/json.js';
 import { ByteLru, stringBytes } from '../common/lru.js';
+import { errorMessage } from '../common/errors.js';
 import { fail, ok, type Result } from '../common/result.js';
 
 // The SDK's ESM entry exports only loadPolicy; its CommonJS entry also has loadPolicySync.
@@ -30,7 +31,7 @@ const opaWasm = createRequire(import.meta.url)(
 type CompiledWasm = object;
 declare const WebAssembly: { compile(bytes: Uint8Array): Promise<CompiledWasm> };
 
-export const DEFAULT_EVAL_BUDGET_MS = 50;
+const DEFAULT_EVAL_BUDGET_MS = 50;
 
 /** The policy's answer, normalised from any accepted result shape. */
 export interface PolicyResult {
@@ -113,7 +114,7 @@ export async function loadPolicyBundle(
   try {
     bundle = await readBundle(bytes, { entrypoint, ...(opts.verification ? { verification: opts.verification } : {}) });
   } catch (e) {
-    throw new Error(`${where}: ${(e as Error).message}`);
+    throw new Error(`${where}: ${errorMessage(e)}`);
   }
   const { wasm, manifest, dataJson } = bundle;
   const summary = summarisePolicyData(bundle.data);
@@ -131,7 +132,7 @@ export async function loadPolicyBundle(
   try {
     module = await WebAssembly.compile(wasm);
   } catch (e) {
-    throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${(e as Error).message}`);
+    throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${errorMessage(e)}`);
   }
   const manifestRevision = manifest?.revision;
   const revision =
@@ -174,7 +175,7 @@ export async function loadPolicyImage(
   try {
     module = await WebAssembly.compile(image.wasm);
   } catch (e) {
-    throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${(e as Error).message}`);
+    throw new Error(`${where}: policy.wasm is not a valid WebAssembly module: ${errorMessage(e)}`);
   }
   return WasmPolicy.create(
     module,
@@ -216,7 +217,7 @@ type DataOrigin =
 // (interned, up to MEMO_INTERNED of them, counted in the bytes once) and an entry costs its key and
 // its Map slot. Bounded in bytes; LRU beyond. The default holds 100,000 answers (with the certificate
 // cache's 24 MiB, 100,000 workloads measured 29 MiB of heap together: docs/performance.md).
-export const DEFAULT_MEMO_BYTES = 11 * 1024 * 1024;
+const DEFAULT_MEMO_BYTES = 11 * 1024 * 1024;
 const MEMO_INTERNED = 1024;
 /** the interned answers' share: a quarter of the bound, at most this (1,024 answers need far less) */
 const MEMO_INTERN_MAX_BYTES = 512 * 1024;

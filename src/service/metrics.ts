@@ -9,7 +9,7 @@ import { REASON_CLASSES, type Decision, type PolicySource, type ReasonClass } fr
 import type { FailureCode } from '../common/result.js';
 import type { PolicyRole, PolicyStoreMetrics } from '../lifecycle/policy-store.js';
 import type { ShadowDisagreementKind, ShadowMetrics } from '../lifecycle/shadow-policy.js';
-import { x509SvidCacheStats } from '../identity/x509-svid.js';
+import { x509SvidCacheStats, x509SvidReferenceFallbacks } from '../identity/x509-svid.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 import { summarisePolicyData } from '../policy/policy-summary.js';
 
@@ -242,7 +242,6 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
 
 const EMPTY: ReadonlySet<string> = new Set();
 
-/** A counter child bound once, exported at 0 from the start so rate() and dashboards see it. */
 /**
  * The certificate cache and the policy memo, read when scraped (nothing on the Check path): hits,
  * misses and evictions since start, and the estimated bytes held against the bound.
@@ -293,8 +292,20 @@ function registerCacheMetrics(registers: Registry[]): void {
       for (const [cache, stats] of Object.entries(caches())) this.labels(cache).set(stats.maxBytes);
     },
   });
+  // The fast DER reader hands what it cannot read plainly (unusual encodings) to the pkijs reference,
+  // ~50× slower: a rising rate explains slow Checks and points at the issuer.
+  new Counter({
+    name: 'egress_authz_svid_reference_fallbacks_total',
+    help: 'Certificate chains the fast reader handed to the careful (reference) validator',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(x509SvidReferenceFallbacks());
+    },
+  });
 }
 
+/** A counter child bound once, exported at 0 from the start so rate() and dashboards see it. */
 function bound(counter: Counter<string>, ...values: string[]): Child {
   const child = counter.labels(...values);
   child.inc(0);

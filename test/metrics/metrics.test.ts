@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decide, internalErrorDecision, type Decision } from '../../src/decision/decision.js';
 import { FAILURE_CODES, fail } from '../../src/common/result.js';
 import { resolveIdentity, type PeerEvidence } from '../../src/identity/identity.js';
+import { x509SvidReferenceFallbacks } from '../../src/identity/x509-svid.js';
 import {
   identityRejectionClass,
   IDENTITY_REJECTION_CLASSES,
@@ -114,6 +115,9 @@ describe('GET /metrics after real checks', () => {
       cache('egress_authz_cache_max_bytes', 'policy_memo'),
     );
     expect(cache('egress_authz_cache_evictions_total', 'svid')).toBe(0);
+    // The fast reader's hand-offs to the careful validator: counted (this suite's certificates are
+    // plainly encoded, so the count is whatever the process saw, never negative or absent).
+    expect(sample(text, 'egress_authz_svid_reference_fallbacks_total')).toBe(x509SvidReferenceFallbacks());
   });
 
   it('labels decisions by tenant: known tenants and allowed namespaces by name, everything else bounded', () => {
