@@ -10,7 +10,7 @@
 // Reasons are fixed ASCII strings; no certificate or key material is ever echoed into them.
 import { hash } from 'node:crypto';
 import { ByteLru, stringBytes, type LruStats } from '../common/lru.js';
-import { fail, ok, withCode, type Result } from '../common/result.js';
+import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
 import type { SpiffeId } from './spiffe-id.js';
 import { fastChainShape, UNSURE } from './svid-der.js';
 import { referenceChainShape } from './x509-svid-reference.js';
@@ -120,7 +120,8 @@ export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
   if (cached === undefined) {
     const blocks = parsePemBlocks(pem);
     shape = blocks.ok ? validateChainShape(blocks.value) : blocks;
-    shapeCache.set(key, compact(shape));
+    const entry = compact(shape);
+    if (entry !== undefined) shapeCache.set(key, entry);
   } else {
     shape = expand(cached);
   }
@@ -187,22 +188,22 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
  * mark. SPIFFE IDs are ASCII (parseSpiffeId refuses anything else), so one byte per character holds.
  * Rebuilt into a Result<X509Svid> on each hit.
  */
-type CachedShape = string | Result<X509Svid>;
+type CachedShape = string | Failure;
 
 // Layout: notBefore, notAfter (float64 ms, 8 bytes each), where the path starts in the URI (uint16),
 // the serial's byte count (uint16), the serial bytes, the 32 SHA-256 bytes, then the URI.
 const PACK_HEAD = 8 + 8 + 2 + 2;
 const SHA256_BYTES = 32;
 
-function compact(shape: Result<X509Svid>): CachedShape {
+function compact(shape: Result<X509Svid>): CachedShape | undefined {
   if (!shape.ok) return shape;
   const svid = shape.value;
   const { uri, path } = svid.spiffeId;
   const serial = Buffer.from(svid.serialNumber, 'hex');
   const pathStart = uri.length - path.length;
-  // Out-of-range fields (never seen from a parser-accepted SVID) are simply not packed: the caller
-  // stores the long form instead, so nothing is ever cut short.
-  if (pathStart > 0xffff || serial.length > 0xffff || serial.length * 2 !== svid.serialNumber.length) return shape;
+  // Out-of-range fields (never seen from a parser-accepted SVID: IDs are at most 2,048 ASCII characters)
+  // are not cached at all rather than cut short: such a certificate is parsed on every Check.
+  if (pathStart > 0xffff || serial.length > 0xffff || serial.length * 2 !== svid.serialNumber.length) return undefined;
   const packed = Buffer.allocUnsafe(PACK_HEAD + serial.length + SHA256_BYTES + uri.length);
   packed.writeDoubleBE(svid.notBefore.getTime(), 0);
   packed.writeDoubleBE(svid.notAfter.getTime(), 8);
@@ -212,8 +213,8 @@ function compact(shape: Result<X509Svid>): CachedShape {
   packed.write(svid.sha256, PACK_HEAD + serial.length, SHA256_BYTES, 'hex');
   packed.write(uri, PACK_HEAD + serial.length + SHA256_BYTES, 'latin1');
   const text = packed.toString('latin1');
-  // A URI with a character beyond Latin-1 would not survive the round trip: keep the long form.
-  return text.endsWith(uri) ? text : shape;
+  // A URI with a character beyond Latin-1 would not survive the round trip: not cached.
+  return text.endsWith(uri) ? text : undefined;
 }
 
 function expand(cached: CachedShape): Result<X509Svid> {
@@ -245,11 +246,7 @@ const ENTRY_OVERHEAD_BYTES = 56;
 
 function shapeBytes(key: string, shape: CachedShape): number {
   const bytes = ENTRY_OVERHEAD_BYTES + stringBytes(key);
-  if (typeof shape === 'string') return bytes + stringBytes(shape);
-  if (!shape.ok) return bytes + stringBytes(shape.reason);
-  // The long form (an SVID whose fields did not pack): the record, its Dates and strings.
-  const { spiffeId, serialNumber, sha256 } = shape.value;
-  return bytes + 260 + stringBytes(spiffeId.uri) + stringBytes(serialNumber) + stringBytes(sha256);
+  return bytes + stringBytes(typeof shape === 'string' ? shape : shape.reason);
 }
 
 /** Default: room for 100,000 workloads (~24 MB estimated with ~55-character SPIFFE IDs). */
