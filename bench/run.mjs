@@ -19,6 +19,7 @@ import { envoyVersion, runH2load, waitForEnvoy, writeEnvoyConfig } from './envoy
 import { runGhz } from './ghz.mjs';
 import { makeIdentities } from './identities.mjs';
 import { makePki } from './pki.mjs';
+import { startNodeFlags } from './node-flags.mjs';
 import {
   childrenPeakRssMb,
   freePort,
@@ -109,8 +110,7 @@ const systems = {
           '-c',
           serverCores(workers),
           process.execPath,
-          '--max-old-space-size=128',
-          '--max-semi-space-size=4',
+          ...startNodeFlags(),
           join(root, 'dist', 'cli.js'),
           'serve',
           '--grpc-addr',
@@ -174,7 +174,14 @@ const systems = {
     async start(grpcAddr) {
       return startProcess(
         'taskset',
-        ['-c', String(SERVER_CORE), process.execPath, join(root, 'bench', 'noop-server.mjs'), grpcAddr],
+        [
+          '-c',
+          String(SERVER_CORE),
+          process.execPath,
+          ...startNodeFlags(),
+          join(root, 'bench', 'noop-server.mjs'),
+          grpcAddr,
+        ],
         {
           stdout: sink('noop'),
           stderr: sink('noop'),
@@ -559,7 +566,7 @@ async function main() {
     `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts), ${plan.sweepWarmupS} s warm-up, then ${plan.sweepMeasureS} s measured at each rate; p50/p99 from h2load's per-request log. Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
     "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; `--wait-quiet SECONDS` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',
-    `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with --max-old-space-size=128 --max-semi-space-size=4, as npm start, the Dockerfile and the Kubernetes Deployment ship it.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
+    `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with the node flags of npm start (${startNodeFlags().join(' ')}), as the Dockerfile and the Kubernetes Deployment ship it, and so does the no-op server: the same runtime, so p99_over_noop_ms is what the service's own work adds.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
   ];
   writeResults({ ...meta, notes, skipped, runs });
 }

@@ -44,6 +44,7 @@ const tolerance = Number(flags['rss-tolerance']);
 // Certificates with openssl (a Debian package the project installs), made by the benchmark's PKI: a mesh
 // CA, the bookinfo SVID (allowed) and an sm-apigw-a one (denied by the default policy).
 const { makePki } = await import(join(root, 'bench', 'pki.mjs'));
+const { startNodeFlags } = await import(join(root, 'bench', 'node-flags.mjs'));
 const dir = mkdtempSync(join(tmpdir(), 'egress-authz-soak-'));
 const pki = await makePki(dir, { extraClients: { apigw: 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools' } });
 const pems = { bookinfo: pki.clientCertPem, apigw: readFileSync(pki.clients.apigw.certFile, 'utf8') };
@@ -53,8 +54,7 @@ rmSync(dir, { recursive: true, force: true });
 const server = spawn(
   process.execPath,
   [
-    '--max-old-space-size=128',
-    '--max-semi-space-size=4',
+    ...startNodeFlags(),
     join(root, 'dist', 'cli.js'),
     'serve',
     '--grpc-addr',

@@ -32,7 +32,10 @@ function parseDockerfile(text: string): { instructions: Instruction[]; stages: s
 const dockerfile = parseDockerfile(readFileSync(join(repoRoot, 'Dockerfile'), 'utf8'));
 const runtime = dockerfile.stages.at(-1)!;
 const inRuntime = (op: string) => dockerfile.instructions.filter((i) => i.stage === runtime && i.op === op);
-const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as {
+  bin: Record<string, string>;
+  scripts: Record<string, string>;
+};
 const ignored = readFileSync(join(repoRoot, '.dockerignore'), 'utf8')
   .split('\n')
   .map((l) => l.trim())
@@ -74,11 +77,21 @@ describe('Dockerfile', () => {
 
   it('runs the package CLI as its entrypoint with a subcommand the CLI has', () => {
     const entrypoint = JSON.parse(inRuntime('ENTRYPOINT').at(-1)!.args) as string[];
-    expect(entrypoint).toEqual(['node', pkg.bin['egress-authz']!.replace(/^\.\//, '')]);
+    expect(entrypoint[0]).toBe('node');
+    expect(entrypoint.at(-1)).toBe(pkg.bin['egress-authz']!.replace(/^\.\//, ''));
     const cmd = JSON.parse(inRuntime('CMD').at(-1)!.args) as string[];
     const cli = readFileSync(join(repoRoot, 'src/cli.ts'), 'utf8');
     const table = /const commands\b.*?=\s*\{([^}]*)\}/s.exec(cli)?.[1] ?? '';
     expect(table.split(',').map((e) => e.split(':')[0]!.trim()), 'subcommands in src/cli.ts').toContain(cmd[0]);
+  });
+
+  it('runs node with the flags `npm start` gives it: NODE_OPTIONS plus the V8 flags NODE_OPTIONS refuses', () => {
+    const entrypoint = JSON.parse(inRuntime('ENTRYPOINT').at(-1)!.args) as string[];
+    const env = inRuntime('ENV').map((i) => /NODE_OPTIONS="([^"]*)"/.exec(i.args)?.[1]).find((v) => v !== undefined);
+    expect(env, 'ENV NODE_OPTIONS in the runtime stage').toBeDefined();
+    const image = [...env!.split(' '), ...entrypoint.slice(1, -1)];
+    const start = pkg.scripts.start!.split(' ');
+    expect(image.sort()).toEqual(start.slice(start.indexOf('node') + 1, start.indexOf('dist/cli.js')).sort());
   });
 
   it('serves the policy bundle compiled by an earlier stage and copied into the runtime', () => {

@@ -1,6 +1,6 @@
 // Kubernetes and Istio manifests in deploy/: each parses, each object is well-formed for its kind,
 // and they agree with each other and with the service's contract (ports 9191/8181, /healthz, /readyz).
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '../e2e/support/envoy.js';
@@ -66,6 +66,13 @@ describe('deploy manifests', () => {
     const cpus = Math.ceil(Number(String(container!.resources.limits.cpu).replace(/m$/, 'e-3')));
     const mib = Number(/^(\d+)Mi$/.exec(container!.resources.limits.memory)?.[1]);
     expect(mib).toBeGreaterThanOrEqual(cpus === 1 ? 256 : 160 * cpus + 96);
+  });
+
+  it("set the image's NODE_OPTIONS: the Deployment's value replaces the Dockerfile's, so they must agree", () => {
+    const [container] = one(k8s, 'Deployment', 'egress-authz').spec.template.spec.containers as Json[];
+    const env = (container!.env as Json[]).find((e) => e.name === 'NODE_OPTIONS');
+    const image = /^ENV NODE_OPTIONS="([^"]*)"/m.exec(readFileSync(join(repoRoot, 'Dockerfile'), 'utf8'))?.[1];
+    expect(env?.value).toBe(image);
   });
 
   it('select the Deployment from the Service, the PodDisruptionBudget and the HorizontalPodAutoscaler', () => {
