@@ -38,6 +38,7 @@ import {
   type BundleVerification,
 } from './policy/bundle-signing.js';
 import { availableCpus } from './service/workers.js';
+import { batchLines, linesIn } from './service/log-lines.js';
 import { runPrimary, WorkerPool } from './service/cluster-primary.js';
 import { runWorker } from './service/cluster-worker.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
@@ -116,22 +117,24 @@ async function serve(argv: string[]): Promise<number> {
   if (!parsed.ok) throw new UsageError(parsed.reason);
   const config = parsed.value;
   configureX509SvidCache({ entries: config.svidCacheEntries });
-  // Asynchronous writes keep the decision log off the hot path; the buffer is bounded (a stuck stdout
-  // drops lines, counted, instead of growing the heap) and flushed synchronously on the way out.
+  // Asynchronous writes keep the decision log off the hot path, in batches (batchLines); the buffer is
+  // bounded (a stuck stdout drops lines, counted, instead of growing the heap) and flushed synchronously
+  // on the way out.
   const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
   let dropped = 0;
-  destination.on('drop', () => void dropped++);
+  destination.on('drop', (batch: string) => void (dropped += linesIn(batch)));
+  const lines = batchLines(destination);
   const logger = pino(
     {
       level: config.logLevel,
       base: { service: 'egress-authz', ...(cluster.isWorker ? { worker: cluster.worker!.id } : {}) },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
-    destination,
+    lines,
   );
   const flush = () => {
     try {
-      destination.flushSync();
+      lines.flushSync();
     } catch {
       // stdout gone (EPIPE, closed): nothing left to flush to
     }

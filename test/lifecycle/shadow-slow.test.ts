@@ -1,5 +1,5 @@
-// Issue 14, finding 5: the shadow policy must never touch a live answer. A shadow costing a few hundred
-// ms per evaluation (a rule quadratic in its data) beside a fast live policy, under the shipped heap
+// Issue 14, finding 5: the shadow policy must never touch a live answer. A shadow costing 100 ms or more
+// per evaluation (a rule quadratic in its data) beside a fast live policy, under the shipped heap
 // bound and the default 200 ms check deadline: live Checks stay fast and allowed, the shadow is still
 // compared off the serving thread. A shadow file that cannot be loaded does not stop `serve`.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -26,7 +26,7 @@ afterAll(async () => {
 });
 
 describe('shadow policy off the serving thread', () => {
-  it('a shadow slower than the check deadline: every live Check is answered in time, and still compared', async () => {
+  it('a shadow far slower than the live policy: every live Check is answered in time, and still compared', async () => {
     const slow = join(root, 'slow.tar.gz');
     writeFileSync(slow, await quadraticBundle(root, 'slow', 900, 'slow-shadow'));
     // A deadline of 2 s: what is measured is latency; under the old code every answer waited for the shadow.
@@ -66,12 +66,15 @@ describe('shadow policy off the serving thread', () => {
       await new Promise((r) => setTimeout(r, 200));
     }
     expect(compared).toBeGreaterThan(0);
-    // …and the shadow really was slower than the deadline (else this test proves nothing).
+    // …and the shadow really was far slower than the live answers (else this test proves nothing). Not a
+    // fixed bound: on a quiet machine this shadow takes ~100 ms, under load several times that; what
+    // matters is that answers waiting for it would have been that much slower.
     const text = await metricsText(serve.httpPort);
     const sum = sample(text, 'egress_authz_policy_eval_seconds_sum', 'policy="shadow"')!;
     const count = sample(text, 'egress_authz_policy_eval_seconds_count', 'policy="shadow"')!;
     console.log(`slow shadow: ${count} shadow evaluations compared, mean ${((sum / count) * 1000).toFixed(0)} ms`);
-    expect(sum / count).toBeGreaterThan(0.2);
+    expect(sum / count).toBeGreaterThan(0.05);
+    expect(sum / count).toBeGreaterThan((10 * p50) / 1000);
   }, 90_000);
 
   it('a shadow file that cannot be loaded: serve starts, ready, answering; /readyz names the shadow failure', async () => {
