@@ -58,27 +58,21 @@ export function forwardLines(from: Readable, to: LineSink, maxLineBytes = MAX_LI
   });
 }
 
-/** pino's asynchronous destination (SonicBoom), as batchLines hands it batches. */
-export interface BatchTarget {
+/** pino's asynchronous destination (SonicBoom), and what batchLines puts in front of it for pino. */
+export interface LineWriter {
   write(text: string): boolean;
   flushSync(): void;
 }
 
-/** What pino writes the service's log lines to: write() keeps, flushSync() hands everything on now. */
-export interface LineBatcher {
-  write(line: string): boolean;
-  flushSync(): void;
-}
-
 /**
- * Log lines gathered for up to intervalMs (or until maxBytes) and handed to `to` as one write. Each
- * write of pino's asynchronous destination is a job for libuv's thread pool; on a CPU-limited worker
- * that pool thread shares the answering thread's core, and the hand-off costs ~90 µs of that core
- * whether the job writes one line or a hundred: one line a Check took 12 % of the core at 1,000 Checks/s
- * (docs/performance.md, Decision log writes). Batched, it is at most 1,000 / intervalMs writes a second
- * at any rate. A line waits at most intervalMs; nothing is timed while no line waits.
+ * Log lines gathered for up to intervalMs (or maxChars) and handed to `to` as one write. Each write of
+ * pino's asynchronous destination is a job for libuv's thread pool, whose thread shares the answering
+ * thread's core on a CPU-limited worker: with one write a line, `--cpu-prof` through Envoy at 1,000
+ * Checks/s charged 46 % of the answering thread's busy time to queueing those jobs (docs/performance.md,
+ * Decision log writes). Batched, it is at most 1,000 / intervalMs writes a second at any rate. A line
+ * waits at most intervalMs; nothing is timed while no line waits.
  */
-export function batchLines(to: BatchTarget, { intervalMs = 10, maxBytes = 64 * 1024 } = {}): LineBatcher {
+export function batchLines(to: LineWriter, { intervalMs = 10, maxChars = 64 * 1024 } = {}): LineWriter {
   let pending = '';
   let timer: NodeJS.Timeout | undefined;
   let accepted = true;
@@ -93,7 +87,7 @@ export function batchLines(to: BatchTarget, { intervalMs = 10, maxBytes = 64 * 1
   return {
     write(line) {
       pending += line;
-      if (pending.length >= maxBytes) handOn();
+      if (pending.length >= maxChars) handOn();
       else if (timer === undefined) {
         timer = setTimeout(handOn, intervalMs);
         timer.unref();

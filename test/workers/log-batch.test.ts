@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { batchLines, linesIn, type BatchTarget } from '../../src/service/log-lines.js';
+import { batchLines, linesIn, type LineWriter } from '../../src/service/log-lines.js';
 
-function recorder(): BatchTarget & { writes: string[]; syncs: number } {
+function recorder(): LineWriter & { writes: string[]; syncs: number } {
   const r = {
     writes: [] as string[],
     syncs: 0,
@@ -57,9 +57,9 @@ describe('batchLines', () => {
     expect(to.writes).toEqual(['a\n']);
   });
 
-  it('hands a batch on at once when it reaches maxBytes', () => {
+  it('hands a batch on at once when it reaches maxChars', () => {
     const to = recorder();
-    const lines = batchLines(to, { intervalMs: 10, maxBytes: 100 });
+    const lines = batchLines(to, { intervalMs: 10, maxChars: 100 });
     const line = `${'x'.repeat(39)}\n`;
     lines.write(line);
     lines.write(line);
@@ -83,7 +83,7 @@ describe('batchLines', () => {
   it("returns the destination's back-pressure answer from its last write", () => {
     let answer = false;
     const to = { write: () => answer, flushSync: () => {} };
-    const lines = batchLines(to, { intervalMs: 10, maxBytes: 4 });
+    const lines = batchLines(to, { intervalMs: 10, maxChars: 4 });
     expect(lines.write('ab\n')).toBe(true);
     expect(lines.write('cd\n')).toBe(false);
     answer = true;
@@ -108,7 +108,7 @@ describe('linesIn', () => {
       let dropped = 0;
       destination.on('drop', (batch: string) => void (dropped += linesIn(batch)));
       await new Promise((resolve) => destination.once('ready', resolve));
-      const lines = batchLines(destination, { intervalMs: 10, maxBytes: 1_000_000 });
+      const lines = batchLines(destination, { intervalMs: 10, maxChars: 1_000_000 });
       // a batch of 10 lines of 10 bytes is over the 64-byte bound: all 10 dropped, counted as 10
       for (let i = 0; i < 10; i++) lines.write(`line ${String(i).padStart(3, '0')}\n`);
       lines.flushSync();
