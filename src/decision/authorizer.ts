@@ -98,13 +98,18 @@ export class Authorizer {
     );
   }
 
-  checkSideband(req: SidebandRequest): Decision {
-    return this.run('sideband', () => ({
-      evidence: { certificatePem: req.certificatePem },
-      verifyChain: true,
-      build: (id, err) => buildSidebandInput(req, id, err),
-      correlation: { requestId: req.requestId, traceparent: req.headers[TRACEPARENT_HEADER] },
-    }));
+  /** receivedAt: as for checkEnvoy */
+  checkSideband(req: SidebandRequest, receivedAt?: number): Decision {
+    return this.run(
+      'sideband',
+      () => ({
+        evidence: { certificatePem: req.certificatePem },
+        verifyChain: true,
+        build: (id, err) => buildSidebandInput(req, id, err),
+        correlation: { requestId: req.requestId, traceparent: req.headers[TRACEPARENT_HEADER] },
+      }),
+      receivedAt,
+    );
   }
 
   /** `eval`: a SPIFFE ID or certificate given by an operator, or a whole input document. */

@@ -23,7 +23,8 @@ export const MAX_SIDEBAND_BODY = 16 * 1024;
 const MAX_OPTIONAL_HEADER = 256;
 
 export interface SidebandAuthorizer {
-  checkSideband(req: SidebandRequest): Decision;
+  /** receivedAt: performance.now() when the request had been read (the check deadline counts from there) */
+  checkSideband(req: SidebandRequest, receivedAt?: number): Decision;
 }
 
 /** The route table entry the HTTP listener mounts. */
@@ -119,15 +120,17 @@ function handleSideband(
   });
   req.on('end', () => {
     if (refused) return;
-    respond(
-      decideBody(
-        Buffer.concat(chunks),
-        req,
-        optional.value,
-        authorizer,
-        opts.cacheTtlS ?? DEFAULT_SIDEBAND_CACHE_TTL_S,
-      ),
-    );
+    // As for Envoy's checks (grpc-server.ts): timed from when it was read, decided on the next turn of
+    // the loop. Requests read in one poll after a slow evaluation (several BIG-IP connections) each keep
+    // their own arrival time, so the late ones are denied by the deadline instead of each adding an
+    // evaluation the iRule's callout has long stopped waiting for. A request whose connection is gone
+    // by then gets no evaluation.
+    const receivedAt = performance.now();
+    setImmediate(() => {
+      if (req.socket.destroyed) return;
+      const cacheTtlS = opts.cacheTtlS ?? DEFAULT_SIDEBAND_CACHE_TTL_S;
+      respond(decideBody(Buffer.concat(chunks), req, optional.value, authorizer, cacheTtlS, receivedAt));
+    });
   });
   req.on('error', () => {
     if (!res.headersSent) respond(malformed('request body could not be read'), true);
@@ -140,6 +143,7 @@ function decideBody(
   fields: SidebandFields,
   authorizer: SidebandAuthorizer,
   cacheTtlS: number,
+  receivedAt: number,
 ): SidebandAnswer {
   if (body.length === 0) return malformed('empty body: send the client certificate as PEM');
   const pem = body.toString('latin1');
@@ -148,7 +152,7 @@ function decideBody(
   const request: SidebandRequest = { certificatePem: pem, headers: stringHeaders(req), ...fields };
   let decision: Decision;
   try {
-    decision = authorizer.checkSideband(request);
+    decision = authorizer.checkSideband(request, receivedAt);
   } catch {
     return {
       status: 500,

@@ -150,6 +150,10 @@ describe('hot reload under load', () => {
       // Only the poll's triggers reload: as if the watch had been lost.
       s.store.stop();
       const stop = s.store.source.watch((trigger) => void (trigger === 'poll' && s.store.reload(trigger)));
+      // The watch's first signature is an asynchronous stat: a file replaced before it settles is what
+      // the poll compares against, so it would see no change (this test's flake under load). Let it
+      // settle first; a real change that early is the fs.watch's to report.
+      await new Promise((resolve) => setTimeout(resolve, 500));
       replaceFile(path, bundles.b, 'p');
       // What is tested is who triggers the reload, not how fast: a candidate's thread start, load and
       // memory image take seconds on a busy 2-core machine (3 s flaked there).

@@ -16,6 +16,23 @@ export function loadDefaultPolicy(): Promise<LoadedPolicy> {
   return defaultPolicy;
 }
 
+/** The default policy made slow (revision `slow`): each evaluation busy-waits `ms` first, as Wasm cannot be interrupted. */
+export async function slowDefaultPolicy(ms: number): Promise<{ policy: LoadedPolicy; evaluations: () => number }> {
+  const real = await loadDefaultPolicy();
+  let evaluations = 0;
+  const policy: LoadedPolicy = {
+    ...real,
+    revision: 'slow',
+    evaluate(input) {
+      evaluations++;
+      const until = performance.now() + ms;
+      while (performance.now() < until);
+      return real.evaluate(input);
+    },
+  };
+  return { policy, evaluations: () => evaluations };
+}
+
 export interface TestService extends RunningService {
   decisions: DecisionLogEntry[];
   logLines: Record<string, unknown>[];
