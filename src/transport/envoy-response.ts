@@ -1,10 +1,12 @@
 // Decision → CheckResponse, in the field names @grpc/proto-loader expects with keepCase off
 // (google.protobuf.Value is `{stringValue}`: a snake_case object would silently encode an empty Value).
+// The server writes its bytes with check-response-wire.ts; this object form is the reference those bytes
+// are tested against, and what a reader of the contract can follow.
 import type { Decision } from '../decision/decision.js';
 import { GRPC_DECISION_ID_HEADER, GRPC_SNAT_POOL_HEADER } from './headers.js';
 
-const OK = 0;
-const PERMISSION_DENIED = 7;
+export const CHECK_OK = 0;
+export const CHECK_PERMISSION_DENIED = 7;
 
 interface HeaderValueOption {
   header: { key: string; value: string };
@@ -36,13 +38,13 @@ export function toCheckResponse(d: Decision): Record<string, unknown> {
     const headers = [header(GRPC_DECISION_ID_HEADER, d.decision_id), ...extra];
     if (d.snat_pool) headers.unshift(header(GRPC_SNAT_POOL_HEADER, d.snat_pool));
     return {
-      status: { code: OK, message: '' },
+      status: { code: CHECK_OK, message: '' },
       okResponse: { headers },
       dynamicMetadata,
     };
   }
   return {
-    status: { code: PERMISSION_DENIED, message: d.reason },
+    status: { code: CHECK_PERMISSION_DENIED, message: d.reason },
     deniedResponse: {
       status: { code: d.http_status },
       headers: [header(GRPC_DECISION_ID_HEADER, d.decision_id), header('content-type', 'text/plain'), ...extra],

@@ -4,7 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Authorizer } from '../decision/authorizer.js';
 import { internalErrorDecision, type Decision } from '../decision/decision.js';
 import { loadAuthorizationService } from './envoy-protos.js';
-import { toCheckResponse } from './envoy-response.js';
+import { encodeCheckResponse } from './check-response-wire.js';
 import type { CheckRequest } from '../decision/input.js';
 import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
 
@@ -24,7 +24,7 @@ export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
 /** Streams one client connection may have open at once; more are refused (REFUSED_STREAM), not queued. */
 const MAX_CONCURRENT_STREAMS = 1024;
 
-function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Record<string, unknown>> {
+function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckRequest, Buffer> {
   return (call, callback) => {
     // Timed from when it was read, decided on the next turn of the event loop: checks read together
     // (a backlog behind a slow evaluation) each keep their own arrival time, and by then the reset of a
@@ -38,8 +38,8 @@ function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckReques
 
 function answerCheck(
   opts: GrpcServerOptions,
-  call: grpc.ServerUnaryCall<CheckRequest, Record<string, unknown>>,
-  callback: grpc.sendUnaryData<Record<string, unknown>>,
+  call: grpc.ServerUnaryCall<CheckRequest, Buffer>,
+  callback: grpc.sendUnaryData<Buffer>,
   receivedAt: number,
 ): void {
   if (opts.peerPolicy) {
@@ -59,7 +59,15 @@ function answerCheck(
     opts.onInternalError?.(err);
     decision = internalErrorDecision('envoy');
   }
-  callback(null, toCheckResponse(decision));
+  callback(null, encodeCheckResponse(decision));
+}
+
+// The handler answers with the encoded CheckResponse (encodeCheckResponse), so the server's copy of the
+// definition passes those bytes through; clients keep proto-loader's serializers.
+function serverDefinition(): grpc.ServiceDefinition {
+  const definition = loadAuthorizationService();
+  const check = definition.Check as grpc.MethodDefinition<CheckRequest, unknown>;
+  return { ...definition, Check: { ...check, responseSerialize: (encoded: Buffer) => encoded } };
 }
 
 export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
@@ -68,7 +76,7 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     'grpc.max_send_message_length': 64 * 1024,
     'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
   });
-  server.addService(loadAuthorizationService(), { Check: checkHandler(opts) });
+  server.addService(serverDefinition(), { Check: checkHandler(opts) });
   return server;
 }
 
