@@ -51,24 +51,35 @@ const ISSUER = seq(
 );
 
 function certificate({ serial, spiffeId, notBefore, notAfter, spki, caKey }) {
-  const extensions = tlv(
-    0xa3,
-    seq(
-      ext('551d13', true, seq()),
-      ext('551d0f', true, tlv(0x03, Buffer.from([0x05, 0xa0]))),
-      ext('551d25', false, seq(oid('2b06010505070301'), oid('2b06010505070302'))),
-      ext('551d11', true, seq(tlv(0x86, Buffer.from(spiffeId, 'latin1')))),
-    ),
-  );
+  const extensions = [
+    ext('551d13', true, seq()),
+    ext('551d0f', true, tlv(0x03, Buffer.from([0x05, 0xa0]))),
+    ext('551d25', false, seq(oid('2b06010505070301'), oid('2b06010505070302'))),
+    ext('551d11', true, seq(tlv(0x86, Buffer.from(spiffeId, 'latin1')))),
+  ];
+  return signed({ serial, subject: seq(), notBefore, notAfter, spki, caKey, extensions });
+}
+
+// The CA itself, self-signed: CA:TRUE, keyCertSign + cRLSign, so the leaves verify against it as a
+// trust bundle (bench/cache-bytes.mjs fills the chain-verification cache with them).
+function caCertificate({ notBefore, notAfter, spki, caKey }) {
+  const extensions = [
+    ext('551d13', true, seq(tlv(0x01, Buffer.from([0xff])))),
+    ext('551d0f', true, tlv(0x03, Buffer.from([0x01, 0x06]))),
+  ];
+  return signed({ serial: Buffer.from([0x01]), subject: ISSUER, notBefore, notAfter, spki, caKey, extensions });
+}
+
+function signed({ serial, subject, notBefore, notAfter, spki, caKey, extensions }) {
   const tbs = seq(
     tlv(0xa0, tlv(0x02, Buffer.from([2]))),
     tlv(0x02, serial),
     ECDSA_SHA256,
     ISSUER,
     seq(utcTime(notBefore), utcTime(notAfter)),
-    seq(),
+    subject,
     spki,
-    extensions,
+    tlv(0xa3, seq(...extensions)),
   );
   const signature = sign('sha256', tbs, { key: caKey, dsaEncoding: 'der' });
   return seq(tbs, ECDSA_SHA256, tlv(0x03, Buffer.from([0]), signature));
@@ -81,11 +92,16 @@ function pem(der) {
 
 /** [{spiffeId, allowed, certPem}] × n, made now or read from the cache when still valid for a day. */
 export async function makeIdentities(dir, n) {
+  return (await makeIdentitySet(dir, n)).ids;
+}
+
+/** makeIdentities' leaves and `caPem`, the certificate of the CA that signed them (a trust bundle). */
+export async function makeIdentitySet(dir, n) {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `identities-${n}.json`);
   if (existsSync(file)) {
     const cached = JSON.parse(readFileSync(file, 'utf8'));
-    if (cached.notAfter > Date.now() + DAY && cached.ids.length === n) return cached.ids;
+    if (cached.notAfter > Date.now() + DAY && cached.ids.length === n && cached.caPem) return cached;
   }
   const ca = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const leaf = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -105,6 +121,8 @@ export async function makeIdentities(dir, n) {
     const der = certificate({ serial, spiffeId, notBefore, notAfter, spki, caKey: ca.privateKey });
     ids.push({ spiffeId, allowed: i % 2 === 0, certPem: pem(der) });
   }
-  writeFileSync(file, JSON.stringify({ notAfter, ids }));
-  return ids;
+  const caSpki = ca.publicKey.export({ type: 'spki', format: 'der' });
+  const caPem = pem(caCertificate({ notBefore, notAfter: notAfter + DAY, spki: caSpki, caKey: ca.privateKey }));
+  writeFileSync(file, JSON.stringify({ notAfter, caPem, ids }));
+  return { notAfter, caPem, ids };
 }

@@ -391,7 +391,7 @@ async function startListeners(
     }
     workload = opened.value;
   }
-  if (trust || workload) chainVerifier = new ChainVerifier(bundles);
+  if (trust || workload) chainVerifier = new ChainVerifier(bundles, { cacheEntries: config.chainCacheEntries });
   const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
   const { readyDetail, ready } = parts;
   const ownSvid = workload;

@@ -69,6 +69,13 @@ export class ByteLru<V> {
     this.held += bytes;
   }
 
+  delete(key: string): void {
+    const old = this.map.get(key);
+    if (old === undefined) return;
+    this.held -= this.sizeOf(key, old);
+    this.map.delete(key);
+  }
+
   clear(): void {
     this.map.clear();
     this.held = 0;
@@ -94,6 +101,12 @@ export class ByteLru<V> {
     };
   }
 }
+
+/**
+ * A Map slot beside its key and value: 24 bytes of entry and a bucket, times the table's growth slack (it
+ * doubles, so up to 2×). The worst case, so a bound holds at any entry count (bench/cache-bytes.mjs).
+ */
+export const MAP_ENTRY_BYTES = 56;
 
 /** Estimated V8 heap bytes of a string: header plus one byte per Latin-1 character, else two. */
 export function stringBytes(s: string): number {

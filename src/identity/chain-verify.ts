@@ -10,7 +10,8 @@
 // a spiffe://cluster.local identity even though both bundles are configured. When that is what went
 // wrong, the reason says so (the other bundles are looked at only to explain a failure).
 import { X509Certificate } from 'node:crypto';
-import { sha256Hex } from '../common/hash.js';
+import { sha256Key } from '../common/hash.js';
+import { ByteLru, MAP_ENTRY_BYTES, stringBytes, type LruStats } from '../common/lru.js';
 import { fail, ok, type Result } from '../common/result.js';
 import type { X509Bundle, X509BundleSource } from './x509-bundle.js';
 import { MAX_CHAIN_CERTS, parsePemBlocks, signingCertificateFacts, type SigningCertificateFacts } from './x509-svid.js';
@@ -27,80 +28,192 @@ export interface VerifiedChain {
 }
 
 export interface ChainVerifierOptions {
-  /** verified chains remembered (0 = no cache); default 1024 */
+  /** verified chains remembered (0 = no cache); default DEFAULT_CHAIN_CACHE_ENTRIES */
   cacheEntries?: number;
+  /** the cache's bound in estimated heap bytes; default: scaled with cacheEntries at the default's ratio */
+  cacheBytes?: number;
 }
 
-const DEFAULT_CACHE_ENTRIES = 1024;
+/** Room for 100,000 workloads' chains (serve --chain-cache-entries). */
+export const DEFAULT_CHAIN_CACHE_ENTRIES = 100_000;
+/**
+ * 100,000 cluster.local chains are estimated at 192 B an entry, 19.2 MB (173-182 B measured by
+ * bench/cache-bytes.mjs, docs/performance.md); the rest is room for trust domains of up to ~70 characters.
+ */
+export const DEFAULT_CHAIN_CACHE_BYTES = 24 * 1024 * 1024;
 
 /**
  * Bundle-set aware verification with a cache of successes. A cached success is used only while the
- * bundle set is at the generation it was verified against and the decision time is inside the path's
- * validity window, so a rotated bundle or an expired intermediate is re-verified (and refused). Failures
- * are not cached: their reason can depend on the time, and they are the rare case.
+ * bundle set is at the generation it was verified against, for the same trust domain, and the decision
+ * time is inside the path's validity window, so a rotated bundle or an expired intermediate is
+ * re-verified (and refused). Failures are not cached: their reason can depend on the time, and they are
+ * the rare case.
  */
 export class ChainVerifier {
-  private readonly cache = new Map<string, { generation: number; chain: VerifiedChain }>();
-  private readonly capacity: number;
-  hits = 0;
-  misses = 0;
+  private readonly cache: ByteLru<string> | undefined;
+  private hitCount = 0;
+  private missCount = 0;
 
   constructor(
     readonly bundles: X509BundleSource,
     opts: ChainVerifierOptions = {},
   ) {
-    this.capacity = opts.cacheEntries ?? DEFAULT_CACHE_ENTRIES;
+    const entries = Math.max(0, Math.floor(opts.cacheEntries ?? DEFAULT_CHAIN_CACHE_ENTRIES));
+    if (entries > 0) {
+      const bytes = opts.cacheBytes ?? Math.ceil((DEFAULT_CHAIN_CACHE_BYTES * entries) / DEFAULT_CHAIN_CACHE_ENTRIES);
+      this.cache = new ByteLru<string>({ maxBytes: bytes, maxEntries: entries, sizeOf: entryBytes });
+      liveCache = this.cache;
+    }
   }
 
   /** `pem`: the chain as the caller sent it (Envoy's URL-encoded form too); `trustDomain`: the leaf's. */
   verifyPem(pem: string, trustDomain: string, now: Date): Result<VerifiedChain> {
     const generation = this.bundles.generation;
-    const key = this.capacity > 0 ? cacheKey(pem) : '';
-    const hit = key ? this.cache.get(key) : undefined;
-    if (hit && hit.generation === generation && hit.chain.trustDomain === trustDomain && inWindow(hit.chain, now)) {
-      this.hits++;
-      this.cache.delete(key);
-      this.cache.set(key, hit);
-      return ok(hit.chain);
+    const cache = this.cache;
+    const key = cache ? sha256Key(pem) : '';
+    if (cache) {
+      liveCache = cache;
+      const packed = cache.get(key);
+      const hit = packed === undefined ? undefined : unpack(packed, generation, trustDomain, now);
+      if (hit) {
+        this.hitCount++;
+        totals.hits++;
+        return ok(hit);
+      }
     }
-    this.misses++;
+    this.missCount++;
+    if (cache) totals.misses++;
     const blocks = parsePemBlocks(pem);
-    if (!blocks.ok) return blocks;
-    const result = verifyChain(blocks.value, trustDomain, this.bundles, now);
-    if (key) {
-      if (result.ok) {
-        if (this.cache.size >= this.capacity) {
-          const oldest = this.cache.keys().next();
-          if (!oldest.done) this.cache.delete(oldest.value);
-        }
-        this.cache.set(key, { generation, chain: result.value });
+    const result = blocks.ok ? verifyChain(blocks.value, trustDomain, this.bundles, now) : blocks;
+    if (cache) {
+      const packed = result.ok ? pack(generation, result.value) : undefined;
+      if (packed === undefined) {
+        cache.delete(key);
       } else {
-        this.cache.delete(key);
+        const before = cache.stats().evictions;
+        cache.set(key, packed);
+        totals.evictions += cache.stats().evictions - before;
       }
     }
     return result;
   }
 
+  /** Verifications answered from the cache. */
+  get hits(): number {
+    return this.hitCount;
+  }
+
+  /** Verifications done in full (the cache off, or nothing current cached). */
+  get misses(): number {
+    return this.missCount;
+  }
+
   get cacheSize(): number {
-    return this.cache.size;
+    return this.cache?.size ?? 0;
+  }
+
+  /** This verifier's cache: its own hits and misses; evictions, entries and bytes against the bound. */
+  cacheStats(): LruStats {
+    const lru = this.cache?.stats();
+    return {
+      hits: this.hitCount,
+      misses: this.missCount,
+      evictions: lru?.evictions ?? 0,
+      entries: lru?.entries ?? 0,
+      bytes: lru?.bytes ?? 0,
+      maxBytes: lru?.maxBytes ?? 0,
+      maxEntries: lru?.maxEntries ?? 0,
+    };
   }
 }
 
-// A typical chain (leaf and an intermediate or two) is a few KiB: its own text is the key, which costs
-// a Map lookup and no hashing; only unusually long chains are keyed by a hash, so that the cache stays
-// bounded (entries × KEY_LIMIT characters) whatever callers send.
-const KEY_LIMIT = 8 * 1024;
-const HASHED = 'sha256:';
+// ---------------------------------------------------------------------------------------------- cache
 
-function cacheKey(pem: string): string {
-  // A text that looks like a hashed key is never a key itself, so it cannot find another chain's entry.
-  if (pem.startsWith(HASHED)) return '';
-  return pem.length <= KEY_LIMIT ? pem : `${HASHED}${sha256Hex(pem)}`;
+// Every workload's chain is verified again and again until it rotates, so a cluster's working set is one
+// entry per workload (100,000 in a big cluster). The key is the SHA-256 of the exact text (32 Latin-1
+// characters, whatever the chain's size, and no text can find another's entry); the value is what a
+// hit needs packed into ONE Latin-1 string (one heap object per entry; see x509-svid.ts for why):
+// bundle generation, notBefore, notAfter (float64 each), the root's SHA-256 fingerprint (32 bytes), the
+// number of intermediates on the path and their positions (a byte each), then the trust domain.
+const PACK_HEAD = 8 + 8 + 8 + 32 + 1;
+const MAX_POSITION = 0xff;
+
+// Every verifier's counts since start, and the cache of the one that answered (or was made) last: a
+// service has one, whose bytes /metrics reports.
+const totals = { hits: 0, misses: 0, evictions: 0 };
+let liveCache: ByteLru<string> | undefined;
+
+/** Hits, misses and evictions of every chain-verification cache; bytes and bound of the live one. */
+export function chainCacheStats(): {
+  hits: number;
+  misses: number;
+  evictions: number;
+  bytes: number;
+  maxBytes: number;
+} {
+  return { ...totals, bytes: liveCache?.bytes ?? 0, maxBytes: liveCache?.maxBytes ?? 0 };
 }
 
-function inWindow(chain: VerifiedChain, now: Date): boolean {
+function entryBytes(key: string, packed: string): number {
+  return MAP_ENTRY_BYTES + stringBytes(key) + stringBytes(packed);
+}
+
+function pack(generation: number, chain: VerifiedChain): string | undefined {
+  const fingerprint = Buffer.from(chain.rootFingerprint.replaceAll(':', ''), 'hex');
+  const n = chain.intermediates.length;
+  // Never met from verifyChain (at most MAX_CHAIN_CERTS positions, Node's fingerprint format); what
+  // would not round-trip is verified on every call rather than cached wrong.
+  if (fingerprint.length !== 32 || fingerprintText(fingerprint) !== chain.rootFingerprint) return undefined;
+  if (n > MAX_POSITION || chain.intermediates.some((p) => !(p >= 0 && p <= MAX_POSITION))) return undefined;
+  const packed = Buffer.allocUnsafe(PACK_HEAD + n + chain.trustDomain.length);
+  packed.writeDoubleBE(generation, 0);
+  packed.writeDoubleBE(chain.notBefore.getTime(), 8);
+  packed.writeDoubleBE(chain.notAfter.getTime(), 16);
+  fingerprint.copy(packed, 24);
+  packed.writeUInt8(n, 56);
+  chain.intermediates.forEach((p, i) => packed.writeUInt8(p, PACK_HEAD + i));
+  packed.write(chain.trustDomain, PACK_HEAD + n, 'latin1');
+  const text = packed.toString('latin1');
+  return text.endsWith(chain.trustDomain) ? text : undefined;
+}
+
+/** The cached chain, if it is current: same bundle generation and trust domain, `now` in its window. */
+function unpack(text: string, generation: number, trustDomain: string, now: Date): VerifiedChain | undefined {
+  // Only the 24 bytes of numbers go through a Buffer (a shared one: a hit allocates none); the rest
+  // are Latin-1 characters read from the string itself.
+  scratch.write(text, 0, 24, 'latin1');
+  const n = text.charCodeAt(56);
+  if (scratch.readDoubleBE(0) !== generation || text.slice(PACK_HEAD + n) !== trustDomain) return undefined;
+  const notBefore = scratch.readDoubleBE(8);
+  const notAfter = scratch.readDoubleBE(16);
   const t = now.getTime();
-  return t >= chain.notBefore.getTime() && t <= chain.notAfter.getTime();
+  if (!(t >= notBefore && t <= notAfter)) return undefined;
+  const intermediates: number[] = [];
+  for (let i = 0; i < n; i++) intermediates.push(text.charCodeAt(PACK_HEAD + i));
+  return {
+    trustDomain,
+    intermediates,
+    rootFingerprint: fingerprintOf(text.slice(24, 56)),
+    notBefore: new Date(notBefore),
+    notAfter: new Date(notAfter),
+  };
+}
+
+const scratch = Buffer.alloc(24);
+// A trust domain has one root or two (during a rotation): the last one's text is kept.
+let lastFingerprint = { bytes: '', text: '' };
+
+function fingerprintOf(bytes: string): string {
+  if (bytes !== lastFingerprint.bytes) lastFingerprint = { bytes, text: fingerprintText(Buffer.from(bytes, 'latin1')) };
+  return lastFingerprint.text;
+}
+
+/** As Node prints X509Certificate.fingerprint256: upper-case hex pairs joined by colons. */
+function fingerprintText(bytes: Uint8Array): string {
+  return Buffer.from(bytes)
+    .toString('hex')
+    .toUpperCase()
+    .replace(/..(?!$)/g, '$&:');
 }
 
 const PREFIX = 'certificate chain not verified: ';

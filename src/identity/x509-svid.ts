@@ -8,8 +8,8 @@
 // with the key usage the standard demands, inside its validity period at decision time.
 //
 // Reasons are fixed ASCII strings; no certificate or key material is ever echoed into them.
-import { hash } from 'node:crypto';
-import { ByteLru, stringBytes, type LruStats } from '../common/lru.js';
+import { sha256Key } from '../common/hash.js';
+import { ByteLru, MAP_ENTRY_BYTES, stringBytes, type LruStats } from '../common/lru.js';
 import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
 import type { SpiffeId } from './spiffe-id.js';
 import { fastChainShape, UNSURE } from './svid-der.js';
@@ -114,7 +114,7 @@ export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
     const blocks = parsePemBlocks(pem);
     return blocks.ok ? parseX509Svid(blocks.value, now) : blocks;
   }
-  const key = hash('sha256', pem, 'binary');
+  const key = sha256Key(pem);
   const cached = shapeCache.get(key);
   let shape: Result<X509Svid>;
   if (cached === undefined) {
@@ -239,13 +239,9 @@ function expand(cached: CachedShape): Result<X509Svid> {
 
 const SPIFFE_SCHEME_LENGTH = 'spiffe://'.length;
 
-// The Map slot beside the key and the value strings: 24 bytes of entry and a bucket, times the table's
-// growth slack (it doubles, so up to 2×) — the worst case, so the bound holds at any entry count
-// (bench/cache-bytes.mjs measured 220-228 bytes per workload entry in all, docs/performance.md).
-const ENTRY_OVERHEAD_BYTES = 56;
-
+// bench/cache-bytes.mjs measured 220-228 bytes per workload entry in all (docs/performance.md).
 function shapeBytes(key: string, shape: CachedShape): number {
-  const bytes = ENTRY_OVERHEAD_BYTES + stringBytes(key);
+  const bytes = MAP_ENTRY_BYTES + stringBytes(key);
   return bytes + stringBytes(typeof shape === 'string' ? shape : shape.reason);
 }
 

@@ -8,6 +8,7 @@ import { isBundleUrl } from '../lifecycle/bundle-source.js';
 import { REDIRECT_POLICIES, type BundleServerAuth, type RedirectPolicy } from '../lifecycle/bundle-http.js';
 import { DEFAULT_SIGNING_ALG, SIGNING_ALGORITHMS } from '../policy/bundle-signing.js';
 import { fail, ok, type Result } from '../common/result.js';
+import { DEFAULT_CHAIN_CACHE_ENTRIES } from '../identity/chain-verify.js';
 import { DEFAULT_SVID_CACHE_ENTRIES } from '../identity/x509-svid.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/bundle.js';
 import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
@@ -191,6 +192,11 @@ export const SERVE_OPTIONS = {
     default: String(DEFAULT_SVID_CACHE_ENTRIES),
     help: 'certificate outcomes remembered, byte-bounded (0: parse every certificate)',
   },
+  'chain-cache-entries': {
+    arg: 'N',
+    default: String(DEFAULT_CHAIN_CACHE_ENTRIES),
+    help: 'verified peer chains remembered per worker, byte-bounded (0: verify every chain); with trust bundles',
+  },
 } satisfies Record<string, OptionRow>;
 
 type OptionName = keyof typeof SERVE_OPTIONS;
@@ -240,6 +246,7 @@ export interface ServeConfig {
   /** undefined: one per CPU available (workers.ts availableCpus, which reads the cgroup: not done here) */
   workers?: number;
   svidCacheEntries: number;
+  chainCacheEntries: number;
 }
 
 /** The usage lines of a table's options: `--flag ARG  help (default: D)`, aligned. */
@@ -288,9 +295,8 @@ export class ConfigError extends Error {}
 function normalise(v: Values, env: Record<string, string | undefined>): ServeConfig {
   const memo = v['policy-memo'];
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
-  const svidCacheEntries = Number(v['svid-cache-entries']);
-  if (!Number.isSafeInteger(svidCacheEntries) || svidCacheEntries < 0 || svidCacheEntries > 10_000_000)
-    throw new ConfigError('--svid-cache-entries must be an integer from 0 to 10000000');
+  const svidCacheEntries = cacheEntries('--svid-cache-entries', v['svid-cache-entries']);
+  const chainCacheEntries = cacheEntries('--chain-cache-entries', v['chain-cache-entries']);
   const maxMessage = Number(v['grpc-max-message-bytes']);
   if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024)
     throw new ConfigError('--grpc-max-message-bytes must be an integer of at least 1024');
@@ -342,7 +348,15 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
     maxReceiveMessageBytes: maxMessage,
     ...defined('workers', workers),
     svidCacheEntries,
+    chainCacheEntries,
   };
+}
+
+function cacheEntries(flag: string, text: string | undefined): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0 || n > 10_000_000)
+    throw new ConfigError(`${flag} must be an integer from 0 to 10000000`);
+  return n;
 }
 
 /**

@@ -9,6 +9,7 @@ import { REASON_CLASSES, type Decision, type PolicySource, type ReasonClass } fr
 import type { FailureCode } from '../common/result.js';
 import type { PolicyRole, PolicyStoreMetrics } from '../lifecycle/policy-store.js';
 import type { ShadowDisagreementKind, ShadowMetrics } from '../lifecycle/shadow-policy.js';
+import { chainCacheStats } from '../identity/chain-verify.js';
 import { x509SvidCacheStats, x509SvidReferenceFallbacks } from '../identity/x509-svid.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 import { summarisePolicyData } from '../policy/policy-summary.js';
@@ -243,8 +244,9 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
 const EMPTY: ReadonlySet<string> = new Set();
 
 /**
- * The certificate cache and the policy memo, read when scraped (nothing on the Check path): hits,
- * misses and evictions since start, and the estimated bytes held against the bound.
+ * The certificate cache, the policy memo and the chain-verification cache, read when scraped (nothing on
+ * the Check path): hits, misses and evictions since start, and the estimated bytes held against the
+ * bound. Each worker reports its own; the cluster primary adds them up (its chain cache is absent: 0).
  */
 function registerCacheMetrics(registers: Registry[]): void {
   const caches = () => {
@@ -252,13 +254,14 @@ function registerCacheMetrics(registers: Registry[]): void {
     return {
       svid,
       policy_memo: { ...memoTotals, bytes: policyMemoBytes(), maxBytes: policyMemoMaxBytes() },
+      chain: chainCacheStats(),
     };
   };
   for (const [field, name, help] of [
     [
       'hits',
       'egress_authz_cache_hits_total',
-      'Lookups answered from a cache, by cache (svid: certificates, policy_memo: decisions)',
+      'Lookups answered from a cache, by cache (svid: certificates, policy_memo: decisions, chain: verified chains)',
     ],
     ['misses', 'egress_authz_cache_misses_total', 'Lookups a cache could not answer, by cache'],
     ['evictions', 'egress_authz_cache_evictions_total', 'Entries dropped to stay within the byte bound, by cache'],

@@ -27,6 +27,7 @@ describe('serve configuration', () => {
       checkDeadlineMs: 200,
       maxReceiveMessageBytes: 1_048_576,
       svidCacheEntries: 100_000,
+      chainCacheEntries: 100_000,
     });
     expect(c.policy).toBeUndefined();
     expect(c.tls).toBeUndefined();
@@ -44,8 +45,10 @@ describe('serve configuration', () => {
       '--allowed-caller=spiffe://cluster.local/ns/a/sa/b',
       '--check-deadline=1m',
       '--svid-cache-entries=0',
+      '--chain-cache-entries=5000',
     );
     expect(c.svidCacheEntries).toBe(0);
+    expect(c.chainCacheEntries).toBe(5000);
     expect(c.grpcAddr).toBe('127.0.0.1:1');
     expect(c.pollMs).toBe(2000);
     expect(c.memoize).toBe(false);
@@ -67,6 +70,7 @@ describe('serve configuration', () => {
     [['--no-such-flag=1'], /Unknown option/],
     [['--svid-cache-entries=-1'], /--svid-cache-entries must be an integer from 0/],
     [['--svid-cache-entries=lots'], /--svid-cache-entries must be an integer from 0/],
+    [['--chain-cache-entries=1.5'], /--chain-cache-entries must be an integer from 0/],
   ])('refuses %j with a reason', (argv, why) => {
     expect(reason(...argv)).toMatch(why);
   });

@@ -35,6 +35,16 @@ describe('ByteLru', () => {
     expect(lru.size).toBe(1);
   });
 
+  it('deleting a key gives back its bytes; deleting a missing key changes nothing', () => {
+    const lru = sized(100);
+    lru.set('a', 'x'.repeat(20));
+    lru.set('b', 'x'.repeat(30));
+    lru.delete('a');
+    lru.delete('nope');
+    expect(lru.get('a')).toBeUndefined();
+    expect(lru.stats()).toMatchObject({ entries: 1, bytes: 31, evictions: 0 });
+  });
+
   it('never holds more than its bounds, whatever the sequence of operations', () => {
     fc.assert(
       fc.property(

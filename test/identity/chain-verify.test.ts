@@ -1,5 +1,6 @@
 // Chain verification over generated PKIs: two trust domains, each a root and an intermediate, as a
 // SPIRE server with an upstream authority issues them.
+import { X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ChainVerifier, verifyChain } from '../../src/identity/chain-verify.js';
 import { parsePemBlocks } from '../../src/identity/x509-svid.js';
@@ -238,5 +239,97 @@ describe('resolveIdentity with chain verification', () => {
     expect(none.ok ? 'ok' : none.reason).toBe('certificate chain not verified: no peer certificate was sent');
     // Without verification the shape check alone accepts the leaf (Envoy / BIG-IP verified it).
     expect(resolveIdentity({ certificatePem: leaf.certPem }).ok).toBe(true);
+  });
+});
+
+describe('ChainVerifier cache: keyed by a hash of the text, bounded in bytes, least recently used out', () => {
+  // Distinct texts of one chain (blank lines between the certificates): each is its own cache key, as
+  // each distinct chain a workload sends is, and each is verified in full on a miss.
+  async function chainTexts(n: number): Promise<string[]> {
+    const leaf = (await workloadSvid(local.inter, BOOKINFO)).certPem;
+    return Array.from({ length: n }, (_, i) => leaf + '\n'.repeat(i) + local.inter.certPem);
+  }
+
+  it('evicts by bytes, the least recently used first; the entry count is not the bound', async () => {
+    const [a, b, c, d] = await chainTexts(4);
+    const probe = new ChainVerifier(set);
+    expect(probe.verifyPem(a!, 'cluster.local', new Date()).ok).toBe(true);
+    const perEntry = probe.cacheStats().bytes;
+    expect(perEntry).toBeGreaterThan(0);
+    // A fixed-size key: a chain text 5,000 characters longer costs no more.
+    expect(perEntry).toBeLessThan(a!.length);
+
+    const verifier = new ChainVerifier(set, { cacheEntries: 1000, cacheBytes: 3 * perEntry + perEntry / 2 });
+    const now = new Date();
+    for (const pem of [a, b, c]) expect(verifier.verifyPem(pem!, 'cluster.local', now).ok).toBe(true);
+    expect(verifier.verifyPem(a!, 'cluster.local', now).ok).toBe(true); // a is now the most recent
+    expect(verifier.verifyPem(d!, 'cluster.local', now).ok).toBe(true); // pushes out b, the least recent
+    expect(verifier.cacheStats()).toMatchObject({ entries: 3, evictions: 1, bytes: 3 * perEntry });
+    const hitsBefore = verifier.hits;
+    for (const pem of [a, c, d]) expect(verifier.verifyPem(pem!, 'cluster.local', now).ok).toBe(true);
+    expect(verifier.hits).toBe(hitsBefore + 3);
+    expect(verifier.verifyPem(b!, 'cluster.local', now).ok).toBe(true);
+    expect(verifier.hits).toBe(hitsBefore + 3); // b was evicted: verified again
+    expect(verifier.cacheStats().bytes).toBeLessThanOrEqual(verifier.cacheStats().maxBytes);
+  });
+
+  it('keeps 5,000 distinct chains by default (the 1,024-entry Map missed them all on a second pass)', async () => {
+    const texts = await chainTexts(5000);
+    const verifier = new ChainVerifier(set);
+    const now = new Date();
+    for (const pem of texts) expect(verifier.verifyPem(pem, 'cluster.local', now).ok).toBe(true);
+    expect([verifier.hits, verifier.misses]).toEqual([0, 5000]);
+    for (const pem of texts) expect(verifier.verifyPem(pem, 'cluster.local', now).ok).toBe(true);
+    expect([verifier.hits, verifier.misses]).toEqual([5000, 5000]);
+    expect(verifier.cacheStats()).toMatchObject({ entries: 5000, evictions: 0 });
+    // Room for 100,000 workloads within the default bound.
+    expect((verifier.cacheStats().bytes / 5000) * 100_000).toBeLessThanOrEqual(verifier.cacheStats().maxBytes);
+  }, 120_000);
+
+  it('answers a hit exactly as the verification did (trust domain, path, root, validity window)', async () => {
+    const [pem] = await chainTexts(1);
+    const verifier = new ChainVerifier(set);
+    const now = new Date();
+    const first = verifier.verifyPem(pem!, 'cluster.local', now);
+    const second = verifier.verifyPem(pem!, 'cluster.local', now);
+    expect(verifier.hits).toBe(1);
+    expect(second).toEqual(first);
+    expect(first.ok && first.value.rootFingerprint).toBe(new X509Certificate(local.root.certPem).fingerprint256);
+    const blocks = parsePemBlocks(pem!);
+    expect(second).toEqual(verifyChain(blocks.ok ? blocks.value : [], 'cluster.local', set, now));
+  });
+
+  it('re-verifies a cached chain for another trust domain, a rotated bundle, an expired intermediate', async () => {
+    const bundles = new X509BundleSet([bundle('cluster.local', local.root), bundle('partner.example', partner.root)]);
+    const shortLived = await createCa('short intermediate 2', {
+      issuer: local.root,
+      notAfter: new Date(Date.now() + 60_000),
+    });
+    const pem = (await workloadSvid(shortLived, BOOKINFO)).certPem + shortLived.certPem;
+    const verifier = new ChainVerifier(bundles);
+    expect(verifier.verifyPem(pem, 'cluster.local', new Date()).ok).toBe(true);
+    const foreign = verifier.verifyPem(pem, 'partner.example', new Date());
+    expect(foreign.ok ? 'verified' : foreign.reason).toContain('not of partner.example');
+    expect(verifier.verifyPem(pem, 'cluster.local', new Date()).ok).toBe(true);
+    const expired = verifier.verifyPem(pem, 'cluster.local', new Date(Date.now() + 120_000));
+    expect(expired.ok ? 'verified' : expired.reason).toBe(
+      'certificate chain not verified: intermediate certificate 1 has expired',
+    );
+    bundles.replace('static', [bundle('cluster.local', await createCa('cluster.local root 3'))]);
+    const rotated = verifier.verifyPem(pem, 'cluster.local', new Date());
+    expect(rotated.ok ? 'verified' : rotated.reason).toContain('no path to a root of trust domain cluster.local');
+    // Failures are never kept: the refused chain left the cache, and asking again verifies again.
+    expect(verifier.cacheStats().entries).toBe(0);
+    const misses = verifier.misses;
+    expect(verifier.verifyPem(pem, 'cluster.local', new Date()).ok).toBe(false);
+    expect(verifier.misses).toBe(misses + 1);
+  });
+
+  it('with cacheEntries 0 keeps nothing and verifies every time', async () => {
+    const [pem] = await chainTexts(1);
+    const verifier = new ChainVerifier(set, { cacheEntries: 0 });
+    for (let i = 0; i < 3; i++) expect(verifier.verifyPem(pem!, 'cluster.local', new Date()).ok).toBe(true);
+    expect([verifier.hits, verifier.misses]).toEqual([0, 3]);
+    expect(verifier.cacheStats()).toMatchObject({ entries: 0, bytes: 0 });
   });
 });

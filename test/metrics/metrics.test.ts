@@ -6,6 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decide, internalErrorDecision, type Decision } from '../../src/decision/decision.js';
 import { FAILURE_CODES, fail } from '../../src/common/result.js';
 import { resolveIdentity, type PeerEvidence } from '../../src/identity/identity.js';
+import { ChainVerifier } from '../../src/identity/chain-verify.js';
+import { parseX509Bundle, X509BundleSet } from '../../src/identity/x509-bundle.js';
 import { x509SvidReferenceFallbacks } from '../../src/identity/x509-svid.js';
 import {
   identityRejectionClass,
@@ -137,6 +139,38 @@ describe('GET /metrics after real checks', () => {
       ),
     ).toBe(1);
     expect(sample(text, 'egress_authz_policy_reloads_total', 'policy="live",result="failure"')).toBe(0);
+  });
+});
+
+describe('GET /metrics with trust bundles: the chain-verification cache', () => {
+  it('exports cache="chain": a miss, then hits, bytes held within the bound', async () => {
+    const root = await createCa('metrics root', { uris: ['spiffe://cluster.local'] });
+    const inter = await createCa('metrics intermediate', { issuer: root, uris: ['spiffe://cluster.local'] });
+    const trust = parseX509Bundle('cluster.local', root.certPem);
+    if (!trust.ok) throw new Error(trust.reason);
+    const chainVerifier = new ChainVerifier(new X509BundleSet([trust.value]));
+    const svc = await startTestService({ chainVerifier });
+    try {
+      const chain = (await workloadSvid(inter, BOOKINFO)).certPem + inter.certPem;
+      for (let i = 0; i < 3; i++) {
+        const res = await fetch(`http://127.0.0.1:${svc.httpPort}/v1/sideband`, {
+          method: 'POST',
+          body: chain,
+          headers: { 'content-type': 'application/x-pem-file' },
+        });
+        expect(res.status).toBe(200);
+      }
+      const text = await metricsText(svc.httpPort);
+      const cache = (name: string) => sample(text, name, 'cache="chain"') ?? Number.NaN;
+      expect(cache('egress_authz_cache_misses_total')).toBeGreaterThanOrEqual(1);
+      expect(cache('egress_authz_cache_hits_total')).toBeGreaterThanOrEqual(2);
+      expect(cache('egress_authz_cache_evictions_total')).toBeGreaterThanOrEqual(0);
+      expect(cache('egress_authz_cache_bytes')).toBe(chainVerifier.cacheStats().bytes);
+      expect(cache('egress_authz_cache_bytes')).toBeGreaterThan(0);
+      expect(cache('egress_authz_cache_max_bytes')).toBe(chainVerifier.cacheStats().maxBytes);
+    } finally {
+      await svc.close(1000);
+    }
   });
 });
 

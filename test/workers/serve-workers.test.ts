@@ -13,6 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnServe, type ServeProcess } from '../hardening/support.js';
 import { replaceFile, snatPool, variantBundle, waitFor } from '../lifecycle/support.js';
 import { check, checkClient, checkRequest, type CheckClient } from '../support/service.js';
+import { createCa, workloadSvid } from '../support/pki.js';
+import { DEFAULT_CHAIN_CACHE_BYTES } from '../../src/identity/chain-verify.js';
 
 const BOOKINFO = 'spiffe://cluster.local/ns/bookinfo/sa/productpage';
 const NETTOOLS = 'spiffe://cluster.local/ns/sm-apigw-a/sa/nettools';
@@ -30,6 +32,29 @@ function get(port: number, path: string): Promise<{ status: number; body: string
         this.destroy(new Error('timeout'));
       })
       .on('error', reject);
+  });
+}
+
+/** POST /v1/sideband on a fresh connection each time, so the primary spreads them over the workers. */
+function sideband(port: number, pem: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/v1/sideband',
+        method: 'POST',
+        agent: false,
+        timeout: 2000,
+        headers: { 'content-type': 'application/x-pem-file' },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout'))).on('error', reject);
+    req.end(pem);
   });
 }
 
@@ -53,6 +78,7 @@ describe('serve --workers 2', () => {
   let clients: CheckClient[] = [];
   let answered = 0;
   let allowed = 0;
+  let chain: string;
 
   /** One Check on each of many connections (so both workers get some); returns the answers. */
   async function spread(principal: string, opts: { host?: string; tag?: string } = {}) {
@@ -84,7 +110,14 @@ describe('serve --workers 2', () => {
     v2 = await variantBundle(root, 'v2', { pool: 'pool_v2', revision: 'w-v2' });
     bundleFile = join(root, 'bundle.tar.gz');
     writeFileSync(bundleFile, v1);
+    // Trust bundles: each worker verifies sideband chains, through its own chain-verification cache.
+    const ca = await createCa('workers root', { uris: ['spiffe://cluster.local'] });
+    const inter = await createCa('workers intermediate', { issuer: ca, uris: ['spiffe://cluster.local'] });
+    writeFileSync(join(root, 'cluster-local.pem'), ca.certPem);
+    chain = (await workloadSvid(inter, BOOKINFO)).certPem + inter.certPem;
     serve = await spawnServe([
+      '--trust-bundle',
+      `cluster.local=${join(root, 'cluster-local.pem')}`,
       '--policy',
       bundleFile,
       '--workers',
@@ -154,9 +187,25 @@ describe('serve --workers 2', () => {
       expect(series(body, 'egress_authz_workers')).toEqual(
         expect.arrayContaining(['egress_authz_workers{state="ready"} 2', 'egress_authz_workers{state="configured"} 2']),
       );
+      // every worker's chain-verification cache, added up (the primary verifies nothing: no cache)
+      expect(total(body, 'egress_authz_cache_max_bytes{cache="chain"}')).toBe(2 * DEFAULT_CHAIN_CACHE_BYTES);
       // process metrics are the sum over the three processes (primary and two workers)
       expect(total(body, 'process_resident_memory_bytes')).toBeGreaterThan(3 * 20 * 1024 * 1024);
     }
+  });
+
+  it('/metrics adds up the chain-verification caches of every worker', async () => {
+    const sent = 8;
+    for (let i = 0; i < sent; i++) expect(await sideband(serve.httpPort, chain)).toBe(200);
+    answered += sent; // each is a logged decision too
+    const { body } = await get(serve.httpPort, '/metrics');
+    const hits = total(body, 'egress_authz_cache_hits_total{cache="chain"}');
+    const misses = total(body, 'egress_authz_cache_misses_total{cache="chain"}');
+    expect(hits + misses).toBe(sent);
+    // one verification per worker that answered, every other one a hit
+    expect(misses).toBeGreaterThanOrEqual(1);
+    expect(misses).toBeLessThanOrEqual(2);
+    expect(total(body, 'egress_authz_cache_bytes{cache="chain"}')).toBeGreaterThan(0);
   });
 
   it('a reload is validated once and reported only when every worker serves it', async () => {
