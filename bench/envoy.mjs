@@ -246,5 +246,7 @@ export async function runH2load({ core, sidecarAddr, rate, seconds, logFile }) {
     requests: latenciesMs.length,
     target_rps: rate,
     h2load_summary: (/requests: .*/.exec(r.stdout)?.[0] ?? '').trim(),
+    /** every answered request's latency, sorted (the sweep pools its rounds' samples) */
+    latenciesMs,
   };
 }

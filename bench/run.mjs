@@ -4,7 +4,7 @@
 // Envoy with ext_authz, plus Envoy alone). Each server runs pinned to core 0 and each load generator
 // to core 1, so the figures are per core. Usage (after scripts/install-bench-tools.sh):
 //   node bench/run.mjs [--quick] [--no-envoy] [--no-grpc] [--systems a,b] [--logs] [--opa-decision-logs on|off]
-//                    [--wait-quiet SECONDS] [--identities N] [--rates R,R,...] [--workers N,N]
+//                    [--wait-quiet SECONDS] [--identities N] [--rates R,R,...] [--sweep-rounds N] [--workers N,N]
 // Workloads (issue 10): hot (one workload), warm (--identities distinct workloads × 3 destinations, half
 // denied, after a warm-up pass), cold (the same, egress-authz with its caches off); the peer with both
 // its policies (principal-only, certificate-parsing); a rate sweep through Envoy; workers 1 vs 2.
@@ -51,13 +51,17 @@ const { values: opts } = parseArgs({
     'report-only': { type: 'boolean', default: false },
     identities: { type: 'string' },
     rates: { type: 'string' },
+    'sweep-rounds': { type: 'string' },
     workers: { type: 'string' },
   },
 });
 // --quick: the grpc path's three workloads only (no Envoy sweep, no second worker), in under 3 minutes.
 const plan = opts.quick
-  ? { mode: 'quick', warmupS: 1, measureS: 4, concurrency: 50, sweepWarmupS: 2, sweepMeasureS: 4 }
-  : { mode: 'full', warmupS: 5, measureS: 15, concurrency: 50, sweepWarmupS: 3, sweepMeasureS: 10 };
+  ? { mode: 'quick', warmupS: 1, measureS: 4, concurrency: 50, sweepWarmupS: 1, sweepMeasureS: 3, sweepRounds: 2 }
+  : { mode: 'full', warmupS: 5, measureS: 15, concurrency: 50, sweepWarmupS: 1, sweepMeasureS: 5, sweepRounds: 5 };
+if (opts['sweep-rounds'] !== undefined) plan.sweepRounds = Number(opts['sweep-rounds']);
+if (!(Number.isSafeInteger(plan.sweepRounds) && plan.sweepRounds >= 1 && plan.sweepRounds <= 50))
+  throw new Error('--sweep-rounds takes a count from 1 to 50');
 // --quick: 1,000 identities (3,000 requests), so the warm-up pass over all of them stays short.
 plan.identities = Number(opts.identities ?? (opts.quick ? 1000 : 3000));
 if (!(Number.isSafeInteger(plan.identities) && plan.identities >= 1 && plan.identities <= 200_000))
@@ -308,20 +312,27 @@ async function grpcRun(variant, request, files) {
   }
 }
 
-/** One system behind Envoy at each rate of the sweep, stopping past saturation. */
-async function envoySweep(variant, request, envoy, pki) {
+let stationCount = 0;
+/** Envoy in front of one system (or of nothing, envoy-only), on the load core, with its own ports. */
+async function startStation(variant, request, envoy, pki) {
   const { name } = variant;
   const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}`;
   const server = name === 'envoy-only' ? null : await startReady(name, request, variant);
-  let proxy = null;
-  const runs = [];
+  const station = { variant, label, server, proxy: null, rounds: [], saturated: false };
   try {
     const adminAddr = `127.0.0.1:${await freePort()}`;
-    const sidecarAddr = `127.0.0.1:${await freePort()}`;
+    station.sidecarAddr = `127.0.0.1:${await freePort()}`;
     const gatewayAddr = `127.0.0.1:${await freePort()}`;
-    const config = join(work, `envoy-${name}.json`);
-    writeEnvoyConfig(config, { adminAddr, sidecarAddr, gatewayAddr, authzAddr: server?.grpcAddr ?? null, pki });
-    proxy = startProcess(
+    const file = `envoy-${name}${variant.policy ? `-${variant.policy}` : ''}`;
+    const config = join(work, `${file}.json`);
+    writeEnvoyConfig(config, {
+      adminAddr,
+      sidecarAddr: station.sidecarAddr,
+      gatewayAddr,
+      authzAddr: server?.grpcAddr ?? null,
+      pki,
+    });
+    station.proxy = startProcess(
       'taskset',
       [
         '-c',
@@ -334,53 +345,127 @@ async function envoySweep(variant, request, envoy, pki) {
         '--log-level',
         'error',
         '--base-id',
-        String(process.pid % 60000),
+        String((process.pid % 10000) * 6 + stationCount++),
       ],
-      {
-        stdout: sink(`envoy-${name}`),
-        stderr: opts.logs ? sink(`envoy-${name}`) : join(work, `envoy-${name}.stderr`),
-      },
+      { stdout: sink(file), stderr: opts.logs ? sink(file) : join(work, `${file}.stderr`) },
     );
-    await waitForEnvoy({ adminAddr, sidecarAddr, isAlive: () => proxy.exitCode === null && proxy.signalCode === null });
+    const { proxy } = station;
+    await waitForEnvoy({
+      adminAddr,
+      sidecarAddr: station.sidecarAddr,
+      isAlive: () => proxy.exitCode === null && proxy.signalCode === null,
+    });
+    return station;
+  } catch (err) {
+    await stopStation(station);
+    throw err;
+  }
+}
+
+async function stopStation(station) {
+  setPaused(station, false);
+  await stopProcess(station.proxy);
+  if (station.server) await stopProcess(station.server.child);
+}
+
+// A station not being measured is stopped (SIGSTOP), so that its idle server's and Envoy's timers
+// take nothing from the one that is.
+function setPaused(station, paused) {
+  for (const child of [station.server?.child, station.proxy]) {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
+  }
+}
+
+const percentile = (sorted, p) =>
+  sorted.length === 0
+    ? null
+    : Math.round(sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] * 1000) /
+      1000;
+const median = (xs) => {
+  const v = xs.filter((x) => x !== null).sort((a, b) => a - b);
+  return v.length ? v[Math.floor((v.length - 1) / 2)] : null;
+};
+
+/**
+ * The rate sweep through Envoy, every system at every rate in interleaved rounds: at each rate, round
+ * after round, each system in turn (the order rotating) gets a short warm-up and a measured window
+ * while the others are paused. A 10 s window per system, one system after the other, left minutes of
+ * drift between a system and the no-op it is compared with, and a window's p99 moved by ±2 ms from run
+ * to run (docs/performance.md); interleaving puts every system under the same conditions, and the
+ * percentiles come from all of a system's requests at that rate (every round pooled). A system stops
+ * at the first rate it cannot sustain within 10 % (its saturation).
+ */
+async function envoySweep(variants, request, envoy, pki, skipped) {
+  const stations = [];
+  const runs = [];
+  try {
+    for (const variant of variants) {
+      try {
+        stations.push(await startStation({ workers: 1, ...variant }, request, envoy, pki));
+      } catch (err) {
+        skipped.push(`${variant.name} ${variant.policy ?? ''} (envoy): failed: ${err.message}`);
+        log(`${variant.name} envoy failed: ${err.message}`);
+      }
+    }
+    for (const station of stations) setPaused(station, true);
     for (const rate of plan.rates) {
-      const common = {
-        core: LOAD_CORE,
-        sidecarAddr,
-        rate,
-        logFile: join(work, `h2load-${name}.log`),
-      };
-      log(`${label} envoy: warm-up ${plan.sweepWarmupS} s at ${rate} rps`);
-      await runH2load({ ...common, seconds: plan.sweepWarmupS });
-      log(`${label} envoy: measuring ${plan.sweepMeasureS} s at ${rate} rps`);
-      const waited = await waitForQuiet();
-      const watch = startCpuWatch();
-      const m = await runH2load({ ...common, seconds: plan.sweepMeasureS });
-      const disturbance = watch.stop();
-      const envoyRss = peakRssMb(proxy.pid);
-      // For envoy-only there is no authz server: its rss_mb is Envoy's own (see notes).
-      const rss = server ? peakRssMb(server.child.pid) : envoyRss;
-      runs.push({
-        system: name,
-        path: 'envoy',
-        ...variantFields({ ...variant, workload: 'hot' }),
-        rps: m.rps,
-        p50_ms: m.p50_ms,
-        p99_ms: m.p99_ms,
-        errors: m.errors,
-        rss_mb: rss,
-        envoy_rss_mb: envoyRss,
-        target_rps: m.target_rps,
-        requests: m.requests,
-        ...disturbance,
-        waited_for_quiet_s: waited,
-      });
-      // Saturated: the next, higher rate would only measure the queue.
-      if (m.rps < 0.9 * m.target_rps) break;
+      const active = stations.filter((s) => !s.saturated);
+      if (active.length === 0) break;
+      const measured = new Map(active.map((s) => [s, []]));
+      for (let round = 0; round < plan.sweepRounds; round++) {
+        for (let k = 0; k < active.length; k++) {
+          const station = active[(round + k) % active.length];
+          const common = { core: LOAD_CORE, sidecarAddr: station.sidecarAddr, rate, logFile: join(work, 'h2load.log') };
+          setPaused(station, false);
+          try {
+            await runH2load({ ...common, seconds: plan.sweepWarmupS });
+            const waited = await waitForQuiet();
+            log(`${station.label} envoy: ${rate} rps, round ${round + 1}/${plan.sweepRounds}`);
+            const watch = startCpuWatch();
+            const m = await runH2load({ ...common, seconds: plan.sweepMeasureS });
+            measured.get(station).push({ ...m, ...watch.stop(), waited });
+          } finally {
+            setPaused(station, true);
+          }
+        }
+      }
+      for (const station of active) {
+        const rounds = measured.get(station);
+        const all = rounds.flatMap((m) => m.latenciesMs).sort((a, b) => a - b);
+        const requests = all.length;
+        const seconds = plan.sweepMeasureS * rounds.length;
+        const server = station.server?.child;
+        const envoyRss = peakRssMb(station.proxy.pid);
+        const run = {
+          system: station.variant.name,
+          path: 'envoy',
+          ...variantFields({ ...station.variant, workload: 'hot' }),
+          rps: Math.round(requests / seconds),
+          p50_ms: percentile(all, 50),
+          p99_ms: percentile(all, 99),
+          p99_rounds_ms: rounds.map((m) => m.p99_ms),
+          errors: rounds.reduce((n, m) => n + m.errors, 0),
+          // For envoy-only there is no authz server: its rss_mb is Envoy's own (see notes).
+          rss_mb: server ? peakRssMb(server.pid) : envoyRss,
+          envoy_rss_mb: envoyRss,
+          target_rps: rate,
+          requests,
+          rounds: rounds.length,
+          load_generator_cpu_pct: median(rounds.map((m) => m.load_generator_cpu_pct)),
+          other_cpu_pct: Math.max(...rounds.map((m) => m.other_cpu_pct)),
+          steal_pct: Math.max(...rounds.map((m) => m.steal_pct)),
+          waited_for_quiet_s: rounds.reduce((n, m) => n + m.waited, 0),
+        };
+        runs.push(run);
+        if (server && (server.exitCode !== null || server.signalCode !== null))
+          throw new Error(`${station.label} exited during the sweep`);
+        // Saturated: the next, higher rate would only measure the queue.
+        if (run.rps < 0.9 * rate) station.saturated = true;
+      }
     }
     return runs;
   } finally {
-    await stopProcess(proxy);
-    if (server) await stopProcess(server.child);
+    for (const station of stations) await stopStation(station);
   }
 }
 
@@ -525,15 +610,7 @@ async function main() {
     skipped.push('path envoy: skipped (no --rates; --quick measures the grpc path only)');
   } else {
     const sweep = [{ name: 'envoy-only' }, ...envoyVariants(ready)];
-    for (const variant of sweep) {
-      try {
-        runs.push(...(await envoySweep({ workers: 1, ...variant }, request, envoy, pki)));
-      } catch (err) {
-        skipped.push(`${variant.name} ${variant.policy ?? ''} (envoy): failed: ${err.message}`);
-        log(`${variant.name} envoy failed: ${err.message}`);
-      }
-      await sleep(500);
-    }
+    runs.push(...(await envoySweep(sweep, request, envoy, pki, skipped)));
     // At each rate: p99 added over Envoy alone, and over the no-op ext_authz server (the floor of
     // Envoy + gRPC on this machine).
     const at = (system, rate) => runs.find((r) => r.system === system && r.path === 'envoy' && r.target_rps === rate);
@@ -563,7 +640,7 @@ async function main() {
     `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection (the worker comparison: as many connections as the most workers, for 1 worker too, since workers share connections, not requests; \`connections\` in latest.json), concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
     'policy (opa-envoy-plugin runs): "principal" is bench/opa-envoy-plugin/policy-principal.rego, the policy its users usually write (the SPIFFE ID from attributes.source.principal); "certificate" is policy.rego, which parses the forwarded certificate like egress-authz does. Both decide like egress-authz\'s default policy.',
     'errors = requests whose gRPC status was not OK, except the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency).',
-    `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts), ${plan.sweepWarmupS} s warm-up, then ${plan.sweepMeasureS} s measured at each rate; p50/p99 from h2load's per-request log. Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
+    `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), in interleaved rounds: every system has its own Envoy and server, started once; at each rate, ${plan.sweepRounds} rounds, in each round every system in turn (the order rotating) gets ${plan.sweepWarmupS} s of warm-up and ${plan.sweepMeasureS} s measured while the other systems' servers and Envoys are paused (SIGSTOP); p50/p99 are over all of a system's requests at that rate, its rounds pooled (p99_rounds_ms gives each round's own p99). h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts; before 2026-12-05 each system was swept alone, one 10 s window a rate, minutes apart from the no-op it was compared with). Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
     "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; `--wait-quiet SECONDS` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',
     `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with the node flags of npm start (${startNodeFlags().join(' ')}), as the Dockerfile and the Kubernetes Deployment ship it, and so does the no-op server: the same runtime, so p99_over_noop_ms is what the service's own work adds.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
