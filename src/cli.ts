@@ -141,7 +141,11 @@ async function serve(argv: string[]): Promise<number> {
   };
   const { graceMs } = config;
   const load = { entrypoint: config.entrypoint, memoize: config.memoize };
+  const anyBundleSource =
+    config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0 || config.spiffe !== undefined;
   if (cluster.isWorker) {
+    // Its trust bundles come from the primary too (read and fetched there once for every worker).
+    const trustBundles = anyBundleSource ? new X509BundleSet() : undefined;
     // Forked by the primary below (same argv): its policies come from the primary, not from a source.
     // Its shadow is evaluated off its serving loop, as one process does it.
     const shadowThread =
@@ -163,6 +167,7 @@ async function serve(argv: string[]): Promise<number> {
       sandbox: config.sandbox,
       graceMs,
       shadow: config.shadowPolicy !== undefined,
+      ...(trustBundles ? { trustBundles } : {}),
       start: (parts) =>
         startListeners(config, logger, {
           policies: parts.policies,
@@ -173,6 +178,7 @@ async function serve(argv: string[]): Promise<number> {
           readyDetail: parts.readyDetail,
           routes: () => ({ 'GET /metrics': parts.metricsRoute }),
           servingMessage: 'worker serving',
+          ...(trustBundles ? { trustBundles } : {}),
         }),
     });
   }
@@ -181,6 +187,7 @@ async function serve(argv: string[]): Promise<number> {
   const metrics = new ServiceMetrics({ defaultMetrics: true });
   let live: PolicyStore | undefined;
   let shadow: PolicyStore | undefined;
+  let trust: TrustBundles | undefined;
   const pool =
     workers > 1
       ? new WorkerPool({
@@ -188,7 +195,10 @@ async function serve(argv: string[]): Promise<number> {
           log: logger,
           sink: destination,
           metrics,
-          readyDetail: () => (live ? reloadStatus(live, shadow) : {}),
+          readyDetail: () => ({
+            ...(live ? reloadStatus(live, shadow) : {}),
+            ...(trust ? { trust_bundles: trust.statuses() } : {}),
+          }),
         })
       : undefined;
   // Signatures are checked where bundles are fetched: here. A worker loads the bytes this process
@@ -230,7 +240,37 @@ async function serve(argv: string[]): Promise<number> {
     });
   }
   if (pool) {
-    const code = await runPrimary({ pool, live, shadow, log: logger, flush, dropped: () => dropped, graceMs, workers });
+    // Read, fetched and validated once, here, as one process does; every worker gets each accepted set.
+    const trustSet = new X509BundleSet();
+    let sources: TrustSources | undefined;
+    if (anyBundleSource) {
+      try {
+        sources = await openTrustSources(config, logger, {
+          svid: false,
+          bundles: trustSet,
+          onStatus: () => pool.refresh(),
+        });
+      } catch (err) {
+        if (!(err instanceof StartError)) throw err;
+        logger.fatal({ ...err.fields, err: err.message }, err.what);
+        flush();
+        return 1;
+      }
+      trust = sources.trust;
+    }
+    const code = await runPrimary({
+      pool,
+      live,
+      shadow,
+      log: logger,
+      flush,
+      dropped: () => dropped,
+      graceMs,
+      workers,
+      ...(sources
+        ? { trust: { set: trustSet, start: () => sources.trust?.start(), stop: () => sources.close() } }
+        : {}),
+    });
     setTimeout(() => process.exit(code), 200).unref();
     return code;
   }
@@ -325,7 +365,10 @@ async function startListeners(
   parts: Pick<ServiceOptions, 'policies' | 'metrics' | 'readyDetail'> &
     Partial<
       Pick<ServiceOptions, 'policy' | 'shadowPolicies' | 'shadowOptions' | 'ready' | 'routes' | 'servingMessage'>
-    >,
+    > & {
+      /** a worker's: the bundle set the primary feeds (no files read, no endpoint fetched here) */
+      trustBundles?: X509BundleSet;
+    },
 ): Promise<{ service: RunningService; close(): void }> {
   const tlsFlags = config.tls;
   const { allowedCallers } = config;
@@ -341,65 +384,32 @@ async function startListeners(
   } catch (err) {
     throw new StartError('TLS files not usable; not serving', errorMessage(err));
   }
-  // Per process (one, or each worker), as the TLS files: the bundles verify chains on the Check path.
-  let trust: TrustBundles | undefined;
-  let workload: X509Source | undefined;
-  let chainVerifier: ChainVerifier | undefined;
+  // One process reads and polls the bundle sources itself; a worker's set is fed by the primary, and its
+  // Workload API stream gives it only its own SVID.
+  const { trustBundles: fed, ...serviceParts } = parts;
+  const bundles = fed ?? new X509BundleSet();
+  let sources: TrustSources;
+  try {
+    sources = await openTrustSources(config, logger, { svid: true, ...(fed ? {} : { bundles }) });
+  } catch (err) {
+    certificates?.close();
+    throw err;
+  }
+  const { trust, workload } = sources;
   const closeAll = () => {
-    trust?.stop();
-    workload?.close();
+    sources.close();
     certificates?.close();
   };
-  // One bundle set for every source: files and endpoints first (they keep the trust domains they name),
-  // then the Workload API's bundles under its own origin.
-  const bundles = new X509BundleSet();
-  if (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0) {
-    try {
-      trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
-        log: logger,
-        ...(config.pollMs !== undefined ? { filePollMs: config.pollMs } : {}),
-      });
-    } catch (err) {
-      closeAll();
-      throw new StartError('trust bundle not usable; not serving', errorMessage(err));
-    }
-  }
-  if (config.spiffe) {
-    // Without its SVID the service cannot authenticate itself or its callers: it does not start (and a
-    // supervisor restarts it) rather than serve something weaker. After the first SVID, an agent that
-    // goes away only delays rotation; the last SVID keeps serving while the client reconnects.
-    const { socket, waitMs } = config.spiffe;
-    let lastSvid = '';
-    const opened = await X509Source.open(socket, {
-      waitMs,
-      onUpdate: (ctx) => {
-        bundles.replace('workload-api', ctx.bundles.values());
-        const svid = ctx.svids[0]!;
-        const serial = svid.chain[0]!.serialNumber;
-        if (serial === lastSvid) return;
-        logger.info(
-          { spiffe_id: svid.spiffeId, serial, not_after: svid.notAfter.toISOString(), rotated: lastSvid !== '' },
-          'own X.509-SVID from the Workload API',
-        );
-        lastSvid = serial;
-      },
-      onError: (reason) => logger.warn({ spiffe_socket: socket, reason }, 'Workload API'),
-    });
-    if (!opened.ok) {
-      closeAll();
-      throw new StartError('no SVID from the Workload API; not serving', opened.reason, { spiffe_socket: socket });
-    }
-    workload = opened.value;
-  }
-  if (trust || workload) chainVerifier = new ChainVerifier(bundles, { cacheEntries: config.chainCacheEntries });
+  const chainVerifier =
+    trust || workload || fed ? new ChainVerifier(bundles, { cacheEntries: config.chainCacheEntries }) : undefined;
   const listenerTls: TlsMaterialSource | undefined = certificates ?? workload?.tls;
-  const { readyDetail, ready } = parts;
+  const { readyDetail, ready } = serviceParts;
   const ownSvid = workload;
   const service = await startService({
     grpcAddr: config.grpcAddr,
     httpAddr: config.httpAddr,
     ...(config.healthAddr !== undefined ? { healthAddr: config.healthAddr } : {}),
-    ...parts,
+    ...serviceParts,
     ready: () => (ready?.() ?? true) && (ownSvid?.svidCurrent() ?? true),
     readyDetail: () => ({
       ...readyDetail?.(),
@@ -421,6 +431,74 @@ async function startListeners(
     logger.warn('no --allowed-caller: any client certificate from the client CA may ask for decisions');
   }
   return { service, close: closeAll };
+}
+
+interface TrustSources {
+  /** `--trust-bundle`, `--trust-bundle-url` */
+  trust?: TrustBundles;
+  /** `--spiffe-socket` */
+  workload?: X509Source;
+  close(): void;
+}
+
+/**
+ * The bundle sources feeding `bundles`: files and endpoints first (they keep the trust domains they name),
+ * then the Workload API's bundles under its own origin. One process opens them for itself; the primary of
+ * `serve --workers N` for every worker (it sends each change on). A worker opens only the Workload API,
+ * for its own SVID (`svid`, logged as it rotates). Throws StartError when a source is not usable.
+ */
+async function openTrustSources(
+  config: ServeConfig,
+  logger: pino.Logger,
+  opts: { svid: boolean; bundles?: X509BundleSet; onStatus?: () => void },
+): Promise<TrustSources> {
+  const { bundles } = opts;
+  let trust: TrustBundles | undefined;
+  let workload: X509Source | undefined;
+  const close = () => {
+    trust?.stop();
+    workload?.close();
+  };
+  if (bundles && (config.trustBundleFiles.length > 0 || config.trustBundleEndpoints.length > 0)) {
+    try {
+      trust = await TrustBundles.open(bundles, config.trustBundleFiles, config.trustBundleEndpoints, {
+        log: logger,
+        ...(config.pollMs !== undefined ? { filePollMs: config.pollMs } : {}),
+        ...(opts.onStatus ? { onStatus: opts.onStatus } : {}),
+      });
+    } catch (err) {
+      throw new StartError('trust bundle not usable; not serving', errorMessage(err));
+    }
+  }
+  if (config.spiffe && (opts.svid || bundles)) {
+    // Without its SVID the service cannot authenticate itself or its callers: it does not start (and a
+    // supervisor restarts it) rather than serve something weaker. After the first SVID, an agent that
+    // goes away only delays rotation; the last SVID keeps serving while the client reconnects.
+    const { socket, waitMs } = config.spiffe;
+    let lastSvid = '';
+    const opened = await X509Source.open(socket, {
+      waitMs,
+      onUpdate: (ctx) => {
+        bundles?.replace('workload-api', ctx.bundles.values());
+        if (!opts.svid) return;
+        const svid = ctx.svids[0]!;
+        const serial = svid.chain[0]!.serialNumber;
+        if (serial === lastSvid) return;
+        logger.info(
+          { spiffe_id: svid.spiffeId, serial, not_after: svid.notAfter.toISOString(), rotated: lastSvid !== '' },
+          'own X.509-SVID from the Workload API',
+        );
+        lastSvid = serial;
+      },
+      onError: (reason) => logger.warn({ spiffe_socket: socket, reason }, 'Workload API'),
+    });
+    if (!opened.ok) {
+      close();
+      throw new StartError('no SVID from the Workload API; not serving', opened.reason, { spiffe_socket: socket });
+    }
+    workload = opened.value;
+  }
+  return { ...(trust ? { trust } : {}), ...(workload ? { workload } : {}), close };
 }
 
 function ownSvidStatus(source: X509Source): Record<string, unknown> {

@@ -224,6 +224,41 @@ function samePublicKey(jwk: Record<string, unknown>, der: Buffer): Result<true> 
   return jwkKey.equals(certKey) ? ok(true) : fail('key parameters do not match the "x5c" certificate');
 }
 
+/**
+ * A bundle as plain data (DER authorities and the publisher's metadata), for another process: the
+ * primary of `serve --workers N` hands the bundles it accepted to its workers in this form.
+ */
+export interface PortableX509Bundle {
+  trustDomain: string;
+  authorities: Uint8Array[];
+  refreshHintSeconds?: number;
+  sequenceNumber?: number;
+}
+
+export function toPortableBundle(b: X509Bundle): PortableX509Bundle {
+  return {
+    trustDomain: b.trustDomain,
+    authorities: b.authorities.map((c) => new Uint8Array(c.raw)),
+    ...(b.refreshHintSeconds !== undefined ? { refreshHintSeconds: b.refreshHintSeconds } : {}),
+    ...(b.sequenceNumber !== undefined ? { sequenceNumber: b.sequenceNumber } : {}),
+  };
+}
+
+/** The receiving side: every authority is parsed and checked again, as from any other source. */
+export function fromPortableBundle(p: PortableX509Bundle): Result<X509Bundle> {
+  if (!isObject(p) || typeof p.trustDomain !== 'string' || !Array.isArray(p.authorities))
+    return fail('not a portable bundle');
+  if (!p.authorities.every((a) => a instanceof Uint8Array)) return fail('bundle authorities are not DER bytes');
+  return bundleOf(
+    p.trustDomain,
+    p.authorities.map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength)),
+    {
+      ...(p.refreshHintSeconds !== undefined ? { refreshHintSeconds: p.refreshHintSeconds } : {}),
+      ...(p.sequenceNumber !== undefined ? { sequenceNumber: p.sequenceNumber } : {}),
+    },
+  );
+}
+
 /** Same authorities, hint and sequence: an unchanged refresh must not invalidate caches. */
 function sameBundle(a: X509Bundle | undefined, b: X509Bundle | undefined): boolean {
   if (a === b) return true;

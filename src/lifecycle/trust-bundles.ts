@@ -107,6 +107,8 @@ export interface TrustBundlesOptions {
   webCa?: string;
   /** bounds every endpoint poll interval from below (tests); default 1s */
   minRefreshMs?: number;
+  /** after every refresh outcome (the statuses changed): the primary of `serve --workers` tells its workers */
+  onStatus?: () => void;
 }
 
 export interface TrustBundleStatus {
@@ -229,6 +231,7 @@ export class TrustBundles {
         { trust_domain: td, source, authorities: bundle.authorities.length, bundle_generation: change.generation },
         'trust bundle updated',
       );
+    this.opts.onStatus?.();
   }
 
   private failed(td: string, source: string, reason: string): void {
@@ -241,6 +244,7 @@ export class TrustBundles {
         ? 'trust bundle refresh failed; keeping the previous bundle'
         : 'trust bundle not available; denying its identities',
     );
+    this.opts.onStatus?.();
   }
 }
 

@@ -7,7 +7,10 @@
 // What stays true across workers:
 // - a policy is validated once, here; an accepted one goes to every worker as the bytes that were
 //   validated (a worker only loads them), so a refused bundle is refused everywhere;
-// - ready means: every worker is up, listening, and serving the latest accepted revision;
+// - trust bundles are read, fetched and validated once, here; every accepted bundle set goes to every
+//   worker (a worker fetches nothing), so all verify chains against the same roots;
+// - ready means: every worker is up, listening, serving the latest accepted revision and holding the
+//   latest bundle set;
 // - /metrics is one view: a worker asked for it gets the sum of every worker's registry and ours;
 // - SIGTERM drains every worker; a worker that dies is replaced, and we are not ready meanwhile;
 // - log lines reach stdout whole (log-lines.ts).
@@ -15,11 +18,19 @@ import cluster, { type Worker } from 'node:cluster';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, Gauge, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { PolicyStore } from '../lifecycle/policy-store.js';
+import { toPortableBundle, type X509BundleSet } from '../identity/x509-bundle.js';
 import type { LoadedPolicy } from '../policy/policy.js';
 import { forwardLines, type LineSink } from './log-lines.js';
 import type { PolicyRole } from '../lifecycle/policy-store.js';
 import type { ServiceMetrics } from './metrics.js';
-import { isMessage, type BundleMessage, type StateMessage, type ToPrimary, type ToWorker } from './workers.js';
+import {
+  isMessage,
+  type BundleMessage,
+  type StateMessage,
+  type ToPrimary,
+  type ToWorker,
+  type TrustMessage,
+} from './workers.js';
 import { errorMessage } from '../common/errors.js';
 
 export interface WorkerPoolOptions {
@@ -31,7 +42,7 @@ export interface WorkerPoolOptions {
   metrics: ServiceMetrics;
   /** the `/readyz` detail only the primary knows (last reload, shadow revision) */
   readyDetail: () => Record<string, unknown>;
-  /** a worker that has not taken an accepted bundle by then is replaced */
+  /** a worker that has not taken an accepted policy bundle or trust bundle set by then is replaced */
   loadTimeoutMs?: number;
   /** a worker that has not answered a metrics collection by then is left out of that answer */
   metricsTimeoutMs?: number;
@@ -51,6 +62,8 @@ interface Member {
   ports?: ListeningPorts;
   /** the seq of the bundle each role serves (0: none) */
   serving: Record<PolicyRole, number>;
+  /** the generation of the primary's trust bundle set it holds (0: none yet) */
+  trust: number;
   /** it said hello: it waits for its first policies */
   greeted?: boolean;
   /** its stdout fully forwarded */
@@ -69,6 +82,7 @@ const STABLE_MS = 10_000;
 export class WorkerPool {
   private readonly members = new Map<number, Member>();
   private readonly latest: Partial<Record<PolicyRole, BundleMessage>> = {};
+  private latestTrust: TrustMessage | undefined;
   private seq = 0;
   private stopping = false;
   private restartMs = RESTART_MS;
@@ -125,28 +139,89 @@ export class WorkerPool {
     this.latest[role] = message;
     for (const m of this.members.values()) this.send(m.worker, message);
     this.publish();
+    await this.everyWorker(
+      (m) => m.serving[role] >= message.seq,
+      { policy: role, policy_revision: message.revision },
+      'worker did not load the accepted policy in time; replacing it',
+    );
+  }
+
+  /**
+   * The primary's bundle set changed (or is the first): every worker replaces its own with it. Resolves
+   * when all hold it (logged); until then the service is not ready. Before the workers start, this is
+   * what `greet` gives each of them before it serves.
+   */
+  async offerTrust(set: X509BundleSet): Promise<void> {
+    const message: TrustMessage = {
+      ea: 'trust',
+      generation: set.generation,
+      bundles: set.trustDomains().map((td) => toPortableBundle(set.bundleFor(td)!)),
+    };
+    this.latestTrust = message;
+    for (const m of this.members.values()) if (m.greeted) this.send(m.worker, message);
+    this.publish();
+    if (!this.started) return;
+    const all = await this.everyWorker(
+      (m) => m.trust >= message.generation,
+      { bundle_generation: message.generation },
+      'worker did not take the trust bundles in time; replacing it',
+    );
+    if (all && this.latestTrust === message)
+      this.opts.log.info(
+        {
+          bundle_generation: message.generation,
+          trust_domains: message.bundles.map((b) => b.trustDomain),
+          workers: this.members.size,
+        },
+        'trust bundles served by every worker',
+      );
+  }
+
+  /** Whether a worker serves the latest accepted live policy and holds the latest trust bundle set. */
+  private current(m: Member): boolean {
+    const live = this.latest.live;
+    return (
+      m.ports !== undefined &&
+      live !== undefined &&
+      m.serving.live === live.seq &&
+      (this.latestTrust === undefined || m.trust >= this.latestTrust.generation)
+    );
+  }
+
+  /**
+   * Resolves once every listening worker has `done`; one still behind after the load timeout is killed
+   * (and replaced). Resolves true when all caught up, false when stopping or when some were killed.
+   */
+  private async everyWorker(
+    done: (m: Member) => boolean,
+    fields: Record<string, unknown>,
+    why: string,
+  ): Promise<boolean> {
     const timeoutMs = this.opts.loadTimeoutMs ?? DEFAULT_LOAD_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
+    let all = true;
     await this.until(() => {
-      const behind = [...this.members.values()].filter((m) => m.ports && m.serving[role] < message.seq);
+      const behind = [...this.members.values()].filter((m) => m.ports && !done(m));
+      if (this.stopping) all = false;
       if (behind.length === 0 || this.stopping) return true;
       if (Date.now() < deadline) return false;
+      all = false;
       for (const m of behind) {
-        this.opts.log.error(
-          { worker: m.worker.id, policy: role, policy_revision: message.revision, timeout_ms: timeoutMs },
-          'worker did not load the accepted policy in time; replacing it',
-        );
+        this.opts.log.error({ worker: m.worker.id, ...fields, timeout_ms: timeoutMs }, why);
         m.worker.process.kill('SIGKILL');
       }
       return true;
     }, timeoutMs);
+    return all;
   }
 
-  /** Every worker present, listening and serving the latest accepted live policy (there is one). */
+  /**
+   * Every worker present, listening, serving the latest accepted live policy (there is one) and holding
+   * the latest trust bundle set (when bundles are configured).
+   */
   ready(): boolean {
-    const live = this.latest.live;
-    if (this.stopping || !this.started || !live || this.members.size < this.opts.workers) return false;
-    for (const m of this.members.values()) if (!m.ports || m.serving.live !== live.seq) return false;
+    if (this.stopping || !this.started || this.members.size < this.opts.workers) return false;
+    for (const m of this.members.values()) if (!this.current(m)) return false;
     return true;
   }
 
@@ -238,6 +313,7 @@ export class WorkerPool {
       worker,
       startedAt: Date.now(),
       serving: { live: 0, shadow: 0 },
+      trust: 0,
       output: worker.process.stdout ? forwardLines(worker.process.stdout, this.opts.sink) : Promise.resolve(),
       exited: new Promise<void>((r) => (exitedResolve = r)),
     };
@@ -304,6 +380,18 @@ export class WorkerPool {
           'worker could not load the accepted policy; replacing it',
         );
         return;
+      case 'trust-applied':
+        member.trust = Math.max(member.trust, message.generation);
+        this.publish();
+        this.wake();
+        return;
+      case 'trust-failed':
+        // The worker exits after this (it cannot verify what the others verify); its replacement retries.
+        this.opts.log.error(
+          { worker: member.worker.id, bundle_generation: message.generation, err: message.error },
+          'worker could not take the trust bundles; replacing it',
+        );
+        return;
       case 'metrics-json':
         this.pendingMetrics.get(message.id)?.(message.metrics);
         this.pendingMetrics.delete(message.id);
@@ -320,18 +408,21 @@ export class WorkerPool {
     }
   }
 
-  /** A new worker's first policies, then what the whole looks like (the state is what it waits for). */
+  /**
+   * A new worker's first policies and trust bundles, then what the whole looks like (the state is what it
+   * waits for before it listens, so it never serves without the current bundles).
+   */
   private greet(member: Member): void {
     for (const role of ['live', 'shadow'] as const) {
       const b = this.latest[role];
       if (b) this.send(member.worker, b);
     }
+    if (this.latestTrust) this.send(member.worker, this.latestTrust);
     this.send(member.worker, this.state());
   }
 
   private state(): StateMessage {
     const all = [...this.members.values()];
-    const live = this.latest.live;
     return {
       ea: 'state',
       ready: this.ready(),
@@ -340,7 +431,7 @@ export class WorkerPool {
         workers: {
           configured: this.opts.workers,
           running: all.length,
-          ready: all.filter((m) => m.ports && live && m.serving.live === live.seq).length,
+          ready: all.filter((m) => this.current(m)).length,
         },
       },
     };
@@ -399,12 +490,21 @@ export interface PrimaryOptions {
   dropped: () => number;
   graceMs: number;
   workers: number;
+  /**
+   * The bundle set the workers verify chains against (`--trust-bundle`, `--trust-bundle-url`,
+   * `--spiffe-socket`), fed here: opened before, started once the workers listen, stopped at shutdown.
+   */
+  trust?: { set: X509BundleSet; start(): void; stop(): void };
 }
 
 /** The primary's life: start the workers, watch the policy, and on SIGTERM drain them all. Resolves with the exit code. */
 export async function runPrimary(opts: PrimaryOptions): Promise<number> {
-  const { pool, live, shadow, log, flush } = opts;
+  const { pool, live, shadow, log, flush, trust } = opts;
   pool.provide(live.current, shadow?.current);
+  if (trust) {
+    void pool.offerTrust(trust.set);
+    trust.set.subscribe(() => void pool.offerTrust(trust.set));
+  }
   live.onReload(() => pool.refresh());
   shadow?.onReload(() => pool.refresh());
   let ports: ListeningPorts;
@@ -420,6 +520,8 @@ export async function runPrimary(opts: PrimaryOptions): Promise<number> {
   log.info({ ...ports.fields, workers: opts.workers }, 'egress-authz serving');
   live.start();
   shadow?.start();
+  // As one process does it: the files watched and the endpoints first fetched once the listeners are up.
+  trust?.start();
   process.on('SIGHUP', () => {
     void live.reload('SIGHUP', { force: true });
     void shadow?.reload('SIGHUP', { force: true });
@@ -449,6 +551,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<number> {
       }, opts.graceMs + 3000).unref();
       live.stop();
       shadow?.stop();
+      trust?.stop();
       void pool.stop().then(({ codes }) => {
         log.info({ dropped_log_lines: opts.dropped(), worker_exit_codes: codes }, 'stopped');
         flush();

@@ -3,16 +3,28 @@
 // primary accepted, loaded from the bytes the primary validated (in a loader thread with the sandbox's
 // budgets, then restored from its memory image: the serving loop parses nothing); it reports which one it serves, and
 // says ready only when the primary says the whole service is (every worker on the same revision).
-// Per worker, by design: the decision memo, the certificate cache, the shadow evaluation, TLS file
-// watching. Shared through the primary: policy, readiness, /metrics, stdout.
+// Its trust bundles (`--trust-bundle`, `--trust-bundle-url`, the Workload API's) are the primary's too: it
+// reads and fetches none, and replaces its whole set with each one the primary sends, before it listens
+// and after. Per worker, by design: the decision memo, the certificate cache, the shadow evaluation, TLS
+// file watching, its own Workload API stream (--spiffe-socket: its SVID, key and the listeners' client CA;
+// keys do not cross the IPC channel). Shared through the primary: policy, trust bundles, readiness,
+// /metrics, stdout.
 import type http from 'node:http';
 import type { Logger } from 'pino';
 import type { LoadPolicyOptions, PolicyImage } from '../policy/policy.js';
 import type { SandboxBudget } from '../lifecycle/policy-sandbox.js';
 import { loadOffThread } from '../lifecycle/validated-bundle.js';
+import { fromPortableBundle, type X509Bundle, type X509BundleSet } from '../identity/x509-bundle.js';
 import { ServiceMetrics } from './metrics.js';
 import { MutablePolicySource, type RunningService } from './service.js';
-import { isMessage, type BundleMessage, type StateMessage, type ToPrimary, type ToWorker } from './workers.js';
+import {
+  isMessage,
+  type BundleMessage,
+  type StateMessage,
+  type ToPrimary,
+  type ToWorker,
+  type TrustMessage,
+} from './workers.js';
 import { errorMessage } from '../common/errors.js';
 
 export interface WorkerServiceParts {
@@ -38,11 +50,17 @@ export interface WorkerOptions {
   shadow: boolean;
   /** each shadow bundle, as it arrives (the shadow thread instantiates it off the serving loop) */
   onShadowBundle?: (bundle: { bytes: Uint8Array; revision: string; source: string; image?: PolicyImage }) => void;
+  /**
+   * The set the worker's chain verifier reads, fed only by the primary's trust bundle sets (origin
+   * `primary`, ranked before the Workload API's as the configured bundles are in one process).
+   */
+  trustBundles?: X509BundleSet;
   /** starts the listeners exactly as one process does, around these parts */
   start(parts: WorkerServiceParts): Promise<{ service: RunningService; close(): void }>;
 }
 
 const METRICS_TIMEOUT_MS = 10_000;
+const TRUST_ORIGIN = 'primary';
 
 export async function runWorker(opts: WorkerOptions): Promise<number> {
   const { log } = opts;
@@ -57,6 +75,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
   let running: { service: RunningService; close(): void } | undefined;
   let stopping = false;
   let signals = 0;
+  opts.trustBundles?.reserve(TRUST_ORIGIN);
 
   const exit = (code: number) => {
     opts.flush();
@@ -101,6 +120,24 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
     });
   };
 
+  // Synchronous: a bundle set that arrives before the state is in place before the listeners start.
+  const applyTrust = (t: TrustMessage) => {
+    const bundles: X509Bundle[] = [];
+    for (const p of t.bundles) {
+      const b = fromPortableBundle(p);
+      if (!b.ok) {
+        // It would verify against other roots than its peers: out, and the primary starts one that can.
+        log.error({ bundle_generation: t.generation, err: b.reason }, 'trust bundles from the primary not usable here');
+        send({ ea: 'trust-failed', generation: t.generation, error: b.reason });
+        exit(1);
+        return;
+      }
+      bundles.push(b.value);
+    }
+    opts.trustBundles?.replace(TRUST_ORIGIN, bundles);
+    send({ ea: 'trust-applied', generation: t.generation });
+  };
+
   let metricsId = 0;
   const pendingMetrics = new Map<number, (text: string) => void>();
   const metricsRoute = (_req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -128,6 +165,8 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
     switch (message.ea) {
       case 'bundle':
         return apply(message);
+      case 'trust':
+        return applyTrust(message);
       case 'state':
         state = message;
         firstState();

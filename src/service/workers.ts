@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
+import type { PortableX509Bundle } from '../identity/x509-bundle.js';
 import type { PolicyRole } from '../lifecycle/policy-store.js';
 
 /** reads a file as text, or undefined when it is not there (injected by tests) */
@@ -98,6 +99,17 @@ export interface BundleMessage {
   bytes: Uint8Array;
 }
 
+/**
+ * The primary's whole trust bundle set (`--trust-bundle`, `--trust-bundle-url`), as it read, fetched and
+ * accepted it: a worker replaces its set with it in one step and acks the generation.
+ */
+export interface TrustMessage {
+  ea: 'trust';
+  /** the primary's bundle set generation; increases with every change */
+  generation: number;
+  bundles: PortableX509Bundle[];
+}
+
 /** What a worker answers with: readiness and the `/readyz` detail as the primary sees the whole. */
 export interface StateMessage {
   ea: 'state';
@@ -107,6 +119,7 @@ export interface StateMessage {
 
 export type ToWorker =
   | BundleMessage
+  | TrustMessage
   | StateMessage
   | { ea: 'collect-metrics'; id: number }
   | { ea: 'metrics'; id: number; text: string }
@@ -126,6 +139,8 @@ export type ToPrimary =
     }
   | { ea: 'loaded'; role: PolicyRole; seq: number; revision: string }
   | { ea: 'load-failed'; role: PolicyRole; seq: number; error: string }
+  | { ea: 'trust-applied'; generation: number }
+  | { ea: 'trust-failed'; generation: number; error: string }
   | { ea: 'metrics-json'; id: number; metrics: MetricObjectWithValues<MetricValue<string>>[] }
   | { ea: 'metrics-request'; id: number };
 

@@ -136,8 +136,9 @@ describe('sideband with a bundle per trust domain', () => {
     writeFileSync(`${localBundle}.tmp`, next.root.certPem);
     renameSync(`${localBundle}.tmp`, localBundle);
     await expect.poll(async () => (await sideband(oldChain)).status, { timeout: 10_000 }).toBe(403);
-    // serve runs a worker per core, each watching the file itself: the next answer may come from a worker
-    // that has not read the new file yet (it still holds the bundle before the overlap), so poll.
+    // serve runs a worker per core; the primary reads the file and hands the bundle to each in turn: the
+    // next answer may come from a worker it has not reached yet (a moment; test/workers/trust-bundles.test.ts
+    // waits for the primary's report instead), so poll.
     await expect.poll(async () => (await sideband(newChain)).status, { timeout: 10_000 }).toBe(200);
     expect(serve.lines.some((l) => l.msg === 'trust bundle updated' && l.trust_domain === 'cluster.local')).toBe(true);
     // A broken file keeps the last good bundle.
@@ -148,7 +149,7 @@ describe('sideband with a bundle per trust domain', () => {
       })
       .toBe(true);
     expect((await sideband(newChain)).status).toBe(200);
-    // Polled: with `--workers N` each worker reads the file itself, and the one answering may be a moment behind.
+    // Polled: the failure is logged before the primary's next word to the worker that answers /readyz.
     const trustBundles = async () =>
       ((await (await fetch(`http://127.0.0.1:${serve.httpPort}/readyz`)).json()) as Record<string, any>).trust_bundles;
     await expect.poll(trustBundles, { timeout: 10_000 }).toEqual(

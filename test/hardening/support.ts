@@ -1,6 +1,6 @@
 // Helpers for the hardening suites: an mTLS PKI written to a temporary folder, TLS clients for both
 // listeners, and `egress-authz serve` as a child process (what operators run, signals included).
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
@@ -218,4 +218,12 @@ export async function spawnServe(extraArgs: string[] = [], opts: { nodeArgs?: st
       }
     },
   };
+}
+
+/** The pids of a process's children (the workers of `serve --workers N`). */
+export function childPids(pid: number): number[] {
+  return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
+    .split('\n')
+    .filter(Boolean)
+    .map(Number);
 }

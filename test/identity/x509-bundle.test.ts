@@ -2,10 +2,12 @@ import { X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
   bundlesFromWorkloadApi,
+  fromPortableBundle,
   parseDerBundle,
   parseTrustDomain,
   parseX509Bundle,
   splitDer,
+  toPortableBundle,
   X509BundleSet,
   type X509Bundle,
 } from '../../src/identity/x509-bundle.js';
@@ -143,6 +145,37 @@ describe('bundlesFromWorkloadApi', () => {
     ]);
     expect(bad.ok ? 'ok' : bad.reason).toBe(
       'bundle for "spiffe://partner.example": bundle DER is not a sequence of certificates',
+    );
+  });
+});
+
+describe('portable bundles (the primary of serve --workers to its workers)', () => {
+  it('round-trip: same authorities, hint and sequence, as plain data that crosses a structured clone', async () => {
+    const b = parsed('partner.example', await spiffeBundleJson([rootB, rootA], { refreshHint: 60, sequence: 7 }));
+    const wire = structuredClone(toPortableBundle(b));
+    const back = fromPortableBundle(wire);
+    expect(back.ok).toBe(true);
+    if (!back.ok) return;
+    expect(back.value.trustDomain).toBe('partner.example');
+    expect(back.value.authorities.map((c) => c.fingerprint256)).toEqual(b.authorities.map((c) => c.fingerprint256));
+    expect(back.value).toMatchObject({ refreshHintSeconds: 60, sequenceNumber: 7 });
+  });
+
+  it('is checked again on arrival: a leaf, bytes that are not a certificate, a bad trust domain are refused', async () => {
+    const leaf = await workloadSvid(rootA, 'spiffe://cluster.local/ns/a/sa/b');
+    const good = toPortableBundle(parsed('cluster.local', rootA.certPem));
+    expect(reason(fromPortableBundle({ ...good, authorities: [leaf.der] }))).toBe(
+      'bundle authority 0 is not a CA certificate',
+    );
+    expect(reason(fromPortableBundle({ ...good, authorities: [new Uint8Array([0x30, 0x01, 0x00])] }))).toBe(
+      'bundle authority 0 is not a valid certificate',
+    );
+    expect(reason(fromPortableBundle({ ...good, trustDomain: 'spiffe://cluster.local/path' }))).toMatch(/path/);
+    expect(reason(fromPortableBundle({ ...good, authorities: ['MII' as unknown as Uint8Array] }))).toBe(
+      'bundle authorities are not DER bytes',
+    );
+    expect(reason(fromPortableBundle(null as unknown as ReturnType<typeof toPortableBundle>))).toBe(
+      'not a portable bundle',
     );
   });
 });

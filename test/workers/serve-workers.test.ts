@@ -3,14 +3,13 @@
 // a refused bundle is refused once, for all; /metrics is one view adding up to the Checks answered; a
 // killed worker is replaced and the service is not ready meanwhile; log lines stay whole JSON lines.
 // (Draining on SIGTERM with workers: test/hardening/shutdown.test.ts runs with 1 and 2 workers.)
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnServe, type ServeProcess } from '../hardening/support.js';
+import { childPids, spawnServe, type ServeProcess } from '../hardening/support.js';
 import { replaceFile, snatPool, variantBundle, waitFor } from '../lifecycle/support.js';
 import { check, checkClient, checkRequest, type CheckClient } from '../support/service.js';
 import { createCa, workloadSvid } from '../support/pki.js';
@@ -248,11 +247,7 @@ describe('serve --workers 2', () => {
   });
 
   it('a killed worker is replaced; the service says not ready until the replacement serves', async () => {
-    const pids = () =>
-      execFileSync('pgrep', ['-P', String(serve.proc.pid)], { encoding: 'utf8' })
-        .split('\n')
-        .filter(Boolean)
-        .map(Number);
+    const pids = () => childPids(serve.proc.pid!);
     const before = pids();
     expect(before).toHaveLength(2);
     // Poll readiness across the kill: a surviving worker answers, and must say 503 while one is missing.
