@@ -1,17 +1,41 @@
 // A grpc-js ext_authz Check server that allows everything without looking at the request: the
 // ceiling of what a Node gRPC server does per core, against which egress-authz is measured.
-// Usage: node bench/noop-server.mjs 127.0.0.1:PORT
+// Usage: node bench/noop-server.mjs 127.0.0.1:PORT [--contract]
+// --contract: answer with every field egress-authz's allow carries (DESIGN.md: the SNAT pool and decision
+// id headers with append false, five dynamic metadata fields), still built once: the floor of any server
+// that speaks the contract, so Envoy's own work on the larger answer is not counted as the service's.
 import * as grpc from '@grpc/grpc-js';
 import { loadAuthorizationService } from './ext-authz-proto.mjs';
 
 const addr = process.argv[2] ?? '127.0.0.1:9191';
 const Authorization = loadAuthorizationService();
 
-// Same answer shape as an egress-authz allow, built once.
-const allow = {
-  status: { code: 0 },
-  ok_response: { headers: [{ header: { key: 'x-egress-snat-pool', value: 'bookinfo_snat' } }] },
+const header = (key, value) => ({ header: { key, value }, append: { value: false } });
+const contractAllow = {
+  status: { code: 0, message: '' },
+  ok_response: {
+    headers: [
+      header('x-egress-snat-pool', 'bookinfo_snat'),
+      header('x-egress-decision-id', '6f1c2d4e-9a7b-4c3d-8e2f-0a1b2c3d4e5f'),
+    ],
+  },
+  dynamic_metadata: {
+    fields: {
+      decision_id: { string_value: '6f1c2d4e-9a7b-4c3d-8e2f-0a1b2c3d4e5f' },
+      spiffe_id: { string_value: 'spiffe://cluster.local/ns/bookinfo/sa/productpage' },
+      snat_pool: { string_value: 'bookinfo_snat' },
+      allow: { bool_value: true },
+      policy_revision: { string_value: 'sha256:0000000000000000' },
+    },
+  },
 };
+// Built once; by default the smallest allow that still names the SNAT pool.
+const allow = process.argv.includes('--contract')
+  ? contractAllow
+  : {
+      status: { code: 0 },
+      ok_response: { headers: [{ header: { key: 'x-egress-snat-pool', value: 'bookinfo_snat' } }] },
+    };
 
 const server = new grpc.Server();
 server.addService(Authorization.service, {

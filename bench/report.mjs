@@ -12,13 +12,13 @@ const fmt = (v, digits = 2) =>
 
 export function resultsTable(runs) {
   const lines = [
-    '| path | system | workload | policy | workers | connections | target rps | rps | p50 ms | p99 ms | p99 over no-op, ms | p99 added vs envoy-only, ms | errors | peak RSS MB | load gen CPU % | other CPU % |',
-    '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| path | system | workload | policy | workers | connections | target rps | rps | p50 ms | p99 ms | p99 over no-op, ms | p99 over contract no-op, ms | p99 added vs envoy-only, ms | errors | peak RSS MB | load gen CPU % | other CPU % |',
+    '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of runs) {
     const envoyRow = r.path === 'envoy' && r.system !== 'envoy-only';
     lines.push(
-      `| ${r.path} | ${r.system} | ${r.workload ?? 'hot'} | ${r.policy ?? ''} | ${fmt(r.workers ?? 1)} | ${r.path === 'grpc' ? fmt(r.connections ?? 1) : ''} | ${r.path === 'envoy' ? fmt(r.target_rps) : ''} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${envoyRow ? fmt(r.p99_over_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.load_generator_cpu_pct)} | ${fmt(r.other_cpu_pct)} |`,
+      `| ${r.path} | ${r.system}${r.answer ? ` (${r.answer} answer)` : ''} | ${r.workload ?? 'hot'} | ${r.policy ?? ''} | ${fmt(r.workers ?? 1)} | ${r.path === 'grpc' ? fmt(r.connections ?? 1) : ''} | ${r.path === 'envoy' ? fmt(r.target_rps) : ''} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${envoyRow ? fmt(r.p99_over_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_over_contract_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.load_generator_cpu_pct)} | ${fmt(r.other_cpu_pct)} |`,
     );
   }
   return lines.join('\n');
@@ -34,7 +34,8 @@ function pick(runs, system, path, { workload = 'hot', policy, workers = 1, targe
       (policy === undefined || (r.policy ?? 'certificate') === policy) &&
       (r.workers ?? 1) === workers &&
       (r.connections ?? 1) === connections &&
-      (target === undefined || r.target_rps === target),
+      (target === undefined || r.target_rps === target) &&
+      r.answer === undefined,
   );
 }
 
@@ -111,7 +112,9 @@ export function goals(runs) {
   row(
     'envoy: p99 over the no-op server ≤ 1 ms at every rate up to 2,000 rps',
     sweep.length ? worst <= 1 : null,
-    sweep.length ? sweep.map((r) => `${r.target_rps}: ${fmt(r.p99_over_noop_ms, 3)} ms`).join(', ') : '',
+    sweep.length
+      ? `${sweep.map((r) => `${r.target_rps}: ${fmt(r.p99_over_noop_ms, 3)} ms`).join(', ')} (over the contract-answer no-op: ${sweep.map((r) => fmt(r.p99_over_contract_noop_ms, 3)).join(' / ')} ms)`
+      : '',
   );
   // Both over the same 2 connections (one would leave the second worker idle: see run.mjs).
   const two = pick(runs, 'egress-authz', 'grpc', { workload: 'warm', workers: 2, connections: 2 });
@@ -183,7 +186,7 @@ export function chartSvg(runs, subtitle) {
   const width = 760;
   const measured = runs.filter((r) => r.rps !== null && r.p99_ms !== null);
   const label = (r) =>
-    `${r.system}${r.policy ? ` ${r.policy}` : ''}${(r.workers ?? 1) > 1 ? ` ×${r.workers}` : ''}${(r.connections ?? 1) > 1 ? ` ${r.connections} conn` : ''} (${r.path === 'grpc' ? (r.workload ?? 'hot') : r.path})`;
+    `${r.system}${r.answer ? ` ${r.answer}` : ''}${r.policy ? ` ${r.policy}` : ''}${(r.workers ?? 1) > 1 ? ` ×${r.workers}` : ''}${(r.connections ?? 1) > 1 ? ` ${r.connections} conn` : ''} (${r.path === 'grpc' ? (r.workload ?? 'hot') : r.path})`;
   const rpsBars = measured
     .filter((r) => r.path === 'grpc')
     .map((r) => ({ label: label(r), system: r.system, value: r.rps }));

@@ -57,8 +57,26 @@ const { values: opts } = parseArgs({
 });
 // --quick: the grpc path's three workloads only (no Envoy sweep, no second worker), in under 3 minutes.
 const plan = opts.quick
-  ? { mode: 'quick', warmupS: 1, measureS: 4, concurrency: 50, sweepWarmupS: 1, sweepMeasureS: 3, sweepRounds: 2 }
-  : { mode: 'full', warmupS: 5, measureS: 15, concurrency: 50, sweepWarmupS: 1, sweepMeasureS: 5, sweepRounds: 5 };
+  ? {
+      mode: 'quick',
+      warmupS: 1,
+      measureS: 4,
+      concurrency: 50,
+      sweepWarmupS: 1,
+      sweepMeasureS: 3,
+      sweepRounds: 2,
+      stationWarmupS: 2,
+    }
+  : {
+      mode: 'full',
+      warmupS: 5,
+      measureS: 15,
+      concurrency: 50,
+      sweepWarmupS: 1,
+      sweepMeasureS: 5,
+      sweepRounds: 5,
+      stationWarmupS: 5,
+    };
 if (opts['sweep-rounds'] !== undefined) plan.sweepRounds = Number(opts['sweep-rounds']);
 if (!(Number.isSafeInteger(plan.sweepRounds) && plan.sweepRounds >= 1 && plan.sweepRounds <= 50))
   throw new Error('--sweep-rounds takes a count from 1 to 50');
@@ -175,7 +193,7 @@ const systems = {
     async prepare() {
       return null;
     },
-    async start(grpcAddr) {
+    async start(grpcAddr, { answer } = {}) {
       return startProcess(
         'taskset',
         [
@@ -185,6 +203,7 @@ const systems = {
           ...startNodeFlags(),
           join(root, 'bench', 'noop-server.mjs'),
           grpcAddr,
+          ...(answer === 'contract' ? ['--contract'] : []),
         ],
         {
           stdout: sink('noop'),
@@ -316,14 +335,14 @@ let stationCount = 0;
 /** Envoy in front of one system (or of nothing, envoy-only), on the load core, with its own ports. */
 async function startStation(variant, request, envoy, pki) {
   const { name } = variant;
-  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}`;
+  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.answer ? ` (${variant.answer} answer)` : ''}`;
   const server = name === 'envoy-only' ? null : await startReady(name, request, variant);
   const station = { variant, label, server, proxy: null, rounds: [], saturated: false };
   try {
     const adminAddr = `127.0.0.1:${await freePort()}`;
     station.sidecarAddr = `127.0.0.1:${await freePort()}`;
     const gatewayAddr = `127.0.0.1:${await freePort()}`;
-    const file = `envoy-${name}${variant.policy ? `-${variant.policy}` : ''}`;
+    const file = `envoy-${name}${variant.policy ? `-${variant.policy}` : ''}${variant.answer ? `-${variant.answer}` : ''}`;
     const config = join(work, `${file}.json`);
     writeEnvoyConfig(config, {
       adminAddr,
@@ -407,7 +426,24 @@ async function envoySweep(variants, request, envoy, pki, skipped) {
         log(`${variant.name} envoy failed: ${err.message}`);
       }
     }
+    // Each station's JIT and caches warm before any measured round (a round's own warm-up is short).
+    const warmRate = Math.min(1000, plan.rates[plan.rates.length - 1]);
     for (const station of stations) setPaused(station, true);
+    for (const station of stations) {
+      setPaused(station, false);
+      try {
+        log(`${station.label} envoy: warm-up ${plan.stationWarmupS} s at ${warmRate} rps`);
+        await runH2load({
+          core: LOAD_CORE,
+          sidecarAddr: station.sidecarAddr,
+          rate: warmRate,
+          seconds: plan.stationWarmupS,
+          logFile: join(work, 'h2load.log'),
+        });
+      } finally {
+        setPaused(station, true);
+      }
+    }
     for (const rate of plan.rates) {
       const active = stations.filter((s) => !s.saturated);
       if (active.length === 0) break;
@@ -439,6 +475,7 @@ async function envoySweep(variants, request, envoy, pki, skipped) {
         const run = {
           system: station.variant.name,
           path: 'envoy',
+          ...(station.variant.answer ? { answer: station.variant.answer } : {}),
           ...variantFields({ ...station.variant, workload: 'hot' }),
           rps: Math.round(requests / seconds),
           p50_ms: percentile(all, 50),
@@ -610,10 +647,12 @@ async function main() {
     skipped.push('path envoy: skipped (no --rates; --quick measures the grpc path only)');
   } else {
     const sweep = [{ name: 'envoy-only' }, ...envoyVariants(ready)];
+    if (ready.includes('noop')) sweep.push({ name: 'noop', answer: 'contract' });
     runs.push(...(await envoySweep(sweep, request, envoy, pki, skipped)));
     // At each rate: p99 added over Envoy alone, and over the no-op ext_authz server (the floor of
     // Envoy + gRPC on this machine).
-    const at = (system, rate) => runs.find((r) => r.system === system && r.path === 'envoy' && r.target_rps === rate);
+    const at = (system, rate, answer) =>
+      runs.find((r) => r.system === system && r.path === 'envoy' && r.target_rps === rate && r.answer === answer);
     const diff = (a, b) => (a !== null && b ? Math.round((a - b) * 1000) / 1000 : null);
     for (const r of runs) {
       if (r.path === 'envoy' && r.system !== 'envoy-only') {
@@ -621,7 +660,9 @@ async function main() {
         const noop = at('noop', r.target_rps);
         r.p99_added_ms = diff(r.p99_ms, baseline?.p99_ms);
         r.p50_added_ms = diff(r.p50_ms, baseline?.p50_ms);
-        r.p99_over_noop_ms = r.system === 'noop' ? 0 : diff(r.p99_ms, noop?.p99_ms);
+        r.p99_over_noop_ms = r.system === 'noop' && !r.answer ? 0 : diff(r.p99_ms, noop?.p99_ms);
+        // Over a no-op that answers with every field of the contract: what remains is the service's work.
+        r.p99_over_contract_noop_ms = diff(r.p99_ms, at('noop', r.target_rps, 'contract')?.p99_ms);
       }
     }
   }
@@ -640,7 +681,7 @@ async function main() {
     `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection (the worker comparison: as many connections as the most workers, for 1 worker too, since workers share connections, not requests; \`connections\` in latest.json), concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
     'policy (opa-envoy-plugin runs): "principal" is bench/opa-envoy-plugin/policy-principal.rego, the policy its users usually write (the SPIFFE ID from attributes.source.principal); "certificate" is policy.rego, which parses the forwarded certificate like egress-authz does. Both decide like egress-authz\'s default policy.',
     'errors = requests whose gRPC status was not OK, except the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency).',
-    `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), in interleaved rounds: every system has its own Envoy and server, started once; at each rate, ${plan.sweepRounds} rounds, in each round every system in turn (the order rotating) gets ${plan.sweepWarmupS} s of warm-up and ${plan.sweepMeasureS} s measured while the other systems' servers and Envoys are paused (SIGSTOP); p50/p99 are over all of a system's requests at that rate, its rounds pooled (p99_rounds_ms gives each round's own p99). h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts; before 2026-12-05 each system was swept alone, one 10 s window a rate, minutes apart from the no-op it was compared with). Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
+    `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), in interleaved rounds: every system has its own Envoy and server, started once; at each rate, ${plan.sweepRounds} rounds, in each round every system in turn (the order rotating) gets ${plan.sweepWarmupS} s of warm-up and ${plan.sweepMeasureS} s measured while the other systems' servers and Envoys are paused (SIGSTOP); p50/p99 are over all of a system's requests at that rate, its rounds pooled (p99_rounds_ms gives each round's own p99). h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts; before 2026-12-05 each system was swept alone, one 10 s window a rate, minutes apart from the no-op it was compared with). Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). The no-op runs twice: with its smallest answer (\`noop\`, the floor p99_over_noop_ms is measured against, as issue 10 defines it) and with the answer the contract requires (\`answer: contract\`: the SNAT pool and decision id headers with append false and five dynamic metadata fields, built once); p99_over_contract_noop_ms is p99 minus that one's, i.e. without Envoy's own work on the larger answer. Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
     "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; `--wait-quiet SECONDS` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',
     `Decision logs: egress-authz writes its decision log (stdout) to /dev/null; opa-envoy-plugin ${opts['opa-decision-logs'] === 'on' ? "runs with console decision logs on (its quick start's setting; each entry carries the whole input document), also to /dev/null, so both log every decision" : 'runs with decision logs OFF (--opa-decision-logs off), so it does less per request than egress-authz'}. The no-op server logs nothing. egress-authz runs with the node flags of npm start (${startNodeFlags().join(' ')}), as the Dockerfile and the Kubernetes Deployment ship it, and so does the no-op server: the same runtime, so p99_over_noop_ms is what the service's own work adds.${opts.logs ? ' This run used --logs: server output went to files under bench/work/logs instead of /dev/null.' : ''}`,
