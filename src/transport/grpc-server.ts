@@ -2,7 +2,7 @@
 // anywhere below turns into a PERMISSION_DENIED answer, never a gRPC error Envoy would have to interpret.
 import * as grpc from '@grpc/grpc-js';
 import type { Authorizer } from '../decision/authorizer.js';
-import { internalErrorDecision, type Decision } from '../decision/decision.js';
+import { internalErrorDecision } from '../decision/decision.js';
 import { loadAuthorizationService } from './envoy-protos.js';
 import { encodeCheckResponse } from './check-response-wire.js';
 import type { CheckRequest } from '../decision/input.js';
@@ -52,14 +52,15 @@ function answerCheck(
       return;
     }
   }
-  let decision: Decision;
+  let answer: Buffer;
   try {
-    decision = opts.authorizer.checkEnvoy(call.request, receivedAt);
+    // Encoding is ours now (it was grpc-js's): a decision it cannot write is a bug below, answered as one.
+    answer = encodeCheckResponse(opts.authorizer.checkEnvoy(call.request, receivedAt));
   } catch (err) {
     opts.onInternalError?.(err);
-    decision = internalErrorDecision('envoy');
+    answer = encodeCheckResponse(internalErrorDecision('envoy'));
   }
-  callback(null, encodeCheckResponse(decision));
+  callback(null, answer);
 }
 
 // The handler answers with the encoded CheckResponse (encodeCheckResponse), so the server's copy of the

@@ -210,3 +210,34 @@ describe('health endpoints', () => {
     }
   });
 });
+
+describe('an answer that cannot be encoded', () => {
+  it('is a deny, and the server keeps answering', async () => {
+    const { createGrpcServer, bindGrpcServer } = await import('../../src/transport/grpc-server.js');
+    const { decide } = await import('../../src/decision/decision.js');
+    // A decision of the wrong shape (a bug below the transport): encoding it throws inside the answer.
+    const broken = { ...decide({ caller: 'envoy', identity: null, destination: { host: '' } }, undefined) };
+    (broken as unknown as { reason: unknown }).reason = Symbol('not a string');
+    const errors: unknown[] = [];
+    let calls = 0;
+    const server = createGrpcServer({
+      authorizer: {
+        checkEnvoy: () =>
+          calls++ === 0 ? broken : decide({ caller: 'envoy', identity: null, destination: { host: '' } }, undefined),
+      } as never,
+      onInternalError: (err) => errors.push(err),
+    });
+    const port = await bindGrpcServer(server, '127.0.0.1:0');
+    const client = checkClient(port);
+    try {
+      const first = await check(client, checkRequest({ principal: BOOKINFO }));
+      expect(first.status.code).toBe(7);
+      expect(errors).toHaveLength(1);
+      const second = await check(client, checkRequest({ principal: BOOKINFO }));
+      expect(second.status.code).toBe(7);
+    } finally {
+      client.close();
+      server.forceShutdown();
+    }
+  });
+});
