@@ -25,6 +25,8 @@ interface ByteLruOptions<V> {
 export class ByteLru<V> {
   // Map iterates in insertion order: re-inserting on a hit keeps the least recently used first.
   private readonly map = new Map<string, V>();
+  /** the key last moved to the end of the Map's order (the most recently used), if still there */
+  private newest: string | undefined;
   private held = 0;
   private hitCount = 0;
   private missCount = 0;
@@ -46,8 +48,13 @@ export class ByteLru<V> {
       return undefined;
     }
     this.hitCount++;
-    this.map.delete(key);
-    this.map.set(key, value);
+    // A workload that calls again and again is already the newest: moving it to the end would only
+    // churn the Map's table (a delete leaves a hole, the table is rebuilt when holes fill it).
+    if (key !== this.newest) {
+      this.map.delete(key);
+      this.map.set(key, value);
+      this.newest = key;
+    }
     return value;
   }
 
@@ -58,7 +65,10 @@ export class ByteLru<V> {
       this.held -= this.sizeOf(key, old);
       this.map.delete(key);
     }
-    if (bytes > this.maxBytes || this.maxEntries < 1) return;
+    if (bytes > this.maxBytes || this.maxEntries < 1) {
+      if (key === this.newest) this.newest = undefined;
+      return;
+    }
     while (this.map.size > 0 && (this.held + bytes > this.maxBytes || this.map.size >= this.maxEntries)) {
       const oldest = this.map.entries().next().value as [string, V];
       this.map.delete(oldest[0]);
@@ -66,6 +76,7 @@ export class ByteLru<V> {
       this.evictionCount++;
     }
     this.map.set(key, value);
+    this.newest = key;
     this.held += bytes;
   }
 
@@ -74,10 +85,12 @@ export class ByteLru<V> {
     if (old === undefined) return;
     this.held -= this.sizeOf(key, old);
     this.map.delete(key);
+    if (key === this.newest) this.newest = undefined;
   }
 
   clear(): void {
     this.map.clear();
+    this.newest = undefined;
     this.held = 0;
   }
 

@@ -76,6 +76,81 @@ describe('ByteLru', () => {
     );
   });
 
+  it('evicts in the very order of a plain reference LRU, a repeated hit on the newest included', () => {
+    // The reference: an array in use order, every hit moved to the end, no shortcut.
+    class Reference {
+      entries: [string, string][] = [];
+      constructor(
+        readonly maxBytes: number,
+        readonly maxEntries: number,
+      ) {}
+      bytes = () => this.entries.reduce((n, [k, v]) => n + k.length + v.length, 0);
+      get(k: string) {
+        const i = this.entries.findIndex(([key]) => key === k);
+        if (i < 0) return undefined;
+        const [entry] = this.entries.splice(i, 1);
+        this.entries.push(entry!);
+        return entry![1];
+      }
+      set(k: string, v: string) {
+        this.delete(k);
+        if (k.length + v.length > this.maxBytes || this.maxEntries < 1) return;
+        while (
+          this.entries.length > 0 &&
+          (this.bytes() + k.length + v.length > this.maxBytes || this.entries.length >= this.maxEntries)
+        )
+          this.entries.shift();
+        this.entries.push([k, v]);
+      }
+      delete(k: string) {
+        this.entries = this.entries.filter(([key]) => key !== k);
+      }
+    }
+    const op = fc.oneof(
+      { weight: 3, arbitrary: fc.tuple(fc.constant('get'), fc.constantFrom('a', 'b', 'c', 'd', 'e'), fc.constant('')) },
+      {
+        weight: 3,
+        arbitrary: fc.tuple(fc.constant('set'), fc.constantFrom('a', 'b', 'c', 'd', 'e'), fc.string({ maxLength: 30 })),
+      },
+      {
+        weight: 1,
+        arbitrary: fc.tuple(fc.constant('delete'), fc.constantFrom('a', 'b', 'c', 'd', 'e'), fc.constant('')),
+      },
+      { weight: 1, arbitrary: fc.tuple(fc.constant('clear'), fc.constant(''), fc.constant('')) },
+    );
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 80 }),
+        fc.integer({ min: 0, max: 4 }),
+        fc.array(op, { maxLength: 150 }),
+        (maxBytes, maxEntries, ops) => {
+          const lru = sized(maxBytes, maxEntries);
+          const ref = new Reference(maxBytes, maxEntries);
+          for (const [kind, k, v] of ops) {
+            // fresh strings, as the caches' keys are (a hash computed per Check)
+            const key = k.split('').join('');
+            if (kind === 'get') {
+              expect(lru.get(key)).toBe(ref.get(key));
+            } else if (kind === 'set') {
+              lru.set(key, v);
+              ref.set(key, v);
+            } else if (kind === 'delete') {
+              lru.delete(key);
+              ref.delete(key);
+            } else {
+              lru.clear();
+              ref.entries = [];
+            }
+            expect(lru.size).toBe(ref.entries.length);
+            expect(lru.bytes).toBe(ref.bytes());
+          }
+          for (const [k, v] of [...ref.entries]) expect(lru.get(k)).toBe(v);
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
   it('estimates strings by their V8 representation', () => {
     expect(stringBytes('')).toBe(16);
     expect(stringBytes('a'.repeat(100))).toBe(120);
