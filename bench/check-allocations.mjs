@@ -17,6 +17,7 @@ import { toCheckResponse } from '../dist/transport/envoy-response.js';
 import { Authorizer } from '../dist/decision/authorizer.js';
 import { ServiceMetrics, pipelineMetrics } from '../dist/service/metrics.js';
 import { batchLines } from '../dist/service/log-lines.js';
+import { createServiceLog } from '../dist/service/service-log.js';
 import { checkRequest } from './check-request.mjs';
 import { loadAuthorizationService as benchService } from './ext-authz-proto.mjs';
 import { makePki } from './pki.mjs';
@@ -26,14 +27,15 @@ const pki = await makePki(join(import.meta.dirname, 'work', 'pki'));
 const check = loadAuthorizationService().Check;
 const bytes = benchService().service.Check.requestSerialize(checkRequest(pki.clientCertPem));
 const req = check.requestDeserialize(bytes);
-const logger = pino(
-  { timestamp: pino.stdTimeFunctions.isoTime },
-  batchLines(pino.destination({ dest: '/dev/null', sync: false, maxLength: 16 * 1024 * 1024 })),
-);
+// The serve command's logger (service-log.ts) over its batched destination, here into /dev/null.
+const { logger, decisionLine } = createServiceLog({
+  level: 'info',
+  destination: batchLines(pino.destination({ dest: '/dev/null', sync: false, maxLength: 16 * 1024 * 1024 })),
+});
 const policy = await loadPolicy(defaultPolicyLocation(), { memoize: true });
 const policies = { current: policy };
 const observer = pipelineMetrics(new ServiceMetrics(), policies);
-const auth = new Authorizer({ policies, sink: (e) => logger.info(e, 'decision'), observer, checkDeadlineMs: 1000 });
+const auth = new Authorizer({ policies, sink: decisionLine, observer, checkDeadlineMs: 1000 });
 const source = req.attributes.source;
 const now = new Date();
 const identity = resolveIdentity({ principal: source.principal, certificatePem: source.certificate }, now).value;
@@ -49,7 +51,8 @@ const steps = {
     resolveIdentity({ principal: source.principal, certificatePem: source.certificate }, now),
   'input document': () => buildEnvoyInput(req, identity),
   'decision (policy memo hit)': () => decide(input, policy),
-  'decision log line (pino)': () => logger.info(entry, 'decision'),
+  'decision log line (service-log)': () => decisionLine(entry),
+  'decision log line through pino (the reference)': () => logger.info(entry, 'decision'),
   metrics: () => observer.onDecision(decision, { seconds: 0.0001 }),
   'whole pipeline (Authorizer.checkEnvoy)': () => auth.checkEnvoy(req),
   'answer (encodeCheckResponse)': () => encodeCheckResponse(decision),

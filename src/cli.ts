@@ -39,6 +39,7 @@ import {
 } from './policy/bundle-signing.js';
 import { availableCpus } from './service/workers.js';
 import { batchLines, linesIn } from './service/log-lines.js';
+import { createServiceLog } from './service/service-log.js';
 import { runPrimary, WorkerPool } from './service/cluster-primary.js';
 import { runWorker } from './service/cluster-worker.js';
 import { openBundleSource } from './lifecycle/bundle-source.js';
@@ -124,14 +125,11 @@ async function serve(argv: string[]): Promise<number> {
   let dropped = 0;
   destination.on('drop', (batch: string) => void (dropped += linesIn(batch)));
   const lines = batchLines(destination);
-  const logger = pino(
-    {
-      level: config.logLevel,
-      base: { service: 'egress-authz', ...(cluster.isWorker ? { worker: cluster.worker!.id } : {}) },
-      timestamp: pino.stdTimeFunctions.isoTime,
-    },
-    lines,
-  );
+  const { logger, decisionLine } = createServiceLog({
+    level: config.logLevel,
+    ...(cluster.isWorker ? { worker: cluster.worker!.id } : {}),
+    destination: lines,
+  });
   const flush = () => {
     try {
       lines.flushSync();
@@ -178,6 +176,7 @@ async function serve(argv: string[]): Promise<number> {
           readyDetail: parts.readyDetail,
           routes: () => ({ 'GET /metrics': parts.metricsRoute }),
           servingMessage: 'worker serving',
+          decisionLine,
           ...(trustBundles ? { trustBundles } : {}),
         }),
     });
@@ -291,6 +290,7 @@ async function serve(argv: string[]): Promise<number> {
       ...(shadowThread ? { shadowOptions: { thread: shadowThread } } : {}),
       metrics,
       readyDetail: () => reloadStatus(liveStore, shadow),
+      decisionLine,
     });
   } catch (err) {
     if (!(err instanceof StartError)) throw err;
@@ -364,7 +364,10 @@ async function startListeners(
   logger: pino.Logger,
   parts: Pick<ServiceOptions, 'policies' | 'metrics' | 'readyDetail'> &
     Partial<
-      Pick<ServiceOptions, 'policy' | 'shadowPolicies' | 'shadowOptions' | 'ready' | 'routes' | 'servingMessage'>
+      Pick<
+        ServiceOptions,
+        'policy' | 'shadowPolicies' | 'shadowOptions' | 'ready' | 'routes' | 'servingMessage' | 'decisionLine'
+      >
     > & {
       /** a worker's: the bundle set the primary feeds (no files read, no endpoint fetched here) */
       trustBundles?: X509BundleSet;

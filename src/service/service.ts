@@ -25,6 +25,8 @@ export interface ServiceOptions {
   /** the policy to serve; without it (and without `policies` holding one) the service starts not ready */
   policy?: LoadedPolicy;
   logger: Logger;
+  /** writes a decision's log line in place of `logger.info`/`error` (the serve command's, service-log.ts) */
+  decisionLine?: (entry: DecisionLogEntry) => void;
   trustedIdentityHeader?: string;
   /** upper bound of the sideband's X-Egress-Cache-Ttl, seconds (default 10; 0: the iRule never caches) */
   sidebandCacheTtlS?: number;
@@ -113,7 +115,8 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       ? { chainVerifier: opts.chainVerifier, verifyEnvoyChain: opts.verifyEnvoyChain === true }
       : {}),
     sink: (entry, decision) => {
-      if (entry.policy_error !== undefined) log.error(entry, 'decision');
+      if (opts.decisionLine) opts.decisionLine(entry);
+      else if (entry.policy_error !== undefined) log.error(entry, 'decision');
       else log.info(entry, 'decision');
       opts.onDecision?.(entry, decision);
     },
