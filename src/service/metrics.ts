@@ -1,7 +1,8 @@
 // Prometheus metrics for the decision service (prom-client, one registry per service). Label values
 // come from small fixed sets or from the policy's own tenant list, never from raw request data, so a
 // caller cannot grow the series count: reasons are classified, namespaces are bounded (see tenantLabels).
-// Counters on the Check path are children bound once, so an update is a property read and an add.
+// The series updated on the Check path are bound once and add to prom-client's entry directly
+// (metric-series.ts): an update is a property read and an add, no label hashing.
 import type http from 'node:http';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { PipelineObserver } from '../decision/authorizer.js';
@@ -13,6 +14,7 @@ import { chainCacheStats } from '../identity/chain-verify.js';
 import { x509SvidCacheStats, x509SvidReferenceFallbacks } from '../identity/x509-svid.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 import { summarisePolicyData } from '../policy/policy-summary.js';
+import { counterSeries, histogramSeries, type CounterSeries, type HistogramSeries } from './metric-series.js';
 
 /** Why the identity step refused a peer, coarsely; the decision log has the precise reason. */
 export const IDENTITY_REJECTION_CLASSES = [
@@ -58,8 +60,10 @@ export interface ServiceMetricsOptions {
   maxTenantSeries?: number;
 }
 
-type Child = { inc(value?: number): void };
-type HistogramChild = { observe(value: number): void };
+type Child = CounterSeries;
+type HistogramChild = HistogramSeries;
+/** a tenant's series by decision, under its namespace and SNAT pool */
+type TenantSeries = { allow?: Child; deny?: Child };
 
 export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
   readonly registry = new Registry();
@@ -75,7 +79,9 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
   private readonly shadowSkipped: Child;
   private readonly revisions = new Map<PolicyRole, string>();
   private readonly tenantDecisions: Counter<'namespace' | 'snat_pool' | 'decision'>;
-  private readonly tenantChildren = new Map<string, Child>();
+  // namespace → SNAT pool → decision: a lookup builds no key string.
+  private readonly tenantChildren = new Map<string, Map<string, TenantSeries>>();
+  private tenantSeriesCount = 0;
   private readonly maxTenantSeries: number;
   // Tenants named by a policy's data (data.egress.tenants), computed once per loaded policy.
   private readonly tenantsByPolicy = new WeakMap<LoadedPolicy, ReadonlySet<string>>();
@@ -104,19 +110,26 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
     });
     for (const rc of IDENTITY_REJECTION_CLASSES) this.identityRejections[rc] = bound(rejections, rc);
 
-    this.checkSeconds = new Histogram({
-      name: 'grpc_server_handling_seconds',
-      help: 'ext_authz Check handling time in the server (identity, input, policy, decision, log entry)',
-      labelNames: ['grpc_service', 'grpc_method', 'grpc_type'] as const,
-      buckets: LATENCY_BUCKETS,
-      registers,
-    }).labels(EXT_AUTHZ_LABELS);
-    this.sidebandSeconds = new Histogram({
-      name: 'egress_authz_sideband_request_duration_seconds',
-      help: 'BIG-IP sideband request time, from routing to the last byte of the answer',
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
+    this.checkSeconds = histogramSeries(
+      new Histogram({
+        name: 'grpc_server_handling_seconds',
+        help: 'ext_authz Check handling time in the server (identity, input, policy, decision, log entry)',
+        labelNames: ['grpc_service', 'grpc_method', 'grpc_type'] as const,
+        buckets: LATENCY_BUCKETS,
+        registers,
+      }),
+      EXT_AUTHZ_LABELS.grpc_service,
+      EXT_AUTHZ_LABELS.grpc_method,
+      EXT_AUTHZ_LABELS.grpc_type,
+    );
+    this.sidebandSeconds = histogramSeries(
+      new Histogram({
+        name: 'egress_authz_sideband_request_duration_seconds',
+        help: 'BIG-IP sideband request time, from routing to the last byte of the answer',
+        buckets: LATENCY_BUCKETS,
+        registers,
+      }),
+    );
     const evalSeconds = new Histogram({
       name: 'egress_authz_policy_eval_seconds',
       help: 'Rego (Wasm) evaluation time per decision',
@@ -124,7 +137,7 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
       buckets: LATENCY_BUCKETS,
       registers,
     });
-    this.evalSeconds = { live: evalSeconds.labels('live'), shadow: evalSeconds.labels('shadow') };
+    this.evalSeconds = { live: histogramSeries(evalSeconds, 'live'), shadow: histogramSeries(evalSeconds, 'shadow') };
     this.reloads = new Counter({
       name: 'egress_authz_policy_reloads_total',
       help: 'Policy reloads that changed the policy (success) or were refused, keeping the last good one (failure)',
@@ -214,19 +227,22 @@ export class ServiceMetrics implements PolicyStoreMetrics, ShadowMetrics {
     // as a tenant, so a flood of made-up namespaces lands in one "_other" series.
     const namespace =
       ns === undefined ? NO_NAMESPACE_LABEL : d.allow || this.tenants(policy).has(ns) ? ns : OTHER_LABEL;
-    const key = `${namespace}\u0000${d.snat_pool}\u0000${decision}`;
-    let child = this.tenantChildren.get(key);
-    if (child === undefined) {
-      if (this.tenantChildren.size >= this.maxTenantSeries) {
-        const overflow = `${OTHER_LABEL}\u0000${OTHER_LABEL}\u0000${decision}`;
-        child = this.tenantChildren.get(overflow) ?? this.tenantDecisions.labels(OTHER_LABEL, OTHER_LABEL, decision);
-        this.tenantChildren.set(overflow, child);
-        return child;
-      }
-      child = this.tenantDecisions.labels(namespace, d.snat_pool, decision);
-      this.tenantChildren.set(key, child);
+    const child = this.tenantChildren.get(namespace)?.get(d.snat_pool)?.[decision];
+    if (child !== undefined) return child;
+    if (this.tenantSeriesCount >= this.maxTenantSeries) {
+      const overflow = this.tenantChildren.get(OTHER_LABEL)?.get(OTHER_LABEL)?.[decision];
+      return overflow ?? this.addTenantChild(OTHER_LABEL, OTHER_LABEL, decision);
     }
-    return child;
+    return this.addTenantChild(namespace, d.snat_pool, decision);
+  }
+
+  private addTenantChild(namespace: string, pool: string, decision: 'allow' | 'deny'): Child {
+    let byPool = this.tenantChildren.get(namespace);
+    if (byPool === undefined) this.tenantChildren.set(namespace, (byPool = new Map<string, TenantSeries>()));
+    let series = byPool.get(pool);
+    if (series === undefined) byPool.set(pool, (series = {}));
+    this.tenantSeriesCount++;
+    return (series[decision] = counterSeries(this.tenantDecisions, namespace, pool, decision));
   }
 
   private tenants(policy: LoadedPolicy | undefined): ReadonlySet<string> {
@@ -310,7 +326,7 @@ function registerCacheMetrics(registers: Registry[]): void {
 
 /** A counter child bound once, exported at 0 from the start so rate() and dashboards see it. */
 function bound(counter: Counter<string>, ...values: string[]): Child {
-  const child = counter.labels(...values);
+  const child = counterSeries(counter, ...values);
   child.inc(0);
   return child;
 }
