@@ -59,9 +59,7 @@ export async function loadOffThread(
   load: LoadPolicyOptions,
   budget?: SandboxBudget,
 ): Promise<LoadedPolicy> {
-  // No spare thread waits for the next one: in a worker process that would be ~10 MB held for a
-  // version that comes rarely, and the primary has already paid for the validation.
-  const report = await checkInSandbox({ bytes, source, load }, budget, { keepSpare: false });
+  const report = await checkInSandbox({ bytes, source, load }, budget);
   return instantiateValidated(
     {
       bytes,
