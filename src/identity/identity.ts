@@ -3,7 +3,7 @@
 // identity of any trust domain is returned, and anything not provably valid is a reason to deny.
 import { fail, ok, withCode, type Failure, type Result } from '../common/result.js';
 import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
-import { parseX509SvidPem } from './x509-svid.js';
+import { parseX509SvidIdPem } from './x509-svid.js';
 
 export type IdentitySource = 'certificate' | 'principal' | 'header';
 
@@ -32,11 +32,6 @@ export interface PeerEvidence {
   headerError?: Failure;
 }
 
-interface Claim {
-  source: IdentitySource;
-  id: SpiffeId;
-}
-
 const LABEL: Record<IdentitySource, string> = {
   certificate: 'certificate SPIFFE ID',
   principal: 'source principal',
@@ -62,10 +57,7 @@ export function resolveIdentity(
   now: Date = new Date(),
   opts: ResolveOptions = {},
 ): Result<Identity> {
-  // Strongest first: the first claim names the identity, every other one must agree with it.
-  const claims: Claim[] = [];
-
-  for (const source of ['certificate', 'principal', 'header'] as const) {
+  for (const source of SOURCES) {
     const value = evidenceOf(evidence, source);
     // Typed callers cannot do this, but --input documents and other JSON can: fail closed.
     if (value !== undefined && value !== null && typeof value !== 'string')
@@ -76,54 +68,100 @@ export function resolveIdentity(
   if (evidence.headerCertificatePem !== undefined && typeof evidence.headerCertificatePem !== 'string')
     return fail('header evidence is not a string', 'malformed');
 
+  // One claim per source at most, strongest first: the first names the identity, every other one must
+  // agree with it. Locals rather than an array of claims: this runs on every Check.
+  let certificateId: SpiffeId | undefined;
+  let principalId: SpiffeId | undefined;
+  let headerId: SpiffeId | undefined;
   if (present(evidence.certificatePem)) {
-    const svid = parseX509SvidPem(evidence.certificatePem, now);
-    if (!svid.ok) return svid;
+    const id = parseX509SvidIdPem(evidence.certificatePem, now);
+    if (!id.ok) return id;
     if (opts.verifyChain) {
-      const chain = opts.verifyChain.verifyPem(evidence.certificatePem, svid.value.spiffeId.trustDomain, now);
+      const chain = opts.verifyChain.verifyPem(evidence.certificatePem, id.value.trustDomain, now);
       if (!chain.ok) return withCode(chain, 'chain');
     }
-    claims.push({ source: 'certificate', id: svid.value.spiffeId });
+    certificateId = id.value;
   }
-  for (const source of ['principal', 'header'] as const) {
-    const text = evidenceOf(evidence, source);
-    if (!present(text)) continue;
-    const id = parseSpiffeId(text);
-    if (!id.ok) {
-      // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
-      return fail(
-        text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
-        'spiffe_id',
-      );
+  const principal = evidence.principal;
+  if (present(principal)) {
+    // Envoy's principal is the URI SAN of the very certificate: the same text was parsed by the same
+    // parser (and refused as a trust domain ID) when the certificate was, so its ID is reused as is.
+    if (certificateId !== undefined && principal === certificateId.uri) principalId = certificateId;
+    else {
+      const id = claimedId(principal, 'principal');
+      if (!id.ok) return id;
+      principalId = id.value;
     }
-    // A trust domain's root ID names no workload; a certificate with one never gets here (x509-svid.ts).
-    if (id.value.path === '')
-      return fail(`${LABEL[source]} is a trust domain ID, not a workload identity`, 'spiffe_id');
-    claims.push({ source, id: id.value });
+  }
+  if (present(evidence.headerSpiffeId)) {
+    const id = claimedId(evidence.headerSpiffeId, 'header');
+    if (!id.ok) return id;
+    headerId = id.value;
   }
 
   if (present(evidence.headerCertificatePem)) {
-    const svid = parseX509SvidPem(evidence.headerCertificatePem, now);
+    const svid = parseX509SvidIdPem(evidence.headerCertificatePem, now);
     if (!svid.ok) return fail(`header certificate: ${svid.reason}`, svid.code);
-    const headerId = claims.find((c) => c.source === 'header');
     // The header's URI is what its proxy read off this very certificate: anything else is a forgery.
-    if (headerId !== undefined && headerId.id.uri !== svid.value.spiffeId.uri)
+    if (headerId !== undefined && headerId.uri !== svid.value.uri)
       return fail('header SPIFFE ID does not match the header certificate', 'mismatch');
-    if (headerId === undefined) claims.push({ source: 'header', id: svid.value.spiffeId });
+    headerId ??= svid.value;
   }
 
   if (opts.verifyChain && !present(evidence.certificatePem))
     return fail('certificate chain not verified: no peer certificate was sent', 'chain');
-  const [first, ...others] = claims;
+  const first = certificateId ?? principalId ?? headerId;
   if (first === undefined) return fail('no client identity', 'missing');
+  const firstSource: IdentitySource =
+    first === certificateId ? 'certificate' : first === principalId ? 'principal' : 'header';
   // Both sides were parsed strictly (canonical lowercase form), so byte equality is identity equality.
-  const disagreeing = others.find((claim) => claim.id.uri !== first.id.uri);
-  if (disagreeing !== undefined)
-    return fail(`${LABEL[first.source]} and ${LABEL[disagreeing.source]} differ`, 'mismatch');
-  return ok(toIdentity(first.id, first.source));
+  const disagreeing =
+    principalId !== undefined && principalId.uri !== first.uri
+      ? 'principal'
+      : headerId !== undefined && headerId.uri !== first.uri
+        ? 'header'
+        : undefined;
+  if (disagreeing !== undefined) return fail(`${LABEL[firstSource]} and ${LABEL[disagreeing]} differ`, 'mismatch');
+  return identityResult(first, firstSource);
 }
 
-/** The policy's view of a SPIFFE ID; namespace and service account only for exactly /ns/<ns>/sa/<sa>. */
+const SOURCES = ['certificate', 'principal', 'header'] as const;
+
+/** A principal or header SPIFFE ID: a workload's, or a reason to deny. */
+function claimedId(text: string, source: 'principal' | 'header'): Result<SpiffeId> {
+  const id = parseSpiffeId(text);
+  if (!id.ok) {
+    // A subject DN (what Envoy reports for a certificate without a URI SAN) lands here.
+    return fail(
+      text.startsWith('spiffe://') ? `${LABEL[source]}: ${id.reason}` : `${LABEL[source]} is not a SPIFFE ID`,
+      'spiffe_id',
+    );
+  }
+  // A trust domain's root ID names no workload; a certificate with one never gets here (x509-svid.ts).
+  if (id.value.path === '') return fail(`${LABEL[source]} is a trust domain ID, not a workload identity`, 'spiffe_id');
+  return id;
+}
+
+// The answer for a certificate's ID, built once while that ID is in use: a cached certificate hands out
+// the same frozen SpiffeId every Check (x509-svid.ts), so its frozen Identity is reused rather than
+// rebuilt. Weak keys: an entry lives no longer than the certificate cache's memo keeps its ID. Other
+// sources parse a new SpiffeId each Check, so memoising on them would only churn the map.
+const certificateIdentities = new WeakMap<SpiffeId, Result<Identity>>();
+
+function identityResult(id: SpiffeId, source: IdentitySource): Result<Identity> {
+  if (source !== 'certificate') return ok(toIdentity(id, source));
+  let result = certificateIdentities.get(id);
+  if (result === undefined) {
+    result = Object.freeze(ok(toIdentity(id, source)));
+    certificateIdentities.set(id, result);
+  }
+  return result;
+}
+
+/**
+ * The policy's view of a SPIFFE ID; namespace and service account only for exactly /ns/<ns>/sa/<sa>.
+ * Frozen: resolveIdentity may hand the same one to many Checks' policy inputs and decisions.
+ */
 export function toIdentity(id: SpiffeId, source: IdentitySource): Identity {
   const identity: Identity = { spiffe_id: id.uri, trust_domain: id.trustDomain, path: id.path, source };
   const segments = id.path.split('/');
@@ -132,7 +170,7 @@ export function toIdentity(id: SpiffeId, source: IdentitySource): Identity {
     identity.namespace = segments[2];
     identity.service_account = segments[4];
   }
-  return identity;
+  return Object.freeze(identity);
 }
 
 function evidenceOf(evidence: PeerEvidence, source: IdentitySource): unknown {

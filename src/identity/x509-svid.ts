@@ -110,23 +110,53 @@ export function parseX509SvidReference(chainDer: readonly Uint8Array[], now: Dat
 
 /** parsePemBlocks + parseX509Svid, memoised on a hash of the exact PEM text (see the cache below). */
 export function parseX509SvidPem(pem: string, now: Date): Result<X509Svid> {
-  if (typeof pem !== 'string' || pem.length > MAX_PEM_CHARS || shapeCache.maxEntries === 0) {
+  if (!cacheable(pem)) {
     const blocks = parsePemBlocks(pem);
     return blocks.ok ? parseX509Svid(blocks.value, now) : blocks;
   }
   const key = sha256Key(pem);
   const cached = shapeCache.get(key);
-  let shape: Result<X509Svid>;
-  if (cached === undefined) {
-    const blocks = parsePemBlocks(pem);
-    shape = blocks.ok ? validateChainShape(blocks.value) : blocks;
-    const entry = compact(shape);
-    if (entry !== undefined) shapeCache.set(key, entry);
-  } else {
-    shape = expand(cached);
-  }
+  const shape = cached === undefined ? storeShape(pem, key) : expand(cached);
   // The validity period depends on `now`, so it is never cached.
   return shape.ok ? checkValidityPeriod(shape.value, now) : shape;
+}
+
+/**
+ * parseX509SvidPem's SPIFFE ID alone: what the identity step needs of the certificate on every Check.
+ * A cache hit builds nothing (no Dates, no hex strings, no copy of the URI): the ID of a recently seen
+ * certificate comes from a small memo as a shared, frozen Result, and only the validity period is
+ * checked against `now`. Held to parseX509SvidPem by test/fuzz/identity-fast-path.fuzz.test.ts.
+ */
+export function parseX509SvidIdPem(pem: string, now: Date): Result<SpiffeId> {
+  if (!cacheable(pem)) {
+    const svid = parseX509SvidPem(pem, now);
+    return svid.ok ? ok(svid.value.spiffeId) : svid;
+  }
+  const key = sha256Key(pem);
+  const cached = shapeCache.get(key);
+  if (cached === undefined) {
+    const shape = storeShape(pem, key);
+    if (!shape.ok) return shape;
+    return (
+      validityProblem(shape.value.notBefore.getTime(), shape.value.notAfter.getTime(), now) ?? ok(shape.value.spiffeId)
+    );
+  }
+  if (typeof cached !== 'string') return cached;
+  const hot = hotShape(cached);
+  return validityProblem(hot.notBefore, hot.notAfter, now) ?? hot.id;
+}
+
+function cacheable(pem: string): boolean {
+  return typeof pem === 'string' && pem.length <= MAX_PEM_CHARS && shapeCache.maxEntries > 0;
+}
+
+/** A cache miss: the careful parse, its time-independent outcome kept under `key`. */
+function storeShape(pem: string, key: string): Result<X509Svid> {
+  const blocks = parsePemBlocks(pem);
+  const shape = blocks.ok ? validateChainShape(blocks.value) : blocks;
+  const entry = compact(shape);
+  if (entry !== undefined) shapeCache.set(key, entry);
+  return shape;
 }
 
 let referenceFallbacks = 0;
@@ -158,10 +188,8 @@ export function x509SvidReferenceFallbacks(): number {
 }
 
 function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
-  const t = now.getTime();
-  if (Number.isNaN(t)) return fail('decision time is invalid', 'validity');
-  if (t < svid.notBefore.getTime()) return fail('certificate is not yet valid', 'validity');
-  if (t > svid.notAfter.getTime()) return fail('certificate has expired', 'validity');
+  const problem = validityProblem(svid.notBefore.getTime(), svid.notAfter.getTime(), now);
+  if (problem !== undefined) return problem;
   // The cached value is shared by every caller; Dates are mutable even when frozen, so hand out copies.
   return ok({
     spiffeId: svid.spiffeId,
@@ -171,6 +199,19 @@ function checkValidityPeriod(svid: X509Svid, now: Date): Result<X509Svid> {
     sha256: svid.sha256,
   });
 }
+
+function validityProblem(notBefore: number, notAfter: number, now: Date): Failure | undefined {
+  const t = now.getTime();
+  if (Number.isNaN(t)) return INVALID_TIME;
+  if (t < notBefore) return NOT_YET_VALID;
+  if (t > notAfter) return EXPIRED;
+  return undefined;
+}
+
+// Shared by every caller, hence frozen.
+const INVALID_TIME = Object.freeze(fail('decision time is invalid', 'validity')) as Failure;
+const NOT_YET_VALID = Object.freeze(fail('certificate is not yet valid', 'validity')) as Failure;
+const EXPIRED = Object.freeze(fail('certificate has expired', 'validity')) as Failure;
 
 // ---------------------------------------------------------------------------------------------- cache
 
@@ -239,6 +280,53 @@ function expand(cached: CachedShape): Result<X509Svid> {
 
 const SPIFFE_SCHEME_LENGTH = 'spiffe://'.length;
 
+/** A certificate's ID as the identity step reads it: frozen, shared by every Check that presents it. */
+interface HotShape {
+  readonly id: Result<SpiffeId>;
+  readonly notBefore: number;
+  readonly notAfter: number;
+}
+
+// The identity step reads a certificate's ID on every Check, and expanding the packed entry each time
+// made ~1 KB of garbage (a Buffer, two Dates, two hex strings, three objects). The IDs of recently seen
+// certificates are kept expanded, keyed by the packed entry itself, so a memo entry is a function of its
+// key alone and never stale, whatever the certificate cache evicts. Bounded in entries and bytes:
+// 4,096 workloads (the warm benchmark's 3,000 fit: a cyclic pattern over more than an LRU holds would
+// miss every time), ~2.3 MB of heap when full.
+const HOT_ENTRIES = 4096;
+const HOT_BYTES = 4 * 1024 * 1024;
+/**
+ * The memo's objects besides the strings (the HotShape, its Result, the SpiffeId, two HeapNumbers) and
+ * what resolveIdentity keeps while the ID lives (its WeakMap entry, Result, frozen Identity, namespace
+ * and service account): measured 538-566 bytes an entry in all for ~50-character IDs, beside the key
+ * the certificate cache holds anyway; this estimate gives ~600.
+ */
+const HOT_OBJECT_BYTES = 400;
+
+const hotShapes = new ByteLru<HotShape>({
+  maxBytes: HOT_BYTES,
+  maxEntries: HOT_ENTRIES,
+  // The key is usually the certificate cache's own string, but counted: it may outlive that entry.
+  // The ID's trust domain and path may be copies of the URI's characters: counted twice.
+  sizeOf: (key, hot) =>
+    MAP_ENTRY_BYTES + stringBytes(key) + HOT_OBJECT_BYTES + 2 * stringBytes(hot.id.ok ? hot.id.value.uri : ''),
+});
+
+function hotShape(packed: string): HotShape {
+  const known = hotShapes.get(packed);
+  if (known !== undefined) return known;
+  const svid = expand(packed);
+  // A packed entry always expands (only SVIDs are packed); the guard is for the type checker.
+  if (!svid.ok) return Object.freeze({ id: svid, notBefore: NaN, notAfter: NaN });
+  const hot: HotShape = Object.freeze({
+    id: Object.freeze(ok(svid.value.spiffeId)),
+    notBefore: svid.value.notBefore.getTime(),
+    notAfter: svid.value.notAfter.getTime(),
+  });
+  hotShapes.set(packed, hot);
+  return hot;
+}
+
 // bench/cache-bytes.mjs measured 220-228 bytes per workload entry in all (docs/performance.md).
 function shapeBytes(key: string, shape: CachedShape): number {
   const bytes = MAP_ENTRY_BYTES + stringBytes(key);
@@ -263,11 +351,13 @@ export function configureX509SvidCache(opts: { entries: number; bytes?: number }
   const entries = Math.max(0, Math.floor(opts.entries));
   const bytes = opts.bytes ?? Math.ceil((DEFAULT_SVID_CACHE_BYTES * Math.max(entries, 1)) / DEFAULT_SVID_CACHE_ENTRIES);
   shapeCache = newShapeCache(entries, bytes);
+  hotShapes.clear();
 }
 
 /** Empties the parsed-certificate cache (for tests). */
 export function clearX509SvidCache(): void {
   shapeCache.clear();
+  hotShapes.clear();
 }
 
 /** Number of cached certificate outcomes (for tests and metrics). */
