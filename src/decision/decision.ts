@@ -1,8 +1,8 @@
 // The decision step: one function for every caller (gRPC, sideband, CLI). It turns the policy's answer
 // into a Decision and enforces the invariants that no policy may break: no identity, no allow; a SNAT
 // pool name is something a BIG-IP or an Envoy cluster name can carry safely; a deny is never a 2xx.
-import { randomUUID } from 'node:crypto';
 import type { FailureCode } from '../common/result.js';
+import { randomUuid } from '../common/uuid.js';
 import type { Identity } from '../identity/identity.js';
 import type { PolicyInput, Transport } from './input.js';
 import type { LoadedPolicy, PolicyResult } from '../policy/policy.js';
@@ -92,7 +92,7 @@ export function internalErrorDecision(transport: Transport): Decision {
 // costs microseconds per Check in V8, which the profile showed on the hot path.
 function newDecision(input: PolicyInput, policy: LoadedPolicy | undefined): Decision {
   return {
-    decision_id: randomUUID(),
+    decision_id: randomUuid(),
     caller: input.caller,
     allow: false,
     snat_pool: '',

@@ -1,12 +1,12 @@
 // The policy engine: a Rego policy compiled to Wasm, evaluated in-process with the OPA Wasm SDK.
 // Whatever the policy does — errors, returns nothing, returns garbage, runs too long — evaluate() gives
 // a Result, never an exception, so the decision step can deny with a reason.
-import { hash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { LoadedPolicy as OpaWasmPolicy } from '@open-policy-agent/opa-wasm';
 import { DEFAULT_ENTRYPOINT, readBundle, type PolicyBundle } from './bundle.js';
 import type { BundleVerification } from './bundle-signing.js';
 import { footprintFromManifest, type InputFootprint } from './input-footprint.js';
+import { memoKey } from './memo-key.js';
 import { checkWasmLimits } from './wasm-limits.js';
 import {
   captureWasmImage,
@@ -212,7 +212,7 @@ type DataOrigin =
   | { image: PolicyImage };
 
 // Remembered answers, per policy instance (a new revision or data overlay starts empty), keyed by the
-// SHA-256 of the projected input's JSON: a fixed 32-character key however long the input. A cluster's
+// SHA-256 of the projected input (memo-key.ts): a fixed 32-character key however long the input. A cluster's
 // answers are few distinct values (allow + pool, deny + reason), so equal answers are stored once
 // (interned, up to MEMO_INTERNED of them, counted in the bytes once) and an entry costs its key and
 // its Map slot. Bounded in bytes; LRU beyond. The default holds 100,000 answers (with the certificate
@@ -412,14 +412,14 @@ class WasmPolicy implements LoadedPolicy {
   evaluate(input: unknown): Result<PolicyResult> {
     const keys = this.inputFootprint?.keys;
     if (!keys || !isObject(input)) return this.evaluateWasm(input);
-    const projected = project(input, keys);
-    if (!this.memo) return this.evaluateWasm(projected);
+    if (!this.memo) return this.evaluateWasm(project(input, keys));
     const memo = this.memo;
     liveMemo = memo;
-    const key = hash('sha256', JSON.stringify(projected), 'binary');
+    // A hit builds neither the projection nor its JSON (memo-key.ts).
+    const key = memoKey(input, keys, project);
     const hit = memo.get(key);
     if (hit) return hit;
-    const result = this.evaluateWasm(projected);
+    const result = this.evaluateWasm(project(input, keys));
     // Failures are not remembered: an over-budget or aborted evaluation may succeed next time.
     if (result.ok) memo.set(key, result);
     return result;
