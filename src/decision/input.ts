@@ -132,8 +132,8 @@ export function buildCliInput(destination: string, identity: Identity | null, id
 
 /** "host", "host:port", "[v6]:port" → Destination; anything unparseable gives host "" (unknown). */
 export function parseDestination(text: string): Destination {
-  const { host, port } = splitHostPort(text.trim().toLowerCase());
-  return port === undefined ? { host } : { host, port };
+  // splitHostPort's answer has a port only when there is one: already the Destination.
+  return splitHostPort(text.trim().toLowerCase());
 }
 
 function splitHostPort(text: string): { host: string; port?: number } {
@@ -165,7 +165,7 @@ function splitHostPort(text: string): { host: string; port?: number } {
 }
 
 export function requestHeaders(http: HttpRequest): Record<string, string> {
-  if (http.headers && Object.keys(http.headers).length > 0) return http.headers;
+  if (http.headers && hasOwnKey(http.headers)) return http.headers;
   // Envoy sends header_map instead of headers when encode_raw_headers is set.
   const out: Record<string, string> = {};
   for (const h of http.headerMap?.headers ?? []) {
@@ -175,7 +175,61 @@ export function requestHeaders(http: HttpRequest): Record<string, string> {
   return out;
 }
 
-function parsePathAndQuery(path: string): { parsedPath: string[]; parsedQuery: Record<string, string[]> } {
+function hasOwnKey(o: object): boolean {
+  // Object.keys would build an array of every header name on every Check just to count it.
+  for (const key in o) if (Object.hasOwn(o, key)) return true;
+  return false;
+}
+
+/**
+ * parsed_path and parsed_query as the WHATWG URL parser gives them (parsePathAndQueryReference), without
+ * building a URL for the common request path: one whose characters that parser and the decoders leave
+ * as they are (no '%', '+', '\\', '#', controls, spaces or non-ASCII), with no dot segment to remove and
+ * no leading '//' that would read as an authority. Anything else takes the reference. Held to it by
+ * test/fuzz/input-fast-path.fuzz.test.ts.
+ */
+export function parsePathAndQuery(path: string): ParsedPathAndQuery {
+  if (!isPlainPath(path)) return parsePathAndQueryReference(path);
+  const parsedQuery: Record<string, string[]> = {};
+  const q = path.indexOf('?');
+  if (q < 0) return { parsedPath: path.slice(1).split('/'), parsedQuery };
+  for (const pair of path.slice(q + 1).split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    (parsedQuery[eq < 0 ? pair : pair.slice(0, eq)] ??= []).push(eq < 0 ? '' : pair.slice(eq + 1));
+  }
+  return { parsedPath: path.slice(1, q).split('/'), parsedQuery };
+}
+
+export interface ParsedPathAndQuery {
+  parsedPath: string[];
+  parsedQuery: Record<string, string[]>;
+}
+
+function isPlainPath(path: string): boolean {
+  if (path.charCodeAt(0) !== 0x2f || path.charCodeAt(1) === 0x2f) return false;
+  let query = false;
+  for (let i = 1; i < path.length; i++) {
+    const c = path.charCodeAt(i);
+    if (c === 0x3f)
+      query = true; // '?': '/' and '.' mean nothing after it
+    else if (!query && c === 0x2e && path.charCodeAt(i - 1) === 0x2f)
+      return false; // "/." may be a dot segment
+    else if (c >= 128 || PLAIN[c] === 0) return false;
+  }
+  return true;
+}
+
+/** ASCII characters that mean the same to the URL parser, URLSearchParams and decodeURIComponent. */
+const PLAIN = (() => {
+  const table = new Uint8Array(128);
+  const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&()*,;=:@/?';
+  for (let i = 0; i < chars.length; i++) table[chars.charCodeAt(i)] = 1;
+  return table;
+})();
+
+/** The careful parse, by the WHATWG URL parser: what the fast path is held to. */
+export function parsePathAndQueryReference(path: string): ParsedPathAndQuery {
   const parsedQuery: Record<string, string[]> = {};
   let url: URL;
   try {
