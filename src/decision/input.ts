@@ -196,7 +196,7 @@ export function parsePathAndQuery(path: string): ParsedPathAndQuery {
   for (const pair of path.slice(q + 1).split('&')) {
     if (pair === '') continue;
     const eq = pair.indexOf('=');
-    (parsedQuery[eq < 0 ? pair : pair.slice(0, eq)] ??= []).push(eq < 0 ? '' : pair.slice(eq + 1));
+    addQueryValue(parsedQuery, eq < 0 ? pair : pair.slice(0, eq), eq < 0 ? '' : pair.slice(eq + 1));
   }
   return { parsedPath: path.slice(1, q).split('/'), parsedQuery };
 }
@@ -244,8 +244,19 @@ export function parsePathAndQueryReference(path: string): ParsedPathAndQuery {
     // keep the raw form: the policy still sees something, and the decision does not depend on it
   }
   const parsedPath = pathname.replace(/^\/+/, '').split('/');
-  for (const [k, v] of url.searchParams) (parsedQuery[k] ??= []).push(v);
+  for (const [k, v] of url.searchParams) addQueryValue(parsedQuery, k, v);
   return { parsedPath, parsedQuery };
+}
+
+/**
+ * parsed_query[name].push(value) for any name a client sends: "constructor" or "toString" found the
+ * inherited member instead of a list (and the Check threw), "__proto__" would set the prototype.
+ */
+function addQueryValue(query: Record<string, string[]>, name: string, value: string): void {
+  if (Object.hasOwn(query, name)) query[name]!.push(value);
+  else if (name === '__proto__')
+    Object.defineProperty(query, name, { value: [value], enumerable: true, writable: true, configurable: true });
+  else query[name] = [value];
 }
 
 function parseJsonBody(headers: Record<string, string>, body: string | undefined): unknown {
