@@ -98,6 +98,7 @@ describe('the decision memo key', () => {
       fc.property(input, (i) => {
         const k = tryKey(i);
         if (!k) return;
+        key({ caller: '\u0101'.repeat(40) }); // leaves other bytes in the buffer the key is written to
         expect(key(rebuild(i) as Record<string, unknown>)).toBe(k.key);
         expect(key({ ...i, other: 'ignored' })).toBe(k.key);
         expect(key({ ...i, n: ['not', 'what', 'it', 'was'] })).not.toBe(k.key);
@@ -131,5 +132,10 @@ describe('the decision memo key', () => {
     expect(key({ identity: deep })).toBe(key({ identity: rebuild(deep) }));
     expect(key({ identity: long })).toBe(key({ identity: `${long}` }));
     expect(key({ identity: long })).not.toBe(key({ identity: `${long}y` }));
+    // a projection that outgrows the buffer, then short ones again (in the new buffer)
+    const before = [key({ caller: 'a' }), key({ caller: 'b' })];
+    expect(key({ identity: 'z'.repeat(10_000) })).not.toBe(key({ identity: 'z'.repeat(10_001) }));
+    expect([key({ caller: 'a' }), key({ caller: 'b' })]).toEqual(before);
+    expect(key({ caller: 'c' })).not.toBe(key({ caller: 'd' }));
   });
 });
