@@ -65,6 +65,13 @@ beforeAll(async () => {
     '--policy-poll-interval',
     '300ms',
   ]);
+  // "serving" is logged once the workers listen; ready is once each holds the trust bundles too (until
+  // then a worker denies every chain: no bundle for its trust domain). A load balancer waits for /readyz.
+  const until = Date.now() + 30_000;
+  while ((await fetch(`http://127.0.0.1:${serve.httpPort}/readyz`)).status !== 200) {
+    if (Date.now() > until) throw new Error('serve not ready after 30 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }, 60_000);
 
 afterAll(async () => {
