@@ -29,14 +29,10 @@ const WIDE = 0x80;
 const MAX_DEPTH = 32;
 /** beyond this the projection is keyed by its JSON text (a policy reading huge fields gains little) */
 const MAX_BYTES = 1024 * 1024;
-const BLOCK = 16;
-const MAX_KEPT_VIEW = 4096;
 
 let buf = Buffer.allocUnsafeSlow(4096);
 let view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
 let at = 0;
-/** views of `buf` by length in blocks (up to MAX_KEPT_VIEW bytes): ~25 KB at most */
-let views: Buffer[] = [];
 let busy = false;
 
 /**
@@ -53,7 +49,7 @@ export function memoKey(
   if (!busy) {
     busy = true;
     try {
-      if (encode(input, keys) && room(BLOCK + 4)) return hash('sha256', blocks(), 'binary');
+      if (encode(input, keys)) return hash('sha256', buf.subarray(0, at), 'binary');
     } finally {
       busy = false;
     }
@@ -70,20 +66,6 @@ function encode(input: Record<string, unknown>, keys: readonly string[]): boolea
     if (!(v === undefined ? put(ABSENT) : value(v, 0))) return false;
   }
   return true;
-}
-
-/**
- * The encoding padded to whole 16-byte blocks, so that a view of the buffer can be kept per length
- * instead of made each Check (96 B): zeros after it, and its length in the last 4 bytes, from which
- * it is read back whole (two encodings never give the same blocks).
- */
-function blocks(): Buffer {
-  const length = at;
-  const end = (length + 4 + BLOCK - 1) & -BLOCK;
-  for (let i = length; i < end - 4; i++) buf[i] = 0;
-  view.setUint32(end - 4, length, true);
-  if (end > MAX_KEPT_VIEW) return buf.subarray(0, end);
-  return (views[end / BLOCK] ??= buf.subarray(0, end));
 }
 
 function value(v: unknown, depth: number): boolean {
@@ -165,7 +147,6 @@ function room(n: number): boolean {
   const bigger = Buffer.allocUnsafeSlow(Math.min(MAX_BYTES, Math.max(2 * buf.length, at + n)));
   buf.copy(bigger, 0, 0, at);
   buf = bigger;
-  views = [];
   view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   return true;
 }
