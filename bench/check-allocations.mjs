@@ -11,7 +11,8 @@ import { decisionLogEntry } from '../dist/decision/decision-log.js';
 import { correlationOf } from '../dist/decision/correlation.js';
 import { loadPolicy } from '../dist/lifecycle/bundle-source.js';
 import { defaultPolicyLocation } from '../dist/cli.js';
-import { loadAuthorizationService } from '../dist/transport/envoy-protos.js';
+import { loadAuthorizationRoot, loadAuthorizationService } from '../dist/transport/envoy-protos.js';
+import { checkRequestDeserializer } from '../dist/transport/check-request-wire.js';
 import { encodeCheckResponse } from '../dist/transport/check-response-wire.js';
 import { toCheckResponse } from '../dist/transport/envoy-response.js';
 import { Authorizer } from '../dist/decision/authorizer.js';
@@ -26,7 +27,8 @@ if (typeof globalThis.gc !== 'function') throw new Error('run with node --expose
 const pki = await makePki(join(import.meta.dirname, 'work', 'pki'));
 const check = loadAuthorizationService().Check;
 const bytes = benchService().service.Check.requestSerialize(checkRequest(pki.clientCertPem));
-const req = check.requestDeserialize(bytes);
+const decodeRequest = checkRequestDeserializer(loadAuthorizationRoot(), check.requestDeserialize);
+const req = decodeRequest(bytes);
 // The serve command's logger (service-log.ts) over its batched destination, here into /dev/null.
 const { logger, decisionLine } = createServiceLog({
   level: 'info',
@@ -46,7 +48,8 @@ const entry = decisionLogEntry(decision, correlation);
 if (!decision.allow) throw new Error(`expected an allow: ${decision.reason}`);
 
 const steps = {
-  'request decode (proto-loader)': () => check.requestDeserialize(bytes),
+  'request decode (check-request-wire)': () => decodeRequest(bytes),
+  'request decode through proto-loader (the reference)': () => check.requestDeserialize(bytes),
   'identity (certificate cache hit)': () =>
     resolveIdentity({ principal: source.principal, certificatePem: source.certificate }, now),
   'input document': () => buildEnvoyInput(req, identity),

@@ -1,9 +1,11 @@
 // Envoy's ext_authz v3 service, loaded from the .proto files that @grpc/grpc-js-xds ships (never copied
 // into this repository). Loaded once per process; the definitions are large and slow to parse.
+import { accessSync, constants } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
 
 const require = createRequire(import.meta.url);
 
@@ -23,11 +25,12 @@ const protoLoaderOptions: protoLoader.Options = {
   includeDirs: envoyProtoIncludeDirs(),
 };
 
+const AUTHORIZATION_PROTO = 'envoy/service/auth/v3/external_auth.proto';
 let authorizationService: grpc.ServiceDefinition | undefined;
 
 export function loadAuthorizationService(): grpc.ServiceDefinition {
   if (!authorizationService) {
-    const def = protoLoader.loadSync('envoy/service/auth/v3/external_auth.proto', protoLoaderOptions);
+    const def = protoLoader.loadSync(AUTHORIZATION_PROTO, protoLoaderOptions);
     authorizationService = def['envoy.service.auth.v3.Authorization'] as grpc.ServiceDefinition;
   }
   return authorizationService;
@@ -36,4 +39,36 @@ export function loadAuthorizationService(): grpc.ServiceDefinition {
 /** A client constructor for tests, tools and benchmarks. */
 export function authorizationClient(): grpc.ServiceClientConstructor {
   return grpc.makeGenericClientConstructor(loadAuthorizationService(), 'Authorization');
+}
+
+let authorizationRoot: protobuf.Root | undefined;
+
+/**
+ * The same .proto files as protobufjs reflection, loaded as proto-loader loads them (include paths,
+ * camelCase names), for the CheckRequest decoder (check-request-wire.ts) to read the field table from.
+ */
+export function loadAuthorizationRoot(): protobuf.Root {
+  if (!authorizationRoot) {
+    // proto-loader registers descriptor.proto and the other common files with protobufjs when it loads
+    loadAuthorizationService();
+    const root = new protobuf.Root();
+    const dirs = envoyProtoIncludeDirs();
+    root.resolvePath = (origin, target) => {
+      if (isAbsolute(target)) return target;
+      for (const dir of dirs) {
+        const path = join(dir, target);
+        try {
+          accessSync(path, constants.R_OK);
+          return path;
+        } catch {
+          // not in this include directory
+        }
+      }
+      return protobuf.util.path.resolve(origin, target);
+    };
+    root.loadSync(AUTHORIZATION_PROTO, { keepCase: false });
+    root.resolveAll();
+    authorizationRoot = root;
+  }
+  return authorizationRoot;
 }

@@ -3,7 +3,8 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Authorizer } from '../decision/authorizer.js';
 import { internalErrorDecision } from '../decision/decision.js';
-import { loadAuthorizationService } from './envoy-protos.js';
+import { loadAuthorizationRoot, loadAuthorizationService } from './envoy-protos.js';
+import { checkRequestDeserializer } from './check-request-wire.js';
 import { encodeCheckResponse } from './check-response-wire.js';
 import type { CheckRequest } from '../decision/input.js';
 import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
@@ -64,11 +65,18 @@ function answerCheck(
 }
 
 // The handler answers with the encoded CheckResponse (encodeCheckResponse), so the server's copy of the
-// definition passes those bytes through; clients keep proto-loader's serializers.
+// definition passes those bytes through, and reads requests with check-request-wire.ts, which gives
+// proto-loader's objects; clients keep proto-loader's serializers.
 function serverDefinition(): grpc.ServiceDefinition {
   const definition = loadAuthorizationService();
   const check = definition.Check as grpc.MethodDefinition<CheckRequest, unknown>;
-  return { ...definition, Check: { ...check, responseSerialize: (encoded: Buffer) => encoded } };
+  const requestDeserialize = checkRequestDeserializer(loadAuthorizationRoot(), check.requestDeserialize) as (
+    bytes: Buffer,
+  ) => CheckRequest;
+  return {
+    ...definition,
+    Check: { ...check, requestDeserialize, responseSerialize: (encoded: Buffer) => encoded },
+  };
 }
 
 export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
