@@ -38,7 +38,7 @@ import {
   type BundleVerification,
 } from './policy/bundle-signing.js';
 import { availableCpus } from './service/workers.js';
-import { batchLines, linesIn } from './service/log-lines.js';
+import { batchLines, byteDestination, linesIn } from './service/log-lines.js';
 import { createServiceLog } from './service/service-log.js';
 import { runPrimary, WorkerPool } from './service/cluster-primary.js';
 import { runWorker } from './service/cluster-worker.js';
@@ -121,9 +121,10 @@ async function serve(argv: string[]): Promise<number> {
   // Asynchronous writes keep the decision log off the hot path, in batches (batchLines); the buffer is
   // bounded (a stuck stdout drops lines, counted, instead of growing the heap) and flushed synchronously
   // on the way out.
-  const destination = pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 });
+  // Buffer mode: the batches (and the workers' lines forwarded by the primary) are bytes already.
+  const destination = byteDestination({ sync: false, maxLength: 16 * 1024 * 1024 });
   let dropped = 0;
-  destination.on('drop', (batch: string) => void (dropped += linesIn(batch)));
+  destination.on('drop', (batch: Buffer) => void (dropped += linesIn(batch)));
   const lines = batchLines(destination);
   const { logger, decisionLine } = createServiceLog({
     level: config.logLevel,

@@ -1,16 +1,36 @@
 // The decision line's own serializer against pino's: for any decision, at any level, with or without a
-// worker id, the bytes written are the ones `logger.info(entry, 'decision')` (or `error`) writes.
+// worker id, the bytes written are the ones `logger.info(entry, 'decision')` (or `error`) writes, through
+// the byte batch (batchLines) the serve command puts before its destination, and through the destination
+// itself into a file, against pino's own string written by the destination as the service did before the
+// batch held bytes (lone surrogates included: both write EF BF BD).
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
+import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { decisionLogEntry, type DecisionLogEntry } from '../../src/decision/decision-log.js';
 import { REASON_CLASSES, type Decision } from '../../src/decision/decision.js';
+import { batchLines, byteDestination, type LineBatch } from '../../src/service/log-lines.js';
 import { createServiceLog, jsonString } from '../../src/service/service-log.js';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 2000);
 
-function capture(): { lines: string[]; destination: { write(s: string): boolean } } {
-  const lines: string[] = [];
-  return { lines, destination: { write: (s: string) => (lines.push(s), true) } };
+/** A batch whose writes are kept; `bytes()` flushes it and gives each write. */
+function capture(maxBytes?: number): { bytes: () => string[]; destination: LineBatch } {
+  const writes: Buffer[] = [];
+  const destination = batchLines(
+    { write: (b: Buffer) => (writes.push(Buffer.from(b)), true), flushSync: () => {} },
+    maxBytes === undefined ? {} : { maxBytes },
+  );
+  return {
+    destination,
+    bytes: () => {
+      destination.flushSync();
+      // latin1 keeps every byte as one character: the comparison is of bytes, not of decoded text
+      return writes.map((b) => b.toString('latin1'));
+    },
+  };
 }
 
 // Strings pino writes in each of its ways: plain, with quotes or backslashes, with control characters,
@@ -72,13 +92,17 @@ function pinoLine(entry: DecisionLogEntry, opts: { level: string; worker?: numbe
   const { logger } = createServiceLog({ ...opts, now: () => opts.now, destination: out.destination });
   if (entry.policy_error !== undefined) logger.error(entry, 'decision');
   else logger.info(entry, 'decision');
-  return out.lines;
+  return out.bytes();
 }
 
-function ownLine(entry: DecisionLogEntry, opts: { level: string; worker?: number; now: number }): string[] {
-  const out = capture();
+function ownLine(
+  entry: DecisionLogEntry,
+  opts: { level: string; worker?: number; now: number },
+  maxBytes?: number,
+): string[] {
+  const out = capture(maxBytes);
   createServiceLog({ ...opts, now: () => opts.now, destination: out.destination }).decisionLine(entry);
-  return out.lines;
+  return out.bytes();
 }
 
 describe('decision lines', () => {
@@ -91,6 +115,65 @@ describe('decision lines', () => {
       }),
       { numRuns: RUNS },
     );
+  });
+
+  it('are the same bytes when a line does not fit the batch buffer and is written into one of its own', () => {
+    fc.assert(
+      fc.property(decision, correlation, worker, clock, (d, c, w, now) => {
+        const entry = decisionLogEntry(d, c);
+        const opts = { level: 'info', now, ...(w === undefined ? {} : { worker: w }) };
+        const own = ownLine(entry, opts, 256);
+        expect(own).toEqual(pinoLine(entry, opts));
+        expect(own).toHaveLength(1);
+      }),
+      { numRuns: Math.ceil(RUNS / 4) },
+    );
+  });
+
+  it("reach the file as the bytes pino's own lines reached it through the string destination", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'service-log-'));
+    try {
+      const entries = fc.sample(fc.tuple(decision, correlation), { numRuns: 300, seed: 7 });
+      entries.push([
+        { ...(entries[0]?.[0] as Decision), reason: 'lone \ud800 high, \udc00 low, pair \ud83d\ude00, \u2028' },
+        { requestId: '\udfff', traceparent: undefined },
+      ]);
+      const now = Date.UTC(2026, 11, 5);
+      // Before: pino's string, written by the destination in its string mode.
+      const before = join(dir, 'before.log');
+      const stringDestination = pino.destination({ dest: before, sync: true });
+      // pino's logger writes its strings as they are (write); only decision lines use reserve and commit
+      const direct: LineBatch = {
+        write: (text: string) => stringDestination.write(text),
+        flushSync: () => stringDestination.flushSync(),
+        reserve: () => {
+          throw new Error('not a decision line');
+        },
+        buffer: Buffer.alloc(0),
+        commit: () => {},
+      };
+      const reference = createServiceLog({ level: 'info', worker: 3, now: () => now, destination: direct }).logger;
+      for (const [d, c] of entries) {
+        const entry = decisionLogEntry(d, c);
+        if (entry.policy_error !== undefined) reference.error(entry, 'decision');
+        else reference.info(entry, 'decision');
+        stringDestination.flushSync();
+      }
+      // After: the decision line's bytes, batched, written by the destination in its buffer mode.
+      const after = join(dir, 'after.log');
+      const bytes = byteDestination({ dest: after, sync: true, maxLength: 16 * 1024 * 1024 });
+      const batch = batchLines(bytes, { maxBytes: 4096 });
+      const { decisionLine } = createServiceLog({ level: 'info', worker: 3, now: () => now, destination: batch });
+      for (const [d, c] of entries) decisionLine(decisionLogEntry(d, c));
+      batch.flushSync();
+      const written = readFileSync(after);
+      expect(
+        written.includes(Buffer.from('lone \xef\xbf\xbd high, \xef\xbf\xbd low, pair \xf0\x9f\x98\x80', 'latin1')),
+      ).toBe(true);
+      expect(written.toString('latin1').split('\n')).toEqual(readFileSync(before, 'latin1').split('\n'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('leave an entry with a field of the wrong type to pino, which writes it as it is', () => {
@@ -134,7 +217,7 @@ describe('decision lines', () => {
     );
     const lines = ownLine(entry, { level: 'info', worker: 2, now: Date.UTC(2026, 11, 5) });
     expect(lines).toHaveLength(1);
-    const line = lines[0] ?? '';
+    const line = Buffer.from(lines[0] ?? '', 'latin1').toString('utf8');
     expect(line.endsWith('}\n')).toBe(true);
     expect(JSON.parse(line)).toEqual({
       level: 50,

@@ -1,20 +1,24 @@
 // The service's own log lines reach pino's asynchronous destination in batches (batchLines): one
-// thread-pool write per interval instead of one per Check. What must hold: lines in order and whole,
-// none lost or held back past the interval, nothing timed while idle, everything out on flushSync, and
-// a dropped batch counted as the lines it held.
+// thread-pool write per interval instead of one per Check, as bytes gathered in one reused buffer. What
+// must hold: lines in order and whole (pino's string lines and the decision lines' bytes alike), none lost
+// or held back past the interval, nothing timed while idle, everything out on flushSync, a batch handed on
+// that the next lines cannot overwrite, a line larger than the buffer written whole, and a dropped batch
+// counted as the lines it held.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { batchLines, linesIn, type LineWriter } from '../../src/service/log-lines.js';
+import { batchLines, byteDestination, linesIn, type ByteWriter } from '../../src/service/log-lines.js';
 
-function recorder(): LineWriter & { writes: string[]; syncs: number } {
+/** The destination's writes, as text, and the Buffers themselves. */
+function recorder(): ByteWriter & { writes: string[]; buffers: Buffer[]; syncs: number } {
   const r = {
     writes: [] as string[],
+    buffers: [] as Buffer[],
     syncs: 0,
-    write(text: string) {
-      r.writes.push(text);
+    write(bytes: Buffer) {
+      r.buffers.push(bytes);
+      r.writes.push(bytes.toString('utf8'));
       return true;
     },
     flushSync() {
@@ -57,16 +61,57 @@ describe('batchLines', () => {
     expect(to.writes).toEqual(['a\n']);
   });
 
-  it('hands a batch on at once when it reaches maxChars', () => {
+  it('hands a batch on at once when it fills the buffer, and before a line that would not fit', () => {
     const to = recorder();
-    const lines = batchLines(to, { intervalMs: 10, maxChars: 100 });
+    const lines = batchLines(to, { intervalMs: 10, maxBytes: 100 });
     const line = `${'x'.repeat(39)}\n`;
     lines.write(line);
     lines.write(line);
     expect(to.writes).toEqual([]);
     lines.write(line);
-    expect(to.writes).toEqual([line.repeat(3)]);
+    expect(to.writes).toEqual([line.repeat(2)]);
+    lines.write(`${'y'.repeat(59)}\n`);
+    expect(to.writes).toEqual([line.repeat(2), `${line}${'y'.repeat(59)}\n`]);
     expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('hands on a copy: the next lines do not overwrite a batch the destination has not written yet', () => {
+    const to = recorder();
+    const lines = batchLines(to, { intervalMs: 10, maxBytes: 64 });
+    lines.write('first\n');
+    lines.flushSync();
+    lines.write('other\n');
+    lines.flushSync();
+    expect(to.buffers.map((b) => b.toString())).toEqual(['first\n', 'other\n']);
+  });
+
+  it('writes a line larger than the buffer whole, on its own, after the lines before it', () => {
+    const to = recorder();
+    const lines = batchLines(to, { intervalMs: 10, maxBytes: 16 });
+    const long = `${'é'.repeat(20)}\n`;
+    lines.write('a\n');
+    lines.write(long);
+    lines.write('b\n');
+    lines.flushSync();
+    expect(to.writes).toEqual(['a\n', long, 'b\n']);
+    // and as bytes reserved by the decision line's writer
+    const at = lines.reserve(40);
+    expect(lines.buffer.length).toBeGreaterThanOrEqual(40);
+    lines.commit(at + lines.buffer.write(`${'z'.repeat(39)}\n`, at));
+    lines.write('c\n');
+    lines.flushSync();
+    expect(to.writes.slice(3)).toEqual([`${'z'.repeat(39)}\n`, 'c\n']);
+  });
+
+  it("keeps pino's string lines and the bytes written into the buffer in order, UTF-8 encoded", () => {
+    const to = recorder();
+    const lines = batchLines(to, { intervalMs: 10, maxBytes: 1024 });
+    lines.write('{"msg":"é😀"}\n');
+    const at = lines.reserve(10);
+    lines.commit(at + lines.buffer.write('bytes\n', at, 'latin1'));
+    lines.write('{"msg":"after"}\n');
+    vi.advanceTimersByTime(10);
+    expect(to.writes).toEqual(['{"msg":"é😀"}\nbytes\n{"msg":"after"}\n']);
   });
 
   it('flushSync hands every waiting line on, then flushes the destination', () => {
@@ -83,7 +128,7 @@ describe('batchLines', () => {
   it("returns the destination's back-pressure answer from its last write", () => {
     let answer = false;
     const to = { write: () => answer, flushSync: () => {} };
-    const lines = batchLines(to, { intervalMs: 10, maxChars: 4 });
+    const lines = batchLines(to, { intervalMs: 10, maxBytes: 4 });
     expect(lines.write('ab\n')).toBe(true);
     expect(lines.write('cd\n')).toBe(false);
     answer = true;
@@ -94,21 +139,21 @@ describe('batchLines', () => {
 
 describe('linesIn', () => {
   it('counts the lines of a batch; a batch without a newline is one line', () => {
-    expect(linesIn('a\nb\nc\n')).toBe(3);
-    expect(linesIn('a\n')).toBe(1);
-    expect(linesIn('cut')).toBe(1);
-    expect(linesIn('')).toBe(0);
+    expect(linesIn(Buffer.from('a\nb\nc\n'))).toBe(3);
+    expect(linesIn(Buffer.from('a\n'))).toBe(1);
+    expect(linesIn(Buffer.from('cut'))).toBe(1);
+    expect(linesIn(Buffer.alloc(0))).toBe(0);
   });
 
   it("counts what pino's destination drops past maxLength as the lines dropped", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'log-batch-'));
     try {
       const file = join(dir, 'out.log');
-      const destination = pino.destination({ dest: file, sync: true, maxLength: 64 });
+      const destination = byteDestination({ dest: file, sync: true, maxLength: 64 });
       let dropped = 0;
-      destination.on('drop', (batch: string) => void (dropped += linesIn(batch)));
+      destination.on('drop', (batch: Buffer) => void (dropped += linesIn(batch)));
       await new Promise((resolve) => destination.once('ready', resolve));
-      const lines = batchLines(destination, { intervalMs: 10, maxChars: 1_000_000 });
+      const lines = batchLines(destination, { intervalMs: 10, maxBytes: 1_000_000 });
       // a batch of 10 lines of 10 bytes is over the 64-byte bound: all 10 dropped, counted as 10
       for (let i = 0; i < 10; i++) lines.write(`line ${String(i).padStart(3, '0')}\n`);
       lines.flushSync();

@@ -68,8 +68,8 @@ describe('log lines from several processes', () => {
     let text = '';
     let writes = 0;
     const sink = Object.assign(new EventEmitter(), {
-      write(chunk: string) {
-        text += chunk;
+      write(chunk: Buffer) {
+        text += chunk.toString('utf8');
         if (++writes % 7 !== 0) return true;
         setTimeout(() => sink.emit('drain'), 3);
         return false;
@@ -83,7 +83,7 @@ describe('log lines from several processes', () => {
 
   it('passes a last line without a newline on, and cuts a line with no end at the bound', async () => {
     const chunks: string[] = [];
-    const sink = Object.assign(new EventEmitter(), { write: (t: string) => chunks.push(t) > 0 });
+    const sink = Object.assign(new EventEmitter(), { write: (b: Buffer) => chunks.push(b.toString('utf8')) > 0 });
     const from = new PassThrough();
     const done = forwardLines(from, sink, 10);
     from.write('{"a":1}\n{"b"');
