@@ -12,6 +12,7 @@ import type { PolicyRole, PolicyStoreMetrics } from '../lifecycle/policy-store.j
 import type { ShadowDisagreementKind, ShadowMetrics } from '../lifecycle/shadow-policy.js';
 import { chainCacheStats } from '../identity/chain-verify.js';
 import { x509SvidCacheStats, x509SvidReferenceFallbacks } from '../identity/x509-svid.js';
+import { checkRequestReferenceDecodes } from '../transport/check-request-wire.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 import { summarisePolicyData } from '../policy/policy-summary.js';
 import { counterSeries, histogramSeries, type CounterSeries, type HistogramSeries } from './metric-series.js';
@@ -320,6 +321,16 @@ function registerCacheMetrics(registers: Registry[]): void {
     collect() {
       this.reset();
       this.inc(x509SvidReferenceFallbacks());
+    },
+  });
+  // Likewise the CheckRequest decoder (check-request-wire.ts): Envoy's encoding is read on the fast path.
+  new Counter({
+    name: 'egress_authz_request_decode_fallbacks_total',
+    help: 'CheckRequests whose encoding the fast decoder handed to the careful (reference) deserializer',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(checkRequestReferenceDecodes());
     },
   });
 }

@@ -44,6 +44,7 @@ let stranger: ProxyClient;
 let targetUrl = '';
 let tinyproxyPort = 0;
 let adminUrl = '';
+let authzUrl = '';
 
 function tcpOpen(port: number): Promise<boolean> {
   return new Promise((ok) => {
@@ -149,6 +150,7 @@ beforeAll(async () => {
   procs.push(tinyproxy);
 
   authz = startEgressAuthz(repoRoot, grpcPort, httpPort);
+  authzUrl = `http://127.0.0.1:${httpPort}`;
   procs.push(authz);
 
   accessLog = join(dir, 'envoy-access.log');
@@ -303,6 +305,14 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
   });
 
   // Last: it stops egress-authz.
+  it("reads Envoy's CheckRequests on the decoder's fast path (none handed to proto-loader's)", async () => {
+    await curl([...viaEgressProxy(bookinfo, { requestId: randomUUID() }), '--insecure', targetUrl]);
+    const text = await (await fetch(`${authzUrl}/metrics`)).text();
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+    expect(value('egress_authz_checks_total\\{caller="envoy",decision="allow"[^}]*\\}')).toBeGreaterThan(0);
+    expect(value('egress_authz_request_decode_fallbacks_total')).toBe(0);
+  });
+
   it('fails closed: with egress-authz stopped, even bookinfo gets 403 and nothing reaches tinyproxy', async () => {
     await authz.stop();
     const requestId = randomUUID();

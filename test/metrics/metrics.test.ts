@@ -9,6 +9,7 @@ import { resolveIdentity, type PeerEvidence } from '../../src/identity/identity.
 import { ChainVerifier } from '../../src/identity/chain-verify.js';
 import { parseX509Bundle, X509BundleSet } from '../../src/identity/x509-bundle.js';
 import { x509SvidReferenceFallbacks } from '../../src/identity/x509-svid.js';
+import { checkRequestReferenceDecodes } from '../../src/transport/check-request-wire.js';
 import {
   identityRejectionClass,
   IDENTITY_REJECTION_CLASSES,
@@ -120,6 +121,9 @@ describe('GET /metrics after real checks', () => {
     // The fast reader's hand-offs to the careful validator: counted (this suite's certificates are
     // plainly encoded, so the count is whatever the process saw, never negative or absent).
     expect(sample(text, 'egress_authz_svid_reference_fallbacks_total')).toBe(x509SvidReferenceFallbacks());
+    // Likewise the CheckRequest decoder's: this suite's requests are protobufjs's plain encoding.
+    expect(sample(text, 'egress_authz_request_decode_fallbacks_total')).toBe(checkRequestReferenceDecodes());
+    expect(checkRequestReferenceDecodes()).toBe(0);
   });
 
   it('labels decisions by tenant: known tenants and allowed namespaces by name, everything else bounded', () => {
