@@ -67,10 +67,13 @@ function answerCheck(
 // The handler answers with the encoded CheckResponse (encodeCheckResponse), so the server's copy of the
 // definition passes those bytes through, and reads requests with check-request-wire.ts, which gives
 // proto-loader's objects; clients keep proto-loader's serializers.
+let requestDeserialize: ((bytes: Buffer) => CheckRequest) | undefined;
+
 function serverDefinition(): grpc.ServiceDefinition {
   const definition = loadAuthorizationService();
   const check = definition.Check as grpc.MethodDefinition<CheckRequest, unknown>;
-  const requestDeserialize = checkRequestDeserializer(loadAuthorizationRoot(), check.requestDeserialize) as (
+  // Made once a process: the .proto files are parsed again for its field table, then dropped.
+  requestDeserialize ??= checkRequestDeserializer(loadAuthorizationRoot(), check.requestDeserialize) as (
     bytes: Buffer,
   ) => CheckRequest;
   return {
