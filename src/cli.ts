@@ -426,6 +426,7 @@ async function startListeners(
     sidebandCacheTtlS: config.sidebandCacheTtlS,
     tls: listenerTls && { files: listenerTls, allowedCallers },
     maxReceiveMessageBytes: config.maxReceiveMessageBytes,
+    checkTransport: config.checkTransport,
     checkDeadlineMs: config.checkDeadlineMs,
     ...(chainVerifier ? { chainVerifier, verifyEnvoyChain: config.verifyPeerChain } : {}),
   });

@@ -11,7 +11,7 @@ import { fail, ok, type Result } from '../common/result.js';
 import { DEFAULT_CHAIN_CACHE_ENTRIES } from '../identity/chain-verify.js';
 import { DEFAULT_SVID_CACHE_ENTRIES } from '../identity/x509-svid.js';
 import { DEFAULT_ENTRYPOINT } from '../policy/bundle.js';
-import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES } from '../transport/grpc-server.js';
+import { DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, type CheckTransport } from '../transport/grpc-server.js';
 import { parseSpiffeId } from '../identity/spiffe-id.js';
 import { XFCC_HEADER } from '../identity/xfcc.js';
 import { parseAllowedCaller, type CallerPattern } from '../transport/tls.js';
@@ -178,6 +178,11 @@ export const SERVE_OPTIONS = {
   ...BUNDLE_SERVER_OPTIONS,
   'shutdown-grace': { arg: 'DUR', default: '10s', help: 'how long SIGTERM waits for accepted checks' },
   'check-deadline': { arg: 'DUR', default: '200ms', help: 'a check slower than this is a deny' },
+  'check-transport': {
+    arg: 'stream|grpc-js',
+    default: 'stream',
+    help: "who answers Check calls: the HTTP/2 stream path, or grpc-js's call objects (same answers, slower)",
+  },
   'grpc-max-message-bytes': {
     arg: 'N',
     default: String(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES),
@@ -243,6 +248,7 @@ export interface ServeConfig {
   graceMs: number;
   checkDeadlineMs: number;
   maxReceiveMessageBytes: number;
+  checkTransport: CheckTransport;
   /** undefined: one per CPU available (workers.ts availableCpus, which reads the cgroup: not done here) */
   workers?: number;
   svidCacheEntries: number;
@@ -297,6 +303,9 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
   if (memo !== 'on' && memo !== 'off') throw new ConfigError('--policy-memo takes on or off');
   const svidCacheEntries = cacheEntries('--svid-cache-entries', v['svid-cache-entries']);
   const chainCacheEntries = cacheEntries('--chain-cache-entries', v['chain-cache-entries']);
+  const checkTransport = v['check-transport'];
+  if (checkTransport !== 'stream' && checkTransport !== 'grpc-js')
+    throw new ConfigError('--check-transport takes stream or grpc-js');
   const maxMessage = Number(v['grpc-max-message-bytes']);
   if (!Number.isSafeInteger(maxMessage) || maxMessage < 1024)
     throw new ConfigError('--grpc-max-message-bytes must be an integer of at least 1024');
@@ -346,6 +355,7 @@ function normalise(v: Values, env: Record<string, string | undefined>): ServeCon
     graceMs: duration('--shutdown-grace', v['shutdown-grace']!),
     checkDeadlineMs: duration('--check-deadline', v['check-deadline']!),
     maxReceiveMessageBytes: maxMessage,
+    checkTransport,
     ...defined('workers', workers),
     svidCacheEntries,
     chainCacheEntries,

@@ -13,6 +13,7 @@ import type { ShadowDisagreementKind, ShadowMetrics } from '../lifecycle/shadow-
 import { chainCacheStats } from '../identity/chain-verify.js';
 import { x509SvidCacheStats, x509SvidReferenceFallbacks } from '../identity/x509-svid.js';
 import { checkRequestReferenceDecodes } from '../transport/check-request-wire.js';
+import { checksAnsweredByGrpcJs } from '../transport/grpc-server.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
 import { summarisePolicyData } from '../policy/policy-summary.js';
 import { counterSeries, histogramSeries, type CounterSeries, type HistogramSeries } from './metric-series.js';
@@ -331,6 +332,17 @@ function registerCacheMetrics(registers: Registry[]): void {
     collect() {
       this.reset();
       this.inc(checkRequestReferenceDecodes());
+    },
+  });
+  // And the Check calls grpc-js answered instead of check-stream.ts: compressed ones, unusual deadline
+  // headers, or every call if grpc-js was not shaped as the stream path expects (serving log: check_transport).
+  new Counter({
+    name: 'egress_authz_check_grpc_js_calls_total',
+    help: 'Check calls answered through grpc-js call objects instead of the stream path (slower, same answers)',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(checksAnsweredByGrpcJs());
     },
   });
 }

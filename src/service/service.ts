@@ -8,7 +8,7 @@ import { Authorizer, type AuthorizerOptions } from '../decision/authorizer.js';
 import type { Decision, PolicySource } from '../decision/decision.js';
 import type { DecisionLogEntry } from '../decision/decision-log.js';
 import { addGrpcHealth } from '../transport/grpc-health.js';
-import { bindGrpcServer, createGrpcServer } from '../transport/grpc-server.js';
+import { bindGrpcServer, checkTransportOf, createGrpcServer, type CheckTransport } from '../transport/grpc-server.js';
 import { createHttpServer, listen, type RouteHandler } from '../transport/http-server.js';
 import { metricsRoute, pipelineMetrics, ServiceMetrics, timedRoute } from './metrics.js';
 import { footprintFields } from '../policy/input-footprint.js';
@@ -39,6 +39,8 @@ export interface ServiceOptions {
   /** TLS on both listeners (plain text without it); with a client CA, mTLS and the allowed callers */
   tls?: { files: TlsMaterialSource; allowedCallers?: CallerPattern[] };
   maxReceiveMessageBytes?: number;
+  /** who answers Check calls (grpc-server.ts); default the stream path */
+  checkTransport?: CheckTransport;
   /** see AuthorizerOptions.checkDeadlineMs */
   checkDeadlineMs?: number;
   /** see AuthorizerOptions.chainVerifier / verifyEnvoyChain: trust bundles for peer chains */
@@ -131,6 +133,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     authorizer,
     onInternalError: (err) => log.error({ err }, 'check failed inside the pipeline; answered deny'),
     maxReceiveMessageLength: opts.maxReceiveMessageBytes,
+    ...(opts.checkTransport ? { checkTransport: opts.checkTransport } : {}),
     peerPolicy,
     onPeerRefused,
   });
@@ -178,6 +181,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     policy_source: policies.current?.source ?? '',
     ...(policies.current ? footprintFields(policies.current.inputFootprint) : {}),
     tls: !tls ? 'off' : peerPolicy?.requireClientCert ? 'mtls' : 'server-only',
+    check_transport: checkTransportOf(grpcServer),
     allowed_callers: peerPolicy?.allowedCallers.map((p) => p.id.uri + (p.subtree ? '/*' : '')),
   };
   log.info(servingFields, opts.servingMessage ?? 'egress-authz serving');

@@ -26,6 +26,7 @@ describe('serve configuration', () => {
       graceMs: 10_000,
       checkDeadlineMs: 200,
       maxReceiveMessageBytes: 1_048_576,
+      checkTransport: 'stream',
       svidCacheEntries: 100_000,
       chainCacheEntries: 100_000,
     });
@@ -46,7 +47,9 @@ describe('serve configuration', () => {
       '--check-deadline=1m',
       '--svid-cache-entries=0',
       '--chain-cache-entries=5000',
+      '--check-transport=grpc-js',
     );
+    expect(c.checkTransport).toBe('grpc-js');
     expect(c.svidCacheEntries).toBe(0);
     expect(c.chainCacheEntries).toBe(5000);
     expect(c.grpcAddr).toBe('127.0.0.1:1');
@@ -59,6 +62,7 @@ describe('serve configuration', () => {
 
   it.each([
     [['--policy-memo=maybe'], /--policy-memo takes on or off/],
+    [['--check-transport=http3'], /--check-transport takes stream or grpc-js/],
     [['--grpc-max-message-bytes=12'], /at least 1024/],
     [['--shutdown-grace=soon'], /--shutdown-grace "soon": expected a duration/],
     [['--policy-poll-interval=5ms'], /at least 100ms/],

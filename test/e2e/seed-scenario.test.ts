@@ -305,12 +305,13 @@ describe('seed scenario through real Envoy and tinyproxy', () => {
   });
 
   // Last: it stops egress-authz.
-  it("reads Envoy's CheckRequests on the decoder's fast path (none handed to proto-loader's)", async () => {
+  it("answers Envoy's Checks on the fast paths: decoder (none handed to proto-loader's) and stream (none to grpc-js)", async () => {
     await curl([...viaEgressProxy(bookinfo, { requestId: randomUUID() }), '--insecure', targetUrl]);
     const text = await (await fetch(`${authzUrl}/metrics`)).text();
     const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
     expect(value('egress_authz_checks_total\\{caller="envoy",decision="allow"[^}]*\\}')).toBeGreaterThan(0);
     expect(value('egress_authz_request_decode_fallbacks_total')).toBe(0);
+    expect(value('egress_authz_check_grpc_js_calls_total')).toBe(0);
   });
 
   it('fails closed: with egress-authz stopped, even bookinfo gets 403 and nothing reaches tinyproxy', async () => {

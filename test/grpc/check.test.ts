@@ -241,3 +241,24 @@ describe('an answer that cannot be encoded', () => {
     }
   });
 });
+
+describe('--check-transport', () => {
+  it('grpc-js: grpc-js answers every Check, with the same decision; the serving log says which path answers', async () => {
+    const { checksAnsweredByGrpcJs } = await import('../../src/transport/grpc-server.js');
+    for (const transport of ['stream', 'grpc-js'] as const) {
+      const svc = await startTestService({ checkTransport: transport });
+      const client = checkClient(svc.grpcPort);
+      try {
+        const before = checksAnsweredByGrpcJs();
+        const res = await check(client, checkRequest({ principal: BOOKINFO }));
+        expect(res.status.code).toBe(0);
+        expect(header(res, 'x-egress-snat-pool')).toBe('bookinfo_snat');
+        expect(checksAnsweredByGrpcJs() - before).toBe(transport === 'grpc-js' ? 1 : 0);
+        expect(svc.logLines.find((l) => l.msg === 'egress-authz serving')?.check_transport).toBe(transport);
+      } finally {
+        client.close();
+        await svc.close(500);
+      }
+    }
+  });
+});

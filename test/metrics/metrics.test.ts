@@ -1,5 +1,6 @@
 // /metrics as Prometheus scrapes it, after real checks over gRPC and the sideband route; the reason
 // classes and the bound on tenant label values; the Grafana dashboard uses only metrics that exist.
+import { checksAnsweredByGrpcJs } from '../../src/transport/grpc-server.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -124,6 +125,9 @@ describe('GET /metrics after real checks', () => {
     // Likewise the CheckRequest decoder's: this suite's requests are protobufjs's plain encoding.
     expect(sample(text, 'egress_authz_request_decode_fallbacks_total')).toBe(checkRequestReferenceDecodes());
     expect(checkRequestReferenceDecodes()).toBe(0);
+    // And the Checks grpc-js answered instead of the stream path: none of these plain calls.
+    expect(sample(text, 'egress_authz_check_grpc_js_calls_total')).toBe(checksAnsweredByGrpcJs());
+    expect(checksAnsweredByGrpcJs()).toBe(0);
   });
 
   it('labels decisions by tenant: known tenants and allowed namespaces by name, everything else bounded', () => {
