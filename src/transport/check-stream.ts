@@ -32,8 +32,8 @@ export interface CheckStreamOptions {
   maxReceiveBytes: number;
   maxSendBytes: number;
   deserialize(bytes: Buffer): CheckRequest;
-  /** decides the call; receivedAt as for Authorizer.checkEnvoy */
-  answer(request: CheckRequest, receivedAt: number, peer: CallPeer): UnaryAnswer;
+  /** decides the call (never throws); receivedAt as for Authorizer.checkEnvoy; the peer is read on demand */
+  answer(request: CheckRequest, receivedAt: number, peer: () => CallPeer): UnaryAnswer;
 }
 
 // A deadline in the one form Envoy writes (digits and a unit); grpc-js parses anything else.
@@ -90,7 +90,7 @@ class CheckCall {
   private request: CheckRequest | undefined;
   private timer: NodeJS.Timeout | undefined;
   // gRPC framing: a 1-byte flag and a 4-byte big-endian length before each message.
-  private prefix = Buffer.allocUnsafe(5);
+  private prefix: Buffer | undefined; // made only when a prefix is split across chunks
   private prefixHave = 0;
   private body: Buffer[] = [];
   private bodyNeed = -1;
@@ -130,12 +130,13 @@ class CheckCall {
           this.bodySize = chunk.readUInt32BE(at + 1);
           at += 5;
         } else {
+          const prefix = (this.prefix ??= Buffer.alloc(5));
           const take = Math.min(5 - this.prefixHave, chunk.length - at);
-          chunk.copy(this.prefix, this.prefixHave, at, at + take);
+          chunk.copy(prefix, this.prefixHave, at, at + take);
           this.prefixHave += take;
           at += take;
           if (this.prefixHave < 5) break;
-          this.bodySize = this.prefix.readUInt32BE(1);
+          this.bodySize = prefix.readUInt32BE(1);
           this.prefixHave = 0;
         }
         if (this.bodySize > this.opts.maxReceiveBytes) {
@@ -203,7 +204,7 @@ class CheckCall {
 
   private decide(request: CheckRequest, receivedAt: number): void {
     if (this.gone()) return;
-    const answer = this.opts.answer(request, receivedAt, streamPeer(this.stream));
+    const answer = this.opts.answer(request, receivedAt, () => streamPeer(this.stream));
     if (!('ok' in answer)) {
       this.fail(answer.code, answer.details);
       return;

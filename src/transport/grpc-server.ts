@@ -54,7 +54,7 @@ function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckReques
     const receivedAt = performance.now();
     setImmediate(() => {
       if (call.cancelled) return;
-      const answer = answerCheck(opts, call.request, receivedAt, grpcJsPeer(call));
+      const answer = answerCheck(opts, call.request, receivedAt, () => grpcJsPeer(call));
       if ('ok' in answer) callback(null, answer.ok);
       else callback(answer);
     });
@@ -70,20 +70,30 @@ function grpcJsPeer(call: grpc.ServerUnaryCall<CheckRequest, Buffer>): CallPeer 
   };
 }
 
-/** The answer to one Check, whichever of the two transports below carries it. */
-function answerCheck(opts: GrpcServerOptions, request: CheckRequest, receivedAt: number, peer: CallPeer): UnaryAnswer {
-  if (opts.peerPolicy) {
-    const verdict = judgePeer(opts.peerPolicy, peer.tls, peer.certificate);
-    if (!verdict.ok) {
-      opts.onPeerRefused?.(verdict, peer.name());
-      const code = verdict.refusal === 'forbidden' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
-      return { code, details: verdict.reason };
-    }
-  }
+/**
+ * The answer to one Check, whichever of the two transports carries it. The peer is read only under a
+ * peer policy (a TLS peer's certificate is parsed into an object on every read).
+ */
+function answerCheck(
+  opts: GrpcServerOptions,
+  request: CheckRequest,
+  receivedAt: number,
+  peerOf: () => CallPeer,
+): UnaryAnswer {
   try {
+    if (opts.peerPolicy) {
+      const peer = peerOf();
+      const verdict = judgePeer(opts.peerPolicy, peer.tls, peer.certificate);
+      if (!verdict.ok) {
+        opts.onPeerRefused?.(verdict, peer.name());
+        const code = verdict.refusal === 'forbidden' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
+        return { code, details: verdict.reason };
+      }
+    }
     // Encoding is ours now (it was grpc-js's): a decision it cannot write is a bug below, answered as one.
     return { ok: encodeCheckResponse(opts.authorizer.checkEnvoy(request, receivedAt)) };
   } catch (err) {
+    // Thrown on the event loop's own turn (setImmediate), it would end the process: a deny instead.
     opts.onInternalError?.(err);
     return { ok: encodeCheckResponse(internalErrorDecision('envoy')) };
   }
