@@ -369,3 +369,8 @@ export function x509SvidCacheSize(): number {
 export function x509SvidCacheStats(): LruStats {
   return shapeCache.stats();
 }
+
+/** The same for the memo of recently seen certificates' expanded IDs (the hot shapes above). */
+export function x509SvidIdMemoStats(): LruStats {
+  return hotShapes.stats();
+}

@@ -11,7 +11,7 @@ import type { FailureCode } from '../common/result.js';
 import type { PolicyRole, PolicyStoreMetrics } from '../lifecycle/policy-store.js';
 import type { ShadowDisagreementKind, ShadowMetrics } from '../lifecycle/shadow-policy.js';
 import { chainCacheStats } from '../identity/chain-verify.js';
-import { x509SvidCacheStats, x509SvidReferenceFallbacks } from '../identity/x509-svid.js';
+import { x509SvidCacheStats, x509SvidIdMemoStats, x509SvidReferenceFallbacks } from '../identity/x509-svid.js';
 import { checkRequestReferenceDecodes } from '../transport/check-request-wire.js';
 import { checksAnsweredByGrpcJs } from '../transport/grpc-server.js';
 import { memoTotals, policyMemoBytes, policyMemoMaxBytes, type LoadedPolicy } from '../policy/policy.js';
@@ -271,6 +271,7 @@ function registerCacheMetrics(registers: Registry[]): void {
     const svid = x509SvidCacheStats();
     return {
       svid,
+      svid_id: x509SvidIdMemoStats(),
       policy_memo: { ...memoTotals, bytes: policyMemoBytes(), maxBytes: policyMemoMaxBytes() },
       chain: chainCacheStats(),
     };
@@ -279,7 +280,7 @@ function registerCacheMetrics(registers: Registry[]): void {
     [
       'hits',
       'egress_authz_cache_hits_total',
-      'Lookups answered from a cache, by cache (svid: certificates, policy_memo: decisions, chain: verified chains)',
+      'Lookups answered from a cache, by cache (svid: certificates, svid_id: their expanded IDs, policy_memo: decisions, chain: verified chains)',
     ],
     ['misses', 'egress_authz_cache_misses_total', 'Lookups a cache could not answer, by cache'],
     ['evictions', 'egress_authz_cache_evictions_total', 'Entries dropped to stay within the byte bound, by cache'],

@@ -8,6 +8,7 @@ import {
   parseX509SvidPem,
   x509SvidCacheSize,
   x509SvidCacheStats,
+  x509SvidIdMemoStats,
 } from '../../src/identity/x509-svid.js';
 import { createCa, issue, workloadSvid, type CertAuthority, type IssuedCert } from '../support/pki.js';
 
@@ -256,6 +257,18 @@ describe('certificate cache', () => {
     } finally {
       configureX509SvidCache({ entries: DEFAULT_SVID_CACHE_ENTRIES });
     }
+  });
+
+  it('counts the memo of expanded IDs: the first cache hit of a certificate misses it, the next ones hit', () => {
+    clearX509SvidCache();
+    const before = x509SvidIdMemoStats();
+    for (let i = 0; i < 4; i++) expect(resolveIdentity({ certificatePem: svid.certPem }).ok).toBe(true);
+    const after = x509SvidIdMemoStats();
+    // The first resolve parses (the certificate cache's miss); the second expands the packed entry.
+    expect(after.misses - before.misses).toBe(1);
+    expect(after.hits - before.hits).toBe(2);
+    expect(after.bytes).toBeGreaterThan(0);
+    expect(after.bytes).toBeLessThanOrEqual(after.maxBytes);
   });
 
   it('is keyed by a hash of the text: a long certificate chain costs the same bytes as a short one', async () => {

@@ -9,7 +9,7 @@ import { FAILURE_CODES, fail } from '../../src/common/result.js';
 import { resolveIdentity, type PeerEvidence } from '../../src/identity/identity.js';
 import { ChainVerifier } from '../../src/identity/chain-verify.js';
 import { parseX509Bundle, X509BundleSet } from '../../src/identity/x509-bundle.js';
-import { x509SvidReferenceFallbacks } from '../../src/identity/x509-svid.js';
+import { x509SvidIdMemoStats, x509SvidReferenceFallbacks } from '../../src/identity/x509-svid.js';
 import { checkRequestReferenceDecodes } from '../../src/transport/check-request-wire.js';
 import {
   identityRejectionClass,
@@ -119,6 +119,12 @@ describe('GET /metrics after real checks', () => {
       cache('egress_authz_cache_max_bytes', 'policy_memo'),
     );
     expect(cache('egress_authz_cache_evictions_total', 'svid')).toBe(0);
+    // The memo of expanded IDs behind it, as the module counts it (test/identity checks the counting).
+    const memo = x509SvidIdMemoStats();
+    expect(cache('egress_authz_cache_misses_total', 'svid_id')).toBe(memo.misses);
+    expect(cache('egress_authz_cache_hits_total', 'svid_id')).toBe(memo.hits);
+    expect(cache('egress_authz_cache_bytes', 'svid_id')).toBe(memo.bytes);
+    expect(cache('egress_authz_cache_max_bytes', 'svid_id')).toBe(memo.maxBytes);
     // The fast reader's hand-offs to the careful validator: counted (this suite's certificates are
     // plainly encoded, so the count is whatever the process saw, never negative or absent).
     expect(sample(text, 'egress_authz_svid_reference_fallbacks_total')).toBe(x509SvidReferenceFallbacks());
