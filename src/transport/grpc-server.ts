@@ -165,11 +165,16 @@ export function checkTransportOf(server: grpc.Server): CheckTransport {
 // address) each have one 'stream' listener: it is wrapped so that the Checks check-stream.ts accepts
 // are answered there and every other stream still reaches grpc-js. If grpc-js is not shaped so (another
 // version), nothing is changed and grpc-js answers everything, as before; the serving log says which.
+// What grpc-js does per stream before its call objects is only its idle-connection timer's stream
+// count, which is off unless grpc.max_connection_idle_ms is set (createGrpcServer does not set it).
+const wrapped = new WeakSet<http2.Http2Server>();
+
 function takeCheckStreams(server: grpc.Server, options: CheckStreamOptions): boolean {
   const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
   if (!(servers instanceof Map) || servers.size === 0) return false;
   const targets: Array<{ h2: http2.Http2Server; grpcJs: (...args: unknown[]) => void }> = [];
   for (const h2 of servers.keys() as IterableIterator<http2.Http2Server | null>) {
+    if (h2 && wrapped.has(h2)) continue; // bound earlier, by another bindGrpcServer of this server
     const listeners = typeof h2?.listeners === 'function' ? h2.listeners('stream') : [];
     if (!h2 || listeners.length !== 1) return false;
     targets.push({ h2, grpcJs: listeners[0] as (...args: unknown[]) => void });
@@ -180,6 +185,7 @@ function takeCheckStreams(server: grpc.Server, options: CheckStreamOptions): boo
       if (acceptsCheckStream(headers)) serveCheckStream(stream, headers, options);
       else grpcJs.call(h2, stream, headers, ...rest);
     });
+    wrapped.add(h2);
   }
   return true;
 }

@@ -262,3 +262,48 @@ describe('--check-transport', () => {
     }
   });
 });
+
+describe('a server bound to two addresses', () => {
+  it('answers Checks on the stream path on both, and grpc.health.v1 through grpc-js', async () => {
+    const grpc = await import('@grpc/grpc-js');
+    const { createGrpcServer, bindGrpcServer, checkTransportOf, checksAnsweredByGrpcJs } =
+      await import('../../src/transport/grpc-server.js');
+    const { addGrpcHealth } = await import('../../src/transport/grpc-health.js');
+    const { decide } = await import('../../src/decision/decision.js');
+    const server = createGrpcServer({
+      authorizer: {
+        checkEnvoy: () => decide({ caller: 'envoy', identity: null, destination: { host: '' } }, undefined),
+      } as never,
+    });
+    addGrpcHealth(server, () => true).shutdown();
+    const ports = [await bindGrpcServer(server, '127.0.0.1:0'), await bindGrpcServer(server, '127.0.0.1:0')];
+    expect(checkTransportOf(server)).toBe('stream');
+    const before = checksAnsweredByGrpcJs();
+    try {
+      for (const port of ports) {
+        const client = checkClient(port);
+        try {
+          expect((await check(client, checkRequest({ principal: BOOKINFO }))).status.code).toBe(7);
+        } finally {
+          client.close();
+        }
+        // Not a Check: grpc-js answers it (NOT_SERVING: the health above was shut down).
+        const health = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+        const status = await new Promise<Buffer>((resolve, reject) =>
+          health.makeUnaryRequest(
+            '/grpc.health.v1.Health/Check',
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            Buffer.alloc(0),
+            (err, res) => (err ? reject(err) : resolve(res!)),
+          ),
+        );
+        health.close();
+        expect([...status]).toEqual([0x08, 0x02]); // status: NOT_SERVING
+      }
+      expect(checksAnsweredByGrpcJs()).toBe(before);
+    } finally {
+      server.forceShutdown();
+    }
+  });
+});
