@@ -16,7 +16,7 @@ import { checkRequest, waitForAllow } from './check-request.mjs';
 import { runGhz } from './ghz.mjs';
 import { makeIdentities } from './identities.mjs';
 import { makePki } from './pki.mjs';
-import { freePort, startProcess, stopProcess } from './processes.mjs';
+import { cpuTicksOf, freePort, startProcess, stopProcess } from './processes.mjs';
 import { workloadRequests, writeGhzData } from './workloads.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -40,10 +40,7 @@ if (spec.workload === 'warm') {
 }
 
 const ghz = join(root, '.tools', 'bin', 'ghz');
-const cpuMs = (pid) => {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, in 10 ms ticks
-};
+const cpuMs = (pid) => cpuTicksOf(pid) * 10; // clock ticks of 10 ms
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 const started = [];

@@ -138,7 +138,8 @@ export function childrenPeakRssMb(pid) {
     .filter((mb) => mb !== null);
 }
 
-function cpuTicksOf(pid) {
+/** CPU a process has used, user + system, in clock ticks (10 ms here); null once it is gone. */
+export function cpuTicksOf(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');

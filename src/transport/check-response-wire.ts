@@ -118,7 +118,16 @@ function upperBound(d: Decision): number {
 // field numbers: envoy.service.auth.v3.CheckResponse, OkHttpResponse, DeniedHttpResponse;
 // google.rpc.Status; envoy.type.v3.HttpStatus; google.protobuf.Value (string_value 3, bool_value 4)
 export function encodeCheckResponse(d: Decision): Buffer {
-  const bound = upperBound(d);
+  return encode(d, false);
+}
+
+/** The same bytes as one gRPC message frame (flag 0, 4-byte length), for check-stream.ts to send as is. */
+export function encodeCheckResponseFrame(d: Decision): Buffer {
+  return encode(d, true);
+}
+
+function encode(d: Decision, frame: boolean): Buffer {
+  const bound = upperBound(d) + 5;
   buf = bound <= SCRATCH_BYTES ? scratch : Buffer.allocUnsafe(bound);
   at = buf.length;
   const end = at;
@@ -156,6 +165,13 @@ export function encodeCheckResponse(d: Decision): Buffer {
     putStr(2, d.reason);
     putInt(1, CHECK_PERMISSION_DENIED);
     close(1, status);
+  }
+  if (frame) {
+    // Written back to front like the rest, so the answer is copied out of the scratch buffer once.
+    const length = end - at;
+    at -= 5;
+    buf[at] = 0;
+    buf.writeUInt32BE(length, at + 1);
   }
   const out = Buffer.allocUnsafe(end - at);
   buf.copy(out, 0, at, end);

@@ -10,14 +10,12 @@
 // message size limits, deadline, unary rules and error texts.
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { TLSSocket } from 'node:tls';
+import { status as Status } from '@grpc/grpc-js';
 import type { CheckRequest } from '../decision/input.js';
 
 export const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 
-/** gRPC status codes used here (grpc.status, without importing grpc-js into the hot path's module) */
-const Status = { OK: 0, INTERNAL: 13, UNIMPLEMENTED: 12, RESOURCE_EXHAUSTED: 8, DEADLINE_EXCEEDED: 4 } as const;
-
-/** What a Check answer is, whichever transport carries it. */
+/** What a Check answer is: its bytes as the transport sends them (here a whole gRPC frame), or a status. */
 export type UnaryAnswer = { ok: Buffer } | { code: number; details: string };
 
 /** The calling peer, as grpc-js's getAuthContext() and getPeer() describe it. */
@@ -63,7 +61,7 @@ export function streamPeer(stream: ServerHttp2Stream): CallPeer {
   };
 }
 
-export function peerName(address: string | undefined, port: number | undefined): string {
+function peerName(address: string | undefined, port: number | undefined): string {
   if (!address) return 'unknown';
   return port ? `${address}:${port}` : address;
 }
@@ -209,18 +207,14 @@ class CheckCall {
       this.fail(answer.code, answer.details);
       return;
     }
-    const bytes = answer.ok;
-    if (bytes.length > this.opts.maxSendBytes) {
+    const framed = answer.ok;
+    if (framed.length - 5 > this.opts.maxSendBytes) {
       this.fail(
         Status.RESOURCE_EXHAUSTED,
-        `Sent message larger than max (${bytes.length + 5} vs. ${this.opts.maxSendBytes})`,
+        `Sent message larger than max (${framed.length} vs. ${this.opts.maxSendBytes})`,
       );
       return;
     }
-    const framed = Buffer.allocUnsafe(bytes.length + 5);
-    framed[0] = 0;
-    framed.writeUInt32BE(bytes.length, 1);
-    bytes.copy(framed, 5);
     this.finish();
     const stream = this.stream;
     stream.respond(OK_HEADERS, { waitForTrailers: true });

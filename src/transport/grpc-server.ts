@@ -2,10 +2,10 @@
 // anywhere below turns into a PERMISSION_DENIED answer, never a gRPC error Envoy would have to interpret.
 import * as grpc from '@grpc/grpc-js';
 import type { Authorizer } from '../decision/authorizer.js';
-import { internalErrorDecision } from '../decision/decision.js';
+import { internalErrorDecision, type Decision } from '../decision/decision.js';
 import { loadAuthorizationRoot, loadAuthorizationService } from './envoy-protos.js';
 import { checkRequestDeserializer } from './check-request-wire.js';
-import { encodeCheckResponse } from './check-response-wire.js';
+import { encodeCheckResponse, encodeCheckResponseFrame } from './check-response-wire.js';
 import type { CheckRequest } from '../decision/input.js';
 import { judgePeer, type PeerPolicy, type PeerVerdict } from './tls.js';
 import type * as http2 from 'node:http2';
@@ -54,7 +54,7 @@ function checkHandler(opts: GrpcServerOptions): grpc.handleUnaryCall<CheckReques
     const receivedAt = performance.now();
     setImmediate(() => {
       if (call.cancelled) return;
-      const answer = answerCheck(opts, call.request, receivedAt, () => grpcJsPeer(call));
+      const answer = answerCheck(opts, encodeCheckResponse, call.request, receivedAt, () => grpcJsPeer(call));
       if ('ok' in answer) callback(null, answer.ok);
       else callback(answer);
     });
@@ -71,11 +71,13 @@ function grpcJsPeer(call: grpc.ServerUnaryCall<CheckRequest, Buffer>): CallPeer 
 }
 
 /**
- * The answer to one Check, whichever of the two transports carries it. The peer is read only under a
- * peer policy (a TLS peer's certificate is parsed into an object on every read).
+ * The answer to one Check, whichever of the two transports carries it, encoded as that transport sends
+ * it (grpc-js frames the message itself; the stream path sends encodeCheckResponseFrame's bytes). The
+ * peer is read only under a peer policy (a TLS peer's certificate is parsed into an object on every read).
  */
 function answerCheck(
   opts: GrpcServerOptions,
+  encode: (d: Decision) => Buffer,
   request: CheckRequest,
   receivedAt: number,
   peerOf: () => CallPeer,
@@ -91,11 +93,11 @@ function answerCheck(
       }
     }
     // Encoding is ours now (it was grpc-js's): a decision it cannot write is a bug below, answered as one.
-    return { ok: encodeCheckResponse(opts.authorizer.checkEnvoy(request, receivedAt)) };
+    return { ok: encode(opts.authorizer.checkEnvoy(request, receivedAt)) };
   } catch (err) {
     // Thrown on the event loop's own turn (setImmediate), it would end the process: a deny instead.
     opts.onInternalError?.(err);
-    return { ok: encodeCheckResponse(internalErrorDecision('envoy')) };
+    return { ok: encode(internalErrorDecision('envoy')) };
   }
 }
 
@@ -135,7 +137,7 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
       maxReceiveBytes,
       maxSendBytes: MAX_SEND_MESSAGE_BYTES,
       deserialize: requestDeserialize!,
-      answer: (request, receivedAt, peer) => answerCheck(opts, request, receivedAt, peer),
+      answer: (request, receivedAt, peer) => answerCheck(opts, encodeCheckResponseFrame, request, receivedAt, peer),
     });
   }
   return server;

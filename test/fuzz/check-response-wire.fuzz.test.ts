@@ -5,7 +5,7 @@
 // the reference's strings are made well-formed.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { encodeCheckResponse } from '../../src/transport/check-response-wire.js';
+import { encodeCheckResponse, encodeCheckResponseFrame } from '../../src/transport/check-response-wire.js';
 import { toCheckResponse } from '../../src/transport/envoy-response.js';
 import { loadAuthorizationService } from '../../src/transport/envoy-protos.js';
 import type { Decision } from '../../src/decision/decision.js';
@@ -81,6 +81,11 @@ describe('CheckResponse bytes: the encoder against protobufjs', () => {
     fc.assert(
       fc.property(decision, (d) => {
         const ours = encodeCheckResponse(d);
+        // The stream path's frame: flag 0, the length, then the very same bytes.
+        const frame = encodeCheckResponseFrame(d);
+        expect(frame[0]).toBe(0);
+        expect(frame.readUInt32BE(1)).toBe(ours.length);
+        expect(frame.subarray(5).equals(ours)).toBe(true);
         if (strings(d).every(isWellFormed)) {
           compared++;
           expect(ours.equals(reference(d))).toBe(true);
