@@ -150,7 +150,7 @@ export function cpuTicksOf(pid) {
 }
 
 // The benchmark's load generators (their CPU is reported apart: with --workers 2 they share a core).
-const LOAD_GENERATORS = new Set(['ghz', 'h2load']);
+const LOAD_GENERATORS = new Set(['loadgen', 'ghz', 'h2load']);
 
 function commOf(pid) {
   try {
@@ -169,7 +169,7 @@ function machineBusyTicks() {
 /**
  * Watches how much CPU the machine spends outside this benchmark's own process tree while a
  * measurement runs (other users of a shared machine disturb the figures). stop() returns the
- * outsiders' share in % of one core, the hypervisor's steal, and the load generators' own CPU (ghz,
+ * outsiders' share in % of one core, the hypervisor's steal, and the load generators' own CPU (loadgen, ghz,
  * h2load), all in % of one core.
  */
 export function startCpuWatch(intervalMs = 250) {

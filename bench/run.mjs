@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // One-command benchmark (issue 7): egress-authz against opa-envoy-plugin and a no-op grpc-js
-// ceiling, on path `grpc` (ghz straight at the server) and path `envoy` (fixed rate through real
+// ceiling, on path `grpc` (a load generator straight at the server) and path `envoy` (fixed rate through real
 // Envoy with ext_authz, plus Envoy alone). Each server runs pinned to core 0 and each load generator
 // to core 1, so the figures are per core. Usage (after scripts/install-bench-tools.sh):
 //   node bench/run.mjs [--quick] [--no-envoy] [--no-grpc] [--systems a,b] [--logs] [--opa-decision-logs on|off]
 //                    [--wait-quiet SECONDS] [--identities N] [--rates R,R,...] [--sweep-rounds N] [--workers N,N]
+//                    [--load-generator loadgen|ghz]
 // Workloads (issue 10): hot (one workload), warm (--identities distinct workloads × 3 destinations, half
 // denied, after a warm-up pass), cold (the same, egress-authz with its caches off); the peer with both
 // its policies (principal-only, certificate-parsing); a rate sweep through Envoy; workers 1 vs 2.
@@ -16,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { checkRequest, waitForAllow } from './check-request.mjs';
 import { envoyVersion, runH2load, waitForEnvoy, writeEnvoyConfig } from './envoy.mjs';
-import { runGhz } from './ghz.mjs';
+import { LOAD_GENERATORS, runLoad } from './load.mjs';
 import { makeIdentities } from './identities.mjs';
 import { makePki } from './pki.mjs';
 import { startNodeFlags } from './node-flags.mjs';
@@ -29,7 +30,7 @@ import {
   startProcess,
   stopProcess,
 } from './processes.mjs';
-import { workloadRequests, writeGhzData } from './workloads.mjs';
+import { workloadRequests, writeRequestFiles } from './workloads.mjs';
 import { chartSvg, goalsTable, resultsMarkdown, resultsTable } from './report.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -53,6 +54,7 @@ const { values: opts } = parseArgs({
     rates: { type: 'string' },
     'sweep-rounds': { type: 'string' },
     workers: { type: 'string' },
+    'load-generator': { type: 'string', default: 'loadgen' },
   },
 });
 // --quick: the grpc path's three workloads only (no Envoy sweep, no second worker), in under 3 minutes.
@@ -95,6 +97,10 @@ const wanted = opts.systems
   .filter(Boolean);
 if (!['on', 'off'].includes(opts['opa-decision-logs'])) throw new Error('--opa-decision-logs takes on or off');
 for (const s of wanted) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s} (known: ${SYSTEMS.join(', ')})`);
+
+if (!LOAD_GENERATORS.includes(opts['load-generator']))
+  throw new Error(`--load-generator takes ${LOAD_GENERATORS.join(' or ')}`);
+const loadTool = opts['load-generator'];
 
 const waitQuietS = Number(opts['wait-quiet']);
 if (!(waitQuietS >= 0 && waitQuietS <= 600)) throw new Error('--wait-quiet takes seconds, 0 to 600');
@@ -193,7 +199,7 @@ const systems = {
     async prepare() {
       return null;
     },
-    async start(grpcAddr, { answer } = {}) {
+    async start(grpcAddr, { answer, transport } = {}) {
       return startProcess(
         'taskset',
         [
@@ -204,6 +210,7 @@ const systems = {
           join(root, 'bench', 'noop-server.mjs'),
           grpcAddr,
           ...(answer === 'contract' ? ['--contract'] : []),
+          ...(transport === 'http2' ? ['--http2'] : []),
         ],
         {
           stdout: sink('noop'),
@@ -262,9 +269,10 @@ async function waitForQuiet() {
 // --- paths ---------------------------------------------------------------------------------------
 
 /** What a run measured: the workload, the peer's policy, the worker count (see notes). */
-function variantFields({ name, workload, policy, workers, connections = 1 }) {
+function variantFields({ name, workload, policy, workers, connections = 1, transport }) {
   return {
     workload,
+    ...(transport ? { transport } : {}),
     policy: name === 'opa-envoy-plugin' ? policy : null,
     workers: name === 'egress-authz' ? workers : 1,
     connections,
@@ -275,31 +283,31 @@ function variantFields({ name, workload, policy, workers, connections = 1 }) {
 async function grpcRun(variant, request, files) {
   const { name, workload } = variant;
   const { child, grpcAddr } = await startReady(name, request, { ...variant, cold: workload === 'cold' });
-  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.workers > 1 ? ` ×${variant.workers}` : ''}${(variant.connections ?? 1) > 1 ? ` (${variant.connections} connections)` : ''} grpc ${workload}`;
+  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.workers > 1 ? ` ×${variant.workers}` : ''}${(variant.connections ?? 1) > 1 ? ` (${variant.connections} connections)` : ''}${variant.transport ? ` (${variant.transport})` : ''} grpc ${workload}`;
   try {
-    const ghz = join(tools, 'ghz');
-    const requestFile = workload === 'hot' ? files.hot : files.many;
+    const requests = workload === 'hot' ? files.hot : files.many;
     const common = {
-      ghz,
+      tool: loadTool,
+      tools,
       core: LOAD_CORE,
       addr: grpcAddr,
-      requestFile,
+      requests,
       concurrency: plan.concurrency,
       connections: variant.connections ?? 1,
-      outFile: join(work, `ghz-${name}.json`),
+      outFile: join(work, `load-${name}.json`),
     };
     if (workload !== 'hot') {
       // One pass over every identity × destination first: the warm workload's steady state has all of
       // them seen; for cold it changes nothing (its caches are off) but keeps the two runs alike.
-      log(`${label}: warm-up pass over ${files.manyCount} requests`);
-      await runGhz({ ...common, total: files.manyCount });
+      log(`${label}: warm-up pass over ${requests.count} requests`);
+      await runLoad({ ...common, total: requests.count });
     }
     log(`${label}: warm-up ${plan.warmupS} s`);
-    await runGhz({ ...common, seconds: plan.warmupS });
+    await runLoad({ ...common, seconds: plan.warmupS });
     log(`${label}: measuring ${plan.measureS} s at concurrency ${plan.concurrency}`);
     const waited = await waitForQuiet();
     const watch = startCpuWatch();
-    const m = await runGhz({ ...common, seconds: plan.measureS });
+    const m = await runLoad({ ...common, seconds: plan.measureS });
     const disturbance = watch.stop();
     const rss = peakRssMb(child.pid);
     // With workers, rss_mb is the primary and its workers together; each worker's own peak beside it.
@@ -309,6 +317,7 @@ async function grpcRun(variant, request, files) {
       system: name,
       path: 'grpc',
       ...variantFields(variant),
+      load_generator: loadTool,
       rps: m.rps,
       p50_ms: m.p50_ms,
       p99_ms: m.p99_ms,
@@ -515,6 +524,8 @@ async function firstLine(cmd, args) {
 
 async function versions(envoy) {
   const ghzInfo = await runCommand('go', ['version', '-m', join(tools, 'ghz')], { timeoutMs: 20_000 });
+  const loadgenInfo = await runCommand('go', ['version', '-m', join(tools, 'loadgen')], { timeoutMs: 20_000 });
+  const loadgenGrpc = /\tdep\tgoogle.golang.org\/grpc\t(\S+)/.exec(loadgenInfo.stdout)?.[1];
   const rev = await firstLine('git', ['-C', root, 'rev-parse', '--short', 'HEAD']);
   const dirty =
     (
@@ -526,6 +537,7 @@ async function versions(envoy) {
     'egress-authz': rev ? `${rev}${dirty ? ' (with uncommitted changes)' : ''}` : 'unknown',
     'opa-envoy-plugin': existsSync(stamp) ? readFileSync(stamp, 'utf8').trim() : null,
     ghz: /\tmod\tgithub.com\/bojand\/ghz\t(\S+)/.exec(ghzInfo.stdout)?.[1] ?? null,
+    loadgen: loadgenGrpc ? `bench/loadgen (grpc-go ${loadgenGrpc})` : null,
     envoy: envoy ? await envoyVersion(envoy) : null,
     h2load: (await firstLine('h2load', ['--version']))?.replace(/^h2load /, '') ?? null,
   };
@@ -555,7 +567,7 @@ function grpcVariants(ready, workers) {
   for (const name of ready) {
     if (name === 'egress-authz') {
       for (const workload of WORKLOADS) out.push({ name, workload, workers: 1, connections: 1 });
-      // Workers share connections, not requests: over ghz's one connection a second worker would idle.
+      // Workers share connections, not requests: over one connection a second worker would idle.
       // So the worker comparison runs over as many connections as the most workers (an Envoy gateway
       // opens one per worker thread; a cluster has several gateways), for 1 worker as well.
       const most = Math.max(...workers);
@@ -566,8 +578,11 @@ function grpcVariants(ready, workers) {
       for (const policy of ['principal', 'certificate'])
         for (const workload of WORKLOADS) out.push({ name, workload, policy, workers: 1 });
     } else {
-      // The no-op server looks at nothing: warm and cold are the same work for it.
-      for (const workload of ['hot', 'warm']) out.push({ name, workload, workers: 1 });
+      // The no-op server looks at nothing: warm and cold are the same work for it. It runs on grpc-js
+      // (the ceiling the issue names) and on node:http2 alone (the ceiling of egress-authz's Check path,
+      // which answers on the HTTP/2 stream too).
+      for (const transport of [undefined, 'http2'])
+        for (const workload of ['hot', 'warm']) out.push({ name, workload, workers: 1, transport });
     }
   }
   return out;
@@ -590,21 +605,21 @@ async function main() {
   for (const entry of existsSync(work) ? readdirSync(work) : [])
     if (entry !== 'identities') rmSync(join(work, entry), { recursive: true, force: true });
   mkdirSync(join(work, 'logs'), { recursive: true });
-  for (const tool of ['ghz'])
+  for (const tool of [loadTool])
     if (!existsSync(join(tools, tool))) throw new Error(`${tool} missing: run bash scripts/install-bench-tools.sh`);
 
   const pki = await makePki(join(work, 'pki'));
   const request = checkRequest(pki.clientCertPem);
-  const requestFile = join(work, 'check-request.json');
-  writeFileSync(requestFile, JSON.stringify(request));
   const madeAt = Date.now();
   const ids = await makeIdentities(join(work, 'identities'), plan.identities);
   log(`${ids.length} workload identities ready in ${Date.now() - madeAt} ms`);
   const many = workloadRequests(ids);
   const files = {
-    hot: requestFile,
-    many: writeGhzData(join(work, 'check-requests-many.json'), many),
-    manyCount: many.length,
+    hot: writeRequestFiles(join(work, 'check-request'), [request]),
+    many: writeRequestFiles(
+      join(work, 'check-requests-many'),
+      many.map((r) => r.request),
+    ),
   };
 
   const runs = [];
@@ -677,10 +692,10 @@ async function main() {
     elapsed_s: Math.round((Date.now() - started) / 1000),
   };
   const notes = [
-    `Each server runs under \`taskset -c ${SERVER_CORE}\` (opa-envoy-plugin with GOMAXPROCS=1); ghz, h2load and Envoy run under \`taskset -c ${LOAD_CORE}\` (ghz with GOMAXPROCS=1, Envoy with --concurrency 1). With \`--workers 2\` (workers: 2 in latest.json) egress-authz runs on cores 0 and 1, so its second worker shares core 1 with the load generator: load_generator_cpu_pct gives ghz's (or h2load's) own CPU in % of one core, what the second worker could not have.`,
-    `Path grpc: ghz ${meta.versions.ghz}, one HTTP/2 connection (the worker comparison: as many connections as the most workers, for 1 worker too, since workers share connections, not requests; \`connections\` in latest.json), concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
+    `Each server runs under \`taskset -c ${SERVER_CORE}\` (opa-envoy-plugin with GOMAXPROCS=1); the gRPC load generator, h2load and Envoy run under \`taskset -c ${LOAD_CORE}\` (the load generator with GOMAXPROCS=1, Envoy with --concurrency 1). With \`--workers 2\` (workers: 2 in latest.json) egress-authz runs on cores 0 and 1, so its second worker shares core 1 with the load generator: load_generator_cpu_pct gives the load generator's (or h2load's) own CPU in % of one core, what the second worker could not have.`,
+    `Path grpc: ${loadTool === 'loadgen' ? `${meta.versions.loadgen}: the project's own load generator, which sends requests encoded once (ghz ${meta.versions.ghz}, used for the results before 2026-12-05, spends ~90 µs of CPU a warm Check building dynamic messages and caps any server near 10,500 warm Checks/s on one core; \`--load-generator ghz\` runs it again)` : `ghz ${meta.versions.ghz} (--load-generator ghz)`}, one HTTP/2 connection (the worker comparison: as many connections as the most workers, for 1 worker too, since workers share connections, not requests; \`connections\` in latest.json), concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
     'policy (opa-envoy-plugin runs): "principal" is bench/opa-envoy-plugin/policy-principal.rego, the policy its users usually write (the SPIFFE ID from attributes.source.principal); "certificate" is policy.rego, which parses the forwarded certificate like egress-authz does. Both decide like egress-authz\'s default policy.',
-    'errors = requests whose gRPC status was not OK, except the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency).',
+    'errors = requests whose gRPC status was not OK, except (with ghz) the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency); loadgen stops sending at the end and waits for the answers in flight.',
     `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), in interleaved rounds: every system has its own Envoy and server, started once; at each rate, ${plan.sweepRounds} rounds, in each round every system in turn (the order rotating) gets ${plan.sweepWarmupS} s of warm-up and ${plan.sweepMeasureS} s measured while the other systems' servers and Envoys are paused (SIGSTOP); p50/p99 are over all of a system's requests at that rate, its rounds pooled (p99_rounds_ms gives each round's own p99). h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts; before 2026-12-05 each system was swept alone, one 10 s window a rate, minutes apart from the no-op it was compared with). Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). The no-op runs twice: with its smallest answer (\`noop\`, the floor p99_over_noop_ms is measured against, as issue 10 defines it) and with the answer the contract requires (\`answer: contract\`: the SNAT pool and decision id headers with append false and five dynamic metadata fields, built once); p99_over_contract_noop_ms is p99 minus that one's, i.e. without Envoy's own work on the larger answer. Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,
     "other_cpu_pct in latest.json: CPU time (in % of one core) that processes outside the benchmark used on this machine during each measured run, from /proc (approximate: sampled every 250 ms); steal_pct: the hypervisor's steal. Figures from runs with a high other_cpu_pct are disturbed and should be rerun on a quiet machine; `--wait-quiet SECONDS` waits (bounded) for a quiet moment before each measured run (waited_for_quiet_s).",
     'Peak RSS is VmHWM of the server process (and its children) from /proc at the end of the measured run, so it includes start-up.',

@@ -1,9 +1,11 @@
 // The warm and cold workloads' requests: every identity (bench/identities.mjs) × DESTINATIONS, in an
 // order that interleaves identities and destinations, so consecutive Checks share neither; half of the
-// identities are denied by the default policy (and by the peer's policies). For ghz: a JSON array of
-// CheckRequests, which it sends round-robin.
+// identities are denied by the default policy (and by the peer's policies). Written for both load
+// generators (bench/load.mjs), which send them round-robin: for ghz a JSON array of CheckRequests, for
+// bench/loadgen the same requests encoded once.
 import { writeFileSync } from 'node:fs';
 import { checkRequest } from './check-request.mjs';
+import { loadAuthorizationService } from './ext-authz-proto.mjs';
 
 export const DESTINATIONS = ['legacy.bookinfo.example', 'api.partner.example', 'reports.internal.example'];
 
@@ -18,8 +20,21 @@ export function workloadRequests(ids) {
   return out;
 }
 
-/** Writes the requests as ghz's data file; returns the path. */
-export function writeGhzData(file, requests) {
-  writeFileSync(file, JSON.stringify(requests.map((r) => r.request)));
-  return file;
+/**
+ * Writes CheckRequests (plain objects, field names as in the .proto) for both load generators:
+ * `${base}.json` for ghz, `${base}.bin` for loadgen (each request a 4-byte big-endian length and the
+ * request encoded by proto-loader, as a grpc-js client would send it). Returns {json, bin, count}.
+ */
+export function writeRequestFiles(base, requests) {
+  const serialize = loadAuthorizationService().service.Check.requestSerialize;
+  const records = requests.flatMap((request) => {
+    const body = serialize(request);
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(body.length);
+    return [head, body];
+  });
+  const files = { json: `${base}.json`, bin: `${base}.bin`, count: requests.length };
+  writeFileSync(files.json, JSON.stringify(requests));
+  writeFileSync(files.bin, Buffer.concat(records));
+  return files;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the pinned benchmark tools into .tools/bin (git-ignored), each only when missing or at
-# another version: ghz (gRPC load generator) and opa-envoy-plugin (the peer we measure against), both
-# built from the Go module proxy; Envoy through scripts/install-envoy.sh when the repository has it.
+# another version: loadgen (the project's gRPC load generator, bench/loadgen, its dependencies pinned
+# by its go.mod and go.sum), ghz (the earlier gRPC load generator) and opa-envoy-plugin (the peer we
+# measure against), built from the Go module proxy; Envoy through scripts/install-envoy.sh when the repository has it.
 # h2load comes from Debian's nghttp2-client (scripts/install-system-packages.sh).
 set -euo pipefail
 GHZ_VERSION="${GHZ_VERSION:-v0.120.0}"
@@ -18,7 +19,15 @@ mkdir -p "$bin"
 # The module version a Go binary was built from, as recorded in its build info.
 built_version() { [ -x "$1" ] && go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m { print $3 }'; }
 
-command -v go >/dev/null || { echo "install-bench-tools: Go is required to build ghz and opa-envoy-plugin" >&2; exit 1; }
+command -v go >/dev/null || { echo "install-bench-tools: Go is required to build loadgen, ghz and opa-envoy-plugin" >&2; exit 1; }
+
+# loadgen is rebuilt whenever its sources change: the stamp is a hash of them.
+loadgen_sum="$(cd "$root/bench/loadgen" && cat go.mod go.sum ./*.go | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$bin/loadgen" ] || [ "$(cat "$bin/.loadgen.sha256" 2>/dev/null)" != "$loadgen_sum" ]; then
+  echo "install-bench-tools: building bench/loadgen into $bin" >&2
+  (cd "$root/bench/loadgen" && CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" go build -o "$bin/loadgen" .)
+  printf '%s\n' "$loadgen_sum" >"$bin/.loadgen.sha256"
+fi
 
 if [ "$(built_version "$bin/ghz" github.com/bojand/ghz)" != "$GHZ_VERSION" ]; then
   echo "install-bench-tools: building ghz $GHZ_VERSION into $bin" >&2
