@@ -22,8 +22,8 @@ function percentile(report, p) {
 // loadgen stops sending instead and waits for the answers, so it has none.
 const STOP_ARTEFACT = /use of closed network connection|context canceled/;
 
-function argsFor(tool, { addr, requests, concurrency, connections, seconds, total, outFile }) {
-  const amount = total ? ['-n', String(total)] : ['-z', `${seconds}s`];
+function argsFor(tool, { addr, requests, concurrency, connections, seconds, total, rps, outFile }) {
+  const amount = total ? ['-n', String(total)] : ['-z', `${seconds}s`, ...(rps ? ['--rps', String(rps)] : [])];
   const common = ['-c', String(concurrency), '--connections', String(connections), ...amount, '-o', outFile];
   if (tool === 'loadgen') return ['-addr', addr, '-call', `/${checkMethod}`, '-data', requests.bin, ...common];
   return [
@@ -44,8 +44,8 @@ function argsFor(tool, { addr, requests, concurrency, connections, seconds, tota
 }
 
 /**
- * Runs the load generator `tool` (from `tools`) for `seconds`, or for exactly `total` requests (one
- * pass over a workload's requests), and summarises its JSON report (loadgen writes the fields of
+ * Runs the load generator `tool` (from `tools`) for `seconds` (as fast as answered, or `rps` a second),
+ * or for exactly `total` requests (one pass over a workload's requests), and summarises its JSON report (loadgen writes the fields of
  * ghz's that are read here). Every gRPC status other than OK counts as an error (the allow itself was
  * checked by the readiness probe: same request, same server), except the in-flight requests ghz
  * cancels itself at the end. `requests`: {json: ghz's data file, bin: loadgen's}.

@@ -18,7 +18,7 @@ export function resultsTable(runs) {
   for (const r of runs) {
     const envoyRow = r.path === 'envoy' && r.system !== 'envoy-only';
     lines.push(
-      `| ${r.path} | ${r.system}${r.transport ? ` (${r.transport})` : ''}${r.answer ? ` (${r.answer} answer)` : ''} | ${r.workload ?? 'hot'} | ${r.policy ?? ''} | ${fmt(r.workers ?? 1)} | ${r.path === 'grpc' ? fmt(r.connections ?? 1) : ''} | ${r.path === 'envoy' ? fmt(r.target_rps) : ''} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${envoyRow ? fmt(r.p99_over_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_over_contract_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.load_generator_cpu_pct)} | ${fmt(r.other_cpu_pct)} |`,
+      `| ${r.path} | ${r.system}${r.transport ? ` (${r.transport})` : ''}${r.answer ? ` (${r.answer} answer)` : ''} | ${r.workload ?? 'hot'} | ${r.policy ?? ''} | ${fmt(r.workers ?? 1)} | ${r.path === 'grpc' ? fmt(r.connections ?? 1) : ''} | ${r.target_rps !== undefined ? fmt(r.target_rps) : ''} | ${fmt(r.rps)} | ${fmt(r.p50_ms, 3)} | ${fmt(r.p99_ms, 3)} | ${envoyRow ? fmt(r.p99_over_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_over_contract_noop_ms, 3) : ''} | ${envoyRow ? fmt(r.p99_added_ms, 3) : ''} | ${fmt(r.errors)} | ${fmt(r.rss_mb, 1)} | ${fmt(r.load_generator_cpu_pct)} | ${fmt(r.other_cpu_pct)} |`,
     );
   }
   return lines.join('\n');
@@ -34,7 +34,8 @@ function pick(runs, system, path, { workload = 'hot', policy, workers = 1, targe
       (policy === undefined || (r.policy ?? 'certificate') === policy) &&
       (r.workers ?? 1) === workers &&
       (r.connections ?? 1) === connections &&
-      (target === undefined || r.target_rps === target) &&
+      // A grpc run at a fixed rate has target_rps; without a target only the throughput runs match.
+      r.target_rps === target &&
       r.transport === transport &&
       r.answer === undefined,
   );
@@ -107,6 +108,15 @@ export function goals(runs) {
     cold,
     pick(runs, 'opa-envoy-plugin', 'grpc', { workload: 'cold', policy: 'certificate' }),
     1.5,
+  );
+  const warmAt = pick(runs, 'egress-authz', 'grpc', { workload: 'warm', target: 1000 });
+  const peerWarmAt = pick(runs, 'opa-envoy-plugin', 'grpc', { workload: 'warm', target: 1000, policy: 'principal' });
+  row(
+    'warm grpc at 1,000 rps: p99 ≤ opa-envoy-plugin (principal)',
+    warmAt && peerWarmAt ? warmAt.p99_ms <= peerWarmAt.p99_ms && warmAt.rps >= 0.95 * warmAt.target_rps : null,
+    warmAt && peerWarmAt
+      ? `${fmt(warmAt.p99_ms, 3)} vs ${fmt(peerWarmAt.p99_ms, 3)} ms (p50 ${fmt(warmAt.p50_ms, 3)} vs ${fmt(peerWarmAt.p50_ms, 3)}; achieved ${warmAt.rps} rps)`
+      : '',
   );
   const at1000 = pick(runs, 'egress-authz', 'envoy', { target: 1000 });
   const peer1000 = pick(runs, 'opa-envoy-plugin', 'envoy', { target: 1000, policy: 'principal' });
@@ -207,7 +217,7 @@ export function chartSvg(runs, subtitle) {
   const label = (r) =>
     `${r.system}${r.transport ? ` ${r.transport}` : ''}${r.answer ? ` ${r.answer}` : ''}${r.policy ? ` ${r.policy}` : ''}${(r.workers ?? 1) > 1 ? ` ×${r.workers}` : ''}${(r.connections ?? 1) > 1 ? ` ${r.connections} conn` : ''} (${r.path === 'grpc' ? (r.workload ?? 'hot') : r.path})`;
   const rpsBars = measured
-    .filter((r) => r.path === 'grpc')
+    .filter((r) => r.path === 'grpc' && r.target_rps === undefined)
     .map((r) => ({ label: label(r), system: r.system, value: r.rps }));
   const p99Bars = measured
     .filter((r) => r.path === 'envoy' && r.target_rps === 2000)

@@ -5,7 +5,7 @@
 // to core 1, so the figures are per core. Usage (after scripts/install-bench-tools.sh):
 //   node bench/run.mjs [--quick] [--no-envoy] [--no-grpc] [--systems a,b] [--logs] [--opa-decision-logs on|off]
 //                    [--wait-quiet SECONDS] [--identities N] [--rates R,R,...] [--sweep-rounds N] [--workers N,N]
-//                    [--load-generator loadgen|ghz]
+//                    [--load-generator loadgen|ghz] [--grpc-rate RPS]
 // Workloads (issue 10): hot (one workload), warm (--identities distinct workloads × 3 destinations, half
 // denied, after a warm-up pass), cold (the same, egress-authz with its caches off); the peer with both
 // its policies (principal-only, certificate-parsing); a rate sweep through Envoy; workers 1 vs 2.
@@ -55,6 +55,7 @@ const { values: opts } = parseArgs({
     'sweep-rounds': { type: 'string' },
     workers: { type: 'string' },
     'load-generator': { type: 'string', default: 'loadgen' },
+    'grpc-rate': { type: 'string', default: '1000' },
   },
 });
 // --quick: the grpc path's three workloads only (no Envoy sweep, no second worker), in under 3 minutes.
@@ -98,6 +99,11 @@ const wanted = opts.systems
 if (!['on', 'off'].includes(opts['opa-decision-logs'])) throw new Error('--opa-decision-logs takes on or off');
 for (const s of wanted) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s} (known: ${SYSTEMS.join(', ')})`);
 
+// The warm workload at a fixed rate straight over gRPC (issue 10: "p99 at 1,000 rps ≤ the peer's");
+// 0 leaves it out.
+plan.grpcRate = Number(opts['grpc-rate']);
+if (!(plan.grpcRate === 0 || (plan.grpcRate >= 10 && plan.grpcRate <= 100_000)))
+  throw new Error('--grpc-rate takes a rate from 10 to 100000 rps, or 0');
 if (!LOAD_GENERATORS.includes(opts['load-generator']))
   throw new Error(`--load-generator takes ${LOAD_GENERATORS.join(' or ')}`);
 const loadTool = opts['load-generator'];
@@ -283,7 +289,7 @@ function variantFields({ name, workload, policy, workers, connections = 1, trans
 async function grpcRun(variant, request, files) {
   const { name, workload } = variant;
   const { child, grpcAddr } = await startReady(name, request, { ...variant, cold: workload === 'cold' });
-  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.workers > 1 ? ` ×${variant.workers}` : ''}${(variant.connections ?? 1) > 1 ? ` (${variant.connections} connections)` : ''}${variant.transport ? ` (${variant.transport})` : ''} grpc ${workload}`;
+  const label = `${name}${variant.policy && name === 'opa-envoy-plugin' ? ` (${variant.policy})` : ''}${variant.workers > 1 ? ` ×${variant.workers}` : ''}${(variant.connections ?? 1) > 1 ? ` (${variant.connections} connections)` : ''}${variant.transport ? ` (${variant.transport})` : ''} grpc ${workload}${variant.rate ? ` at ${variant.rate} rps` : ''}`;
   try {
     const requests = workload === 'hot' ? files.hot : files.many;
     const common = {
@@ -295,6 +301,8 @@ async function grpcRun(variant, request, files) {
       concurrency: plan.concurrency,
       connections: variant.connections ?? 1,
       outFile: join(work, `load-${name}.json`),
+      // At a fixed rate the concurrency is only a bound on the calls in flight (open loop).
+      ...(variant.rate ? { rps: variant.rate } : {}),
     };
     if (workload !== 'hot') {
       // One pass over every identity × destination first: the warm workload's steady state has all of
@@ -304,7 +312,9 @@ async function grpcRun(variant, request, files) {
     }
     log(`${label}: warm-up ${plan.warmupS} s`);
     await runLoad({ ...common, seconds: plan.warmupS });
-    log(`${label}: measuring ${plan.measureS} s at concurrency ${plan.concurrency}`);
+    log(
+      `${label}: measuring ${plan.measureS} s ${variant.rate ? `at ${variant.rate} rps` : `at concurrency ${plan.concurrency}`}`,
+    );
     const waited = await waitForQuiet();
     const watch = startCpuWatch();
     const m = await runLoad({ ...common, seconds: plan.measureS });
@@ -317,6 +327,7 @@ async function grpcRun(variant, request, files) {
       system: name,
       path: 'grpc',
       ...variantFields(variant),
+      ...(variant.rate ? { target_rps: variant.rate } : {}),
       load_generator: loadTool,
       rps: m.rps,
       p50_ms: m.p50_ms,
@@ -564,6 +575,12 @@ const WORKLOADS = ['hot', 'warm', 'cold'];
 /** Every grpc run: egress-authz (each worker count), the peer with both policies, the no-op ceiling. */
 function grpcVariants(ready, workers) {
   const out = [];
+  // The warm workload at a fixed rate, for latency where no server is saturated.
+  const atRate = [];
+  if (plan.grpcRate > 0)
+    for (const name of ready)
+      for (const policy of name === 'opa-envoy-plugin' ? ['principal', 'certificate'] : [undefined])
+        atRate.push({ name, workload: 'warm', workers: 1, policy, rate: plan.grpcRate });
   for (const name of ready) {
     if (name === 'egress-authz') {
       for (const workload of WORKLOADS) out.push({ name, workload, workers: 1, connections: 1 });
@@ -585,7 +602,7 @@ function grpcVariants(ready, workers) {
         for (const workload of ['hot', 'warm']) out.push({ name, workload, workers: 1, transport });
     }
   }
-  return out;
+  return [...out, ...atRate];
 }
 
 function envoyVariants(ready) {
@@ -693,7 +710,7 @@ async function main() {
   };
   const notes = [
     `Each server runs under \`taskset -c ${SERVER_CORE}\` (opa-envoy-plugin with GOMAXPROCS=1); the gRPC load generator, h2load and Envoy run under \`taskset -c ${LOAD_CORE}\` (the load generator with GOMAXPROCS=1, Envoy with --concurrency 1). With \`--workers 2\` (workers: 2 in latest.json) egress-authz runs on cores 0 and 1, so its second worker shares core 1 with the load generator: load_generator_cpu_pct gives the load generator's (or h2load's) own CPU in % of one core, what the second worker could not have.`,
-    `Path grpc: ${loadTool === 'loadgen' ? `${meta.versions.loadgen}: the project's own load generator, which sends requests encoded once (ghz ${meta.versions.ghz}, used for the results before 2026-12-05, spends ~90 µs of CPU a warm Check building dynamic messages and caps any server near 10,500 warm Checks/s on one core; \`--load-generator ghz\` runs it again)` : `ghz ${meta.versions.ghz} (--load-generator ghz)`}, one HTTP/2 connection (the worker comparison: as many connections as the most workers, for 1 worker too, since workers share connections, not requests; \`connections\` in latest.json), concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.`,
+    `Path grpc: ${loadTool === 'loadgen' ? `${meta.versions.loadgen}: the project's own load generator, which sends requests encoded once (ghz ${meta.versions.ghz}, used for the results before 2026-12-05, spends ~90 µs of CPU a warm Check building dynamic messages and caps any server near 10,500 warm Checks/s on one core; \`--load-generator ghz\` runs it again)` : `ghz ${meta.versions.ghz} (--load-generator ghz)`}, one HTTP/2 connection (the worker comparison: as many connections as the most workers, for 1 worker too, since workers share connections, not requests; \`connections\` in latest.json), concurrency ${plan.concurrency}, ${plan.warmupS} s warm-up, then ${plan.measureS} s measured. workload "hot": every request is the same CheckRequest: the bookinfo productpage SVID (made with openssl at bench time) as URL-encoded PEM in attributes.source.certificate, its SPIFFE ID in attributes.source.principal, a GET with x-request-id. workload "warm": ${plan.identities} distinct workload SVIDs (bench/identities.mjs: one CA, Istio-shaped leaves; even ones in namespace bookinfo, allowed, odd ones in other namespaces, denied) × 3 destinations, ${plan.identities * 3} CheckRequests sent round-robin, after one warm-up pass over all of them. workload "cold": the same requests, egress-authz started with --svid-cache-entries 0 --policy-memo off, so every Check parses its certificate and evaluates the policy (opa-envoy-plugin caches nothing either way; the no-op server has no cold run: it looks at nothing). Before load, one Check must come back as an allow carrying x-egress-snat-pool: bookinfo_snat.${plan.grpcRate > 0 ? ` Rows with a target_rps on path grpc: the warm workload at a fixed ${plan.grpcRate} rps (\`--grpc-rate\`; open loop: each request is sent when due, at most ${plan.concurrency} in flight, and its latency counts from when it was due), after the same warm-up pass and ${plan.warmupS} s at that rate; their p50/p99 are the latency of an unsaturated server.` : ''}`,
     'policy (opa-envoy-plugin runs): "principal" is bench/opa-envoy-plugin/policy-principal.rego, the policy its users usually write (the SPIFFE ID from attributes.source.principal); "certificate" is policy.rego, which parses the forwarded certificate like egress-authz does. Both decide like egress-authz\'s default policy.',
     'errors = requests whose gRPC status was not OK, except (with ghz) the requests ghz itself cancels when the duration ends (`cancelled_at_stop` in latest.json, at most the concurrency); loadgen stops sending at the end and waits for the answers in flight.',
     `Path envoy: a rate sweep (target_rps ${plan.rates.join(', ') || 'none'}; a system's sweep stops at the first rate it cannot sustain within 10 %, its saturation), in interleaved rounds: every system has its own Envoy and server, started once; at each rate, ${plan.sweepRounds} rounds, in each round every system in turn (the order rotating) gets ${plan.sweepWarmupS} s of warm-up and ${plan.sweepMeasureS} s measured while the other systems' servers and Envoys are paused (SIGSTOP); p50/p99 are over all of a system's requests at that rate, its rounds pooled (p99_rounds_ms gives each round's own p99). h2load over HTTP/2 from one client whose --rps timer sends each request when due on its own stream (evenly spaced, open loop up to 256 in flight; the sweeps before 2026-12-02 used 50 HTTP/1.1 clients that fire in phase, i.e. 50-request bursts; before 2026-12-05 each system was swept alone, one 10 s window a rate, minutes apart from the no-op it was compared with). Envoy presents one client SVID, so this path is the hot workload. p99_over_noop_ms: p99 minus the no-op server's p99 at the same rate (the floor of Envoy + ext_authz gRPC on this machine); p99_added_ms: minus Envoy alone (envoy-only). The no-op runs twice: with its smallest answer (\`noop\`, the floor p99_over_noop_ms is measured against, as issue 10 defines it) and with the answer the contract requires (\`answer: contract\`: the SNAT pool and decision id headers with append false and five dynamic metadata fields, built once); p99_over_contract_noop_ms is p99 minus that one's, i.e. without Envoy's own work on the larger answer. Envoy runs two hops: a plain listener that forwards over mTLS (as the bookinfo SVID) to a gateway listener with ext_authz (include_peer_certificate, failure_mode_allow false) and a direct 200 reply. \`envoy-only\` is the same Envoy without the ext_authz filter; its rss_mb is Envoy's own peak RSS (the other envoy rows give the authz server's, with Envoy's in envoy_rss_mb). errors = non-2xx answers plus failed requests.`,

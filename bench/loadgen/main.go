@@ -8,7 +8,8 @@
 // once, through grpc-go's client (the same HTTP/2 stack as ghz), and only times each call.
 //
 // The request file is a sequence of records, each a 4-byte big-endian length and that many bytes of
-// an encoded request message. Requests are sent round-robin across all callers, in file order.
+// an encoded request message. Requests are sent round-robin across all callers, in file order: as
+// fast as they are answered (closed loop), or with -rps at a fixed rate (open loop).
 package main
 
 import (
@@ -101,19 +102,115 @@ type caller struct {
 	errs      map[string]int64
 }
 
+func newCaller() *caller { return &caller{codes: map[string]int64{}, errs: map[string]int64{}} }
+
+func (c *caller) record(latency time.Duration, err error) {
+	c.latencies = append(c.latencies, latency.Nanoseconds())
+	c.codes[status.Code(err).String()]++
+	if err != nil {
+		c.errs[err.Error()]++
+	}
+}
+
+// load is one run's shared settings and its clock.
+type load struct {
+	conns    []*grpc.ClientConn
+	method   string
+	requests [][]byte
+	timeout  time.Duration
+	start    time.Time
+	lastEnd  atomic.Int64 // nanoseconds from start to the latest answer
+}
+
+func (l *load) call(conn *grpc.ClientConn, seq int64) (time.Time, error) {
+	req := l.requests[seq%int64(len(l.requests))]
+	var answer []byte
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	err := conn.Invoke(ctx, l.method, &req, &answer)
+	cancel()
+	end := time.Now()
+	for at := end.Sub(l.start).Nanoseconds(); ; {
+		prev := l.lastEnd.Load()
+		if at <= prev || l.lastEnd.CompareAndSwap(prev, at) {
+			break
+		}
+	}
+	return end, err
+}
+
+// closedLoop: `concurrency` callers, each sending its next request when the last is answered, until
+// `total` requests were sent or `deadline` passed (then the calls in flight are waited for).
+func (l *load) closedLoop(concurrency int, total int64, deadline time.Time) []*caller {
+	var next atomic.Int64 // the next request's sequence number, shared so the file is sent in order
+	callers := make([]*caller, concurrency)
+	var wg sync.WaitGroup
+	for i := range callers {
+		c := newCaller()
+		callers[i] = c
+		conn := l.conns[i%len(l.conns)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				seq := next.Add(1) - 1
+				if (total > 0 && seq >= total) || (total == 0 && !time.Now().Before(deadline)) {
+					return
+				}
+				t0 := time.Now()
+				end, err := l.call(conn, seq)
+				c.record(end.Sub(t0), err)
+			}
+		}()
+	}
+	wg.Wait()
+	return callers
+}
+
+// openLoop: one request every 1/rps seconds until `deadline`, whatever the answers do, at most
+// `concurrency` in flight. A call's latency runs from when it was due, not from when it could be
+// sent, so a server that falls behind is charged for the wait (no coordinated omission).
+func (l *load) openLoop(concurrency int, rps float64, deadline time.Time) []*caller {
+	c := newCaller()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, concurrency)
+	interval := time.Duration(float64(time.Second) / rps)
+	for seq := int64(0); ; seq++ {
+		due := l.start.Add(time.Duration(seq) * interval)
+		if !due.Before(deadline) {
+			break
+		}
+		time.Sleep(time.Until(due))
+		slots <- struct{}{}
+		wg.Add(1)
+		go func(seq int64, due time.Time) {
+			defer wg.Done()
+			end, err := l.call(l.conns[seq%int64(len(l.conns))], seq)
+			<-slots
+			mu.Lock()
+			c.record(end.Sub(due), err)
+			mu.Unlock()
+		}(seq, due)
+	}
+	wg.Wait()
+	return []*caller{c}
+}
+
 func main() {
 	addr := flag.String("addr", "", "host:port of the gRPC server (plaintext)")
 	method := flag.String("call", "", "full method, e.g. /envoy.service.auth.v3.Authorization/Check")
 	data := flag.String("data", "", "request file: records of a 4-byte big-endian length and an encoded message")
-	concurrency := flag.Int("c", 50, "callers, each with one call in flight")
+	concurrency := flag.Int("c", 50, "callers, each with one call in flight (with -rps: the most calls in flight)")
 	connections := flag.Int("connections", 1, "HTTP/2 connections the callers share round-robin")
 	duration := flag.Duration("z", 0, "send for this long (then wait for the calls in flight)")
 	total := flag.Int64("n", 0, "send exactly this many requests instead of -z")
+	rps := flag.Float64("rps", 0, "with -z: send at this fixed rate (open loop) instead of as fast as answered")
 	timeout := flag.Duration("timeout", 20*time.Second, "deadline of each call")
 	out := flag.String("o", "", "report file (JSON); standard output when empty")
 	flag.Parse()
-	if *addr == "" || *method == "" || *data == "" || *concurrency < 1 || *connections < 1 || (*duration <= 0) == (*total <= 0) {
-		fmt.Fprintln(os.Stderr, "usage: loadgen -addr HOST:PORT -call /pkg.Service/Method -data FILE (-z DURATION | -n COUNT) [-c N] [-connections N] [-o FILE]")
+	if *addr == "" || *method == "" || *data == "" || *concurrency < 1 || *connections < 1 ||
+		(*duration <= 0) == (*total <= 0) || *rps < 0 || (*rps > 0 && *duration <= 0) {
+		fmt.Fprintln(os.Stderr, "usage: loadgen -addr HOST:PORT -call /pkg.Service/Method -data FILE (-z DURATION [-rps N] | -n COUNT) [-c N] [-connections N] [-o FILE]")
 		os.Exit(2)
 	}
 	requests, err := readRequests(*data)
@@ -122,8 +219,8 @@ func main() {
 		os.Exit(1)
 	}
 
-	conns := make([]*grpc.ClientConn, *connections)
-	for i := range conns {
+	l := &load{method: *method, requests: requests, timeout: *timeout}
+	for range *connections {
 		conn, err := grpc.NewClient(*addr,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
@@ -133,57 +230,17 @@ func main() {
 		}
 		conn.Connect()
 		defer conn.Close()
-		conns[i] = conn
+		l.conns = append(l.conns, conn)
 	}
 
-	var next atomic.Int64 // the next request's sequence number, shared so the file is sent in order
-	callers := make([]*caller, *concurrency)
-	var wg sync.WaitGroup
-	start := time.Now()
-	var deadline time.Time
-	if *duration > 0 {
-		deadline = start.Add(*duration)
+	l.start = time.Now()
+	deadline := l.start.Add(*duration)
+	var callers []*caller
+	if *rps > 0 {
+		callers = l.openLoop(*concurrency, *rps, deadline)
+	} else {
+		callers = l.closedLoop(*concurrency, *total, deadline)
 	}
-	var lastEnd atomic.Int64
-	for i := range callers {
-		c := &caller{codes: map[string]int64{}, errs: map[string]int64{}}
-		callers[i] = c
-		conn := conns[i%len(conns)]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var answer []byte
-			for {
-				seq := next.Add(1) - 1
-				if *total > 0 && seq >= *total {
-					return
-				}
-				if *duration > 0 && !time.Now().Before(deadline) {
-					return
-				}
-				req := requests[seq%int64(len(requests))]
-				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-				t0 := time.Now()
-				err := conn.Invoke(ctx, *method, &req, &answer)
-				t1 := time.Now()
-				cancel()
-				c.latencies = append(c.latencies, t1.Sub(t0).Nanoseconds())
-				code := status.Code(err)
-				c.codes[code.String()]++
-				if err != nil {
-					c.errs[err.Error()]++
-				}
-				end := t1.Sub(start).Nanoseconds()
-				for {
-					prev := lastEnd.Load()
-					if end <= prev || lastEnd.CompareAndSwap(prev, end) {
-						break
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
 
 	r := report{StatusCodeDistribution: map[string]int64{}, ErrorDistribution: map[string]int64{}}
 	var all []int64
@@ -198,7 +255,7 @@ func main() {
 	}
 	slices.Sort(all)
 	r.Count = int64(len(all))
-	r.Total = lastEnd.Load()
+	r.Total = l.lastEnd.Load()
 	if r.Total > 0 {
 		r.Rps = float64(r.Count) / (float64(r.Total) / 1e9)
 	}
