@@ -1,11 +1,12 @@
 // An interleaved A/B of Check servers over gRPC, for changes too small for the full benchmark's spread:
 // each variant is started once (on core 0) and paused (SIGSTOP) while the others are measured; every
 // round measures each variant in turn, the order rotating, with the load generator on core 1 (50
-// concurrent, 1 s of warm-up then the measured seconds). Reports Checks/s per round and their mean, and the server's CPU
-// per Check (from /proc, user + system).
+// concurrent, 1 s of warm-up then the measured seconds). Reports Checks/s per round and their mean,
+// and the server's CPU per Check (from /proc, user + system).
 //
 // Usage: npm run bench:ab -- SPEC.json
-// SPEC: {"workload": "hot" | "warm", "rounds": 8, "seconds": 4, "identities": 3000, "loadGenerator": "loadgen" | "ghz",
+// SPEC: {"workload": "hot" | "warm", "rounds": 8, "seconds": 4, "identities": 3000,
+//        "loadGenerator": "loadgen" (the default) | "ghz",
 //        "variants": [{"label": "...", "args": ["node", "dist/cli.js", "serve", "--grpc-addr", "$GRPC",
 //                      "--http-addr", "$HTTP"], "env": {}}]}
 // $GRPC and $HTTP are replaced by free loopback addresses; args run from the repository root.

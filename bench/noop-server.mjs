@@ -1,5 +1,5 @@
-// A grpc-js ext_authz Check server that allows everything without looking at the request: the
-// ceiling of what a Node gRPC server does per core, against which egress-authz is measured.
+// An ext_authz Check server that allows everything without looking at the request: the ceiling of
+// what a Node gRPC server does per core, against which egress-authz is measured (grpc-js by default).
 // Usage: node bench/noop-server.mjs 127.0.0.1:PORT [--contract] [--http2]
 // --contract: answer with every field egress-authz's allow carries (DESIGN.md: the SNAT pool and decision
 // id headers with append false, five dynamic metadata fields), still built once: the floor of any server

@@ -169,8 +169,8 @@ function machineBusyTicks() {
 /**
  * Watches how much CPU the machine spends outside this benchmark's own process tree while a
  * measurement runs (other users of a shared machine disturb the figures). stop() returns the
- * outsiders' share in % of one core, the hypervisor's steal, and the load generators' own CPU (loadgen, ghz,
- * h2load), all in % of one core.
+ * outsiders' share in % of one core, the hypervisor's steal, and the load generators' own CPU
+ * (loadgen, ghz, h2load), all in % of one core.
  */
 export function startCpuWatch(intervalMs = 250) {
   const start = machineBusyTicks();

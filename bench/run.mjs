@@ -575,12 +575,6 @@ const WORKLOADS = ['hot', 'warm', 'cold'];
 /** Every grpc run: egress-authz (each worker count), the peer with both policies, the no-op ceiling. */
 function grpcVariants(ready, workers) {
   const out = [];
-  // The warm workload at a fixed rate, for latency where no server is saturated.
-  const atRate = [];
-  if (plan.grpcRate > 0)
-    for (const name of ready)
-      for (const policy of name === 'opa-envoy-plugin' ? ['principal', 'certificate'] : [undefined])
-        atRate.push({ name, workload: 'warm', workers: 1, policy, rate: plan.grpcRate });
   for (const name of ready) {
     if (name === 'egress-authz') {
       for (const workload of WORKLOADS) out.push({ name, workload, workers: 1, connections: 1 });
@@ -602,7 +596,12 @@ function grpcVariants(ready, workers) {
         for (const workload of ['hot', 'warm']) out.push({ name, workload, workers: 1, transport });
     }
   }
-  return [...out, ...atRate];
+  // Last, the warm workload at a fixed rate: latency where no server is saturated.
+  if (plan.grpcRate > 0)
+    for (const name of ready)
+      for (const policy of name === 'opa-envoy-plugin' ? ['principal', 'certificate'] : [undefined])
+        out.push({ name, workload: 'warm', workers: 1, policy, rate: plan.grpcRate });
+  return out;
 }
 
 function envoyVariants(ready) {

@@ -2,7 +2,8 @@
 # Installs the pinned benchmark tools into .tools/bin (git-ignored), each only when missing or at
 # another version: loadgen (the project's gRPC load generator, bench/loadgen, its dependencies pinned
 # by its go.mod and go.sum), ghz (the earlier gRPC load generator) and opa-envoy-plugin (the peer we
-# measure against), built from the Go module proxy; Envoy through scripts/install-envoy.sh when the repository has it.
+# measure against), built from the Go module proxy; Envoy through scripts/install-envoy.sh when the
+# repository has it.
 # h2load comes from Debian's nghttp2-client (scripts/install-system-packages.sh).
 set -euo pipefail
 GHZ_VERSION="${GHZ_VERSION:-v0.120.0}"
